@@ -1,0 +1,1 @@
+"""certbot-kvault (manual written below)."""

@@ -1,0 +1,1 @@
+"""Implementation of certbot-kvault; not a public API."""
