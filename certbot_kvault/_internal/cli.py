@@ -1,0 +1,395 @@
+"""The ``certbot-kvault`` command: one thin function per subcommand.
+
+Each subcommand parses, calls the domain code (sync/layout/tree) and prints.
+Errors are one line on stderr and exit 1; ``--json`` output is stable.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+from typing import Any, Callable, Optional, TypeVar
+
+import click
+from certbot import errors
+
+from certbot_kvault._internal import sync
+from certbot_kvault._internal.layout import Layout, RecordError, validate_name
+from certbot_kvault._internal.tree import Dirs, Tree
+from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
+DEFAULT_WORK_DIR = "/var/lib/letsencrypt"
+DEFAULT_LOGS_DIR = "/var/log/letsencrypt"
+
+# (option, settings field, envvar, help). Tokens and secret ids are taken from
+# the environment only, as the vault CLI does, so they never show in `ps`.
+VAULT_OPTIONS = (
+    ("--vault-addr", "addr", "VAULT_ADDR", "Vault address [VAULT_ADDR]"),
+    ("--vault-namespace", "namespace", "VAULT_NAMESPACE", "Vault namespace [VAULT_NAMESPACE]"),
+    ("--vault-cacert", "cacert", "VAULT_CACERT", "CA bundle for Vault's TLS [VAULT_CACERT]"),
+    ("--vault-capath", "capath", "VAULT_CAPATH", "CA directory [VAULT_CAPATH]"),
+    ("--vault-client-cert", "client_cert", "VAULT_CLIENT_CERT", "TLS client certificate"),
+    ("--vault-client-key", "client_key", "VAULT_CLIENT_KEY", "TLS client key"),
+    ("--vault-role-id", "role_id", "VAULT_ROLE_ID", "AppRole role id [VAULT_ROLE_ID]"),
+    ("--vault-k8s-role", "k8s_role", "KVAULT_K8S_ROLE", "Kubernetes auth role"),
+    ("--vault-jwt-role", "jwt_role", "KVAULT_JWT_ROLE", "JWT/OIDC auth role"),
+    ("--vault-jwt-file", "jwt_file", "KVAULT_JWT_FILE", "File holding the JWT"),
+    ("--mount", "mount", "KVAULT_MOUNT", "KV mount [KVAULT_MOUNT, default secret]"),
+    ("--prefix", "prefix", "KVAULT_PREFIX", "Path prefix in the mount [KVAULT_PREFIX, "
+                                            "default certbot]"),
+)
+
+
+class Context:
+    """What every subcommand needs, built lazily (listing needs no config dir)."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.opts = opts
+        overrides = {field: opts.get(field) for _, field, _, _ in VAULT_OPTIONS}
+        if opts.get("skip_verify"):
+            overrides["skip_verify"] = True
+        self.settings = VaultSettings.from_env(**overrides)
+        self.workers: int = opts.get("workers") or sync.DEFAULT_WORKERS
+        self.json: bool = bool(opts.get("as_json"))
+        self._vault: Optional[VaultClient] = None
+
+    @property
+    def vault(self) -> VaultClient:
+        if self._vault is None:
+            self._vault = VaultClient(self.settings, pool_size=max(16, self.workers * 2))
+        return self._vault
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.vault)
+
+    @property
+    def tree(self) -> Tree:
+        return Tree(Dirs(config_dir=self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
+                         work_dir=self.opts.get("work_dir") or DEFAULT_WORK_DIR,
+                         logs_dir=self.opts.get("logs_dir") or DEFAULT_LOGS_DIR))
+
+    def finish_pending(self) -> sync.Report:
+        """Every command that touches the tree first completes what a hook left undone."""
+        report = sync.finish_pending(self.tree, self.layout, self.workers)
+        for item, err in report.failed:
+            click.echo(f"pending push of {item} still failing: {err}", err=True)
+        return report
+
+
+def kvault_bin() -> Optional[str]:
+    """The certbot-kvault executable the deploy hook should call."""
+    beside = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("certbot-kvault")
+
+
+def common_options(tree: bool = True, json_opt: bool = False) -> Callable[[F], F]:
+    """Vault (and config-dir) options on every subcommand, read from the env like vault's."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            opts = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("o_")}
+            ctx = Context({k[2:]: v for k, v in opts.items()})
+            _setup_logging(ctx.opts.get("verbose", 0))
+            try:
+                return fn(ctx, **kwargs)
+            except (errors.Error, VaultError, RecordError) as e:
+                raise click.ClickException(_one_line(e)) from None
+            except OSError as e:
+                raise click.ClickException(
+                    f"{e.strerror or e}: {e.filename or ''}".strip(": ")) from None
+
+        params = []
+        for flag, field, env, help_text in VAULT_OPTIONS:
+            params.append(click.option(flag, f"o_{field}", envvar=env, help=help_text,
+                                       show_envvar=False))
+        params.append(click.option("--vault-skip-verify", "o_skip_verify", is_flag=True,
+                                   default=False, help="Do not verify Vault's TLS certificate "
+                                                       "[VAULT_SKIP_VERIFY]"))
+        params.append(click.option("--workers", "o_workers", type=click.IntRange(1, 64),
+                                   default=sync.DEFAULT_WORKERS, show_default=True,
+                                   help="Parallel Vault requests"))
+        params.append(click.option("-v", "--verbose", "o_verbose", count=True,
+                                   help="More logging (-vv for debug)"))
+        if tree:
+            params += [
+                click.option("--config-dir", "o_config_dir", default=DEFAULT_CONFIG_DIR,
+                             show_default=True, envvar="KVAULT_CONFIG_DIR",
+                             type=click.Path(file_okay=False), help="certbot's config dir"),
+                click.option("--work-dir", "o_work_dir", default=DEFAULT_WORK_DIR,
+                             show_default=True, type=click.Path(file_okay=False)),
+                click.option("--logs-dir", "o_logs_dir", default=DEFAULT_LOGS_DIR,
+                             show_default=True, type=click.Path(file_okay=False)),
+            ]
+        if json_opt:
+            params.append(click.option("--json", "o_as_json", is_flag=True,
+                                       help="Machine-readable output"))
+        for p in reversed(params):
+            wrapper = p(wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    # urllib3/hvac log URLs, never headers or bodies; keep them quiet anyway.
+    for noisy in ("urllib3", "hvac", "tldextract", "filelock"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _print_report(ctx: Context, report: sync.Report, verb: str) -> None:
+    if ctx.json:
+        click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        for item in report.written:
+            click.echo(f"{verb}: {item}")
+        click.echo(f"{len(report.written)} {verb}, {len(report.unchanged)} unchanged, "
+                   f"{len(report.failed)} failed")
+    for item, err in report.failed:
+        click.echo(f"error: {item}: {err}", err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="certbot-kvault")
+def main() -> None:
+    """Keep certbot's state (accounts, certificates, renewal settings) in Vault.
+
+    Vault settings come from the same variables as the vault CLI (VAULT_ADDR,
+    VAULT_TOKEN or ~/.vault-token, VAULT_NAMESPACE, VAULT_CACERT, ...), plus
+    KVAULT_MOUNT and KVAULT_PREFIX. See `certbot-kvault COMMAND --help`.
+    """
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@common_options(json_opt=True)
+def pull(ctx: Context, names: tuple[str, ...]) -> None:
+    """Rebuild the certbot config dir from Vault (all lineages, or NAMES, and all accounts)."""
+    for n in names:
+        validate_name(n)
+    ctx.finish_pending()
+    report = sync.pull(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
+                       kvault_bin=kvault_bin())
+    _print_report(ctx, report, "pulled")
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@common_options(json_opt=True)
+def push(ctx: Context, names: tuple[str, ...]) -> None:
+    """Write local lineages (all, or NAMES) and accounts to Vault; only what changed."""
+    for n in names:
+        validate_name(n)
+    report = ctx.finish_pending()
+    report.merge(sync.push(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers))
+    _print_report(ctx, report, "pushed")
+
+
+@main.command("import")
+@common_options(json_opt=True)
+def import_(ctx: Context) -> None:
+    """Migrate an existing certbot config dir into Vault and wire the deploy hook."""
+    tree = ctx.tree
+    if not os.path.isdir(tree.config_dir):
+        raise click.ClickException(f"{tree.config_dir} does not exist; pass --config-dir.")
+    report = sync.push(tree, ctx.layout, workers=ctx.workers)
+    hook = tree.install_hook(kvault_bin())
+    if not ctx.json:
+        click.echo(f"deploy hook: {hook}")
+    _print_report(ctx, report, "imported")
+
+
+@main.command("deploy-hook")
+@common_options()
+def deploy_hook(ctx: Context) -> None:
+    """Push $RENEWED_LINEAGE to Vault (what certbot's deploy hook runs).
+
+    On failure it leaves a pending mark that the next certbot-kvault command
+    completes, and says what to run.
+    """
+    live = os.environ.get("RENEWED_LINEAGE")
+    if not live:
+        raise click.ClickException("RENEWED_LINEAGE is not set: this command is run by certbot "
+                                   "as a deploy hook. To push by hand: certbot-kvault push NAME")
+    name = validate_name(os.path.basename(os.path.normpath(live)))
+    if ctx.opts.get("config_dir") in (None, DEFAULT_CONFIG_DIR):
+        ctx.opts["config_dir"] = os.path.dirname(os.path.dirname(os.path.normpath(live)))
+    tree = ctx.tree
+    _apply_renewal_settings(ctx, tree, name)
+    try:
+        report = ctx.finish_pending()
+        report.merge(sync.push(tree, ctx.layout, [name], workers=ctx.workers))
+        failures = report.failed
+    except (errors.Error, VaultError) as e:
+        failures = [(f"lineage {name}", _one_line(e))]
+    if failures:
+        reason = "; ".join(f"{i}: {e}" for i, e in failures)
+        mark = sync.mark_pending(tree, name, reason)
+        click.echo("\n".join([
+            "*" * 72,
+            f"certbot-kvault: lineage {name} was NOT saved to Vault.",
+            f"  {reason}",
+            f"  A pending mark is at {mark}; fix the cause, then run:",
+            f"    certbot-kvault push --config-dir {tree.config_dir} {name}",
+            "*" * 72]), err=True)
+        sys.exit(1)
+    for item in report.written:
+        click.echo(f"pushed: {item}")
+
+
+def _apply_renewal_settings(ctx: Context, tree: Tree, name: str) -> None:
+    """--kvault-* options saved in the lineage's renewal conf, where the env is silent."""
+    path = tree.renewal_conf_path(name)
+    if not os.path.exists(path):
+        return
+    import configobj
+
+    params = configobj.ConfigObj(path, encoding="utf-8").get("renewalparams", {})
+    from certbot_kvault._internal.plugin import SETTING_OPTIONS
+
+    overrides = {}
+    for option, field in SETTING_OPTIONS.items():
+        value = params.get(f"kvault_{option.replace('-', '_')}")
+        if value:
+            overrides[field] = value
+    if overrides:
+        env_set = {f for f, var in ctx.settings.ENV.items() if os.environ.get(var)}
+        for field, value in overrides.items():
+            if field not in env_set:
+                setattr(ctx.settings, field, value)
+
+
+@main.command()
+@common_options(tree=False, json_opt=True)
+def status(ctx: Context) -> None:
+    """Can we reach Vault, who are we, which mount and KV version, what may we do."""
+    vault = ctx.vault
+    health = vault.health()
+    out: dict[str, Any] = {
+        "vault_addr": ctx.settings.addr,
+        "namespace": ctx.settings.namespace,
+        "server_version": health.get("version"),
+        "initialized": health.get("initialized"),
+        "sealed": health.get("sealed"),
+        "standby": health.get("standby"),
+        "auth_method": ctx.settings.auth_method,
+    }
+    if health.get("sealed") or not health.get("initialized", True):
+        _emit_status(ctx, out)
+        raise click.ClickException(f"Vault at {ctx.settings.addr} is sealed or not initialized; "
+                                   "unseal it and run again.")
+    out["token"] = vault.whoami()
+    out["mount"] = ctx.settings.mount
+    out["prefix"] = ctx.settings.prefix
+    out["kv_version"] = vault.kv_version
+    layout = ctx.layout
+    paths = {}
+    for area in ("certificates", "accounts", "dns", "locks"):
+        paths[f"{area} (data)"] = vault.api_path(layout._path(area, "*"))
+        if vault.kv_version == 2:
+            paths[f"{area} (list)"] = vault.api_path(layout._path(area, "*"), "metadata")
+    caps = vault.capabilities(list(paths.values()))
+    out["capabilities"] = {label: caps.get(path, []) for label, path in paths.items()}
+    _emit_status(ctx, out)
+
+
+def _emit_status(ctx: Context, out: dict[str, Any]) -> None:
+    if ctx.json:
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    for key, value in out.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {', '.join(v) if isinstance(v, list) else v}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@main.command("list")
+@common_options(tree=False, json_opt=True)
+def list_(ctx: Context) -> None:
+    """NAME  SUBJECT  EXPIRATION  AUTO_RENEWABLE, from Vault alone."""
+    layout = ctx.layout
+    rows = []
+    for name, entry in sync.parallel(layout.list_lineages(), layout.read_lineage_raw,
+                                     ctx.workers):
+        if entry is None:
+            continue
+        d = entry.data
+        domains = d.get("domains") or []
+        rows.append({"name": name, "subject": domains[0] if domains else None,
+                     "domains": domains, "not_after": d.get("not_after"),
+                     "auto_renewable": bool(d.get("auto_renewable", True)),
+                     "version": d.get("version")})
+    if ctx.json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    table = [("NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE")] + [
+        (r["name"], r["subject"] or "-", r["not_after"] or "-",
+         "yes" if r["auto_renewable"] else "no") for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(4)]
+    for row in table:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@main.command()
+@click.argument("name")
+@common_options(tree=False, json_opt=True)
+def show(ctx: Context, name: str) -> None:
+    """One lineage: subject, alt names, validity, serial, key type (never the key)."""
+    record = ctx.layout.load_lineage(validate_name(name))
+    if record is None:
+        raise click.ClickException(f"No lineage {name} in Vault "
+                                   f"({ctx.layout.where('certificates', name)}).")
+    info = record.info
+    assert info is not None
+    out = {"name": name, "subject": info.domains[0] if info.domains else None,
+           "domains": info.domains, "not_before": info.not_before,
+           "not_after": info.not_after, "serial": info.serial, "key_type": info.key_type,
+           "auto_renewable": record.auto_renewable, "version": record.version,
+           "updated_at": record.updated_at}
+    if ctx.json:
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    for key in ("name", "subject", "domains", "not_before", "not_after", "serial", "key_type",
+                "auto_renewable", "version", "updated_at"):
+        value = out[key]
+        click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--purge", is_flag=True, help="Delete all versions and metadata (KV v2)")
+@common_options(tree=False)
+def rm(ctx: Context, name: str, purge: bool) -> None:
+    """Delete a lineage from Vault (the latest version; all of them with --purge)."""
+    layout = ctx.layout
+    if layout.read_lineage_raw(validate_name(name)) is None and not purge:
+        raise click.ClickException(f"No lineage {name} in Vault "
+                                   f"({layout.where('certificates', name)}).")
+    layout.delete_lineage(name, purge=purge)
+    click.echo(f"deleted: {layout.where('certificates', name)}"
+               + (" (all versions)" if purge else ""))
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m`
+    main(prog_name="certbot-kvault")

@@ -1,0 +1,408 @@
+"""The certbot config dir on disk: read lineages and accounts, write them back.
+
+Writes mirror ``certbot/_internal/storage.py`` and ``account.py`` (which are
+private, so they are mirrored rather than imported): the same directory
+modes, ``privkey`` 0600 and ``private_key.json`` 0400, relative ``live/``
+symlinks, ``archive/<name>/<kind>N.pem`` numbering and a renewal conf with
+this machine's paths. Every file is written to a temp file and renamed into
+place, and a lineage's renewal conf is written last: certbot only sees a
+lineage once its conf exists, so an interrupted pull never shows a half one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import tempfile
+from typing import Iterator, Optional
+
+import configobj
+from certbot import errors, util
+from certbot.compat import filesystem
+
+from certbot_kvault._internal.layout import (
+    PEM_KINDS,
+    AccountRecord,
+    LineageRecord,
+    PemSet,
+    RecordError,
+    validate_name,
+    validate_server_path,
+)
+
+# storage.py's values
+BASE_PRIVKEY_MODE = 0o600
+ACCOUNT_KEY_MODE = 0o400
+LIVE_README = (
+    "This directory contains your keys and certificates.\n\n"
+    "`{prefix}privkey.pem`  : the private key for your certificate.\n"
+    "`{prefix}fullchain.pem`: the certificate file used in most server software.\n"
+    "`{prefix}chain.pem`    : used for OCSP stapling in Nginx >=1.3.7.\n"
+    "`{prefix}cert.pem`     : will break many server configurations, and "
+    "should not be used\n"
+    "                 without reading further documentation (see link below).\n\n"
+    "WARNING: DO NOT MOVE OR RENAME THESE FILES!\n"
+    "         Certbot expects these files to remain in this location in order\n"
+    "         to function properly!\n\n"
+    "We recommend not moving these files. For more information, see the Certbot\n"
+    "User Guide at https://certbot.eff.org/docs/using.html#where-are-my-"
+    "certificates.\n")
+
+# Keys of a renewal conf that hold this machine's paths, and how Vault keeps
+# them portable (relative to the config dir / placeholders).
+TOP_PATH_KEYS = ("archive_dir", *PEM_KINDS)
+DIR_PARAMS = ("config_dir", "work_dir", "logs_dir")
+
+HOOK_NAME = "00-update-vault.sh"
+HOOK_SOURCE = os.path.join(os.path.dirname(__file__), "hooks", HOOK_NAME)
+
+_VERSION_RE = re.compile(r"^(cert|chain|fullchain|privkey)(\d+)\.pem$")
+
+
+class TreeError(errors.PluginError):
+    """The local config dir is not in a state we can read or write."""
+
+
+@dataclasses.dataclass
+class Dirs:
+    config_dir: str
+    work_dir: str
+    logs_dir: str
+
+
+def _atomic_write(path: str, data: bytes, mode: int) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kvault-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        filesystem.chmod(tmp, mode)
+        filesystem.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_symlink(target: str, path: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".kvault-{os.path.basename(path)}.lnk")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+
+
+def _file_mode(default: int = 0o644) -> int:
+    # certbot writes cert/chain/fullchain with open(): 0o666 less the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask if default == 0o644 else default
+
+
+def _read_text(path: str, where: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise TreeError(f"Cannot read {path} ({e.strerror}) for {where}.") from None
+
+
+class Tree:
+    """One certbot config dir."""
+
+    def __init__(self, dirs: Dirs) -> None:
+        self.dirs = dirs
+        self.config_dir = os.path.abspath(dirs.config_dir)
+
+    # ---- paths --------------------------------------------------------------
+
+    def _p(self, *parts: str) -> str:
+        return os.path.join(self.config_dir, *parts)
+
+    def renewal_conf_path(self, name: str) -> str:
+        return self._p("renewal", validate_name(name) + ".conf")
+
+    def live_dir(self, name: str) -> str:
+        return self._p("live", validate_name(name))
+
+    def archive_dir(self, name: str) -> str:
+        return self._p("archive", validate_name(name))
+
+    def lineage_for_live_path(self, live_path: str) -> str:
+        """The lineage name for ``$RENEWED_LINEAGE`` (``<config>/live/<name>``)."""
+        return validate_name(os.path.basename(os.path.normpath(live_path)))
+
+    # ---- lineages: read -------------------------------------------------------
+
+    def lineage_names(self) -> list[str]:
+        renewal = self._p("renewal")
+        if not os.path.isdir(renewal):
+            return []
+        names = []
+        for entry in sorted(os.listdir(renewal)):
+            if entry.endswith(".conf") and not entry.startswith("."):
+                names.append(entry[: -len(".conf")])
+        return names
+
+    def _load_conf(self, name: str) -> configobj.ConfigObj:
+        path = self.renewal_conf_path(name)
+        if not os.path.isfile(path):
+            raise TreeError(f"No renewal conf for lineage {name} ({path} is missing); "
+                            "it is not a certbot lineage here.")
+        try:
+            return configobj.ConfigObj(path, encoding="utf-8", default_encoding="utf-8",
+                                       file_error=True)
+        except configobj.ConfigObjError as e:
+            raise TreeError(f"Renewal conf {path} cannot be parsed ({e}).") from None
+
+    def read_lineage(self, name: str) -> LineageRecord:
+        """The lineage as certbot keeps it: current version, earlier ones, portable conf."""
+        conf = self._load_conf(name)
+        where = f"lineage {name} in {self.config_dir}"
+        for key in TOP_PATH_KEYS:
+            if key not in conf:
+                raise TreeError(f"Renewal conf of {name} has no '{key}'; repair it with "
+                                "`certbot certificates` or re-issue.")
+        current = None
+        for kind in PEM_KINDS:
+            link = conf[kind]
+            if not os.path.islink(link):
+                raise TreeError(f"{link} is not a symlink into the archive; {where} is damaged "
+                                "(try `certbot update_symlinks`).")
+            m = _VERSION_RE.match(os.path.basename(os.readlink(link)))
+            if not m:
+                raise TreeError(f"{link} points at an unexpected file; {where} is damaged.")
+            version = int(m.group(2))
+            if current is not None and version != current:
+                raise TreeError(f"{where}: live links point at different versions; run "
+                                "`certbot update_symlinks` first.")
+            current = version
+        assert current is not None
+        archive = conf["archive_dir"]
+
+        def pem_set(n: int) -> PemSet:
+            return PemSet(**{k: _read_text(os.path.join(archive, f"{k}{n}.pem"), where)
+                             for k in PEM_KINDS})
+
+        pems = pem_set(current)
+        older: dict[int, PemSet] = {}
+        for n in self._archive_versions(archive):
+            if n < current:
+                older[n] = pem_set(n)
+        params = conf.get("renewalparams", {})
+        autorenew = str(params.get("autorenew", "True")).strip().lower() not in (
+            "false", "0", "no", "off")
+        record = LineageRecord(name=name, version=current, pems=pems,
+                               renewal=self.portable_conf(name, conf),
+                               auto_renewable=autorenew, archive=older)
+        try:
+            record.check(where)
+        except RecordError as e:
+            raise TreeError(str(e)) from None
+        return record
+
+    @staticmethod
+    def _archive_versions(archive: str) -> list[int]:
+        """Versions for which all four files exist (as certbot's available_versions)."""
+        try:
+            entries = os.listdir(archive)
+        except OSError:
+            return []
+        seen: dict[int, set[str]] = {}
+        for entry in entries:
+            m = _VERSION_RE.match(entry)
+            if m:
+                seen.setdefault(int(m.group(2)), set()).add(m.group(1))
+        return sorted(n for n, kinds in seen.items() if kinds == set(PEM_KINDS))
+
+    def portable_conf(self, name: str, conf: configobj.ConfigObj) -> str:
+        """The conf with this machine's paths replaced by config-dir-relative ones.
+
+        ``conf`` is a private copy just parsed from disk: it is changed in place.
+        """
+        portable = conf
+        portable["archive_dir"] = f"archive/{name}"
+        for kind in PEM_KINDS:
+            portable[kind] = f"live/{name}/{kind}.pem"
+        params = portable.get("renewalparams")
+        if params is not None:
+            for key in DIR_PARAMS:
+                if key in params:
+                    params[key] = "{" + key + "}"
+        return _conf_text(portable)
+
+    def local_conf(self, name: str, portable_text: str) -> bytes:
+        """A portable conf from Vault, with this machine's paths (and nothing else's)."""
+        try:
+            conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
+                                       default_encoding="utf-8")
+        except configobj.ConfigObjError as e:
+            raise RecordError(f"The renewal conf of {name} in Vault cannot be parsed ({e}).") \
+                from None
+        # Whatever paths the record holds are ignored: they are derived from
+        # the (validated) name, so a hostile archive_dir cannot steer a write.
+        conf["archive_dir"] = self.archive_dir(name)
+        for kind in PEM_KINDS:
+            conf[kind] = os.path.join(self.live_dir(name), f"{kind}.pem")
+        params = conf.get("renewalparams")
+        if params is not None:
+            mine = {"config_dir": self.config_dir, "work_dir": self.dirs.work_dir,
+                    "logs_dir": self.dirs.logs_dir}
+            for key in DIR_PARAMS:
+                if key in params:
+                    params[key] = os.path.abspath(mine[key])
+        return _conf_text(conf).encode("utf-8")
+
+    # ---- lineages: write -------------------------------------------------------
+
+    def current_version(self, name: str) -> Optional[int]:
+        link = os.path.join(self.live_dir(name), "cert.pem")
+        if not os.path.islink(link):
+            return None
+        m = _VERSION_RE.match(os.path.basename(os.readlink(link)))
+        return int(m.group(2)) if m else None
+
+    def write_lineage(self, record: LineageRecord) -> None:
+        """Write a (validated) lineage as certbot would, conf last."""
+        name = validate_name(record.name)
+        conf_bytes = self.local_conf(name, record.renewal)
+        self.ensure_base()
+        archive = self.archive_dir(name)
+        live = self.live_dir(name)
+        for d in (archive, live):
+            if not os.path.isdir(d):
+                filesystem.makedirs(d)
+        versions = {**record.archive, record.version: record.pems}
+        file_mode = _file_mode()
+        for n, pems in sorted(versions.items()):
+            for kind in PEM_KINDS:
+                path = os.path.join(archive, f"{kind}{n}.pem")
+                data = getattr(pems, kind).encode("utf-8")
+                mode = BASE_PRIVKEY_MODE if kind == "privkey" else file_mode
+                if _same_file(path, data, mode):
+                    continue
+                _atomic_write(path, data, mode)
+        for kind in PEM_KINDS:
+            target = os.path.relpath(os.path.join(archive, f"{kind}{record.version}.pem"), live)
+            link = os.path.join(live, f"{kind}.pem")
+            if not (os.path.islink(link) and os.readlink(link) == target):
+                _atomic_symlink(target, link)
+        readme = os.path.join(live, "README")
+        if not os.path.exists(readme):
+            _atomic_write(readme, LIVE_README.format(prefix="").encode(), file_mode)
+        conf_path = self.renewal_conf_path(name)
+        if not _same_file(conf_path, conf_bytes, None):
+            _atomic_write(conf_path, conf_bytes, file_mode)
+
+    def ensure_base(self) -> None:
+        """The dirs certbot makes on first run, with certbot's modes."""
+        util.make_or_verify_dir(self.config_dir, 0o755)
+        for sub in ("renewal", "archive", "live"):
+            path = self._p(sub)
+            if not os.path.isdir(path):
+                filesystem.makedirs(path, 0o700)
+        readme = self._p("live", "README")
+        if not os.path.exists(readme):
+            _atomic_write(readme, LIVE_README.format(prefix="[cert name]/").encode(),
+                          _file_mode())
+        for hook_dir in ("pre", "deploy", "post"):
+            util.make_or_verify_dir(self._p("renewal-hooks", hook_dir), 0o755)
+
+    # ---- accounts ------------------------------------------------------------
+
+    def account_dirs(self) -> Iterator[tuple[str, str]]:
+        """(server_path, account_id) of every real account dir (certbot's compat
+        symlinks between server dirs are skipped)."""
+        base = self._p("accounts")
+        if not os.path.isdir(base):
+            return
+        for root, dirs, files in os.walk(base):
+            dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
+            if "private_key.json" in files:
+                rel = os.path.relpath(root, base)
+                server_path, account_id = os.path.split(rel)
+                if server_path:
+                    yield server_path.replace(os.sep, "/"), account_id
+                dirs[:] = []
+
+    def read_account(self, server_path: str, account_id: str, server_url: str) -> AccountRecord:
+        d = self._p("accounts", validate_server_path(server_path),
+                    validate_name(account_id, "account"))
+        where = f"account {account_id} in {d}"
+        record = AccountRecord(
+            server=server_url, account_id=account_id,
+            meta=_read_text(os.path.join(d, "meta.json"), where),
+            private_key=_read_text(os.path.join(d, "private_key.json"), where),
+            regr=_read_text(os.path.join(d, "regr.json"), where))
+        try:
+            record.check(where)
+        except RecordError as e:
+            raise TreeError(str(e)) from None
+        return record
+
+    def write_account(self, record: AccountRecord) -> None:
+        self.ensure_base()
+        accounts_dir = self._p("accounts", record.server_path)
+        util.make_or_verify_dir(accounts_dir, 0o700)
+        d = os.path.join(accounts_dir, validate_name(record.account_id, "account"))
+        util.make_or_verify_dir(d, 0o700)
+        mode = _file_mode()
+        # meta and regr first: certbot loads an account by its key file.
+        for fname, text, fmode in (("meta.json", record.meta, mode),
+                                   ("regr.json", record.regr, mode),
+                                   ("private_key.json", record.private_key, ACCOUNT_KEY_MODE)):
+            path = os.path.join(d, fname)
+            data = text.encode("utf-8")
+            if not _same_file(path, data, fmode):
+                _atomic_write(path, data, fmode)
+
+    def server_urls(self) -> dict[str, str]:
+        """server_path -> directory URL, as the renewal confs name them."""
+        urls: dict[str, str] = {}
+        for name in self.lineage_names():
+            try:
+                server = self._load_conf(name).get("renewalparams", {}).get("server")
+            except TreeError:
+                continue
+            if server:
+                from certbot_kvault._internal.layout import server_path_for_url
+                try:
+                    urls[server_path_for_url(server)] = server
+                except RecordError:
+                    continue
+        return urls
+
+    # ---- the deploy hook ---------------------------------------------------------
+
+    def install_hook(self, kvault_bin: Optional[str]) -> str:
+        """Put the deploy hook in renewal-hooks/deploy (certbot runs it on every issuance)."""
+        self.ensure_base()
+        text = _read_text(HOOK_SOURCE, "the packaged deploy hook")
+        if kvault_bin:
+            text = text.replace('KVAULT_BIN_DEFAULT="certbot-kvault"',
+                                f'KVAULT_BIN_DEFAULT="{kvault_bin}"')
+        path = self._p("renewal-hooks", "deploy", HOOK_NAME)
+        data = text.encode("utf-8")
+        if not _same_file(path, data, 0o755):
+            _atomic_write(path, data, 0o755)
+        return path
+
+
+def _conf_text(conf: configobj.ConfigObj) -> str:
+    out = io.BytesIO()
+    conf.write(outfile=out)
+    return out.getvalue().decode("utf-8")
+
+
+def _same_file(path: str, data: bytes, mode: Optional[int]) -> bool:
+    try:
+        st = os.lstat(path)
+        if mode is not None and (st.st_mode & 0o7777) != mode:
+            return False
+        with open(path, "rb") as f:
+            return f.read() == data
+    except OSError:
+        return False

@@ -1,0 +1,1 @@
+../../certbot_kvault/_internal/hooks/00-update-vault.sh

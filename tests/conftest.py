@@ -1,0 +1,189 @@
+"""pytest fixtures: real OpenBao, PowerDNS, Pebble and certbot (see tests/servers.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import servers  # noqa: E402
+from servers import Bao, Pebble, PowerDNS  # noqa: E402
+
+# Variables of the outer environment that must never leak into a test.
+_SCRUB_PREFIXES = ("VAULT_", "KVAULT_", "BAO_")
+_SCRUB_NAMES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="session")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
+    """A dev OpenBao (root token ``root``, KV v2 at ``secret/``), shared by the session."""
+    server = servers.start_openbao_dev(tmp_path_factory.mktemp("bao"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kv1_mount(bao: Bao) -> str:
+    """A KV v1 mount named ``kv1`` on the session ``bao``."""
+    r = bao.api("POST", "sys/mounts/kv1", json={"type": "kv", "options": {"version": "1"}})
+    assert r.status_code in (200, 204), r.text
+    return "kv1"
+
+
+@pytest.fixture(scope="session")
+def sealed_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
+    """An initialised but sealed OpenBao (``.unseal_keys``, ``.root_token``, ``.unseal()``)."""
+    server = servers.start_openbao_sealed(tmp_path_factory.mktemp("sealed-bao"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pdns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PowerDNS]:
+    """PowerDNS with zone ``example.com`` (apex, ns1 and ``*`` -> 127.0.0.1)."""
+    server = servers.start_powerdns(tmp_path_factory.mktemp("pdns"), zones=("example.com",))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pebble(tmp_path_factory: pytest.TempPathFactory, pdns: PowerDNS) -> Iterator[Pebble]:
+    """Pebble resolving every name through ``pdns``. Shared: accounts persist across tests."""
+    server = servers.start_pebble(tmp_path_factory.mktemp("pebble"), pdns.dns_port)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pebble_factory(
+    tmp_path_factory: pytest.TempPathFactory, pdns: PowerDNS
+) -> Iterator[Callable[..., Pebble]]:
+    """Start extra Pebbles, e.g. ``pebble_factory(cert_validity_seconds=120)`` for due certs.
+
+    Each one is stopped at the end of the session.
+    """
+    started: list[Pebble] = []
+
+    def make(*, cert_validity_seconds: Optional[int] = None) -> Pebble:
+        p = servers.start_pebble(tmp_path_factory.mktemp("pebble-x"), pdns.dns_port,
+                                 cert_validity_seconds=cert_validity_seconds)
+        started.append(p)
+        return p
+
+    try:
+        yield make
+    finally:
+        for p in started:
+            p.stop()
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "test"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Scrub VAULT_*/KVAULT_*/REQUESTS_CA_BUNDLE from os.environ; HOME -> a fresh tmp dir."""
+    for key in list(os.environ):
+        if key.startswith(_SCRUB_PREFIXES) or key in _SCRUB_NAMES:
+            monkeypatch.delenv(key, raising=False)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def vault_env(
+    bao: Bao, clean_env: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> dict[str, str]:
+    """Env for the code under test, also set in os.environ: a unique KVAULT_PREFIX per test."""
+    prefix = f"t-{_sanitize(request.node.name)}-{secrets.token_hex(3)}"
+    env = {
+        "VAULT_ADDR": bao.addr,
+        "VAULT_TOKEN": bao.token,
+        "KVAULT_PREFIX": prefix,
+        "KVAULT_MOUNT": "secret",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+@pytest.fixture(scope="session")
+def _tld_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tldextract-cache")
+
+
+@pytest.fixture
+def tldextract_offline(monkeypatch: pytest.MonkeyPatch, _tld_cache: Path) -> Path:
+    """Keep dns-lexicon's tldextract off the network: tmp cache, bundled suffix snapshot.
+
+    ``TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=""`` (tldextract >= 5.2) disables the fetch.
+    Not autouse: tests of the package's own handling of an offline fetch can skip it.
+    """
+    monkeypatch.setenv("TLDEXTRACT_CACHE_PATH", str(_tld_cache))
+    monkeypatch.setenv("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    return _tld_cache
+
+
+# --------------------------------------------------------------------------- certbot
+
+
+@dataclass
+class CertbotDirs:
+    config_dir: Path
+    work_dir: Path
+    logs_dir: Path
+
+    def args(self) -> list[str]:
+        return ["--config-dir", str(self.config_dir), "--work-dir", str(self.work_dir),
+                "--logs-dir", str(self.logs_dir)]
+
+
+@pytest.fixture
+def certbot_dirs(tmp_path: Path) -> CertbotDirs:
+    """Fresh certbot dirs under tmp_path (config dir exists and is empty)."""
+    dirs = CertbotDirs(tmp_path / "config", tmp_path / "work", tmp_path / "logs")
+    for d in (dirs.config_dir, dirs.work_dir, dirs.logs_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+CertbotRunner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def certbot(certbot_dirs: CertbotDirs, pebble: Pebble) -> CertbotRunner:
+    """``certbot(*args, env=None, check=True)``: run this venv's certbot against ``pebble``."""
+
+    def run(*args: str, env: Optional[dict[str, str]] = None, check: bool = True,
+            **kw: Any) -> subprocess.CompletedProcess[str]:
+        return servers.run_certbot(
+            list(args), config_dir=certbot_dirs.config_dir, work_dir=certbot_dirs.work_dir,
+            logs_dir=certbot_dirs.logs_dir, pebble=pebble, env=env, check=check, **kw)
+
+    return run

