@@ -393,3 +393,8 @@ def rm(ctx: Context, name: str, purge: bool) -> None:
 
 def run() -> None:  # pragma: no cover - console entry for `python -m`
     main(prog_name="certbot-kvault")
+
+
+# Subcommand groups that live in their own modules register on `main` when
+# imported (after main and common_options exist, so no import cycle bites).
+from certbot_kvault._internal import cli_dns, cli_renew  # noqa: E402,F401

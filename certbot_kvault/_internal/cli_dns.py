@@ -1,0 +1,2 @@
+"""`certbot-kvault dns ...`: manage DNS provider credentials in Vault."""
+from __future__ import annotations
