@@ -123,6 +123,7 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          workers: int = DEFAULT_WORKERS, kvault_bin: Optional[str] = None,
          accounts: bool = True) -> Report:
     """Rebuild the config dir from Vault: accounts, then the named (or all) lineages."""
+    layout.vault.login()  # once, before the workers: a refused login stops everything
     tree.ensure_base()
     report = Report()
     if accounts:
@@ -177,6 +178,7 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
 def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          workers: int = DEFAULT_WORKERS, accounts: bool = True) -> Report:
     """Write local accounts and the named (or all) lineages to Vault; only what changed."""
+    layout.vault.login()
     report = Report()
     if accounts:
         urls = tree.server_urls()

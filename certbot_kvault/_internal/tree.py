@@ -18,7 +18,7 @@ import tempfile
 from typing import Iterator, Optional
 
 import configobj
-from certbot import errors, util
+from certbot import errors
 from certbot.compat import filesystem
 
 from certbot_kvault._internal.layout import (
@@ -95,11 +95,31 @@ def _atomic_symlink(target: str, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _file_mode(default: int = 0o644) -> int:
-    # certbot writes cert/chain/fullchain with open(): 0o666 less the umask.
-    umask = os.umask(0)
+def _current_umask() -> int:
+    # Read once, before any worker thread exists: umask is process-wide, and
+    # certbot's own filesystem.makedirs flips it, which is why it is not used
+    # here (parallel pulls would create files with each other's modes).
+    umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask if default == 0o644 else default
+    return umask
+
+
+def _mkdirs(path: str, mode: int) -> None:
+    """Create path and missing parents, each with exactly ``mode`` (as certbot's makedirs)."""
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue  # another worker made it
+        os.chmod(d, mode)
 
 
 def _read_text(path: str, where: str) -> str:
@@ -116,6 +136,10 @@ class Tree:
     def __init__(self, dirs: Dirs) -> None:
         self.dirs = dirs
         self.config_dir = os.path.abspath(dirs.config_dir)
+        umask = _current_umask()
+        # What certbot gets from open() and os.mkdir() under this umask.
+        self.file_mode = 0o666 & ~umask
+        self.dir_mode = 0o777 & ~umask
 
     # ---- paths --------------------------------------------------------------
 
@@ -273,10 +297,9 @@ class Tree:
         archive = self.archive_dir(name)
         live = self.live_dir(name)
         for d in (archive, live):
-            if not os.path.isdir(d):
-                filesystem.makedirs(d)
+            _mkdirs(d, self.dir_mode)
         versions = {**record.archive, record.version: record.pems}
-        file_mode = _file_mode()
+        file_mode = self.file_mode
         for n, pems in sorted(versions.items()):
             for kind in PEM_KINDS:
                 path = os.path.join(archive, f"{kind}{n}.pem")
@@ -299,17 +322,16 @@ class Tree:
 
     def ensure_base(self) -> None:
         """The dirs certbot makes on first run, with certbot's modes."""
-        util.make_or_verify_dir(self.config_dir, 0o755)
-        for sub in ("renewal", "archive", "live"):
-            path = self._p(sub)
-            if not os.path.isdir(path):
-                filesystem.makedirs(path, 0o700)
+        _mkdirs(self.config_dir, 0o755)
+        _mkdirs(self._p("renewal"), self.dir_mode)
+        for sub in ("archive", "live", "accounts"):
+            _mkdirs(self._p(sub), 0o700)
         readme = self._p("live", "README")
         if not os.path.exists(readme):
             _atomic_write(readme, LIVE_README.format(prefix="[cert name]/").encode(),
-                          _file_mode())
+                          self.file_mode)
         for hook_dir in ("pre", "deploy", "post"):
-            util.make_or_verify_dir(self._p("renewal-hooks", hook_dir), 0o755)
+            _mkdirs(self._p("renewal-hooks", hook_dir), self.dir_mode)
 
     # ---- accounts ------------------------------------------------------------
 
@@ -345,11 +367,11 @@ class Tree:
 
     def write_account(self, record: AccountRecord) -> None:
         self.ensure_base()
-        accounts_dir = self._p("accounts", record.server_path)
-        util.make_or_verify_dir(accounts_dir, 0o700)
-        d = os.path.join(accounts_dir, validate_name(record.account_id, "account"))
-        util.make_or_verify_dir(d, 0o700)
-        mode = _file_mode()
+        # certbot makes the server dirs and the account dir 0700, parents included.
+        d = self._p("accounts", record.server_path,
+                    validate_name(record.account_id, "account"))
+        _mkdirs(d, 0o700)
+        mode = self.file_mode
         # meta and regr first: certbot loads an account by its key file.
         for fname, text, fmode in (("meta.json", record.meta, mode),
                                    ("regr.json", record.regr, mode),

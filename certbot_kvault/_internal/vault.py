@@ -373,6 +373,9 @@ class VaultClient:
                     f"Cannot reach Vault at {self.settings.addr} ({type(e).__name__}); check "
                     "VAULT_ADDR and that Vault is running.") from None
             except hvac.exceptions.InvalidRequest as e:
+                if login:
+                    # Vault answers a bad role/secret id or JWT with a 400.
+                    raise VaultPermissionDenied(_first_line(e)) from None
                 raise VaultError(f"Vault rejected the request on {path}: {_first_line(e)}") \
                     from None
             except hvac.exceptions.VaultError as e:
