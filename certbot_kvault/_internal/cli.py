@@ -144,9 +144,10 @@ def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    # urllib3/hvac log URLs, never headers or bodies; keep them quiet anyway.
+    # urllib3 warns on every retry and hvac/tldextract chatter; the user gets
+    # our one-line error instead (-vv shows it all; URLs only, never headers).
     for noisy in ("urllib3", "hvac", "tldextract", "filelock"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.ERROR)
 
 
 def _one_line(e: BaseException) -> str:
