@@ -32,6 +32,19 @@ DEFAULT_PREFIX = "certbot"
 DEFAULT_K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105
 
 
+class _QuietVaultRetries(logging.Filter):
+    """Drop urllib3's per-retry warnings for Vault routes (/v1/...): the final
+    error is reported once, in our words. Other clients' retries still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Retrying") and args
+                    and str(args[-1]).startswith("/v1/"))
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_QuietVaultRetries())
+
+
 class VaultError(errors.PluginError):
     """A Vault operation failed; the message is one line a user can act on."""
 
