@@ -186,16 +186,17 @@ class KVEntry:
 def _make_session(settings: VaultSettings, pool_size: int) -> requests.Session:
     session = requests.Session()
     # Connection errors are retried for every method (nothing reached Vault);
-    # 5xx/429 answers too, with backoff. A retried CAS write that had in fact
-    # landed surfaces as a conflict, which VaultClient.write resolves by
-    # reading back.
+    # 5xx/429 answers too, with backoff (503 included: a raft cluster answers
+    # it while electing a leader; a sealed Vault costs a few seconds more).
+    # A retried CAS write that had in fact landed surfaces as a conflict,
+    # which VaultClient.write resolves by reading back.
     retry = Retry(
         total=settings.retries,
         connect=settings.retries,
         read=settings.retries,
         status=settings.retries,
         backoff_factor=0.2,
-        status_forcelist=(429, 500, 502, 504),
+        status_forcelist=(429, 500, 502, 503, 504),
         allowed_methods=None,
         raise_on_status=False,
         respect_retry_after_header=True,
@@ -377,14 +378,8 @@ class VaultClient:
                 raise VaultSealed(
                     f"Vault at {self.settings.addr} is sealed or not initialized ({_first_line(e)}"
                     "); unseal it (`vault operator unseal`) and run again.") from None
-            except requests.exceptions.SSLError as e:
-                raise VaultUnreachable(
-                    f"TLS error talking to Vault at {self.settings.addr}: {_first_line(e)}; "
-                    "set VAULT_CACERT to the CA that signed Vault's certificate.") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-                raise VaultUnreachable(
-                    f"Cannot reach Vault at {self.settings.addr} ({type(e).__name__}); check "
-                    "VAULT_ADDR and that Vault is running.") from None
+                raise self._transport_error(e) from None
             except hvac.exceptions.InvalidRequest as e:
                 if login:
                     # Vault answers a bad role/secret id or JWT with a 400.
@@ -394,6 +389,15 @@ class VaultClient:
             except hvac.exceptions.VaultError as e:
                 raise VaultError(
                     f"Vault error on {path} ({type(e).__name__}): {_first_line(e)}") from None
+
+    def _transport_error(self, e: requests.exceptions.RequestException) -> VaultUnreachable:
+        if isinstance(e, requests.exceptions.SSLError):
+            return VaultUnreachable(
+                f"TLS error talking to Vault at {self.settings.addr} (certificate not trusted "
+                "or wrong host); set VAULT_CACERT to the CA that signed Vault's certificate.")
+        return VaultUnreachable(
+            f"Cannot reach Vault at {self.settings.addr} ({type(e).__name__}); check "
+            "VAULT_ADDR and that Vault is running.")
 
     def _token_is_valid(self) -> bool:
         try:
@@ -563,12 +567,11 @@ class VaultClient:
                 f"{self.settings.addr}/v1/sys/health",
                 params={"standbyok": "true", "perfstandbyok": "true",
                         "sealedcode": "200", "uninitcode": "200"},
-                timeout=self.settings.timeout)
+                # Explicit, or requests lets REQUESTS_CA_BUNDLE beat VAULT_CACERT.
+                verify=self._session.verify, timeout=self.settings.timeout)
             return dict(r.json())
         except requests.exceptions.RequestException as e:
-            raise VaultUnreachable(
-                f"Cannot reach Vault at {self.settings.addr} ({type(e).__name__}); check "
-                "VAULT_ADDR and that Vault is running.") from None
+            raise self._transport_error(e) from None
         except ValueError:
             raise VaultUnreachable(
                 f"{self.settings.addr} does not answer like Vault; check VAULT_ADDR.") from None

@@ -1,0 +1,200 @@
+"""The Vault connection against real OpenBao servers: settings as the vault CLI reads
+them, TLS options, namespaces, KV detection, bounded retries, error classes."""
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+from typing import Iterator
+
+import pytest
+import requests
+from kvault_helpers import cli
+from servers import Bao, _spawn, _wait_ready, bao_binary, free_port
+
+from certbot_kvault._internal.vault import (
+    VaultClient,
+    VaultError,
+    VaultNotFound,
+    VaultSettings,
+    VaultUnreachable,
+)
+
+
+@pytest.fixture(scope="module")
+def tls_bao(tmp_path_factory) -> Iterator[tuple[Bao, str]]:
+    """An OpenBao dev server on HTTPS with its own CA (`-dev-tls`)."""
+    wd = tmp_path_factory.mktemp("bao-tls")
+    certs = wd / "certs"
+    certs.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(wd)
+    proc = _spawn([bao_binary(), "server", "-dev", "-dev-tls", "-dev-root-token-id=root",
+                   f"-dev-listen-address=127.0.0.1:{port}", f"-dev-tls-cert-dir={certs}"],
+                  wd / "bao.log", env=env, cwd=wd)
+    bao = Bao(proc, wd / "bao.log", wd, addr=f"https://127.0.0.1:{port}", token="root",
+              bin=bao_binary())
+    ca = str(certs / "vault-ca.pem")
+    bao._http.verify = ca
+    try:
+        _wait_ready(bao, lambda: bao.health().status_code == 200, "openbao dev-tls")
+        yield bao, ca
+    finally:
+        bao.stop()
+
+
+def test_settings_read_like_the_vault_cli(tmp_path, monkeypatch):
+    env = {"VAULT_ADDR": "https://vault.example:8200/", "VAULT_NAMESPACE": "team",
+           "VAULT_SKIP_VERIFY": "true", "KVAULT_MOUNT": "/kv/", "KVAULT_PREFIX": "le/",
+           "VAULT_ROLE_ID": "r"}
+    s = VaultSettings.from_env(env, prefix="override")
+    assert (s.addr, s.namespace, s.skip_verify, s.mount, s.prefix) == \
+        ("https://vault.example:8200", "team", True, "kv", "override")
+    assert s.auth_method == "approle"
+    assert VaultSettings.from_env({}).addr == "https://127.0.0.1:8200"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".vault-token").write_text("s.from-file\n")
+    assert VaultSettings.from_env({}).file_token() == "s.from-file"
+    assert "s.from-file" not in repr(VaultSettings.from_env({"VAULT_TOKEN": "s.from-file"}))
+
+
+def test_tls_cacert_and_skip_verify(tls_bao, vault_env, monkeypatch):
+    bao, ca = tls_bao
+    monkeypatch.setenv("VAULT_ADDR", bao.addr)
+    # REQUESTS_CA_BUNDLE (set on CI machines) must not beat VAULT_CACERT.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    no_ca = cli("status")
+    assert no_ca.exit_code == 1 and "TLS error talking to Vault" in no_ca.output
+    assert "VAULT_CACERT" in no_ca.output
+    monkeypatch.setenv("VAULT_CACERT", ca)
+    assert cli("status").exit_code == 0
+    monkeypatch.delenv("VAULT_CACERT")
+    assert cli("status", "--vault-cacert", ca).exit_code == 0
+    monkeypatch.setenv("VAULT_SKIP_VERIFY", "1")
+    assert cli("status").exit_code == 0
+
+
+def test_namespace(tls_bao, vault_env, monkeypatch, tmp_path):
+    bao, ca = tls_bao
+    ns = "team" + vault_env["KVAULT_PREFIX"][-6:]
+    assert bao.api("POST", f"sys/namespaces/{ns}", {}).status_code == 200
+    r = bao._http.post(f"{bao.addr}/v1/sys/mounts/certs", json={"type": "kv",
+                       "options": {"version": "2"}},
+                       headers={"X-Vault-Token": "root", "X-Vault-Namespace": ns})
+    assert r.status_code == 204, r.text
+    for k, v in {"VAULT_ADDR": bao.addr, "VAULT_CACERT": ca, "VAULT_NAMESPACE": ns,
+                 "KVAULT_MOUNT": "certs"}.items():
+        monkeypatch.setenv(k, v)
+    client = VaultClient(VaultSettings.from_env())
+    assert client.kv_version == 2
+    client.write("certbot/dns/x", {"provider": "powerdns"})
+    # It landed inside the namespace, not at the root.
+    inside = bao._http.get(f"{bao.addr}/v1/certs/data/certbot/dns/x",
+                           headers={"X-Vault-Token": "root", "X-Vault-Namespace": ns})
+    assert inside.json()["data"]["data"] == {"provider": "powerdns"}
+    outside = bao.api("GET", "certs/data/certbot/dns/x")
+    assert outside.status_code in (403, 404)
+
+
+def test_missing_mount_is_one_clear_error(vault_env, monkeypatch):
+    monkeypatch.setenv("KVAULT_MOUNT", "nosuchmount")
+    result = cli("list")
+    assert result.exit_code == 1
+    assert "KV mount 'nosuchmount'" in result.output and "KVAULT_MOUNT" in result.output
+    with pytest.raises(VaultNotFound):
+        _ = VaultClient(VaultSettings.from_env()).kv_version
+
+
+class _FaultProxy(http.server.ThreadingHTTPServer):
+    """Forwards to a real Vault, answering the first `faults` requests with `status`."""
+
+    def __init__(self, upstream: str, status: int, faults: int) -> None:
+        self.upstream, self.status, self.faults = upstream, status, faults
+        self.seen = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                outer.seen += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if outer.seen <= outer.faults:
+                    self.send_response(outer.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "13")
+                    self.end_headers()
+                    self.wfile.write(b'{"errors":[]}')
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                r = requests.request(self.command, outer.upstream + self.path, data=body,
+                                     headers=headers, timeout=10)
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _any  # noqa: N815
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.mark.parametrize("status", [502, 503, 429])
+def test_transient_errors_are_retried(bao, vault_env, status):
+    proxy = _FaultProxy(bao.addr, status, faults=2)
+    try:
+        client = VaultClient(VaultSettings.from_env(addr=proxy.addr))
+        client.login()  # two faults, then the real answer
+        assert proxy.seen == 3
+        client.write(f"{vault_env['KVAULT_PREFIX']}/x", {"a": "1"})
+        assert client.read(f"{vault_env['KVAULT_PREFIX']}/x").data == {"a": "1"}
+    finally:
+        proxy.shutdown()
+
+
+def test_retries_are_bounded(bao, vault_env):
+    proxy = _FaultProxy(bao.addr, 502, faults=10**6)
+    try:
+        settings = VaultSettings.from_env(addr=proxy.addr)
+        t0 = time.monotonic()
+        with pytest.raises(VaultError) as err:
+            VaultClient(settings).login()
+        assert proxy.seen == settings.retries + 1
+        assert time.monotonic() - t0 < 10
+        assert "root" not in str(err.value)
+    finally:
+        proxy.shutdown()
+
+
+def test_unreachable_is_bounded_and_clear(vault_env):
+    settings = VaultSettings.from_env(addr=f"http://127.0.0.1:{free_port()}")
+    t0 = time.monotonic()
+    with pytest.raises(VaultUnreachable, match="Cannot reach Vault at http://127.0.0.1:"):
+        VaultClient(settings).login()
+    assert time.monotonic() - t0 < 10
+
+
+def test_no_secret_in_debug_logs(bao, vault_env, caplog):
+    """Even at DEBUG, neither the token nor a secret value reaches a log."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    client = VaultClient(VaultSettings.from_env())
+    client.write(f"{vault_env['KVAULT_PREFIX']}/secret", {"v": "TOPSECRETVALUE"})
+    assert client.read(f"{vault_env['KVAULT_PREFIX']}/secret").data["v"] == "TOPSECRETVALUE"
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "TOPSECRETVALUE" not in text
+    assert "X-Vault-Token" not in text
+    token = bao.api("POST", "auth/token/create", {"policies": ["root"], "ttl": "5m"}).json()[
+        "auth"]["client_token"]
+    VaultClient(VaultSettings.from_env(token=token)).read(f"{vault_env['KVAULT_PREFIX']}/x")
+    assert token not in "\n".join(r.getMessage() for r in caplog.records)
