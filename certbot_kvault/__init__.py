@@ -1,1 +1,88 @@
-"""certbot-kvault (manual written below)."""
+"""
+The `~certbot_kvault` plugin keeps all of certbot's state -- ACME accounts,
+certificate lineages and renewal settings -- in HashiCorp Vault or OpenBao KV,
+and solves DNS-01 challenges through any dns-lexicon provider whose
+credentials are stored in Vault. The local config dir becomes a cache that
+any container, CronJob or CI job can rebuild with ``certbot-kvault pull``.
+
+Named Arguments
+---------------
+
+=====================================  =========================================
+``--kvault-dns NAME``                  DNS credentials: the Vault entry
+                                       ``<mount>/<prefix>/dns/NAME`` (default:
+                                       the only entry, if there is exactly one)
+``--kvault-propagation-timeout SECS``  How long to wait for every authoritative
+                                       server to answer the TXT record (120)
+``--kvault-dns-resolver HOST[:PORT]``  Ask this server for propagation instead
+                                       of the zone's authoritative servers
+``--kvault-propagation-seconds SECS``  Extra fixed wait after the check (0)
+``--kvault-vault-addr URL``            Vault address (default ``$VAULT_ADDR``)
+``--kvault-vault-namespace NS``        Vault namespace (``$VAULT_NAMESPACE``)
+``--kvault-vault-cacert FILE``         CA bundle for Vault (``$VAULT_CACERT``)
+``--kvault-mount MOUNT``               KV mount (``$KVAULT_MOUNT``, ``secret``)
+``--kvault-prefix PREFIX``             Path below the mount (``$KVAULT_PREFIX``,
+                                       ``certbot``)
+=====================================  =========================================
+
+Tokens are never options (an option is saved in the renewal conf, and the
+renewal conf is saved in Vault): they come from the environment, as for the
+``vault`` CLI.
+
+Vault connection
+----------------
+
+The same variables as the ``vault`` CLI: ``VAULT_ADDR``, ``VAULT_TOKEN``
+(else ``~/.vault-token``), ``VAULT_NAMESPACE``, ``VAULT_CACERT``,
+``VAULT_CAPATH``, ``VAULT_CLIENT_CERT``/``VAULT_CLIENT_KEY``,
+``VAULT_SKIP_VERIFY``. Machine logins: AppRole (``VAULT_ROLE_ID`` +
+``VAULT_SECRET_ID``, mount ``KVAULT_APPROLE_MOUNT``), Kubernetes
+(``KVAULT_K8S_ROLE``, token file ``KVAULT_K8S_TOKEN_PATH``, mount
+``KVAULT_K8S_MOUNT``), JWT/OIDC for CI (``KVAULT_JWT_ROLE`` + ``KVAULT_JWT``
+or ``KVAULT_JWT_FILE``, mount ``KVAULT_JWT_MOUNT``). KV v1 and v2 mounts both
+work; the version is detected. Long runs renew their token.
+
+Layout in Vault (below ``<mount>/<prefix>/``)
+---------------------------------------------
+
+``accounts/<server>/<id>``
+    ``meta``, ``private_key``, ``regr`` (certbot's JSON texts), ``server``.
+``certificates/<lineage>``
+    ``cert``, ``chain``, ``fullchain``, ``privkey``, ``renewal`` (the renewal
+    conf without machine paths), ``version``, ``domains``, ``not_before``,
+    ``not_after``, ``serial``, ``key_type``, ``auto_renewable``,
+    ``updated_at``, and ``archive`` (the earlier archive versions, so a
+    pulled tree is identical to the pushed one).
+``dns/<name>``
+    ``provider`` (a dns-lexicon provider) and that provider's options.
+``locks/<name>``
+    ``owner``, ``expires_at``: the renewal lease lock (KV v2 only).
+
+Examples
+--------
+
+.. code-block:: bash
+   :caption: Store DNS credentials, then issue with DNS-01; the account and the
+             certificate end up in Vault with no extra flag
+
+   certbot-kvault dns add pdns --provider powerdns \\
+       --option auth_token=... --option pdns_server=https://pdns:8081 \\
+       --option pdns_server_id=localhost
+   certbot certonly --authenticator kvault --kvault-dns pdns \\
+       -d example.com -d '*.example.com'
+
+.. code-block:: bash
+   :caption: Keep using another authenticator; store the result in Vault
+
+   certbot certonly --standalone -i kvault -d www.example.com
+
+.. code-block:: bash
+   :caption: Stateless renewal in a fresh container
+
+   certbot-kvault renew            # lock, pull, certbot renew, push, unlock
+
+.. code-block:: bash
+   :caption: Migrate an existing /etc/letsencrypt
+
+   certbot-kvault import --config-dir /etc/letsencrypt
+"""

@@ -82,7 +82,7 @@ def available_providers() -> dict[str, bool]:
     return dict(find_providers())
 
 
-def check_provider(provider: str, where: str) -> None:
+def check_provider(provider: str, where: str, entry_name: str = "NAME") -> None:
     """Refuse a provider name lexicon does not know or cannot load."""
     providers = available_providers()
     if provider in providers and providers[provider]:
@@ -94,8 +94,8 @@ def check_provider(provider: str, where: str) -> None:
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise DNSError(f"Unknown DNS provider {provider!r} ({where}): it must be a dns-lexicon "
                    f"provider name, e.g. powerdns, cloudflare, route53.{hint} Fix it with "
-                   "`certbot-kvault dns add NAME --provider PROVIDER --option KEY=VALUE ... "
-                   "--force`.")
+                   f"`certbot-kvault dns add {entry_name} --provider PROVIDER --option "
+                   "KEY=VALUE ... --force`.")
 
 
 def provider_option_names(provider: str) -> Optional[list[str]]:
@@ -152,7 +152,7 @@ class DnsEntry:
         return cls(name=name, provider=provider.strip(), options=options, where=where)
 
     def check(self) -> None:
-        check_provider(self.provider, self.where)
+        check_provider(self.provider, self.where, self.name)
 
 
 def entry_where(layout: Layout, name: str) -> str:
@@ -209,7 +209,7 @@ def lexicon_config(entry: DnsEntry, domain: str, ttl: int) -> Any:
     }
     # No with_env(): the Vault entry is the whole configuration, so a stray
     # LEXICON_* variable of the machine cannot change which account is used.
-    return ConfigResolver().with_dict(config)
+    return ConfigResolver().with_dict(config)  # type: ignore[no-untyped-call]
 
 
 class _TldextractFilter(logging.Filter):
@@ -331,10 +331,10 @@ def find_authoritative(name: str, resolver: Optional[dns.resolver.Resolver] = No
             from None
     servers: list[NameServer] = []
     for rdata in sorted(ns_answer, key=lambda r: str(r)):
-        host = str(rdata.target).rstrip(".")  # type: ignore[attr-defined]
+        host = str(rdata.target).rstrip(".")
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             try:
-                answer = resolver.resolve(rdata.target, rdtype)  # type: ignore[attr-defined]
+                answer = resolver.resolve(rdata.target, rdtype)
             except dns.exception.DNSException as e:
                 logger.debug("no %s for name server %s: %s", rdtype.name, host, e)
                 continue
@@ -381,7 +381,7 @@ def query_txt(server: NameServer, name: str, timeout: float = QUERY_TIMEOUT,
     for rrset in response.answer:
         if rrset.rdtype == dns.rdatatype.TXT and rrset.name == qname:
             for rdata in rrset:
-                values.add(b"".join(rdata.strings).decode("utf-8", "replace"))  # type: ignore[attr-defined]
+                values.add(b"".join(rdata.strings).decode("utf-8", "replace"))
     return values
 
 

@@ -7,13 +7,20 @@ the lineage (certbot never calls an installer's ``deploy_cert`` on
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import time
 from typing import Any, Callable, Iterable, Optional
 
-from certbot import errors, interfaces
-from certbot.plugins import dns_common_lexicon
+from acme import challenges
+from certbot import achallenges, errors, interfaces
+from certbot.display import util as display_util
+from certbot.plugins import dns_common, dns_common_lexicon
+from lexicon.client import Client
+from requests.exceptions import HTTPError, RequestException
 
+from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.tree import Dirs, Tree
@@ -32,6 +39,10 @@ SETTING_OPTIONS = {
 }
 
 
+class VaultUnusable(errors.Error):
+    """Vault cannot be used and kvault was asked for by name: abort the certbot run."""
+
+
 class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Installer):
     """kvault: certbot state and DNS credentials in Vault / OpenBao."""
 
@@ -42,11 +53,17 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         super().__init__(*args, **kwargs)
         self._vault: Optional[VaultClient] = None
         self._pushed: set[str] = set()
+        self._before: dict[str, tuple[Optional[int], int]] = {}
+        self._dns = _DnsRun()
 
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None],
                              default_propagation_seconds: int = 0) -> None:
-        super().add_parser_arguments(add, default_propagation_seconds=default_propagation_seconds)
+        # Not the base class's: there it is *the* wait; here the active check
+        # is the wait and this is only an optional extra.
+        add("propagation-seconds", type=int, default=default_propagation_seconds,
+            metavar="SECONDS", help="Extra fixed wait after every DNS server answers the TXT "
+                                    "records (for CAs behind slow secondaries; default 0).")
         add("dns", metavar="NAME", default=None,
             help="DNS credentials to use: the Vault entry <mount>/<prefix>/dns/NAME "
                  "(default: the only entry, if there is exactly one).")
@@ -87,16 +104,35 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
                          logs_dir=self.config.logs_dir))
 
     def prepare(self) -> None:
-        """Fail before any ACME order if Vault is unusable; wire the deploy hook."""
+        """Wire the deploy hook, then fail before any ACME order if Vault is unusable.
+
+        The hook goes in first: certbot drops an installer whose prepare()
+        fails and still issues on ``certonly``, and then the hook is what
+        reports loudly and leaves the pending mark.
+        """
+        from certbot_kvault._internal.cli import kvault_bin
+
+        tree = self._tree()
+        hook = tree.install_hook(kvault_bin())
+        logger.debug("kvault deploy hook at %s", hook)
+        self._before = tree.fingerprints()
         try:
             self.vault.login()
             _ = self.vault.kv_version
         except VaultError as e:
+            if self.name in (getattr(self.config, "authenticator", None),
+                             getattr(self.config, "installer", None)):
+                # Chosen with -a/-i: stop before ordering anything. certbot
+                # would quietly drop a plugin whose prepare() raises a
+                # PluginError and issue a certificate that never reaches Vault.
+                raise VaultUnusable(f"kvault: {e}") from None
             raise errors.PluginError(f"kvault: {e}") from None
-        from certbot_kvault._internal.cli import kvault_bin
-
-        hook = self._tree().install_hook(kvault_bin())
-        logger.debug("kvault deploy hook at %s", hook)
+        if getattr(self.config, "authenticator", None) == self.name:
+            # A wrong or missing dns/NAME is reported before the ACME order.
+            try:
+                self._setup_credentials()
+            except errors.PluginError as e:
+                raise VaultUnusable(str(e)) from None
 
     # ---- Installer ---------------------------------------------------------------
 
@@ -109,19 +145,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         tree = self._tree()
         live = os.path.dirname(os.path.abspath(cert_path))
         name = tree.lineage_for_live_path(live)
-        if name in self._pushed:
-            return
-        try:
-            report = sync.push(tree, self.layout, [name])
-        except VaultError as e:
-            report = sync.Report(failed=[(f"lineage {name}", str(e))])
-        if not report.ok:
-            reason = "; ".join(f"{i}: {e}" for i, e in report.failed)
-            sync.mark_pending(tree, name, reason)
-            raise errors.PluginError(
-                f"kvault could not store {name} in Vault ({reason}). Fix the cause, then run "
-                f"`certbot-kvault push --config-dir {tree.config_dir} {name}`.")
-        self._pushed.add(name)
+        if name not in self._pushed:
+            self._push(tree, [name])
 
     def enhance(self, domain: str, enhancement: str,
                 options: Optional[Any] = None) -> None:
@@ -144,13 +169,206 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         """Vault was checked in prepare()."""
 
     def restart(self) -> None:
-        """Nothing to restart: applications read their certificate from Vault."""
+        """Push what this certbot run changed (certbot calls this after issuance).
+
+        certbot >= 3 also runs renewal-hooks/deploy on a new certonly issuance,
+        certbot 2.x does not: this covers both (when the hook already pushed,
+        the lineage is unchanged in Vault and nothing is written).
+        """
+        tree = self._tree()
+        after = tree.fingerprints()
+        changed = sorted(n for n, fp in after.items()
+                         if self._before.get(n) != fp and n not in self._pushed)
+        self._before = after
+        if changed:
+            self._push(tree, changed)
+
+    def _push(self, tree: Tree, names: list[str]) -> None:
+        try:
+            report = sync.push(tree, self.layout, names)
+        except VaultError as e:
+            report = sync.Report(failed=[(f"lineage {n}", str(e)) for n in names])
+        failed = [i.split(" ", 1)[1] for i, _ in report.failed if i.startswith("lineage ")]
+        for name in failed:
+            sync.mark_pending(tree, name, "; ".join(e for _, e in report.failed))
+        if not report.ok:
+            reason = "; ".join(f"{i}: {e}" for i, e in report.failed)
+            raise errors.PluginError(
+                f"kvault could not store {', '.join(failed) or names[0]} in Vault ({reason}). "
+                f"Fix the cause, then run `certbot-kvault push --config-dir {tree.config_dir}`.")
+        self._pushed.update(names)
 
     # ---- Authenticator (DNS-01 through dns-lexicon) ------------------------------------
 
     @property
+    def _entry(self) -> kvault_dns.DnsEntry:
+        self._setup_credentials()
+        assert self._dns.entry is not None
+        return self._dns.entry
+
+    @property
     def _provider_name(self) -> str:
-        raise NotImplementedError  # filled in by the DNS authenticator work (dns.py)
+        return self._entry.provider
 
     def _setup_credentials(self) -> None:
-        raise errors.PluginError("kvault DNS-01 is not available yet.")
+        """Read dns/NAME (or the only dns/ entry) from Vault; no INI file on disk."""
+        if self._dns.entry is not None:
+            return
+        try:
+            self._dns.entry = kvault_dns.load_entry(self.layout, self.conf("dns"))
+        except VaultError as e:
+            raise errors.PluginError(f"kvault: cannot read the DNS provider entry: {e}") \
+                from None
+        logger.debug("kvault DNS entry %r", self._dns.entry)
+
+    def _build_lexicon_config(self, domain: str) -> Any:
+        return kvault_dns.lexicon_config(self._entry, domain, self._ttl)
+
+    def _fix(self) -> str:
+        return (f"check {self._entry.where} (fix it with `certbot-kvault dns add "
+                f"{self._entry.name} --provider {self._entry.provider} --option KEY=VALUE ... "
+                "--force`)")
+
+    def _handle_http_error(self, e: HTTPError, domain_name: str) -> Optional[errors.PluginError]:
+        status = e.response.status_code if e.response is not None else None
+        wrong_guess = {404, 422} if self._provider_name == "powerdns" else {404}
+        if status in wrong_guess:
+            return None  # not this zone: let the next, shorter guess be tried
+        if status in (401, 403):
+            return errors.PluginError(
+                f"kvault: the {self._provider_name} API refused the credentials (HTTP {status}):"
+                f" wrong API key/credentials; {self._fix()}.")
+        return errors.PluginError(
+            f"kvault: the {self._provider_name} API failed for zone {domain_name} "
+            f"(HTTP {status}): {_one_line(e)}; {self._fix()}.")
+
+    def _handle_general_error(self, e: Exception,
+                              domain_name: str) -> Optional[errors.PluginError]:
+        if str(e).startswith("No domain found"):
+            return None
+        if isinstance(e, RequestException):
+            return errors.PluginError(
+                f"kvault: cannot reach the {self._provider_name} API ({_one_line(e)}); "
+                f"{self._fix()}.")
+        return errors.PluginError(
+            f"kvault: {self._provider_name} failed for zone {domain_name}: {_one_line(e)}; "
+            f"{self._fix()}.")
+
+    def _resolve_domain(self, domain: str) -> str:
+        """The provider's zone for ``domain`` (longest guess first), cached per run."""
+        zones = self._dns.zones
+        if domain in zones:
+            return zones[domain]
+        guesses = dns_common.base_domain_name_guesses(domain)
+        try:
+            with kvault_dns.quiet_tldextract():
+                zone = super()._resolve_domain(domain)
+        except errors.PluginError as e:
+            if not str(e).startswith("Unable to determine zone identifier"):
+                raise
+            raise errors.PluginError(
+                f"kvault: the {self._provider_name} account of {self._entry.where} hosts no "
+                f"zone for {domain} "
+                f"(tried {', '.join(guesses)}). Check the domain name, or choose the entry "
+                "whose provider hosts it with --kvault-dns NAME.") from None
+        zones[domain] = zone
+        return zone
+
+    def _perform(self, domain: str, validation_name: str, validation: str) -> None:
+        """Add one TXT value (added next to others at the same name, never replacing them)."""
+        zone = self._resolve_domain(domain)
+        try:
+            with kvault_dns.quiet_tldextract(), \
+                    Client(self._build_lexicon_config(zone)) as operations:
+                operations.create_record(rtype="TXT", name=validation_name, content=validation)
+        except HTTPError as e:
+            raise self._handle_http_error(e, zone) or errors.PluginError(
+                f"kvault: cannot add the TXT record {validation_name}: {_one_line(e)}") from None
+        except RequestException as e:
+            raise errors.PluginError(
+                f"kvault: cannot add the TXT record {validation_name} ({_one_line(e)}); "
+                f"{self._fix()}.") from None
+        self._dns.created.append((zone, validation_name, validation))
+
+    def _cleanup(self, domain: str, validation_name: str, validation: str) -> None:
+        """Remove one TXT value we added; failures are logged with what to remove by hand."""
+        zone = self._dns.zones.get(domain)
+        created = self._dns.created
+        if zone is None or (zone, validation_name, validation) not in created:
+            return  # never created (perform failed before it): nothing to remove
+        try:
+            with kvault_dns.quiet_tldextract(), \
+                    Client(self._build_lexicon_config(zone)) as operations:
+                operations.delete_record(rtype="TXT", name=validation_name, content=validation)
+            created.remove((zone, validation_name, validation))
+        except Exception as e:  # noqa: BLE001 - cleanup must not hide the run's outcome
+            logger.warning("kvault could not remove the TXT record %s (%s) from zone %s: %s; "
+                           "remove it by hand.", validation_name, validation, zone,
+                           _one_line(e))
+
+    def _propagation_servers(self, names: list[str]
+                             ) -> tuple[dict[str, list[kvault_dns.NameServer]], bool]:
+        """Where to check each validation name: the override resolver, else the zone's NS."""
+        override = self.conf("dns-resolver")
+        if override:
+            server = kvault_dns.parse_server(override)
+            return {n: [server] for n in names}, True
+        resolver = kvault_dns.make_resolver()
+        found: dict[str, list[kvault_dns.NameServer]] = {}
+        for n in names:
+            zone, servers = kvault_dns.find_authoritative(n, resolver)
+            logger.info("Authoritative servers of %s (zone %s): %s", n, zone,
+                        ", ".join(str(s) for s in servers))
+            found[n] = servers
+        return found, False
+
+    def perform(self, achalls: list[achallenges.AnnotatedChallenge]
+                ) -> list[challenges.ChallengeResponse]:
+        """Create every TXT record, then wait until the DNS servers answer all of them."""
+        self._setup_credentials()
+        expected: dict[str, set[str]] = {}
+        work = []
+        for achall in achalls:
+            domain = achall.identifier.value
+            name = achall.validation_domain_name(domain)
+            value = achall.validation(achall.account_key)
+            expected.setdefault(name, set()).add(value)
+            work.append((domain, name, value))
+        # Find the servers (and the zones) before touching DNS: a failure here
+        # leaves nothing to clean up.
+        servers, recursion = self._propagation_servers(sorted(expected))
+        for domain, _name, _value in work:
+            self._resolve_domain(domain)
+        self._attempt_cleanup = True
+        for domain, name, value in work:
+            self._perform(domain, name, value)
+        count = len({s.host for group in servers.values() for s in group})
+        display_util.notify(f"Waiting for {len(work)} TXT record(s) to answer on {count} "
+                            "DNS server(s)")
+        waited = kvault_dns.wait_for_txt(expected, servers,
+                                         float(self.conf("propagation-timeout")), recursion)
+        logger.info("DNS records answered by every server after %.2f s", waited)
+        extra = self.conf("propagation-seconds") or 0
+        if extra:
+            display_util.notify(f"Waiting {extra} more second(s) (--kvault-propagation-seconds)")
+            time.sleep(extra)
+        return [achall.response(achall.account_key) for achall in achalls]
+
+    def auth_hint(self, failed_achalls: list[achallenges.AnnotatedChallenge]) -> str:
+        return ("The Certificate Authority could not verify the DNS TXT records created by "
+                "--authenticator kvault, although the DNS servers kvault asked answered them. "
+                "If the CA asks other servers (split DNS, a slow secondary), add a fixed wait "
+                "with --kvault-propagation-seconds, or check with --kvault-dns-resolver.")
+
+
+@dataclasses.dataclass
+class _DnsRun:
+    """What one certbot run's DNS-01 work has learned and done."""
+
+    entry: Optional[kvault_dns.DnsEntry] = None
+    zones: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> zone
+    created: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

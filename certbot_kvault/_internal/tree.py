@@ -280,6 +280,17 @@ class Tree:
                     params[key] = os.path.abspath(mine[key])
         return _conf_text(conf).encode("utf-8")
 
+    def fingerprints(self) -> dict[str, tuple[Optional[int], int]]:
+        """name -> (live version, renewal conf mtime): a cheap "did certbot touch it"."""
+        out: dict[str, tuple[Optional[int], int]] = {}
+        for name in self.lineage_names():
+            try:
+                mtime = os.stat(self.renewal_conf_path(name)).st_mtime_ns
+                out[name] = (self.current_version(name), mtime)
+            except (OSError, RecordError):
+                continue
+        return out
+
     # ---- lineages: write -------------------------------------------------------
 
     def current_version(self, name: str) -> Optional[int]:
