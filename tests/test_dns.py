@@ -460,6 +460,11 @@ while True:
 """
 
 
+@pytest.mark.skipif(
+    tuple(int(p) for p in __import__("certbot").__version__.split(".")[:2]) < (5, 3),
+    reason="certbot < 5.3 runs renewal-hooks/deploy only on renewals, and this test stops "
+           "Vault from such a hook; there the plugin's exit handler pushes instead "
+           "(test_installer covers it)")
 def test_vault_down_at_deploy_time_leaves_pending_mark(
         kv_env: dict[str, str], pdns_in_vault: str, pdns: PowerDNS, bao: Any,
         certbot: Any, certbot_dirs: Any, layout: Layout) -> None:

@@ -244,13 +244,10 @@ def deploy_hook(ctx: Context) -> None:
     if failures:
         reason = "; ".join(f"{i}: {e}" for i, e in failures)
         mark = sync.mark_pending(tree, name, reason)
-        click.echo("\n".join([
-            "*" * 72,
-            f"certbot-kvault: lineage {name} was NOT saved to Vault.",
-            f"  {reason}",
+        click.echo(sync.loud_failure(
+            f"lineage {name} was NOT saved to Vault.", f"  {reason}",
             f"  A pending mark is at {mark}; fix the cause, then run:",
-            f"    certbot-kvault push --config-dir {tree.config_dir} {name}",
-            "*" * 72]), err=True)
+            f"    certbot-kvault push --config-dir {tree.config_dir} {name}"), err=True, nl=False)
         sys.exit(1)
     for item in report.written:
         click.echo(f"pushed: {item}")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, Optional
 
 from acme import challenges
-from certbot import achallenges, errors, interfaces
+from certbot import achallenges, errors, interfaces, util
 from certbot.display import util as display_util
 from certbot.plugins import dns_common, dns_common_lexicon
 from lexicon.client import Client
@@ -115,7 +116,13 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         tree = self._tree()
         hook = tree.install_hook(kvault_bin())
         logger.debug("kvault deploy hook at %s", hook)
-        self._before = tree.fingerprints()
+        if not self._before:
+            self._before = tree.fingerprints()
+            # certbot < 5.3 runs renewal-hooks/deploy only on renewals, not on a
+            # new certonly issuance, and --no-directory-hooks turns it off: the
+            # exit handler pushes whatever this run changed (nothing twice: a
+            # lineage the hook pushed reads back unchanged).
+            util.atexit_register(self._push_changed_at_exit)
         try:
             self.vault.login()
             _ = self.vault.kv_version
@@ -169,23 +176,28 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         """Vault was checked in prepare()."""
 
     def restart(self) -> None:
-        """Push what this certbot run changed (certbot calls this after issuance).
+        """Push what this certbot run changed (certbot calls this after issuance)."""
+        self._push_changed()
 
-        certbot >= 3 also runs renewal-hooks/deploy on a new certonly issuance,
-        certbot 2.x does not: this covers both (when the hook already pushed,
-        the lineage is unchanged in Vault and nothing is written).
-        """
+    def _push_changed(self, workers: int = sync.DEFAULT_WORKERS) -> None:
         tree = self._tree()
         after = tree.fingerprints()
         changed = sorted(n for n, fp in after.items()
                          if self._before.get(n) != fp and n not in self._pushed)
         self._before = after
         if changed:
-            self._push(tree, changed)
+            self._push(tree, changed, workers)
 
-    def _push(self, tree: Tree, names: list[str]) -> None:
+    def _push_changed_at_exit(self) -> None:
         try:
-            report = sync.push(tree, self.layout, names)
+            self._push_changed(workers=1)
+        except errors.Error as e:
+            # Too late to change certbot's exit code: say it as loudly as the hook.
+            sys.stderr.write(sync.loud_failure(str(e)))
+
+    def _push(self, tree: Tree, names: list[str], workers: int = sync.DEFAULT_WORKERS) -> None:
+        try:
+            report = sync.push(tree, self.layout, names, workers=workers)
         except VaultError as e:
             report = sync.Report(failed=[(f"lineage {n}", str(e)) for n in names])
         failed = [i.split(" ", 1)[1] for i, _ in report.failed if i.startswith("lineage ")]
@@ -194,8 +206,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         if not report.ok:
             reason = "; ".join(f"{i}: {e}" for i, e in report.failed)
             raise errors.PluginError(
-                f"kvault could not store {', '.join(failed) or names[0]} in Vault ({reason}). "
-                f"Fix the cause, then run `certbot-kvault push --config-dir {tree.config_dir}`.")
+                f"lineage {', '.join(failed) or names[0]} was NOT saved to Vault ({reason}). "
+                f"Fix the cause, then run: certbot-kvault push --config-dir {tree.config_dir}")
         self._pushed.update(names)
 
     # ---- Authenticator (DNS-01 through dns-lexicon) ------------------------------------
@@ -329,7 +341,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         expected: dict[str, set[str]] = {}
         work = []
         for achall in achalls:
-            domain = achall.identifier.value
+            domain = _achall_domain(achall)
             name = achall.validation_domain_name(domain)
             value = achall.validation(achall.account_key)
             expected.setdefault(name, set()).add(value)
@@ -368,6 +380,14 @@ class _DnsRun:
     entry: Optional[kvault_dns.DnsEntry] = None
     zones: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> zone
     created: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+
+
+def _achall_domain(achall: achallenges.AnnotatedChallenge) -> str:
+    # certbot >= 4 names it achall.identifier (IP identifiers); 2.x/3.x achall.domain.
+    identifier = getattr(achall, "identifier", None)
+    if identifier is not None:
+        return str(identifier.value)
+    return str(getattr(achall, "domain"))  # noqa: B009 - absent from newer stubs
 
 
 def _one_line(e: BaseException) -> str:

@@ -78,7 +78,15 @@ class Report:
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R]]:
-    """fn over items in a pool, keeping at most 2*workers in flight (flat memory)."""
+    """fn over items in a pool, keeping at most 2*workers in flight (flat memory).
+
+    One worker runs inline: no thread can start while the interpreter exits,
+    which is when the plugin's exit handler pushes.
+    """
+    if workers <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
     window = max(1, workers) * 2
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: collections.deque[tuple[T, concurrent.futures.Future[R]]] = collections.deque()
@@ -243,6 +251,12 @@ def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
 
 
 # ---- pending marks: a push that a deploy hook could not do ---------------------
+
+
+def loud_failure(*lines: str) -> str:
+    """The banner for a push that failed where certbot only warns (hooks, exit)."""
+    bar = "*" * 72
+    return "\n".join([bar, *(f"certbot-kvault: {line}" for line in lines), bar, ""])
 
 
 def _pending_dir(tree: Tree) -> str:
