@@ -75,10 +75,10 @@ def _atomic_write(path: str, data: bytes, mode: int) -> None:
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kvault-", suffix=".tmp")
     try:
+        # No fsync, as certbot's storage: the rename keeps readers from ever
+        # seeing half a file, and the tree is a cache that `pull` rebuilds.
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         filesystem.chmod(tmp, mode)
         filesystem.replace(tmp, path)
     except BaseException:

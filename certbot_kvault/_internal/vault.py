@@ -19,6 +19,7 @@ import hvac
 import hvac.exceptions
 import requests
 import requests.adapters
+import requests.utils
 from certbot import errors
 from urllib3.util.retry import Retry
 
@@ -205,6 +206,10 @@ def _make_session(settings: VaultSettings, pool_size: int) -> requests.Session:
         max_retries=retry, pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    # requests would re-read proxy and CA variables from the environment on
+    # every request (a third of a loopback request's time): read them once.
+    session.proxies = requests.utils.get_environ_proxies(settings.addr)
+    session.trust_env = False
     # hvac ignores its own verify= when given a session: set it here (RIG.md).
     if settings.skip_verify:
         session.verify = False
@@ -212,6 +217,9 @@ def _make_session(settings: VaultSettings, pool_size: int) -> requests.Session:
         session.verify = settings.cacert
     elif settings.capath:
         session.verify = settings.capath
+    else:
+        session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                          or os.environ.get("CURL_CA_BUNDLE") or True)
     if settings.client_cert:
         session.cert = (settings.client_cert, settings.client_key) \
             if settings.client_key else settings.client_cert

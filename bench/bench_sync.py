@@ -1,0 +1,141 @@
+"""Push/pull at fleet scale against a real OpenBao dev server.
+
+Measured as ratios, never as absolute times (machines differ):
+  * speed-up: the same push and pull with --workers 8 against --workers 1;
+  * memory: peak traced Python memory of a pull of N lineages against N/4
+    (flat in N means a ratio near 1, not near 4).
+
+Run: .venv/bin/python bench/bench_sync.py [N]   (default 400 lineages)
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+from servers import start_openbao_dev  # noqa: E402
+
+from certbot_kvault._internal import sync  # noqa: E402
+from certbot_kvault._internal.layout import Layout, LineageRecord, PemSet  # noqa: E402
+from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
+from certbot_kvault._internal.vault import VaultClient, VaultSettings  # noqa: E402
+
+RENEWAL = """version = 5.8.0
+archive_dir = archive/{name}
+cert = live/{name}/cert.pem
+privkey = live/{name}/privkey.pem
+chain = live/{name}/chain.pem
+fullchain = live/{name}/fullchain.pem
+
+[renewalparams]
+account = 0123456789abcdef0123456789abcdef
+authenticator = standalone
+server = https://acme.example/dir
+key_type = ecdsa
+"""
+
+
+def make_record(name: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
+                ) -> LineageRecord:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    chain = ca.public_bytes(serialization.Encoding.PEM).decode()
+    privkey = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return LineageRecord(name=name, version=1, pems=PemSet(pem, chain, pem + chain, privkey),
+                         renewal=RENEWAL.format(name=name), auto_renewable=True)
+
+
+def make_tree(root: Path, n: int) -> Tree:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=365))
+          .sign(ca_key, hashes.SHA256()))
+    tree = Tree(Dirs(str(root / "config"), str(root / "work"), str(root / "logs")))
+    for i in range(n):
+        tree.write_lineage(make_record(f"host{i:05d}.example.com", ca_key, ca))
+    return tree
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 400
+    work = Path(tempfile.mkdtemp(prefix="kvault-bench-"))
+    bao = start_openbao_dev(work)
+    try:
+        os.environ.pop("REQUESTS_CA_BUNDLE", None)
+        tree = make_tree(work, n)
+
+        def layout(prefix: str) -> Layout:
+            settings = VaultSettings.from_env({}, addr=bao.addr, token=bao.token,
+                                              mount="secret", prefix=prefix)
+            return Layout(VaultClient(settings, pool_size=32))
+
+        results = {}
+        for workers in (1, 8):
+            lay = layout(f"bench-w{workers}")
+            results[f"push w{workers}"] = timed(
+                lambda: sync.push(tree, lay, workers=workers, accounts=False))
+            results[f"push again w{workers}"] = timed(
+                lambda: sync.push(tree, lay, workers=workers, accounts=False))
+            dest = Tree(Dirs(str(work / f"pull{workers}"), str(work / "w"), str(work / "l")))
+            results[f"pull w{workers}"] = timed(
+                lambda: sync.pull(dest, lay, workers=workers, accounts=False))
+
+        def peak_pull(count: int) -> int:
+            lay = layout("bench-w8")
+            names = [f"host{i:05d}.example.com" for i in range(count)]
+            dest = Tree(Dirs(str(work / f"mem{count}"), str(work / "w"), str(work / "l")))
+            tracemalloc.start()
+            sync.pull(dest, lay, names=names, workers=8, accounts=False)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            shutil.rmtree(dest.config_dir)
+            return peak
+
+        small, large = peak_pull(n // 4), peak_pull(n)
+        print(f"lineages: {n}")
+        for k, v in results.items():
+            print(f"  {k:16s} {v:7.2f} s  ({n / v:7.0f} lineages/s)")
+        print(f"speed-up push (w8 vs w1):       {results['push w1'] / results['push w8']:.2f}x")
+        print(f"speed-up pull (w8 vs w1):       {results['pull w1'] / results['pull w8']:.2f}x")
+        print(f"second push vs first (w8):      "
+              f"{results['push again w8'] / results['push w8']:.2f} (reads only)")
+        print(f"peak memory pull N vs N/4:      {large / small:.2f} "
+              f"({small / 1e6:.1f} MB vs {large / 1e6:.1f} MB; flat = near 1, linear = 4)")
+    finally:
+        bao.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
