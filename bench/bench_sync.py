@@ -81,9 +81,9 @@ def make_tree(root: Path, n: int) -> Tree:
     return tree
 
 
-def timed(fn) -> float:  # type: ignore[no-untyped-def]
+def timed(fn, *args, **kwargs) -> float:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
-    fn()
+    fn(*args, **kwargs)
     return time.perf_counter() - t0
 
 
@@ -104,12 +104,12 @@ def main() -> None:
         for workers in (1, 8):
             lay = layout(f"bench-w{workers}")
             results[f"push w{workers}"] = timed(
-                lambda: sync.push(tree, lay, workers=workers, accounts=False))
+                sync.push, tree, lay, workers=workers, accounts=False)
             results[f"push again w{workers}"] = timed(
-                lambda: sync.push(tree, lay, workers=workers, accounts=False))
+                sync.push, tree, lay, workers=workers, accounts=False)
             dest = Tree(Dirs(str(work / f"pull{workers}"), str(work / "w"), str(work / "l")))
             results[f"pull w{workers}"] = timed(
-                lambda: sync.pull(dest, lay, workers=workers, accounts=False))
+                sync.pull, dest, lay, workers=workers, accounts=False)
 
         def peak_pull(count: int) -> int:
             lay = layout("bench-w8")
