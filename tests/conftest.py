@@ -26,6 +26,9 @@ _SCRUB_NAMES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 # --------------------------------------------------------------------------- servers
 
 
+pytest_plugins = ["renew_fixtures"]
+
+
 @pytest.fixture(scope="session")
 def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
     """A dev OpenBao (root token ``root``, KV v2 at ``secret/``), shared by the session."""

@@ -483,6 +483,28 @@ class VaultClient:
                 return None
             raise
 
+    def current_version(self, path: str) -> Optional[int]:
+        """The latest version number of a KV v2 secret, deleted or not; None if absent.
+
+        GET /v1/{mount}/metadata/{path}. (A soft-deleted secret still has one:
+        check-and-set must name it.)
+        """
+        if self.kv_version != 2:
+            return None
+        mount = self.settings.mount
+        try:
+            resp = self._call(lambda: self._hvac.secrets.kv.v2.read_secret_metadata(
+                path=path, mount_point=mount), self.api_path(path, "metadata"), "read")
+        except VaultError as e:
+            if _is_not_found(e):
+                return None
+            raise
+        data = (resp or {}).get("data") or {}
+        try:
+            return int(data.get("current_version") or 0) or None
+        except (TypeError, ValueError):
+            return None
+
     def write(self, path: str, data: Mapping[str, Any], cas: Optional[int] = None) -> \
             Optional[int]:
         """Write a whole secret; on v2 with ``cas`` (0 = must not exist) as check-and-set.

@@ -1,0 +1,54 @@
+# certbot-kvault: the renewer (CronJob, CI job, systemd timer, `certbot-kvault renew`/`run`/`push`).
+#
+# Least privilege for KV v2 mounted at `secret/` with KVAULT_PREFIX `certbot`
+# (for another mount or prefix, replace `secret/` and `certbot/` below).
+#
+#   vault policy write certbot-renewer policies/renewer.hcl
+#
+# It may read and write certificates and ACME accounts, read DNS provider
+# credentials (the kvault authenticator), and take, renew and release the
+# renewal locks. It can never delete a certificate or an account
+# (`certbot-kvault rm` is for an operator's token).
+
+# Lineages: read, create, update (check-and-set writes); list them.
+path "secret/data/certbot/certificates/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/certbot/certificates/*" {
+  capabilities = ["list"]
+}
+
+# ACME accounts (nested: accounts/<host>/<path>/<id>).
+path "secret/data/certbot/accounts/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/certbot/accounts/*" {
+  capabilities = ["list"]
+}
+
+# DNS provider credentials for `-a kvault --kvault-dns NAME`: read only.
+path "secret/data/certbot/dns/*" {
+  capabilities = ["read"]
+}
+
+# Lease locks (`renew`): create with cas=0, renew with cas=N, read the holder;
+# release deletes the lock and its metadata; list finds per-lineage locks.
+path "secret/data/certbot/locks/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/certbot/locks/*" {
+  capabilities = ["read", "list", "delete"]
+}
+
+# What Vault's `default` policy already grants, repeated for tokens made with
+# no_default_policy: KV version detection, "who am I", and renewing our own
+# token during long runs.
+path "sys/internal/ui/mounts/secret" {
+  capabilities = ["read"]
+}
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}

@@ -1,0 +1,116 @@
+"""policies/*.hcl loaded into OpenBao: a token holding only one of them can do its job, no more."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from renew_helpers import (
+    Golden,
+    fresh_dirs,
+    kv_version,
+    run_kvault,
+    scrubbed_env,
+    seed,
+)
+from servers import Bao
+from test_auth import load_policy
+
+from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.vault import VaultClient, VaultPermissionDenied, VaultSettings
+
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+
+def _token(bao: Bao, policy: str) -> str:
+    r = bao.api("POST", "auth/token/create",
+                json={"policies": [policy], "no_default_policy": True, "ttl": "10m"})
+    assert r.status_code == 200, r.text
+    token: str = r.json()["auth"]["client_token"]
+    return token
+
+
+def _env(bao: Bao, golden: Golden, prefix: str, token: str) -> dict[str, str]:
+    return scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=token, KVAULT_PREFIX=prefix,
+                        REQUESTS_CA_BUNDLE=golden.ca_bundle)
+
+
+@pytest.mark.parametrize("kind", ["renewer", "reader"])
+def test_policy_files_are_for_secret_certbot(kind: str) -> None:
+    text = (POLICIES / f"{kind}.hcl").read_text()
+    paths = [line.split('"')[1] for line in text.splitlines() if line.startswith("path ")]
+    assert paths
+    for p in paths:
+        assert p.startswith(("secret/data/certbot/", "secret/metadata/certbot/",
+                             "sys/internal/ui/mounts/secret", "auth/token/lookup-self",
+                             "auth/token/renew-self")), p
+    assert "sudo" not in text and '"*"' not in text
+
+
+def test_renewer_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                        tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due", "calm"])
+    bao.api("POST", f"secret/data/{prefix}/dns/pdns",
+            json={"data": {"provider": "powerdns", "auth_token": "t"}})
+    token = _token(bao, load_policy(bao, "renewer", prefix))
+    env = _env(bao, golden, prefix, token)
+    before = kv_version(bao, prefix, "certificates/due")
+
+    # pull + renew lock + write back, with a short lock TTL so the keeper renews it too.
+    _, args = fresh_dirs(tmp_path)
+    proc = run_kvault(["renew", *args, "--lock-ttl", "2"], env)
+    assert "renewed: due" in proc.stdout
+    assert kv_version(bao, prefix, "certificates/due") == before + 1
+    assert bao.api("GET", f"secret/metadata/{prefix}/locks/renew").status_code == 404
+    # --due-within lists the per-lineage locks and takes them.
+    proc = run_kvault(["renew", *args, "--due-within", "3650", "--", "--cert-name", "calm"],
+                      env)
+    assert proc.returncode == 0
+    # push is allowed (and writes nothing when nothing changed).
+    proc = run_kvault(["push", *args], env)
+    assert " 0 failed" in proc.stdout
+
+    layout = Layout(VaultClient(VaultSettings.from_env(
+        {"VAULT_ADDR": bao.addr, "VAULT_TOKEN": token, "KVAULT_PREFIX": prefix})))
+    assert layout.load_dns("pdns") == {"provider": "powerdns", "auth_token": "t"}
+    with pytest.raises(VaultPermissionDenied, match="needs create/update on"):
+        layout.save_dns("pdns", {"provider": "x"})
+    # No deleting certificates.
+    proc = run_kvault(["rm", "calm"], env, check=False)
+    assert proc.returncode == 1 and "permission denied" in proc.stderr
+    assert kv_version(bao, prefix, "certificates/calm") >= 1
+
+
+def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                       tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm"])
+    token = _token(bao, load_policy(bao, "reader", prefix))
+    env = _env(bao, golden, prefix, token)
+    rows = json.loads(run_kvault(["list", "--json"], env).stdout)
+    assert [r["name"] for r in rows] == ["calm"]
+    shown = json.loads(run_kvault(["show", "calm", "--json"], env).stdout)
+    assert shown["subject"] == golden.domains["calm"]
+
+    # It cannot push: a config dir made by a renewer is refused (accounts and certificates).
+    _, args = fresh_dirs(tmp_path)
+    root_env = _env(bao, golden, prefix, bao.token)
+    run_kvault(["pull", *args], root_env)
+    before = kv_version(bao, prefix, "certificates/calm")
+    proc = run_kvault(["push", *args], env, check=False)
+    assert proc.returncode == 1
+    assert "permission denied" in proc.stderr
+    layout = Layout(VaultClient(VaultSettings.from_env(
+        {"VAULT_ADDR": bao.addr, "VAULT_TOKEN": token, "KVAULT_PREFIX": prefix})))
+    record = layout.load_lineage("calm")
+    assert record is not None
+    with pytest.raises(VaultPermissionDenied):
+        layout.save_lineage(record, cas=record.kv_version)
+    assert kv_version(bao, prefix, "certificates/calm") == before
+    # Nor read accounts, DNS credentials or locks, nor renew.
+    with pytest.raises(VaultPermissionDenied):
+        layout.load_dns("pdns")
+    proc = run_kvault(["renew", *args], env, check=False)
+    assert proc.returncode == 1 and "permission denied" in proc.stderr
