@@ -126,9 +126,11 @@ def common_options(tree: bool = True, json_opt: bool = False) -> Callable[[F], F
                              show_default=True, envvar="KVAULT_CONFIG_DIR",
                              type=click.Path(file_okay=False), help="certbot's config dir"),
                 click.option("--work-dir", "o_work_dir", default=DEFAULT_WORK_DIR,
-                             show_default=True, type=click.Path(file_okay=False)),
+                             show_default=True, envvar="KVAULT_WORK_DIR",
+                             type=click.Path(file_okay=False), help="certbot's work dir"),
                 click.option("--logs-dir", "o_logs_dir", default=DEFAULT_LOGS_DIR,
-                             show_default=True, type=click.Path(file_okay=False)),
+                             show_default=True, envvar="KVAULT_LOGS_DIR",
+                             type=click.Path(file_okay=False), help="certbot's logs dir"),
             ]
         if json_opt:
             params.append(click.option("--json", "o_as_json", is_flag=True,
