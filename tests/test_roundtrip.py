@@ -170,3 +170,4 @@ def test_approle_login(vault_env, bao, certbot, certbot_dirs, pebble, monkeypatc
                  env={"VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": "wrong"})
     assert bad.returncode == 1
     assert "refused the AppRole login" in bad.stderr and "wrong" not in bad.stderr
+    assert "Vault said: invalid role or secret ID" in bad.stderr

@@ -278,7 +278,7 @@ class VaultClient:
                 self._set_token_times(int(auth.get("lease_duration") or 0),
                                       bool(auth.get("renewable")))
         except VaultPermissionDenied as e:
-            raise VaultAuthError(self._bad_credentials_message(method)) from e
+            raise VaultAuthError(self._bad_credentials_message(method, str(e))) from None
         self._logged_in = True
         logger.debug("Logged in to Vault at %s with %s auth", s.addr, method)
 
@@ -308,7 +308,8 @@ class VaultClient:
         return self._hvac.auth.jwt.jwt_login(role=s.jwt_role, jwt=token, use_token=False,
                                              path=s.jwt_mount)
 
-    def _bad_credentials_message(self, method: str) -> str:
+    def _bad_credentials_message(self, method: str, reason: str = "") -> str:
+        """One sentence; ``reason`` is Vault's own words (which never echo a credential)."""
         s = self.settings
         if method == "token":
             return (f"Vault at {s.addr} rejected the token: it is invalid or expired. "
@@ -319,7 +320,8 @@ class VaultClient:
                               "check the role's bound service accounts",
                 "jwt": f"JWT login (auth/{s.jwt_mount}, role {s.jwt_role}): check the role's "
                        "bound claims and the token's audience"}[method]
-        return f"Vault at {s.addr} refused the {what}."
+        said = f" (Vault said: {reason})" if reason and reason != "permission denied" else ""
+        return f"Vault at {s.addr} refused the {what}{said}."
 
     def _set_token_times(self, ttl: int, renewable: bool) -> None:
         self._token_ttl = ttl
@@ -363,7 +365,7 @@ class VaultClient:
                 return fn()
             except hvac.exceptions.Forbidden as e:
                 if login:
-                    raise VaultPermissionDenied(str(e)) from None
+                    raise VaultPermissionDenied(_first_line(e)) from None
                 # A 403 is either an expired token or a policy without the
                 # capability. Machine logins get one fresh login; then ask
                 # Vault which one it is.
