@@ -37,6 +37,17 @@ def cli(*args: str, env: Optional[dict[str, str]] = None) -> Result:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 
+def token_with_policy(bao: Any, name: str, policy: str, ttl: str = "5m") -> str:
+    """A fresh token holding only ``policy`` (written as ACL policy ``name``)."""
+    r = bao.api("PUT", f"sys/policies/acl/{name}", {"policy": policy})
+    assert r.status_code in (200, 204), r.text
+    r = bao.api("POST", "auth/token/create", {"policies": [name], "ttl": ttl,
+                                               "no_default_policy": False})
+    assert r.status_code == 200, r.text
+    token: str = r.json()["auth"]["client_token"]
+    return token
+
+
 def layout_from_env(**overrides: Any) -> Layout:
     return Layout(VaultClient(VaultSettings.from_env(**overrides)))
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kvault_helpers import cli, kvault, layout_from_env
+from kvault_helpers import cli, kvault, layout_from_env, token_with_policy
 from servers import run_certbot
 
 ISSUE = ("--agree-tos", "--register-unsafely-without-email")
@@ -81,9 +81,7 @@ def test_status(vault_env, bao, monkeypatch):
     prefix = vault_env["KVAULT_PREFIX"]
     policy = (f'path "secret/data/{prefix}/certificates/*" {{ capabilities = ["read"] }}\n'
               f'path "secret/metadata/{prefix}/certificates/*" {{ capabilities = ["list"] }}\n')
-    bao.api("PUT", f"sys/policies/acl/{prefix}", {"policy": policy})
-    token = bao.api("POST", "auth/token/create", {"policies": [prefix], "ttl": "5m"}).json()[
-        "auth"]["client_token"]
+    token = token_with_policy(bao, prefix, policy)
     monkeypatch.setenv("VAULT_TOKEN", token)
     result = cli("status", "--json")
     assert result.exit_code == 0, result.output

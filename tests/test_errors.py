@@ -7,7 +7,7 @@ from pathlib import Path
 
 import hvac
 import pytest
-from kvault_helpers import kvault, layout_from_env, snapshot
+from kvault_helpers import kvault, layout_from_env, snapshot, token_with_policy
 from servers import free_port, run_certbot
 
 from certbot_kvault._internal.layout import RecordError, validate_name
@@ -68,9 +68,7 @@ def test_token_without_permission(vault_env, bao, tree, monkeypatch):
     # May list and read, not write: push must say which capability on which path.
     policy = (f'path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}\n'
               f'path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}\n')
-    bao.api("PUT", f"sys/policies/acl/{prefix}", {"policy": policy})
-    token = bao.api("POST", "auth/token/create", {"policies": [prefix], "ttl": "5m"}).json()[
-        "auth"]["client_token"]
+    token = token_with_policy(bao, prefix, policy)
     monkeypatch.setenv("VAULT_TOKEN", token)
     proc = kvault("push", "--config-dir", str(tree), check=False)
     err = one_line_error(proc)
