@@ -104,8 +104,9 @@ def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator
                 fut.cancel()
 
 
-def _outcome(report: Report, item: str, fn: Callable[[], Optional[bool]]) -> None:
+def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
     """Run one item's work: True written, False unchanged; record-level errors are kept."""
+    report = Report()
     try:
         changed = fn()
     except FATAL:
@@ -113,8 +114,9 @@ def _outcome(report: Report, item: str, fn: Callable[[], Optional[bool]]) -> Non
     except (RecordError, TreeError, VaultError, errors.PluginError) as e:
         logger.debug("%s failed: %s", item, e)
         report.failed.append((item, str(e)))
-        return
+        return report
     (report.written if changed else report.unchanged).append(item)
+    return report
 
 
 def _run(items: Iterable[str], work: Callable[[str], Report], workers: int) -> Report:
@@ -144,8 +146,6 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
 
 
 def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str) -> Report:
-    report = Report()
-
     def work() -> bool:
         record = layout.load_account(server_path, account_id)
         if record is None:
@@ -154,13 +154,10 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str)
         tree.write_account(record)
         return True
 
-    _outcome(report, f"account {account_id}", work)
-    return report
+    return _outcome(f"account {account_id}", work)
 
 
 def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
-    report = Report()
-
     def work() -> bool:
         validate_name(name)
         record = layout.load_lineage(name)
@@ -176,8 +173,7 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
         tree.write_lineage(record)
         return True
 
-    _outcome(report, f"lineage {name}", work)
-    return report
+    return _outcome(f"lineage {name}", work)
 
 
 # ---- push ------------------------------------------------------------------
@@ -203,8 +199,6 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
 
 def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path: str,
                   account_id: str) -> Report:
-    report = Report()
-
     def work() -> bool:
         url = urls.get(server_path) or f"https://{server_path}"
         local = tree.read_account(server_path, account_id, url)
@@ -219,13 +213,10 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
         layout.save_account(local, cas=remote_entry.version if remote_entry else 0)
         return True
 
-    _outcome(report, f"account {account_id}", work)
-    return report
+    return _outcome(f"account {account_id}", work)
 
 
 def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
-    report = Report()
-
     def work() -> bool:
         local = tree.read_lineage(validate_name(name))
         entry = layout.read_lineage_raw(name)
@@ -246,8 +237,7 @@ def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
         layout.save_lineage(local, cas=entry.version if entry is not None else 0)
         return True
 
-    _outcome(report, f"lineage {name}", work)
-    return report
+    return _outcome(f"lineage {name}", work)
 
 
 # ---- pending marks: a push that a deploy hook could not do ---------------------
