@@ -159,3 +159,35 @@ def test_packaged_hook_is_the_repo_hook():
     assert (repo / "hooks" / "deploy" / "00-update-vault.sh").read_bytes() == \
         packaged.read_bytes()
     subprocess.run(["sh", "-n", str(packaged)], check=True)
+
+
+def test_export_pem_bundle_env(pushed, tmp_path):
+    out = tmp_path / "certs"
+    result = cli("export", "cli.example.com", "--dir", str(out))
+    assert result.exit_code == 0, result.output
+    live = Path(pushed["config"], "live", "cli.example.com")
+    for kind in ("cert", "chain", "fullchain", "privkey"):
+        assert (out / f"{kind}.pem").read_text() == (live / f"{kind}.pem").read_text()
+    assert (out / "privkey.pem").stat().st_mode & 0o777 == 0o600
+    assert (out / "cert.pem").stat().st_mode & 0o777 == 0o644
+    assert "PRIVATE KEY" not in result.output
+
+    assert cli("export", "cli.example.com", "--dir", str(out), "--format", "bundle"
+               ).exit_code == 0
+    bundle = (out / "cli.example.com.pem").read_text()
+    assert bundle == (live / "privkey.pem").read_text() + (live / "fullchain.pem").read_text()
+    assert (out / "cli.example.com.pem").stat().st_mode & 0o777 == 0o600
+
+    env = cli("export", "cli.example.com", "--format", "env").output
+    # The lines are shell: source them and read the values back.
+    proc = subprocess.run(
+        ["sh", "-c", env + '\nprintf %s "$SSL_CERT_CLI_EXAMPLE_COM_KEY" > "$1"\n'
+         'echo "$SSL_CERT_CLI_EXAMPLE_COM_DOMAINS|$SSL_CERT_CLI_EXAMPLE_COM_VERSION"',
+         "sh", str(tmp_path / "key.pem")], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "cli.example.com www.cli.example.com|1"
+    assert (tmp_path / "key.pem").read_text() == (live / "privkey.pem").read_text()
+
+    assert cli("export", "cli.example.com").exit_code == 1  # files need --dir
+    missing = cli("export", "nope.example.com", "--format", "env")
+    assert missing.exit_code == 1 and "No lineage nope.example.com" in missing.output
+    assert cli("export", "../x", "--dir", str(out)).exit_code == 1

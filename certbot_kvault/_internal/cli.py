@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, TypeVar
 import click
 from certbot import errors
 
-from certbot_kvault._internal import sync
+from certbot_kvault._internal import export, sync
 from certbot_kvault._internal.layout import Layout, RecordError, validate_name
 from certbot_kvault._internal.tree import Dirs, Tree
 from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
@@ -374,6 +374,38 @@ def show(ctx: Context, name: str) -> None:
                 "auto_renewable", "version", "updated_at"):
         value = out[key]
         click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+
+
+@main.command("export")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Write the files here (formats pem and bundle)")
+@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="pem",
+              show_default=True, help="pem: cert/chain/fullchain/privkey.pem; bundle: "
+                                      "NAME.pem = key + full chain; env: SSL_CERT_<NAME>_* "
+                                      "lines on stdout for eval/source")
+@common_options(tree=False)
+def export_(ctx: Context, name: str, directory: Optional[str], fmt: str) -> None:
+    """Write one lineage from Vault for an app (init-container style), or print env lines.
+
+    \b
+    certbot-kvault export example.com --dir /certs
+    certbot-kvault export example.com --dir /certs --format bundle
+    eval "$(certbot-kvault export example.com --format env)"
+    """
+    if fmt != "env" and not directory:
+        raise click.ClickException(f"--format {fmt} writes files: pass --dir DIR.")
+    record = ctx.layout.load_lineage(validate_name(name))
+    if record is None:
+        raise click.ClickException(f"No lineage {name} in Vault "
+                                   f"({ctx.layout.where('certificates', name)}).")
+    if fmt == "env":
+        for line in export.env_lines(record):
+            click.echo(line)
+        return
+    assert directory is not None
+    for path in export.export_files(record, directory, fmt):
+        click.echo(f"wrote: {path}")
 
 
 @main.command()
