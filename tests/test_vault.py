@@ -6,6 +6,7 @@ import http.server
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -198,3 +199,84 @@ def test_no_secret_in_debug_logs(bao, vault_env, caplog):
         "auth"]["client_token"]
     VaultClient(VaultSettings.from_env(token=token)).read(f"{vault_env['KVAULT_PREFIX']}/x")
     assert token not in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def _make_pki(d: Path) -> dict[str, str]:
+    """A CA, a server cert for 127.0.0.1 and a client cert, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    files = {"ca": d / "ca.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for who, usage, san in (
+            ("server", ExtendedKeyUsageOID.SERVER_AUTH,
+             x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress")
+                                                         .ip_address("127.0.0.1"))])),
+            ("client", ExtendedKeyUsageOID.CLIENT_AUTH,
+             x509.SubjectAlternativeName([x509.DNSName("client.example.com")]))):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, who)]))
+                .issuer_name(ca_name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(san, critical=False)
+                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        files[who] = d / f"{who}.pem"
+        files[who].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{who}_key"] = d / f"{who}-key.pem"
+        files[f"{who}_key"].write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    return {k: str(v) for k, v in files.items()}
+
+
+def test_client_certificate(tmp_path, vault_env, monkeypatch):
+    """VAULT_CLIENT_CERT/KEY against a listener that requires a client certificate."""
+    pki = _make_pki(tmp_path)
+    port, mtls_port = free_port(), free_port()
+    (tmp_path / "mtls.hcl").write_text(f'''
+listener "tcp" {{
+  address = "127.0.0.1:{mtls_port}"
+  tls_cert_file = "{pki['server']}"
+  tls_key_file = "{pki['server_key']}"
+  tls_client_ca_file = "{pki['ca']}"
+  tls_require_and_verify_client_cert = true
+}}
+''')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(tmp_path)
+    proc = _spawn([bao_binary(), "server", "-dev", "-dev-root-token-id=root",
+                   f"-dev-listen-address=127.0.0.1:{port}", f"-config={tmp_path / 'mtls.hcl'}"],
+                  tmp_path / "bao.log", env=env, cwd=tmp_path)
+    bao = Bao(proc, tmp_path / "bao.log", tmp_path, addr=f"http://127.0.0.1:{port}",
+              token="root", bin=bao_binary())
+    try:
+        _wait_ready(bao, lambda: bao.health().status_code == 200, "openbao with mTLS listener")
+        monkeypatch.setenv("VAULT_ADDR", f"https://127.0.0.1:{mtls_port}")
+        monkeypatch.setenv("VAULT_CACERT", pki["ca"])
+        refused = cli("status")
+        assert refused.exit_code == 1, refused.output
+        assert "refused our TLS client certificate (or wants one); set VAULT_CLIENT_CERT" in \
+            refused.output
+        assert "Traceback" not in refused.output
+        monkeypatch.setenv("VAULT_CLIENT_CERT", pki["client"])
+        monkeypatch.setenv("VAULT_CLIENT_KEY", pki["client_key"])
+        ok = cli("status", "--json")
+        assert ok.exit_code == 0, ok.output
+        assert '"kv_version": 2' in ok.output
+    finally:
+        bao.stop()

@@ -402,9 +402,22 @@ class VaultClient:
 
     def _transport_error(self, e: requests.exceptions.RequestException) -> VaultUnreachable:
         if isinstance(e, requests.exceptions.SSLError):
+            reason = str(e).upper()
+            if "CERTIFICATE_VERIFY_FAILED" in reason or "HOSTNAME" in reason:
+                return VaultUnreachable(
+                    f"TLS error talking to Vault at {self.settings.addr} (its certificate is "
+                    "not trusted or names another host); set VAULT_CACERT to the CA that "
+                    "signed Vault's certificate.")
+            if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "CERTIFICATE REQUIRED",
+                                                 "BAD_CERTIFICATE", "BAD CERTIFICATE",
+                                                 "UNKNOWN_CA", "UNKNOWN CA")):
+                return VaultUnreachable(
+                    f"Vault at {self.settings.addr} refused our TLS client certificate (or "
+                    "wants one); set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY to a certificate "
+                    "its listener trusts.")
             return VaultUnreachable(
-                f"TLS error talking to Vault at {self.settings.addr} (certificate not trusted "
-                "or wrong host); set VAULT_CACERT to the CA that signed Vault's certificate.")
+                f"TLS error talking to Vault at {self.settings.addr}; check VAULT_ADDR, "
+                "VAULT_CACERT and VAULT_CLIENT_CERT.")
         return VaultUnreachable(
             f"Cannot reach Vault at {self.settings.addr} ({type(e).__name__}); check "
             "VAULT_ADDR and that Vault is running.")
