@@ -280,3 +280,29 @@ listener "tcp" {{
         assert '"kv_version": 2' in ok.output
     finally:
         bao.stop()
+
+
+def test_redirect_to_a_dead_leader_is_named(vault_env):
+    """During a crash failover a standby answers 307 to the old leader's address; the
+    error must say so instead of blaming VAULT_ADDR (a redirecting stand-in for the
+    standby: the failover itself is exercised on a real raft cluster in test_ha)."""
+    dead = free_port()
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{dead}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        addr = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(VaultUnreachable, match=f"sent us to its leader at 127.0.0.1:{dead}"):
+            VaultClient(VaultSettings.from_env(addr=addr)).login()
+    finally:
+        server.shutdown()

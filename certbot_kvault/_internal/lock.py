@@ -210,9 +210,9 @@ class Locks:
                 # is in the way. Only the second case is ours to fix.
                 version = self._write_over_tombstone(name, expires_at, now)
                 if version is None:
-                    return self.read(name) or self._unknown_holder(name)
+                    return self._winner(name)
             else:
-                return self.read(name) or self._unknown_holder(name)
+                return self._winner(name)
         with self._mutex:
             self._held[name] = _Held(version=int(version or 0), expires_at=expires_at,
                                      acquired_at=now)
@@ -220,6 +220,17 @@ class Locks:
         self._start_keeper()
         logger.debug("Took lock %s until %s", name, format_time(expires_at))
         return None
+
+    def _winner(self, name: str) -> LockInfo:
+        """Who beat us to the lock. A standby may not have the winner's record
+        yet (a lost check-and-set answer carries no X-Vault-Index to wait for),
+        so look again for a moment before calling the holder unknown."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            info = self.read(name)
+            if info is not None or time.monotonic() >= deadline:
+                return info or self._unknown_holder(name)
+            time.sleep(0.1)
 
     def _unknown_holder(self, name: str) -> LockInfo:
         # Lost a race to a holder that released again before we could read it.

@@ -230,9 +230,14 @@ def _waiting_note(what: str, wait: float,
                   notify: Notify) -> tuple[Callable[[LockInfo], None], list[LockInfo]]:
     """An ``on_wait`` callback that says once that we wait, and the holders it saw."""
     told: list[LockInfo] = []
+    started = time.time()
 
     def note(holder: LockInfo) -> None:
         if not told:
+            if holder.acquired_at is None:
+                # Holder unknown (it released before we could read it): count
+                # what was renewed since we started asking as its work.
+                holder = dataclasses.replace(holder, acquired_at=started)
             told.append(holder)
             notify(f"renew: {what} is {holder.describe()}; waiting up to {wait:g}s")
     return note, told

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import hvac
@@ -184,8 +185,47 @@ class KVEntry:
     version: Optional[int]
 
 
+class _ConsistencyIndex:
+    """Client-controlled consistency on HA clusters (OpenBao's ``X-Vault-Index``).
+
+    Standbys answer reads from their own, slightly lagging copy. Every answer
+    carries the storage index it reflects; sending the newest one we have seen
+    back makes a standby wait (429, retried) until it has caught up. So a read
+    after our own write, or after a lost check-and-set race against another
+    renewer (whose answer carries the leader's newer index), sees that write.
+    Servers that send no index get none back.
+    """
+
+    def __init__(self, session: requests.Session) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+        self._value = -1
+
+    def seen(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        header = response.headers.get("X-Vault-Index")
+        if not header:
+            return
+        value = _index_value(header)
+        with self._lock:
+            if value >= self._value:
+                self._value = value
+                self._session.headers["X-Vault-Index"] = header
+
+
+def _index_value(header: str) -> int:
+    import base64
+    import json
+
+    try:
+        padded = header + "=" * (-len(header) % 4)
+        return int(json.loads(base64.urlsafe_b64decode(padded))["value"])
+    except (ValueError, KeyError, TypeError):
+        return 0  # opaque to us: still the newest we have seen
+
+
 def _make_session(settings: VaultSettings, pool_size: int) -> requests.Session:
     session = requests.Session()
+    session.hooks["response"].append(_ConsistencyIndex(session).seen)
     # Connection errors are retried for every method (nothing reached Vault);
     # 5xx/429 answers too, with backoff (503 included: a raft cluster answers
     # it while electing a leader; a sealed Vault costs a few seconds more).
@@ -418,6 +458,14 @@ class VaultClient:
             return VaultUnreachable(
                 f"TLS error talking to Vault at {self.settings.addr}; check VAULT_ADDR, "
                 "VAULT_CACERT and VAULT_CLIENT_CERT.")
+        failed = urllib.parse.urlsplit(getattr(e.request, "url", None) or "").netloc
+        if failed and failed != urllib.parse.urlsplit(self.settings.addr).netloc:
+            # A standby redirected us to a leader that is gone: an HA cluster
+            # in the middle of an election, not a wrong VAULT_ADDR.
+            return VaultUnreachable(
+                f"Vault at {self.settings.addr} sent us to its leader at {failed}, which does "
+                "not answer; the cluster is probably electing a new leader: run again in a "
+                "few seconds.")
         return VaultUnreachable(
             f"Cannot reach Vault at {self.settings.addr} ({type(e).__name__}); check "
             "VAULT_ADDR and that Vault is running.")
