@@ -26,7 +26,7 @@ _SCRUB_NAMES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 # --------------------------------------------------------------------------- servers
 
 
-pytest_plugins = ["renew_fixtures"]
+pytest_plugins = ["renew_fixtures", "ha_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -297,6 +297,221 @@ def start_openbao_sealed(workdir: StrPath) -> Bao:
     return bao
 
 
+# --------------------------------------------------------------------------- OpenBao HA
+
+# No `disable_mlock`: this OpenBao (2.x) warns it is an unknown field (RIG.md).
+# performance_multiplier = 1: raft's tight timeouts (~1 s heartbeat/election, what
+# Vault recommends for production); the default (5) makes every election ~5x slower.
+# Autopilot reconciles (promotes joined nodes to voters) every 10 s by default: 1 s.
+_RAFT_CONFIG = """\
+storage "raft" {{
+  path                   = "{data}"
+  node_id                = "{node_id}"
+  performance_multiplier = 1
+  autopilot_reconcile_interval = "1s"
+  autopilot_update_interval    = "500ms"
+}}
+listener "tcp" {{
+  address         = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster_port}"
+  tls_disable     = true
+}}
+api_addr      = "http://127.0.0.1:{port}"
+cluster_addr  = "https://127.0.0.1:{cluster_port}"
+ui            = false
+"""
+
+
+class RaftCluster:
+    """OpenBao nodes sharing integrated (raft) storage; standbys forward to the leader.
+
+    ``nodes[i].token`` is the root token, so ``node.api(...)`` works on any node.
+    """
+
+    def __init__(self, nodes: list[Bao], workdir: Path, *, root_token: str,
+                 unseal_keys: list[str]) -> None:
+        self.nodes = nodes
+        self.workdir = workdir
+        self.root_token = root_token
+        self.unseal_keys = unseal_keys
+        self.startup_seconds = 0.0
+
+    def health_codes(self) -> dict[str, Optional[int]]:
+        """Each node's sys/health status code (None: stopped or no answer)."""
+        out: dict[str, Optional[int]] = {}
+        for node in self.nodes:
+            code: Optional[int] = None
+            if node.running():
+                try:
+                    code = node.health().status_code
+                except requests.RequestException:
+                    pass
+            out[node.addr] = code
+        return out
+
+    def leader(self) -> Bao:
+        """The running node whose sys/health answers 200 (active)."""
+        codes = self.health_codes()
+        for node in self.nodes:
+            if codes[node.addr] == 200:
+                return node
+        raise RuntimeError(f"no active OpenBao node: {codes}")
+
+    def standbys(self) -> list[Bao]:
+        codes = self.health_codes()
+        return [n for n in self.nodes if codes[n.addr] == 429]
+
+    def wait_for_leader(self, exclude: Union[Bao, Iterable[Bao], None] = None,
+                        timeout: float = 30) -> Bao:
+        """Poll until a running node not in ``exclude`` is active; return it."""
+        if exclude is None:
+            excluded: list[Bao] = []
+        elif isinstance(exclude, Bao):
+            excluded = [exclude]
+        else:
+            excluded = list(exclude)
+        deadline = time.monotonic() + timeout
+        while True:
+            codes = self.health_codes()
+            for node in self.nodes:
+                if node not in excluded and codes[node.addr] == 200:
+                    return node
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no new OpenBao leader within {timeout:.0f}s: {codes}\n"
+                                   + "\n".join(f"--- {n.log_path}\n{n.log_tail(15)}"
+                                               for n in self.nodes))
+            time.sleep(POLL)
+
+    def raft_servers(self) -> list[dict[str, Any]]:
+        """``sys/storage/raft/configuration`` servers (node_id, address, leader, voter)."""
+        r = self.leader().api("GET", "sys/storage/raft/configuration")
+        r.raise_for_status()
+        return list(r.json()["data"]["config"]["servers"])
+
+    def stop(self) -> None:
+        """SIGTERM every node at once (by PID), then wait for each (SIGKILL if it hangs)."""
+        for node in self.nodes:
+            if node.running():
+                try:
+                    os.kill(node.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for node in self.nodes:
+            try:
+                node.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+            node.stop()
+
+    def __enter__(self) -> RaftCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<RaftCluster {[n.addr for n in self.nodes]}>"
+
+
+def start_openbao_raft_cluster(workdir: StrPath, nodes: int = 3) -> RaftCluster:
+    """``nodes`` OpenBao servers on raft storage: node 1 initialised (1 key share) and
+    unsealed, the others joined to it and unsealed; KV v2 at ``secret/``.
+
+    Ready when the raft configuration lists every node as a voter and each node's
+    sys/health answers 200 (active) or 429 (standby).
+    """
+    wd = _workdir(workdir, "openbao-raft")
+    binary = bao_binary()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    t0 = time.monotonic()
+    members: list[Bao] = []
+    cluster = RaftCluster(members, wd, root_token="", unseal_keys=[])
+    try:
+        for i in range(1, nodes + 1):
+            nd = _workdir(wd, f"node{i}")
+            data = nd / "raft"
+            data.mkdir(exist_ok=True)
+            port, cluster_port = free_port(), free_port()
+            cfg = nd / "bao.hcl"
+            cfg.write_text(_RAFT_CONFIG.format(data=data, node_id=f"node{i}", port=port,
+                                               cluster_port=cluster_port))
+            log = nd / "bao.log"
+            # HOME: the CLI writes ~/.vault-token; keep the machine's home untouched.
+            proc = _spawn([binary, "server", f"-config={cfg}"], log,
+                          env={**env, "HOME": str(nd)}, cwd=nd)
+            members.append(Bao(proc, log, nd, addr=f"http://127.0.0.1:{port}", token="",
+                               bin=binary))
+        for node in members:
+            # Uninitialised: 501; sealed: 503.
+            _wait_ready(node, lambda n=node: n.health().status_code in (501, 503),
+                        "openbao raft node")
+
+        first = members[0]
+        r = first.api("PUT", "sys/init", json={"secret_shares": 1, "secret_threshold": 1},
+                      token="")
+        if r.status_code != 200:
+            raise RuntimeError(f"openbao init failed: {r.status_code} {r.text}\n"
+                               f"{first.log_tail()}")
+        body = r.json()
+        cluster.unseal_keys = list(body.get("keys_base64") or body["keys"])
+        cluster.root_token = body["root_token"]
+        for node in members:
+            node.unseal_keys = list(cluster.unseal_keys)
+            node.root_token = node.token = cluster.root_token
+
+        def unseal(node: Bao) -> None:
+            for key in cluster.unseal_keys:
+                u = node.api("PUT", "sys/unseal", json={"key": key}, token="")
+                if u.status_code != 200:
+                    raise RuntimeError(f"unseal of {node.addr} failed: {u.status_code} "
+                                       f"{u.text}\n{node.log_tail()}")
+
+        unseal(first)
+        _wait_ready(first, lambda: first.health().status_code == 200, "openbao raft leader")
+        # Autopilot promotes a joined node to voter once it has been healthy for
+        # server_stabilization_time (default 10 s, per node): 1 s is plenty on loopback.
+        a = first.api("POST", "sys/storage/raft/autopilot/configuration",
+                      json={"server_stabilization_time": "1s"})
+        if a.status_code not in (200, 204):
+            raise RuntimeError(f"autopilot configuration failed: {a.status_code} {a.text}")
+
+        for node in members[1:]:
+            j = node.api("PUT", "sys/storage/raft/join",
+                         json={"leader_api_addr": first.addr}, token="")
+            if j.status_code != 200 or not j.json().get("joined"):
+                raise RuntimeError(f"raft join of {node.addr} failed: {j.status_code} "
+                                   f"{j.text}\n{node.log_tail()}")
+            unseal(node)
+
+        def voters() -> int:
+            r = first.api("GET", "sys/storage/raft/configuration")
+            if r.status_code != 200:
+                return 0
+            return sum(1 for s in r.json()["data"]["config"]["servers"] if s.get("voter"))
+
+        _wait_ready(first, lambda: voters() == nodes, f"raft configuration with {nodes} voters",
+                    timeout=60)
+        for node in members:
+            _wait_ready(node, lambda n=node: n.health().status_code in (200, 429),
+                        "openbao raft node active/standby")
+
+        leader = cluster.leader()
+        m = leader.api("POST", "sys/mounts/secret",
+                       json={"type": "kv", "options": {"version": "2"}})
+        if m.status_code not in (200, 204):
+            raise RuntimeError(f"enabling KV v2 at secret/ failed: {m.status_code} {m.text}")
+        # A fresh KV v2 mount answers writes only once its (instant) upgrade is done;
+        # check through every node, standbys included.
+        for node in members:
+            _wait_ready(node, lambda n=node: n.api("GET", "secret/config").status_code == 200,
+                        "KV v2 mount secret/")
+    except BaseException:
+        cluster.stop()
+        raise
+    cluster.startup_seconds = time.monotonic() - t0
+    return cluster
+
+
 # --------------------------------------------------------------------------- PowerDNS
 
 _PDNS_SCHEMA = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")

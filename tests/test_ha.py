@@ -1,0 +1,234 @@
+"""certbot-kvault against a 3-node OpenBao raft cluster (real servers, no mocks).
+
+Standbys forward writes to the active node; renewers on different nodes share one
+lock; a client on a surviving node carries on when the leader goes away.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from kvault_helpers import snapshot
+from renew_helpers import KVAULT, Golden, fresh_dirs, orders, run_kvault, scrubbed_env
+from servers import Bao, RaftCluster
+
+from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
+
+
+def _prefix(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:30]
+    return f"ha-{name}-{secrets.token_hex(3)}"
+
+
+def _env(node: Bao, cluster: RaftCluster, prefix: str, golden: Optional[Golden] = None,
+         **extra: str) -> dict[str, str]:
+    env = scrubbed_env(VAULT_ADDR=node.addr, VAULT_TOKEN=cluster.root_token,
+                       KVAULT_PREFIX=prefix, KVAULT_MOUNT="secret", **extra)
+    if golden is not None:
+        env["REQUESTS_CA_BUNDLE"] = golden.ca_bundle
+    return env
+
+
+def _walk(node: Bao, base: str) -> list[str]:
+    out, stack = [], [""]
+    while stack:
+        sub = stack.pop()
+        r = node.api("LIST", f"secret/metadata/{base}/{sub}".rstrip("/"))
+        if r.status_code == 404:
+            continue
+        assert r.status_code == 200, r.text
+        for key in r.json()["data"]["keys"]:
+            (stack if key.endswith("/") else out).append(sub + key)
+    return sorted(out)
+
+
+def _seed(bao: Bao, golden: Golden, node: Bao, prefix: str, names: list[str]) -> None:
+    """Copy the golden accounts and lineages (records as `push` wrote them on the dev
+    server) into ``prefix`` on the cluster, through ``node``."""
+    paths = [f"accounts/{p}" for p in _walk(bao, f"{golden.prefix}/accounts")]
+    paths += [f"certificates/{n}" for n in names]
+    for path in paths:
+        r = bao.api("GET", f"secret/data/{golden.prefix}/{path}")
+        assert r.status_code == 200, r.text
+        w = node.api("POST", f"secret/data/{prefix}/{path}",
+                     json={"data": r.json()["data"]["data"]})
+        assert w.status_code == 200, w.text
+
+
+def _version(node: Bao, prefix: str, path: str) -> int:
+    r = node.api("GET", f"secret/metadata/{prefix}/{path}")
+    if r.status_code == 404:
+        return 0
+    assert r.status_code == 200, r.text
+    return int(r.json()["data"]["current_version"])
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def test_cluster_shape(raft: RaftCluster) -> None:
+    servers_ = raft.raft_servers()
+    assert len(servers_) == 3 and all(s["voter"] for s in servers_), servers_
+    codes = sorted(raft.health_codes().values())
+    assert codes == [200, 429, 429], codes
+    assert all(n.addr.startswith("http://127.0.0.1:") for n in raft.nodes)
+
+
+def test_push_through_one_standby_pull_from_the_other(
+        raft: RaftCluster, bao: Bao, golden: Golden, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    prefix = _prefix(request)
+    src, dst = raft.standbys()[:2]
+    # A real certbot tree: the golden lineages, pulled from the dev server.
+    a, a_args = fresh_dirs(tmp_path, "a")
+    run_kvault(["pull", *a_args], scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token,
+                                               KVAULT_PREFIX=golden.prefix))
+    names = sorted(p.stem for p in (a / "config" / "renewal").glob("*.conf"))
+    assert names == ["calm", "due", "short"], names
+
+    out = run_kvault(["push", *a_args], _env(src, raft, prefix)).stdout
+    assert "pushed" in out, out
+    # The writes went through a standby; the records are on the leader.
+    leader = raft.leader()
+    assert _walk(leader, f"{prefix}/certificates") == names
+    for name in names:
+        assert _version(leader, prefix, f"certificates/{name}") == 1
+    golden_accounts = _walk(bao, f"{golden.prefix}/accounts")
+    assert _walk(leader, f"{prefix}/accounts") == golden_accounts
+
+    b, b_args = fresh_dirs(tmp_path, "b")
+    run_kvault(["pull", *b_args], _env(dst, raft, prefix))
+    before = {k: (kind, mode, text.replace(str(a), str(b)))
+              for k, (kind, mode, text) in snapshot(a / "config").items()}
+    after = snapshot(b / "config")
+    assert sorted(after) == sorted(before)
+    diff = [k for k in before if before[k] != after[k]]
+    assert not diff, diff
+
+    listed = run_kvault(["list"], _env(dst, raft, prefix)).stdout
+    for name in names:
+        assert name in listed, listed
+
+
+def test_two_renewers_on_two_nodes_one_order(
+        raft: RaftCluster, bao: Bao, golden: Golden, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    prefix = _prefix(request)
+    leader = raft.leader()
+    _seed(bao, golden, leader, prefix, ["due"])
+    before = _version(leader, prefix, "certificates/due")
+    orders_before = orders(golden.pebble)
+    first, second = raft.nodes[0], raft.nodes[1]  # one of them at least is a standby
+    procs = []
+    for i, node in enumerate((first, second)):
+        _, args = fresh_dirs(tmp_path, f"r{i}")
+        procs.append(subprocess.Popen(
+            [KVAULT, "renew", *args, "--lock-wait", "60", "--", "--force-renewal"],
+            env=_env(node, raft, prefix, golden), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL))
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, (out, err)
+        assert "Traceback" not in err, err
+    assert _version(raft.leader(), prefix, "certificates/due") == before + 1, outs
+    assert orders(golden.pebble) == orders_before + 1, outs
+    renewed = [o for o, _ in outs if "renewed: due" in o]
+    assert len(renewed) == 1, outs
+    # The other one waited and then left `due` alone, saying why.
+    [(other_out, other_err)] = [(o, e) for o, e in outs if "renewed: due" not in o]
+    assert "waiting up to 60s" in other_err, (other_out, other_err)
+    assert "skipping due: renewed by another renewer while we waited" in other_err, \
+        (other_out, other_err)
+    r = raft.leader().api("GET", f"secret/metadata/{prefix}/locks/renew")
+    assert r.status_code == 404, r.text
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_client_survives_leader_loss(raft_solo: RaftCluster, how: str,
+                                     request: pytest.FixtureRequest) -> None:
+    cluster = raft_solo
+    prefix = _prefix(request)
+    old = cluster.leader()
+    survivor = cluster.standbys()[0]
+    client = VaultClient(VaultSettings.from_env(
+        {}, addr=survivor.addr, token=cluster.root_token, mount="secret", prefix=prefix))
+    path = f"{prefix}/counter"
+    assert client.write(path, {"i": 0}) == 1
+
+    log: list[tuple[float, float, str, Any]] = []  # (start, end, kind, detail)
+    done = threading.Event()
+
+    def work() -> None:
+        i = 0
+        while not done.is_set():
+            i += 1
+            t = time.monotonic()
+            try:
+                version = client.write(path, {"i": i})
+                entry = client.read(path)
+                log.append((t, time.monotonic(), "ok", (i, version, entry)))
+            except VaultError as e:
+                log.append((t, time.monotonic(), "vault-error", e))
+            except BaseException:  # noqa: BLE001 - anything else is the failure we look for
+                log.append((t, time.monotonic(), "other", traceback.format_exc()))
+            time.sleep(0.05)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        t_stop = time.monotonic()
+        if how == "SIGTERM":
+            old.stop()  # by PID: SIGTERM, SIGKILL after 5 s
+        else:
+            os.kill(old.pid, signal.SIGKILL)
+            old.proc.wait(10)
+        new = cluster.wait_for_leader(exclude=old, timeout=30)
+        elected = time.monotonic() - t_stop
+        # Keep working a while under the new leader.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if sum(1 for s, _, k, _ in log if k == "ok" and s > t_stop + elected) >= 10:
+                break
+            time.sleep(0.1)
+    finally:
+        done.set()
+        worker.join(30)
+    assert not worker.is_alive()
+
+    after = [rec for rec in log if rec[1] > t_stop]
+    others = [d for _, _, k, d in after if k == "other"]
+    assert not others, others[0]
+    errors = [d for _, _, k, d in after if k == "vault-error"]
+    for e in errors:
+        msg = str(e)
+        assert "\n" not in msg and "Traceback" not in msg and msg.strip(), repr(msg)
+    oks = [(s, e, d) for s, e, k, d in after if k == "ok" and s > t_stop]
+    assert len(oks) >= 10, log[-5:]
+    recovered = min(e for _, e, _ in oks) - t_stop
+    longest = max((e - s for s, e, _, _ in after), default=0.0)
+    # A standby serves reads itself (OpenBao's default disable_standby_reads=false):
+    # a read right after a write may return the previous version. Counted, not failed.
+    stale = sum(1 for _, _, (i, _, entry) in oks if entry.data["i"] != i)
+    print(f"{how}: leader {old.addr} stopped; new leader {new.addr} after {elected:.2f}s; "
+          f"client's first good write+read ended {recovered:.2f}s after the stop; "
+          f"slowest call {longest:.2f}s; {stale}/{len(oks)} reads one version behind; "
+          f"{len(errors)} call(s) failed: {sorted({str(e) for e in errors})}")
+    # Every write after the election landed, in order, and reads return our records.
+    last_i, last_version, _ = oks[-1][2]
+    for _, _, (i, version, entry) in oks:
+        assert version is not None and entry is not None
+        assert entry.data["i"] <= i and entry.version is not None and entry.version <= version
+    final = new.api("GET", f"secret/data/{path}")
+    assert final.status_code == 200, final.text
+    assert final.json()["data"]["data"] == {"i": last_i}
+    assert final.json()["data"]["metadata"]["version"] == last_version
