@@ -5,13 +5,17 @@ Measured as ratios, never as absolute times (machines differ):
   * memory: peak traced Python memory of a pull of N lineages against N/4
     (flat in N means a ratio near 1, not near 4).
 
-Run: .venv/bin/python bench/bench_sync.py [N]   (default 400 lineages)
+Run: .venv/bin/python bench/bench_sync.py [N] [LATENCY_MS]
+(default 400 lineages, 0 ms). With LATENCY_MS, requests go through
+bench/latency_proxy.py, which delays each one that long: a Vault across a
+network, where the parallel workers earn their keep.
 """
 from __future__ import annotations
 
 import datetime
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +29,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
-from servers import start_openbao_dev  # noqa: E402
+from servers import free_port, start_openbao_dev  # noqa: E402
 
 from certbot_kvault._internal import sync  # noqa: E402
 from certbot_kvault._internal.layout import Layout, LineageRecord, PemSet  # noqa: E402
@@ -89,14 +93,24 @@ def timed(fn, *args, **kwargs) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 400
+    latency = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
     work = Path(tempfile.mkdtemp(prefix="kvault-bench-"))
     bao = start_openbao_dev(work)
+    addr = bao.addr
+    proxy = None
+    if latency:
+        port = free_port()
+        proxy = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("latency_proxy.py")), str(port),
+             str(bao.port), str(latency)], stdout=subprocess.PIPE, text=True)
+        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+        addr = f"http://127.0.0.1:{port}"
     try:
         os.environ.pop("REQUESTS_CA_BUNDLE", None)
         tree = make_tree(work, n)
 
         def layout(prefix: str) -> Layout:
-            settings = VaultSettings.from_env({}, addr=bao.addr, token=bao.token,
+            settings = VaultSettings.from_env({}, addr=addr, token=bao.token,
                                               mount="secret", prefix=prefix)
             return Layout(VaultClient(settings, pool_size=32))
 
@@ -123,7 +137,7 @@ def main() -> None:
             return peak
 
         small, large = peak_pull(n // 4), peak_pull(n)
-        print(f"lineages: {n}")
+        print(f"lineages: {n}, added latency per request: {latency:g} ms")
         for k, v in results.items():
             print(f"  {k:16s} {v:7.2f} s  ({n / v:7.0f} lineages/s)")
         print(f"speed-up push (w8 vs w1):       {results['push w1'] / results['push w8']:.2f}x")
@@ -133,6 +147,9 @@ def main() -> None:
         print(f"peak memory pull N vs N/4:      {large / small:.2f} "
               f"({small / 1e6:.1f} MB vs {large / 1e6:.1f} MB; flat = near 1, linear = 4)")
     finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait()
         bao.stop()
         shutil.rmtree(work, ignore_errors=True)
 
