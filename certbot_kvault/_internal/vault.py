@@ -190,7 +190,8 @@ class _ConsistencyIndex:
 
     Standbys answer reads from their own, slightly lagging copy. Every answer
     carries the storage index it reflects; sending the newest one we have seen
-    back makes a standby wait (429, retried) until it has caught up. So a read
+    back makes a standby answer only once it has caught up, or forward to the
+    leader (``X-Vault-Inconsistent: forward-active-node``). So a read
     after our own write, or after a lost check-and-set race against another
     renewer (whose answer carries the leader's newer index), sees that write.
     Servers that send no index get none back.
@@ -210,6 +211,9 @@ class _ConsistencyIndex:
             if value >= self._value:
                 self._value = value
                 self._session.headers["X-Vault-Index"] = header
+                # A standby that has not caught up forwards to the leader
+                # rather than answering 429 (it can lag seconds under load).
+                self._session.headers["X-Vault-Inconsistent"] = "forward-active-node"
 
 
 def _index_value(header: str) -> int:
@@ -430,6 +434,10 @@ class VaultClient:
                     "); unseal it (`vault operator unseal`) and run again.") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 raise self._transport_error(e) from None
+            except hvac.exceptions.RateLimitExceeded:
+                raise VaultError(
+                    f"Vault at {self.settings.addr} kept answering 429 (rate limited) on {path} "
+                    "after retries; lower --workers or run again later.") from None
             except hvac.exceptions.InvalidRequest as e:
                 if login:
                     # Vault answers a bad role/secret id or JWT with a 400.
