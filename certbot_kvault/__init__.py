@@ -66,8 +66,8 @@ Examples
              certificate end up in Vault with no extra flag
 
    certbot-kvault dns add pdns --provider powerdns \\
-       --option auth_token=... --option pdns_server=https://pdns:8081 \\
-       --option pdns_server_id=localhost
+       --option auth_token=@/run/secrets/pdns-token \\
+       --option pdns_server=https://pdns:8081 --option pdns_server_id=localhost
    certbot certonly --authenticator kvault --kvault-dns pdns \\
        -d example.com -d '*.example.com'
 
@@ -80,6 +80,12 @@ Examples
    :caption: Stateless renewal in a fresh container
 
    certbot-kvault renew            # lock, pull, certbot renew, push, unlock
+
+.. code-block:: bash
+   :caption: Give an application its certificate (init container)
+
+   certbot-kvault export example.com --dir /certs      # cert/chain/fullchain/privkey.pem
+   eval "$(certbot-kvault export example.com --format env)"
 
 .. code-block:: bash
    :caption: Migrate an existing /etc/letsencrypt
