@@ -90,7 +90,8 @@ def make_always_due(conf_path: Path) -> None:
     conf.write()
 
 
-def _walk(bao: Bao, base: str) -> Iterator[str]:
+def walk(bao: Bao, base: str) -> Iterator[str]:
+    """Every secret below ``base`` on KV v2 ``secret/`` (relative paths)."""
     stack = [""]
     while stack:
         sub = stack.pop()
@@ -105,15 +106,17 @@ def _walk(bao: Bao, base: str) -> Iterator[str]:
                 yield sub + key
 
 
-def seed(bao: Bao, golden: Golden, prefix: str, names: Sequence[str]) -> None:
-    """Copy all accounts and the named lineages from the golden prefix to ``prefix``."""
-    paths = [f"accounts/{p}" for p in _walk(bao, f"{golden.prefix}/accounts")]
+def seed(bao: Bao, golden: Golden, prefix: str, names: Sequence[str],
+         target: Optional[Bao] = None) -> None:
+    """Copy all accounts and the named lineages from the golden prefix (on ``bao``) to
+    ``prefix`` on ``target`` (default: the same server)."""
+    paths = [f"accounts/{p}" for p in walk(bao, f"{golden.prefix}/accounts")]
     paths += [f"certificates/{n}" for n in names]
     for path in paths:
         r = bao.api("GET", f"secret/data/{golden.prefix}/{path}")
         assert r.status_code == 200, r.text
-        w = bao.api("POST", f"secret/data/{prefix}/{path}",
-                    json={"data": r.json()["data"]["data"]})
+        w = (target or bao).api("POST", f"secret/data/{prefix}/{path}",
+                                json={"data": r.json()["data"]["data"]})
         assert w.status_code == 200, w.text
 
 

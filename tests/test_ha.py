@@ -18,7 +18,17 @@ from typing import Any, Optional
 
 import pytest
 from kvault_helpers import snapshot
-from renew_helpers import KVAULT, Golden, fresh_dirs, orders, run_kvault, scrubbed_env
+from renew_helpers import (
+    KVAULT,
+    Golden,
+    fresh_dirs,
+    kv_version,
+    orders,
+    run_kvault,
+    scrubbed_env,
+    seed,
+    walk,
+)
 from servers import Bao, RaftCluster
 
 from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
@@ -36,40 +46,6 @@ def _env(node: Bao, cluster: RaftCluster, prefix: str, golden: Optional[Golden] 
     if golden is not None:
         env["REQUESTS_CA_BUNDLE"] = golden.ca_bundle
     return env
-
-
-def _walk(node: Bao, base: str) -> list[str]:
-    out, stack = [], [""]
-    while stack:
-        sub = stack.pop()
-        r = node.api("LIST", f"secret/metadata/{base}/{sub}".rstrip("/"))
-        if r.status_code == 404:
-            continue
-        assert r.status_code == 200, r.text
-        for key in r.json()["data"]["keys"]:
-            (stack if key.endswith("/") else out).append(sub + key)
-    return sorted(out)
-
-
-def _seed(bao: Bao, golden: Golden, node: Bao, prefix: str, names: list[str]) -> None:
-    """Copy the golden accounts and lineages (records as `push` wrote them on the dev
-    server) into ``prefix`` on the cluster, through ``node``."""
-    paths = [f"accounts/{p}" for p in _walk(bao, f"{golden.prefix}/accounts")]
-    paths += [f"certificates/{n}" for n in names]
-    for path in paths:
-        r = bao.api("GET", f"secret/data/{golden.prefix}/{path}")
-        assert r.status_code == 200, r.text
-        w = node.api("POST", f"secret/data/{prefix}/{path}",
-                     json={"data": r.json()["data"]["data"]})
-        assert w.status_code == 200, w.text
-
-
-def _version(node: Bao, prefix: str, path: str) -> int:
-    r = node.api("GET", f"secret/metadata/{prefix}/{path}")
-    if r.status_code == 404:
-        return 0
-    assert r.status_code == 200, r.text
-    return int(r.json()["data"]["current_version"])
 
 
 # --------------------------------------------------------------------------- the tests
@@ -99,11 +75,11 @@ def test_push_through_one_standby_pull_from_the_other(
     assert "pushed" in out, out
     # The writes went through a standby; the records are on the leader.
     leader = raft.leader()
-    assert _walk(leader, f"{prefix}/certificates") == names
+    assert sorted(walk(leader, f"{prefix}/certificates")) == names
     for name in names:
-        assert _version(leader, prefix, f"certificates/{name}") == 1
-    golden_accounts = _walk(bao, f"{golden.prefix}/accounts")
-    assert _walk(leader, f"{prefix}/accounts") == golden_accounts
+        assert kv_version(leader, prefix, f"certificates/{name}") == 1
+    golden_accounts = sorted(walk(bao, f"{golden.prefix}/accounts"))
+    assert sorted(walk(leader, f"{prefix}/accounts")) == golden_accounts
 
     b, b_args = fresh_dirs(tmp_path, "b")
     run_kvault(["pull", *b_args], _env(dst, raft, prefix))
@@ -124,8 +100,8 @@ def test_two_renewers_on_two_nodes_one_order(
         request: pytest.FixtureRequest) -> None:
     prefix = _prefix(request)
     leader = raft.leader()
-    _seed(bao, golden, leader, prefix, ["due"])
-    before = _version(leader, prefix, "certificates/due")
+    seed(bao, golden, prefix, ["due"], target=leader)
+    before = kv_version(leader, prefix, "certificates/due")
     orders_before = orders(golden.pebble)
     first, second = raft.nodes[0], raft.nodes[1]  # one of them at least is a standby
     procs = []
@@ -139,7 +115,7 @@ def test_two_renewers_on_two_nodes_one_order(
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, (out, err)
         assert "Traceback" not in err, err
-    assert _version(raft.leader(), prefix, "certificates/due") == before + 1, outs
+    assert kv_version(raft.leader(), prefix, "certificates/due") == before + 1, outs
     assert orders(golden.pebble) == orders_before + 1, outs
     renewed = [o for o, _ in outs if "renewed: due" in o]
     assert len(renewed) == 1, outs
