@@ -55,6 +55,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         self._vault: Optional[VaultClient] = None
         self._pushed: set[str] = set()
         self._before: dict[str, tuple[Optional[int], int]] = {}
+        self._exit_push_registered = False
         self._dns = _DnsRun()
 
     @classmethod
@@ -116,7 +117,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         tree = self._tree()
         hook = tree.install_hook(kvault_bin())
         logger.debug("kvault deploy hook at %s", hook)
-        if not self._before:
+        if not self._exit_push_registered:
+            self._exit_push_registered = True
             self._before = tree.fingerprints()
             # certbot < 5.3 runs renewal-hooks/deploy only on renewals, not on a
             # new certonly issuance, and --no-directory-hooks turns it off: the
