@@ -6,6 +6,7 @@ import time
 from typing import Optional
 
 import pytest
+from renew_helpers import record
 from servers import Bao
 
 from certbot_kvault._internal.layout import Layout
@@ -31,15 +32,6 @@ def _meta(bao: Bao, prefix: str, name: str) -> Optional[dict[str, object]]:
     return data
 
 
-def _data(bao: Bao, prefix: str, name: str) -> Optional[dict[str, str]]:
-    r = bao.api("GET", f"secret/data/{prefix}/locks/{name}")
-    if r.status_code == 404:
-        return None
-    assert r.status_code == 200, r.text
-    data: dict[str, str] = r.json()["data"]["data"]
-    return data
-
-
 def test_time_format_roundtrip() -> None:
     ts = 1_800_000_000.2
     text = format_time(ts)
@@ -54,9 +46,9 @@ def test_take_hold_release(bao: Bao, vault_env: dict[str, str]) -> None:
     a = Locks(_layout(), ttl=30, owner="a")
     b = Locks(_layout(), ttl=30, owner="b")
     assert a.try_acquire("renew") is None
-    record = _data(bao, prefix, "renew")
-    assert record is not None and record["owner"] == "a"
-    expires = parse_time(record["expires_at"])
+    lock_record = record(bao, prefix, "locks/renew")
+    assert lock_record is not None and lock_record["owner"] == "a"
+    expires = parse_time(lock_record["expires_at"])
     assert expires is not None and 25 < expires - time.time() <= 31
 
     holder = b.try_acquire("renew")
@@ -68,13 +60,13 @@ def test_take_hold_release(bao: Bao, vault_env: dict[str, str]) -> None:
     assert a.release("renew") is True
     assert _meta(bao, prefix, "renew") is None  # deleted with its metadata
     assert b.try_acquire("renew") is None       # cas=0 works again
-    assert _data(bao, prefix, "renew")["owner"] == "b"  # type: ignore[index]
+    assert record(bao, prefix, "locks/renew")["owner"] == "b"  # type: ignore[index]
     b.release_all()
     assert _meta(bao, prefix, "renew") is None
 
 
-def test_exactly_one_of_many_racers_wins(vault_env: dict[str, str]) -> None:
-    racers = [Locks(_layout(), ttl=30, owner=f"r{i}") for i in range(8)]
+def _race(racers: list[Locks]) -> dict[str, Optional[LockInfo]]:
+    """Every racer tries the `renew` lock at the same instant; owner -> holder seen."""
     barrier = threading.Barrier(len(racers))
     results: dict[str, Optional[LockInfo]] = {}
 
@@ -87,6 +79,12 @@ def test_exactly_one_of_many_racers_wins(vault_env: dict[str, str]) -> None:
         t.start()
     for t in threads:
         t.join(30)
+    return results
+
+
+def test_exactly_one_of_many_racers_wins(vault_env: dict[str, str]) -> None:
+    racers = [Locks(_layout(), ttl=30, owner=f"r{i}") for i in range(8)]
+    results = _race(racers)
     winners = [o for o, r in results.items() if r is None]
     assert len(winners) == 1, results
     for owner, holder in results.items():
@@ -103,18 +101,7 @@ def test_stale_lock_taken_over_with_cas(bao: Bao, vault_env: dict[str, str]) -> 
                 json={"data": {"owner": "dead:1:x", "expires_at": format_time(time.time() - 5)}})
     assert r.status_code == 200, r.text
     racers = [Locks(_layout(), ttl=30, owner=f"r{i}") for i in range(4)]
-    barrier = threading.Barrier(len(racers))
-    results: dict[str, Optional[LockInfo]] = {}
-
-    def race(lk: Locks) -> None:
-        barrier.wait()
-        results[lk.owner] = lk.try_acquire("renew")
-
-    threads = [threading.Thread(target=race, args=(lk,)) for lk in racers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = _race(racers)
     winners = [o for o, res in results.items() if res is None]
     assert len(winners) == 1, results
     meta = _meta(bao, prefix, "renew")
@@ -139,7 +126,7 @@ def test_soft_deleted_lock_is_free(bao: Bao, vault_env: dict[str, str]) -> None:
     assert bao.api("DELETE", f"secret/data/{prefix}/locks/renew").status_code == 204
     lk = Locks(_layout(), ttl=30, owner="me")
     assert lk.try_acquire("renew") is None
-    assert _data(bao, prefix, "renew")["owner"] == "me"  # type: ignore[index]
+    assert record(bao, prefix, "locks/renew")["owner"] == "me"  # type: ignore[index]
     lk.release_all()
 
 
@@ -148,11 +135,11 @@ def test_keeper_renews_and_loser_cannot_take(bao: Bao, vault_env: dict[str, str]
     a = Locks(_layout(), ttl=2, owner="a")
     b = Locks(_layout(), ttl=2, owner="b")
     assert a.try_acquire("renew") is None
-    first = parse_time(_data(bao, prefix, "renew")["expires_at"])  # type: ignore[index]
+    first = parse_time(record(bao, prefix, "locks/renew")["expires_at"])  # type: ignore[index]
     time.sleep(2.6)  # longer than the TTL: only the keeper keeps it alive
     holder = b.try_acquire("renew")
     assert holder is not None and holder.owner == "a"
-    later = parse_time(_data(bao, prefix, "renew")["expires_at"])  # type: ignore[index]
+    later = parse_time(record(bao, prefix, "locks/renew")["expires_at"])  # type: ignore[index]
     assert later is not None and first is not None and later > first
     meta = _meta(bao, prefix, "renew")
     assert meta is not None and int(str(meta["current_version"])) >= 3
@@ -175,7 +162,7 @@ def test_taken_over_holder_notices_and_does_not_delete(bao: Bao,
     assert a.renew("renew") is False
     assert "renew" in a.lost and "held by b" in a.lost["renew"]
     a.release_all()
-    assert _data(bao, prefix, "renew")["owner"] == "b"  # type: ignore[index]
+    assert record(bao, prefix, "locks/renew")["owner"] == "b"  # type: ignore[index]
 
 
 def test_acquire_waits_for_release(vault_env: dict[str, str]) -> None:
