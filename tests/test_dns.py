@@ -370,13 +370,56 @@ def test_certonly_wildcard_and_apex_then_renew_from_pulled_tree(
 
 def test_certonly_default_entry_and_single_name(kv_env: dict[str, str], pdns_in_vault: str,
                                                 pdns: PowerDNS, certbot: Any,
-                                                layout: Layout) -> None:
-    """No --kvault-dns: the only dns/ entry is used."""
+                                                certbot_dirs: Any, layout: Layout) -> None:
+    """No --kvault-dns: the only dns/ entry is used; -a kvault wires the deploy hook."""
     name = f"www-{secrets.token_hex(3)}.{ZONE}"
     proc = certbot(*certonly_args("--kvault-dns-resolver", resolver_opt(pdns), dns=None,
                                   domains=(name,)), env=kv_env)
     no_traceback(proc)
     assert layout.read_lineage_raw(name) is not None
+    assert (certbot_dirs.config_dir / "renewal-hooks" / "deploy" / "00-update-vault.sh"
+            ).exists()
+    assert pdns.txt_records(f"_acme-challenge.{name}") == []
+
+
+def _menu_certonly(certbot_dirs: Any, pebble: Pebble, env: dict[str, str], choice: str,
+                   *args: str) -> subprocess.CompletedProcess[str]:
+    """certbot certonly answering its interactive authenticator menu with plugin ``choice``.
+
+    servers.run_certbot always passes --non-interactive, which forbids the menu.
+    """
+    import servers
+
+    argv = [servers.certbot_executable(), "certonly", "--force-interactive",
+            *certbot_dirs.args(), "--server", pebble.directory_url, "--agree-tos",
+            "--register-unsafely-without-email", *args]
+    full_env = dict(os.environ, **env, REQUESTS_CA_BUNDLE=pebble.ca_bundle)
+    menu = subprocess.run(argv, input="c\n", capture_output=True, text=True, env=full_env,
+                          timeout=120).stdout
+    entries = re.findall(r"^(\d+): (.*?)(?=^\d+: |^- - -)", menu, re.M | re.S)
+    numbers = [n for n, text in entries if text.rstrip().endswith(f"({choice})")]
+    assert len(numbers) == 1, menu
+    proc = subprocess.run(argv, input=f"{numbers[0]}\n", capture_output=True, text=True,
+                          env=full_env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_interactive_menu_wires_only_the_chosen_kvault(
+        kv_env: dict[str, str], pdns_in_vault: str, pdns: PowerDNS, pebble: Pebble,
+        certbot_dirs: Any, layout: Layout) -> None:
+    """certbot prepares every plugin before it shows the menu: picking standalone leaves
+    no hook; picking kvault (after prepare()) still wires the hook and reaches Vault."""
+    hook = certbot_dirs.config_dir / "renewal-hooks" / "deploy" / "00-update-vault.sh"
+    _menu_certonly(certbot_dirs, pebble, kv_env, "standalone", "--http-01-port",
+                   str(pebble.http_port), "-d", f"menu-http.{ZONE}")
+    assert not hook.exists()
+    assert layout.list_lineages() == []
+    name = f"menu-dns.{ZONE}"
+    _menu_certonly(certbot_dirs, pebble, kv_env, "kvault", "-d", name,
+                   "--kvault-dns-resolver", resolver_opt(pdns))
+    assert hook.exists()
+    assert layout.list_lineages() == [name]
     assert pdns.txt_records(f"_acme-challenge.{name}") == []
 
 

@@ -75,7 +75,7 @@ def test_other_plugins_unaffected_when_vault_is_down(vault_env, certbot, certbot
     monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{free_port()}")
     certbot("certonly", "--standalone", "--http-01-port", str(pebble.http_port), *ISSUE,
             "-d", "plain.example.com")
-    assert certbot("plugins", "--prepare").returncode == 0  # listed as not ready, no crash
+    assert certbot("plugins", "--prepare").returncode == 0  # not chosen: Vault not asked
     assert "* kvault" in certbot("plugins").stdout
 
 
@@ -105,3 +105,38 @@ def test_hook_failure_after_issuance_leaves_pending_mark(vault_env, certbot, cer
     assert layout.load_lineage("late.example.com") is not None
     kvault("push", "--config-dir", certbot_dirs.config_dir)
     assert not pending.exists()
+
+
+def _hook(certbot_dirs) -> Path:
+    return Path(certbot_dirs.config_dir, "renewal-hooks", "deploy", "00-update-vault.sh")
+
+
+def test_unchosen_plugin_wires_nothing(clean_env, certbot, certbot_dirs, pebble):
+    """No Vault configured, kvault never chosen: `certbot plugins --prepare` (which prepares
+    every plugin, as the interactive menu does) leaves no hook, so the renewal of another
+    plugin's lineage runs no failing hook and leaves no pending mark."""
+    assert certbot("plugins", "--prepare").returncode == 0
+    assert not _hook(certbot_dirs).exists()
+    certbot("certonly", "--standalone", "--http-01-port", str(pebble.http_port), *ISSUE,
+            "-d", "unchosen.example.com")
+    proc = certbot("renew", "--force-renewal")
+    assert "ran with error" not in proc.stderr, proc.stderr
+    assert not _hook(certbot_dirs).exists()
+    assert not Path(certbot_dirs.config_dir, "kvault").exists()
+
+
+def test_hook_follows_the_choice(vault_env, certbot, certbot_dirs, pebble):
+    """-i kvault wires the hook; `certbot renew` of a lineage whose conf names kvault wires
+    it again (certbot restores the installer from the conf before preparing plugins) and
+    pushes; `plugins --prepare` alone does not, even with Vault reachable."""
+    certbot("certonly", "-a", "standalone", "-i", "kvault", "--http-01-port",
+            str(pebble.http_port), *ISSUE, "-d", "chosen.example.com")
+    assert _hook(certbot_dirs).exists()
+    _hook(certbot_dirs).unlink()
+    certbot("renew", "--force-renewal", "--cert-name", "chosen.example.com")
+    assert os.access(_hook(certbot_dirs), os.X_OK)
+    record = layout_from_env().load_lineage("chosen.example.com")
+    assert record is not None and record.version == 2
+    _hook(certbot_dirs).unlink()
+    certbot("plugins", "--prepare")
+    assert not _hook(certbot_dirs).exists()

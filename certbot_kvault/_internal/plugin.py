@@ -105,13 +105,18 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         return Tree(Dirs(config_dir=self.config.config_dir, work_dir=self.config.work_dir,
                          logs_dir=self.config.logs_dir))
 
-    def prepare(self) -> None:
-        """Wire the deploy hook, then fail before any ACME order if Vault is unusable.
+    def _chosen(self) -> bool:
+        """Did the user (or the lineage's renewal conf, on renew) name kvault for this run?"""
+        # certbot prepares every plugin for `certbot plugins --prepare` and for
+        # its interactive menu; only these names say kvault was asked for.
+        # `certbot renew` restores authenticator/installer from the renewal conf
+        # before it prepares the plugins.
+        return self.name in (getattr(self.config, "authenticator", None),
+                             getattr(self.config, "installer", None),
+                             getattr(self.config, "configurator", None))
 
-        The hook goes in first: certbot drops an installer whose prepare()
-        fails and still issues on ``certonly``, and then the hook is what
-        reports loudly and leaves the pending mark.
-        """
+    def _wire(self) -> None:
+        """Install the deploy hook and register the one exit push."""
         from certbot_kvault._internal.cli import kvault_bin
 
         tree = self._tree()
@@ -125,17 +130,28 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
             # exit handler pushes whatever this run changed (nothing twice: a
             # lineage the hook pushed reads back unchanged).
             util.atexit_register(self._push_changed_at_exit)
+
+    def prepare(self) -> None:
+        """When kvault is chosen: wire the deploy hook, then fail before any ACME order if
+        Vault is unusable. Otherwise nothing: no disk, no Vault.
+
+        A hook wired for a run that did not choose kvault would run after every
+        renewal of every lineage on the machine, fail without Vault and leave
+        pending marks. When chosen, the hook goes in first: certbot drops an
+        installer whose prepare() fails and still issues on ``certonly``, and
+        then the hook is what reports loudly and leaves the pending mark.
+        """
+        if not self._chosen():
+            return
+        self._wire()
         try:
             self.vault.login()
             _ = self.vault.kv_version
         except VaultError as e:
-            if self.name in (getattr(self.config, "authenticator", None),
-                             getattr(self.config, "installer", None)):
-                # Chosen with -a/-i: stop before ordering anything. certbot
-                # would quietly drop a plugin whose prepare() raises a
-                # PluginError and issue a certificate that never reaches Vault.
-                raise VaultUnusable(f"kvault: {e}") from None
-            raise errors.PluginError(f"kvault: {e}") from None
+            # Stop before ordering anything. certbot would quietly drop a
+            # plugin whose prepare() raises a PluginError and issue a
+            # certificate that never reaches Vault.
+            raise VaultUnusable(f"kvault: {e}") from None
         if getattr(self.config, "authenticator", None) == self.name:
             # A wrong or missing dns/NAME is reported before the ACME order.
             try:
@@ -151,6 +167,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
     def deploy_cert(self, domain: str, cert_path: str, key_path: str, chain_path: str,
                     fullchain_path: str) -> None:
         """Push the lineage holding ``cert_path`` (once, though certbot calls per domain)."""
+        if not self._exit_push_registered:
+            self._wire()  # chosen from certbot's menu, after prepare() ran
         tree = self._tree()
         live = os.path.dirname(os.path.abspath(cert_path))
         name = tree.lineage_for_live_path(live)
@@ -339,6 +357,10 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
     def perform(self, achalls: list[achallenges.AnnotatedChallenge]
                 ) -> list[challenges.ChallengeResponse]:
         """Create every TXT record, then wait until the DNS servers answer all of them."""
+        if not self._exit_push_registered:
+            # Chosen from certbot's interactive menu: prepare() ran before the
+            # choice, so it wired nothing.
+            self._wire()
         self._setup_credentials()
         expected: dict[str, set[str]] = {}
         work = []
