@@ -2,7 +2,9 @@
 
 Writes mirror ``certbot/_internal/storage.py`` and ``account.py`` (which are
 private, so they are mirrored rather than imported): the same directory
-modes, ``privkey`` 0600 and ``private_key.json`` 0400, relative ``live/``
+modes, ``privkey`` 0600 (a new version takes the group and group/other bits
+of the key before it, as certbot's ``save_successor``; a key already right is
+left alone) and ``private_key.json`` 0400, relative ``live/``
 symlinks, ``archive/<name>/<kind>N.pem`` numbering and a renewal conf with
 this machine's paths. Every file is written to a temp file and renamed into
 place, and a lineage's renewal conf is written last: certbot only sees a
@@ -71,7 +73,9 @@ class Dirs:
     logs_dir: str
 
 
-def _atomic_write(path: str, data: bytes, mode: int) -> None:
+def _atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) -> None:
+    """Write via a temp file and a rename; ``like``: a private key to take the group and
+    group/other bits from (see ``_key_to_follow``)."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kvault-", suffix=".tmp")
     try:
@@ -79,7 +83,17 @@ def _atomic_write(path: str, data: bytes, mode: int) -> None:
         # seeing half a file, and the tree is a cache that `pull` rebuilds.
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        filesystem.chmod(tmp, mode)
+        if like is not None:
+            # Before the rename, so the key never shows with other permissions.
+            # Neither call touches the process umask (safe in worker threads).
+            try:
+                filesystem.copy_ownership_and_apply_mode(
+                    like, tmp, filesystem.compute_private_key_mode(like, mode),
+                    copy_user=False, copy_group=True)
+            except FileNotFoundError:
+                like = None  # removed meanwhile: nothing to follow
+        if like is None:
+            filesystem.chmod(tmp, mode)
         filesystem.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -315,10 +329,17 @@ class Tree:
             for kind in PEM_KINDS:
                 path = os.path.join(archive, f"{kind}{n}.pem")
                 data = getattr(pems, kind).encode("utf-8")
-                mode = BASE_PRIVKEY_MODE if kind == "privkey" else file_mode
-                if _same_file(path, data, mode):
+                if kind == "privkey":
+                    # Whoever reads the key (nginx, postfix through group
+                    # ssl-cert) keeps reading it: a right key is left as the
+                    # admin set it, a new one follows the one before it.
+                    if not _same_file(path, data, None):
+                        _atomic_write(path, data, BASE_PRIVKEY_MODE,
+                                      like=_key_to_follow(archive, n))
                     continue
-                _atomic_write(path, data, mode)
+                if _same_file(path, data, file_mode):
+                    continue
+                _atomic_write(path, data, file_mode)
         for kind in PEM_KINDS:
             target = os.path.relpath(os.path.join(archive, f"{kind}{record.version}.pem"), live)
             link = os.path.join(live, f"{kind}.pem")
@@ -389,7 +410,8 @@ class Tree:
                                    ("private_key.json", record.private_key, ACCOUNT_KEY_MODE)):
             path = os.path.join(d, fname)
             data = text.encode("utf-8")
-            if not _same_file(path, data, fmode):
+            # A key with the right content keeps whatever mode the admin gave it.
+            if not _same_file(path, data, None if fname == "private_key.json" else fmode):
                 _atomic_write(path, data, fmode)
 
     def server_urls(self) -> dict[str, str]:
@@ -430,7 +452,29 @@ def _conf_text(conf: configobj.ConfigObj) -> str:
     return out.getvalue().decode("utf-8")
 
 
+def _key_to_follow(archive: str, version: int) -> Optional[str]:
+    """The private key whose group and group/other bits ``privkey<version>.pem`` takes.
+
+    As certbot's ``save_successor``: the previous version's key. The file
+    itself when it is being rewritten, else the nearest earlier version on
+    disk; None (plain 0600) when there is none.
+    """
+    try:
+        entries = os.listdir(archive)
+    except OSError:
+        return None
+    found = []
+    for entry in entries:
+        m = _VERSION_RE.match(entry)
+        if m and m.group(1) == "privkey" and int(m.group(2)) <= version:
+            found.append((int(m.group(2)), entry))
+    if not found:
+        return None
+    return os.path.join(archive, max(found)[1])
+
+
 def _same_file(path: str, data: bytes, mode: Optional[int]) -> bool:
+    """Is ``path`` a file holding ``data`` (and, unless ``mode`` is None, with that mode)?"""
     try:
         st = os.lstat(path)
         if mode is not None and (st.st_mode & 0o7777) != mode:
