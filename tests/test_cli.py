@@ -191,3 +191,40 @@ def test_export_pem_bundle_env(pushed, tmp_path):
     missing = cli("export", "nope.example.com", "--format", "env")
     assert missing.exit_code == 1 and "No lineage nope.example.com" in missing.output
     assert cli("export", "../x", "--dir", str(out)).exit_code == 1
+
+
+def test_read_only_commands_note_pending_pushes(pushed, tmp_path, monkeypatch):
+    """A deploy hook that could not reach Vault left a mark: list/show/status say so on
+    stderr (status --json also in "pending"), and push nothing themselves."""
+    from certbot_kvault._internal import sync
+    from certbot_kvault._internal.tree import Dirs, Tree
+
+    config = tmp_path / "le"
+    shutil.copytree(pushed["config"], config, symlinks=True)
+    assert "note:" not in kvault("list", "--config-dir", str(config)).stderr
+    tree = Tree(Dirs(str(config), str(tmp_path / "work"), str(tmp_path / "logs")))
+    sync.mark_pending(tree, "ec.cli.example.com", "Vault unreachable")
+    sync.mark_pending(tree, "gone.example.com", "Vault unreachable")  # no lineage here
+    note = ("note: 1 lineage(s) renewed here are not in Vault yet (ec.cli.example.com): "
+            f"run certbot-kvault push --config-dir {config}")
+    for args in (["list"], ["list", "--json"], ["show", "cli.example.com"], ["status"]):
+        proc = kvault(*args, "--config-dir", str(config))
+        assert proc.stderr.splitlines() == [note], (args, proc.stderr)
+    status = json.loads(kvault("status", "--json", "--config-dir", str(config)).stdout)
+    assert status["pending"] == ["ec.cli.example.com"]
+    proc = kvault("list", "--json", env={"KVAULT_CONFIG_DIR": str(config)})
+    assert [r["name"] for r in json.loads(proc.stdout)] == ["cli.example.com",
+                                                           "ec.cli.example.com"]
+    assert proc.stderr.splitlines() == [note]
+    # Most useful when Vault is what is missing: the note comes before the error.
+    from servers import free_port
+
+    down = kvault("status", "--config-dir", str(config), check=False,
+                  env={"VAULT_ADDR": f"http://127.0.0.1:{free_port()}"})
+    assert down.returncode == 1 and down.stderr.splitlines()[0] == note, down.stderr
+    assert (config / "kvault" / "pending" / "ec.cli.example.com").exists()  # not pushed
+
+    missing = str(tmp_path / "missing")
+    proc = kvault("status", "--json", "--config-dir", missing)
+    assert json.loads(proc.stdout)["pending"] == [] and "note:" not in proc.stderr
+    assert not os.path.exists(missing)

@@ -91,8 +91,13 @@ def kvault_bin() -> Optional[str]:
     return shutil.which("certbot-kvault")
 
 
-def common_options(tree: bool = True, json_opt: bool = False) -> Callable[[F], F]:
-    """Vault (and config-dir) options on every subcommand, read from the env like vault's."""
+def common_options(tree: bool = True, json_opt: bool = False,
+                   config_dir: bool = False) -> Callable[[F], F]:
+    """Vault (and config-dir) options on every subcommand, read from the env like vault's.
+
+    ``config_dir`` without ``tree``: only --config-dir, for the Vault-only
+    commands that still report what this machine has left to push.
+    """
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -120,11 +125,13 @@ def common_options(tree: bool = True, json_opt: bool = False) -> Callable[[F], F
                                    help="Parallel Vault requests"))
         params.append(click.option("-v", "--verbose", "o_verbose", count=True,
                                    help="More logging (-vv for debug)"))
-        if tree:
-            params += [
+        if tree or config_dir:
+            params.append(
                 click.option("--config-dir", "o_config_dir", default=DEFAULT_CONFIG_DIR,
                              show_default=True, envvar="KVAULT_CONFIG_DIR",
-                             type=click.Path(file_okay=False), help="certbot's config dir"),
+                             type=click.Path(file_okay=False), help="certbot's config dir"))
+        if tree:
+            params += [
                 click.option("--work-dir", "o_work_dir", default=DEFAULT_WORK_DIR,
                              show_default=True, envvar="KVAULT_WORK_DIR",
                              type=click.Path(file_okay=False), help="certbot's work dir"),
@@ -154,6 +161,34 @@ def _setup_logging(verbose: int) -> None:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def _note_pending(ctx: Context) -> list[str]:
+    """Lineages whose push a deploy hook left pending here; one note on stderr if any.
+
+    Read-only: the Vault-only commands say what is missing, they do not push.
+    """
+    tree = ctx.tree
+    try:
+        marks = sync.pending(tree)
+    except OSError as e:
+        # An unreadable config dir (another user's /etc/letsencrypt) must not
+        # stop a command that only needs Vault.
+        logging.getLogger(__name__).debug("pending marks not readable: %s", e)
+        return []
+    names = []
+    for n in marks:
+        try:
+            # As finish_pending: a mark whose lineage is gone from here is not pending.
+            if os.path.exists(tree.renewal_conf_path(n)):
+                names.append(n)
+        except RecordError:
+            continue
+    if names:
+        click.echo(f"note: {len(names)} lineage(s) renewed here are not in Vault yet "
+                   f"({', '.join(names)}): run certbot-kvault push --config-dir "
+                   f"{tree.config_dir}", err=True)
+    return names
 
 
 def _print_report(ctx: Context, report: sync.Report, verb: str) -> None:
@@ -278,9 +313,10 @@ def _apply_renewal_settings(ctx: Context, tree: Tree, name: str) -> None:
 
 
 @main.command()
-@common_options(tree=False, json_opt=True)
+@common_options(tree=False, json_opt=True, config_dir=True)
 def status(ctx: Context) -> None:
     """Can we reach Vault, who are we, which mount and KV version, what may we do."""
+    pending = _note_pending(ctx)
     vault = ctx.vault
     health = vault.health()
     out: dict[str, Any] = {
@@ -292,6 +328,8 @@ def status(ctx: Context) -> None:
         "standby": health.get("standby"),
         "auth_method": ctx.settings.auth_method,
     }
+    if ctx.json:
+        out["pending"] = pending
     if health.get("sealed") or not health.get("initialized", True):
         _emit_status(ctx, out)
         raise click.ClickException(f"Vault at {ctx.settings.addr} is sealed or not initialized; "
@@ -325,9 +363,10 @@ def _emit_status(ctx: Context, out: dict[str, Any]) -> None:
 
 
 @main.command("list")
-@common_options(tree=False, json_opt=True)
+@common_options(tree=False, json_opt=True, config_dir=True)
 def list_(ctx: Context) -> None:
     """NAME  SUBJECT  EXPIRATION  AUTO_RENEWABLE, from Vault alone."""
+    _note_pending(ctx)
     layout = ctx.layout
     rows = []
     for name, entry in sync.parallel(layout.list_lineages(), layout.read_lineage_raw,
@@ -353,9 +392,10 @@ def list_(ctx: Context) -> None:
 
 @main.command()
 @click.argument("name")
-@common_options(tree=False, json_opt=True)
+@common_options(tree=False, json_opt=True, config_dir=True)
 def show(ctx: Context, name: str) -> None:
     """One lineage: subject, alt names, validity, serial, key type (never the key)."""
+    _note_pending(ctx)
     record = ctx.layout.load_lineage(validate_name(name))
     if record is None:
         raise click.ClickException(f"No lineage {name} in Vault "
