@@ -379,6 +379,8 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
 
         pending = finish_pending()
         pulled = sync.pull(tree, layout, plan.names, workers=workers, kvault_bin=kvault_bin)
+        for line in pulled.warnings:
+            notify(line)
         failed: set[str] = set()
         for item, err in pending.failed + pulled.failed:
             notify(f"error: {item}: {err}")
@@ -450,6 +452,8 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
     with sigterm_unwinds():
         pending = finish_pending()
         pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
+        for line in pulled.warnings:
+            notify(line)
         for item, err in pulled.failed:
             notify(f"error: {item}: {err}")
         if not pulled.ok:

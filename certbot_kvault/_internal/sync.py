@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 from certbot import errors
 
+from certbot_kvault._internal import trust
 from certbot_kvault._internal.layout import (
     AccountRecord,
     Layout,
@@ -61,11 +62,15 @@ class Report:
     written: list[str] = dataclasses.field(default_factory=list)
     unchanged: list[str] = dataclasses.field(default_factory=list)
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # One line per lineage whose renewal conf from Vault was not used whole
+    # (trust.py); the caller prints them.
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def merge(self, other: Report) -> Report:
         self.written += other.written
         self.unchanged += other.unchanged
         self.failed += other.failed
+        self.warnings += other.warnings
         return self
 
     @property
@@ -74,7 +79,8 @@ class Report:
 
     def as_dict(self) -> dict[str, object]:
         return {"written": self.written, "unchanged": self.unchanged,
-                "failed": [{"item": i, "error": e} for i, e in self.failed]}
+                "failed": [{"item": i, "error": e} for i, e in self.failed],
+                "warnings": self.warnings}
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R]]:
@@ -158,6 +164,8 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str)
 
 
 def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
+    warnings: list[str] = []
+
     def work() -> bool:
         validate_name(name)
         record = layout.load_lineage(name)
@@ -170,10 +178,16 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
             # Pulling would point live/ back at the old certificate.
             raise RecordError(f"Lineage {name} is at version {local} here but {record.version} "
                               f"in Vault: run `certbot-kvault push {name}` first.")
+        # Before writing: what was ignored is judged against this machine's old conf.
+        ignored = tree.screened_conf(name, record.renewal)[1]
         tree.write_lineage(record)
+        if ignored:
+            warnings.append(trust.warning(name, ignored))
         return True
 
-    return _outcome(f"lineage {name}", work)
+    report = _outcome(f"lineage {name}", work)
+    report.warnings += warnings
+    return report
 
 
 # ---- push ------------------------------------------------------------------
