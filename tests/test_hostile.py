@@ -269,6 +269,22 @@ def test_hostile_renewal_conf_on_pull(bao: Bao, golden: Golden, vault_env: dict[
             {k: params[k] for k in CODE_AND_PATHS}
 
 
+def test_key_names_reach_the_terminal_escaped(bao: Bao, golden: Golden,
+                                              vault_env: dict[str, str],
+                                              tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    _plant(bao, prefix, "due", **{"x\x1b]0;owned\x07\x1b[2J_hook": "true"})
+    root, args = fresh_dirs(tmp_path)
+
+    proc = run_kvault(["pull", *args], _env(bao, golden, prefix))
+
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    [line] = _warnings(proc.stderr)
+    assert _named(line) == {"'x\\x1b]0;owned\\x07\\x1b[2J_hook'"}
+    assert not any(k.endswith("_hook") for k in _local_params(root, "due"))
+
+
 def test_local_settings_survive_pull(bao: Bao, golden: Golden, vault_env: dict[str, str],
                                      tmp_path: Path) -> None:
     """What Vault may not set stays as this machine has it; only real drops are named."""

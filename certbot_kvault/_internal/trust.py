@@ -119,6 +119,7 @@ def untrusted(key: str, value: Any, trust_vault_hooks: bool) -> bool:
 
 def warning(name: str, ignored: list[str]) -> str:
     """The one line that tells the operator what of a lineage's conf was not used."""
-    return (f"warning: lineage {name}: ignored from Vault's renewal conf: "
-            f"{', '.join(ignored)} (hooks and paths run only with --trust-vault-hooks; "
-            "Vault settings never)")
+    # Key names come from Vault too: no terminal escapes reach the operator's screen.
+    keys = ", ".join(k if k.isprintable() else ascii(k) for k in ignored)
+    return (f"warning: lineage {name}: ignored from Vault's renewal conf: {keys} "
+            "(hooks and paths run only with --trust-vault-hooks; Vault settings never)")
