@@ -167,6 +167,30 @@ def test_trusted_vault_hooks_run(bao: Bao, golden: Golden, vault_env: dict[str, 
         assert (tmp_path / f"pwned-{hook}").exists(), (hook, proc.stderr)
 
 
+def test_run_leaves_vault_hooks_of_untouched_lineages(bao: Bao, golden: Golden,
+                                                      vault_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """A machine that does not trust Vault's hooks neither runs them nor erases them from
+    the lineages it did not renew (for the machines that do trust them)."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due", "calm"])
+    hook = f"touch {tmp_path / 'pwned'}"
+    for name in ("due", "calm"):
+        _plant(bao, prefix, name, pre_hook=hook, kvault_vault_addr="http://127.0.0.1:9")
+    due, calm = (kv_version(bao, prefix, f"certificates/{n}") for n in ("due", "calm"))
+    root, args = fresh_dirs(tmp_path)
+    env = _env(bao, golden, prefix)
+
+    run_kvault(["run", *args, "--", "renew", "--force-renewal", "--cert-name", "due"], env)
+
+    assert not (tmp_path / "pwned").exists()
+    assert kv_version(bao, prefix, "certificates/due") == due + 1
+    assert kv_version(bao, prefix, "certificates/calm") == calm
+    vault_conf = record(bao, prefix, "certificates/calm")["renewal"]  # type: ignore[index]
+    assert f"pre_hook = {hook}" in vault_conf
+    assert "0 pushed" in run_kvault(["push", *args], env).stdout
+
+
 # ---- Vault connection settings: the token never goes elsewhere ------------------------
 
 
@@ -311,6 +335,12 @@ def test_local_settings_survive_pull(bao: Bao, golden: Golden, vault_env: dict[s
     assert params["kvault_vault_addr"] == bao.addr
     # Vault's deploy_hook is this machine's own value: nothing was ignored there.
     assert [_named(w) for w in _warnings(proc.stderr)] == [{"pre_hook", "kvault_vault_addr"}]
+
+    # Pushing is as before: this machine's conf goes to Vault as it is.
+    assert "1 pushed" in run_kvault(["push", *args], env).stdout
+    vault_conf = record(bao, prefix, "certificates/due")["renewal"]  # type: ignore[index]
+    assert "pre_hook = echo local-pre" in vault_conf
+    assert "post_hook = echo local-post" in vault_conf
 
 
 # ---- other values pull turns into paths ----------------------------------------------------

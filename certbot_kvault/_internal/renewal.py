@@ -495,7 +495,7 @@ def verify(tree: Tree, layout: Layout, workers: int) -> list[str]:
             return f"lineage {name}: {e}"
         if remote is None:
             return f"lineage {name}: not in Vault ({layout.where('certificates', name)})"
-        if not remote.same_content(local):
+        if not (remote.same_content(local) or sync.as_pulled(tree, remote, local)):
             return (f"lineage {name}: Vault holds version {remote.version}, this machine "
                     f"{local.version} (or other content)")
         return None

@@ -241,7 +241,7 @@ def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
             except RecordError:
                 remote = None  # replaced by the good local one
             if remote is not None:
-                if remote.same_content(local):
+                if remote.same_content(local) or as_pulled(tree, remote, local):
                     return False
                 if remote.version > local.version:
                     raise RecordError(
@@ -252,6 +252,23 @@ def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
         return True
 
     return _outcome(f"lineage {name}", work)
+
+
+def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
+    """Whether the local lineage is exactly what pulling ``remote`` gives here, with
+    no setting of this machine's own.
+
+    Then only keys that pull does not take from Vault (trust.py) differ, and
+    pushing would just erase them from Vault for the machines that trust them.
+    """
+    if not remote.same_content(dataclasses.replace(local, renewal=remote.renewal)):
+        return False
+    try:
+        with open(tree.renewal_conf_path(remote.name), "rb") as f:
+            on_disk = f.read()
+        return on_disk == tree.screened_conf(remote.name, remote.renewal, keep_local=False)[0]
+    except (OSError, RecordError):
+        return False
 
 
 # ---- pending marks: a push that a deploy hook could not do ---------------------

@@ -265,11 +265,13 @@ class Tree:
         """A portable conf from Vault, with this machine's paths (and nothing else's)."""
         return self.screened_conf(name, portable_text)[0]
 
-    def screened_conf(self, name: str, portable_text: str) -> tuple[bytes, list[str]]:
+    def screened_conf(self, name: str, portable_text: str,
+                      keep_local: bool = True) -> tuple[bytes, list[str]]:
         """``local_conf``, and the keys of Vault's conf that it ignored (see trust.py).
 
         Ignored keys take the value this machine's own conf of the lineage
-        holds, if any: a hook the admin set here stays here.
+        holds, if any (unless not ``keep_local``): a hook the admin set here
+        stays here.
         """
         try:
             conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
@@ -289,14 +291,14 @@ class Tree:
             for key in DIR_PARAMS:
                 if key in params:
                     params[key] = os.path.abspath(mine[key])
-        ignored = self._screen(name, conf)
+        ignored = self._screen(name, conf, keep_local)
         return _conf_text(conf).encode("utf-8"), ignored
 
-    def _screen(self, name: str, conf: configobj.ConfigObj) -> list[str]:
+    def _screen(self, name: str, conf: configobj.ConfigObj, keep_local: bool) -> list[str]:
         params = conf.get("renewalparams")
         if not isinstance(params, configobj.Section):
             return []
-        local = self._local_params(name)
+        local = self._local_params(name) if keep_local else {}
         trusted = self.trust_vault_hooks
         dropped = {}
         ignored = []
