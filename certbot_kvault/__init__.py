@@ -42,6 +42,18 @@ The same variables as the ``vault`` CLI: ``VAULT_ADDR``, ``VAULT_TOKEN``
 or ``KVAULT_JWT_FILE``, mount ``KVAULT_JWT_MOUNT``). KV v1 and v2 mounts both
 work; the version is detected. Long runs renew their token.
 
+Security model
+--------------
+
+Every renewer may write every lineage, so what ``certbot-kvault pull``,
+``renew`` and ``run`` take from Vault is data, never code: hooks, an installer
+other than kvault, machine paths (webroot, credential files, other plugins'
+options) and the Vault connection settings saved by this plugin are dropped
+from pulled renewal confs, with one warning per lineage; this machine's own
+values are kept. ``--trust-vault-hooks`` (``KVAULT_TRUST_VAULT_HOOKS=1``) keeps
+hooks and paths, at the risk that anyone who can write ``certificates/*`` can
+then run commands on the machine; connection settings are never taken.
+
 Layout in Vault (below ``<mount>/<prefix>/``)
 ---------------------------------------------
 

@@ -73,7 +73,8 @@ class Context:
     def tree(self) -> Tree:
         return Tree(Dirs(config_dir=self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
                          work_dir=self.opts.get("work_dir") or DEFAULT_WORK_DIR,
-                         logs_dir=self.opts.get("logs_dir") or DEFAULT_LOGS_DIR))
+                         logs_dir=self.opts.get("logs_dir") or DEFAULT_LOGS_DIR),
+                    trust_vault_hooks=bool(self.opts.get("trust_vault_hooks")))
 
     def finish_pending(self) -> sync.Report:
         """Every command that touches the tree first completes what a hook left undone."""
@@ -149,6 +150,16 @@ def common_options(tree: bool = True, json_opt: bool = False,
     return decorate
 
 
+def trust_option(fn: F) -> F:
+    """--trust-vault-hooks, for the commands that pull (pull, renew, run)."""
+    return click.option(
+        "--trust-vault-hooks", "o_trust_vault_hooks", is_flag=True, default=False,
+        envvar="KVAULT_TRUST_VAULT_HOOKS",
+        help="Use the hooks, installer and local paths of the renewal confs pulled from "
+             "Vault (dropped otherwise). Risk: anyone who can write certificates/* in Vault "
+             "can then run commands on this machine. [KVAULT_TRUST_VAULT_HOOKS]")(fn)
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
@@ -199,6 +210,8 @@ def _print_report(ctx: Context, report: sync.Report, verb: str) -> None:
             click.echo(f"{verb}: {item}")
         click.echo(f"{len(report.written)} {verb}, {len(report.unchanged)} unchanged, "
                    f"{len(report.failed)} failed")
+    for line in report.warnings:
+        click.echo(line, err=True)
     for item, err in report.failed:
         click.echo(f"error: {item}: {err}", err=True)
     if not report.ok:
@@ -218,6 +231,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("names", nargs=-1)
+@trust_option
 @common_options(json_opt=True)
 def pull(ctx: Context, names: tuple[str, ...]) -> None:
     """Rebuild the certbot config dir from Vault (all lineages, or NAMES, and all accounts)."""

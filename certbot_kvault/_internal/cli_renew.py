@@ -13,7 +13,7 @@ from typing import Optional
 import click
 
 from certbot_kvault._internal import renewal
-from certbot_kvault._internal.cli import Context, common_options, kvault_bin, main
+from certbot_kvault._internal.cli import Context, common_options, kvault_bin, main, trust_option
 from certbot_kvault._internal.lock import DEFAULT_TTL, MIN_TTL
 
 
@@ -46,6 +46,7 @@ def _stream(chunk: str) -> None:
               envvar="KVAULT_METRICS_FILE", metavar="FILE",
               help="Write Prometheus textfile metrics here [KVAULT_METRICS_FILE]")
 @click.argument("certbot_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CERTBOT-ARGS]")
+@trust_option
 @common_options()
 def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[float],
           metrics_file: Optional[str], certbot_args: tuple[str, ...]) -> None:
@@ -74,6 +75,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
 @main.command("run")
 @click.argument("certbot_args", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- CERTBOT-ARGS")
+@trust_option
 @common_options()
 def run_(ctx: Context, certbot_args: tuple[str, ...]) -> None:
     """Pull, run certbot with CERTBOT-ARGS, push; fail unless Vault then holds the result.

@@ -36,6 +36,10 @@ from certbot_kvault._internal.vault import KVEntry, VaultClient
 
 PEM_KINDS = ("cert", "chain", "fullchain", "privkey")
 
+# Far above any real lineage's renewals; a bound keeps a hostile record from
+# naming archive files the filesystem refuses (one bad record must fail alone).
+MAX_VERSION = 10**6
+
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
@@ -177,8 +181,9 @@ class LineageRecord:
 
     def check(self, where: str) -> CertInfo:
         validate_name(self.name)
-        if self.version < 1:
-            raise RecordError(f"{where}: 'version' must be a positive archive number.")
+        if not 1 <= self.version <= MAX_VERSION:
+            raise RecordError(f"{where}: 'version' must be an archive number from 1 to "
+                              f"{MAX_VERSION}.")
         if not self.renewal.strip():
             raise RecordError(f"{where}: 'renewal' (the lineage's renewal conf) is empty.")
         for n, pems in self.archive.items():
@@ -253,6 +258,9 @@ class AccountRecord:
 
     def check(self, where: str) -> None:
         validate_name(self.account_id, "account")
+        if urllib.parse.urlparse(self.server).scheme not in ("http", "https"):
+            raise RecordError(f"{where}: 'server' must be the http(s) URL of an ACME "
+                              "directory.")
         self.server_path  # noqa: B018 - validates
         for field in ("meta", "private_key", "regr"):
             try:

@@ -379,6 +379,8 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
 
         pending = finish_pending()
         pulled = sync.pull(tree, layout, plan.names, workers=workers, kvault_bin=kvault_bin)
+        for line in pulled.warnings:
+            notify(line)
         failed: set[str] = set()
         for item, err in pending.failed + pulled.failed:
             notify(f"error: {item}: {err}")
@@ -450,6 +452,8 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
     with sigterm_unwinds():
         pending = finish_pending()
         pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
+        for line in pulled.warnings:
+            notify(line)
         for item, err in pulled.failed:
             notify(f"error: {item}: {err}")
         if not pulled.ok:
@@ -491,7 +495,7 @@ def verify(tree: Tree, layout: Layout, workers: int) -> list[str]:
             return f"lineage {name}: {e}"
         if remote is None:
             return f"lineage {name}: not in Vault ({layout.where('certificates', name)})"
-        if not remote.same_content(local):
+        if not (remote.same_content(local) or sync.as_pulled(tree, remote, local)):
             return (f"lineage {name}: Vault holds version {remote.version}, this machine "
                     f"{local.version} (or other content)")
         return None

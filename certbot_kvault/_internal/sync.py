@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 from certbot import errors
 
+from certbot_kvault._internal import trust
 from certbot_kvault._internal.layout import (
     AccountRecord,
     Layout,
@@ -61,11 +62,15 @@ class Report:
     written: list[str] = dataclasses.field(default_factory=list)
     unchanged: list[str] = dataclasses.field(default_factory=list)
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # One line per lineage whose renewal conf from Vault was not used whole
+    # (trust.py); the caller prints them.
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def merge(self, other: Report) -> Report:
         self.written += other.written
         self.unchanged += other.unchanged
         self.failed += other.failed
+        self.warnings += other.warnings
         return self
 
     @property
@@ -74,7 +79,8 @@ class Report:
 
     def as_dict(self) -> dict[str, object]:
         return {"written": self.written, "unchanged": self.unchanged,
-                "failed": [{"item": i, "error": e} for i, e in self.failed]}
+                "failed": [{"item": i, "error": e} for i, e in self.failed],
+                "warnings": self.warnings}
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R]]:
@@ -158,6 +164,8 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str)
 
 
 def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
+    warnings: list[str] = []
+
     def work() -> bool:
         validate_name(name)
         record = layout.load_lineage(name)
@@ -170,10 +178,16 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
             # Pulling would point live/ back at the old certificate.
             raise RecordError(f"Lineage {name} is at version {local} here but {record.version} "
                               f"in Vault: run `certbot-kvault push {name}` first.")
+        # Before writing: what was ignored is judged against this machine's old conf.
+        ignored = tree.screened_conf(name, record.renewal)[1]
         tree.write_lineage(record)
+        if ignored:
+            warnings.append(trust.warning(name, ignored))
         return True
 
-    return _outcome(f"lineage {name}", work)
+    report = _outcome(f"lineage {name}", work)
+    report.warnings += warnings
+    return report
 
 
 # ---- push ------------------------------------------------------------------
@@ -227,7 +241,7 @@ def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
             except RecordError:
                 remote = None  # replaced by the good local one
             if remote is not None:
-                if remote.same_content(local):
+                if remote.same_content(local) or as_pulled(tree, remote, local):
                     return False
                 if remote.version > local.version:
                     raise RecordError(
@@ -238,6 +252,23 @@ def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
         return True
 
     return _outcome(f"lineage {name}", work)
+
+
+def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
+    """Whether the local lineage is exactly what pulling ``remote`` gives here, with
+    no setting of this machine's own.
+
+    Then only keys that pull does not take from Vault (trust.py) differ, and
+    pushing would just erase them from Vault for the machines that trust them.
+    """
+    if not remote.same_content(dataclasses.replace(local, renewal=remote.renewal)):
+        return False
+    try:
+        with open(tree.renewal_conf_path(remote.name), "rb") as f:
+            on_disk = f.read()
+        return on_disk == tree.screened_conf(remote.name, remote.renewal, keep_local=False)[0]
+    except (OSError, RecordError):
+        return False
 
 
 # ---- pending marks: a push that a deploy hook could not do ---------------------

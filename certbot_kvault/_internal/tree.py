@@ -17,12 +17,13 @@ import io
 import os
 import re
 import tempfile
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import configobj
 from certbot import errors
 from certbot.compat import filesystem
 
+from certbot_kvault._internal import trust
 from certbot_kvault._internal.layout import (
     PEM_KINDS,
     AccountRecord,
@@ -147,8 +148,10 @@ def _read_text(path: str, where: str) -> str:
 class Tree:
     """One certbot config dir."""
 
-    def __init__(self, dirs: Dirs) -> None:
+    def __init__(self, dirs: Dirs, trust_vault_hooks: bool = False) -> None:
         self.dirs = dirs
+        # Whether hooks and machine paths in Vault's renewal confs are used (trust.py).
+        self.trust_vault_hooks = trust_vault_hooks
         self.config_dir = os.path.abspath(dirs.config_dir)
         umask = _current_umask()
         # What certbot gets from open() and os.mkdir() under this umask.
@@ -274,6 +277,16 @@ class Tree:
 
     def local_conf(self, name: str, portable_text: str) -> bytes:
         """A portable conf from Vault, with this machine's paths (and nothing else's)."""
+        return self.screened_conf(name, portable_text)[0]
+
+    def screened_conf(self, name: str, portable_text: str,
+                      keep_local: bool = True) -> tuple[bytes, list[str]]:
+        """``local_conf``, and the keys of Vault's conf that it ignored (see trust.py).
+
+        Ignored keys take the value this machine's own conf of the lineage
+        holds, if any (unless not ``keep_local``): a hook the admin set here
+        stays here.
+        """
         try:
             conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
                                        default_encoding="utf-8")
@@ -292,7 +305,39 @@ class Tree:
             for key in DIR_PARAMS:
                 if key in params:
                     params[key] = os.path.abspath(mine[key])
-        return _conf_text(conf).encode("utf-8")
+        ignored = self._screen(name, conf, keep_local)
+        return _conf_text(conf).encode("utf-8"), ignored
+
+    def _screen(self, name: str, conf: configobj.ConfigObj, keep_local: bool) -> list[str]:
+        params = conf.get("renewalparams")
+        if not isinstance(params, configobj.Section):
+            return []
+        local = self._local_params(name) if keep_local else {}
+        trusted = self.trust_vault_hooks
+        dropped = {}
+        ignored = []
+        for key in list(params):
+            value = params[key]
+            if not trust.untrusted(key, value, trusted):
+                continue
+            dropped[key] = params.pop(key)
+            if local.get(key) == value:
+                continue  # this machine's own setting, pushed earlier: nothing ignored
+            invalid = trust.classify(key, value) == trust.INVALID
+            ignored.append(f"{key} (invalid)" if invalid else key)
+        # What Vault may not set is this machine's to keep.
+        for key, value in local.items():
+            if key in dropped or trust.untrusted(key, value, trusted):
+                params[key] = value
+        return ignored
+
+    def _local_params(self, name: str) -> dict[str, Any]:
+        """This machine's current ``[renewalparams]`` of a lineage ({} if none or unreadable)."""
+        try:
+            params = self._load_conf(name).get("renewalparams")
+        except TreeError:
+            return {}
+        return params.dict() if isinstance(params, configobj.Section) else {}
 
     def fingerprints(self) -> dict[str, tuple[Optional[int], int]]:
         """name -> (live version, renewal conf mtime): a cheap "did certbot touch it"."""

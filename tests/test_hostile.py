@@ -1,0 +1,388 @@
+"""Records in Vault are data, never code: what a Vault writer cannot make a renewer do.
+
+Anyone who may write ``certificates/*`` (every renewer's policy) writes the
+renewal confs that every other renewer pulls. These tests plant hostile values
+in real records (copied from the session's golden lineages into a per-test
+prefix) and run the real ``certbot-kvault pull``/``renew`` against OpenBao and
+Pebble.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import configobj
+import pytest
+from renew_helpers import (
+    Golden,
+    fresh_dirs,
+    kv_version,
+    record,
+    run_kvault,
+    scrubbed_env,
+    seed,
+    walk,
+)
+from servers import Bao
+
+HOOKS = ("pre_hook", "post_hook", "deploy_hook", "renew_hook", "manual_auth_hook",
+         "manual_cleanup_hook")
+CONNECTION = ("kvault_vault_addr", "kvault_vault_namespace", "kvault_vault_cacert",
+              "kvault_mount", "kvault_prefix")
+
+
+def _env(bao: Bao, golden: Golden, prefix: str, **extra: str) -> dict[str, str]:
+    return scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token, KVAULT_PREFIX=prefix,
+                        REQUESTS_CA_BUNDLE=golden.ca_bundle, **extra)
+
+
+def _plant(bao: Bao, prefix: str, name: str, top: dict[str, str] | None = None,
+           **params: Any) -> None:
+    """Rewrite the lineage's `renewal` field in Vault, as any renewer's token may."""
+    data = record(bao, prefix, f"certificates/{name}")
+    assert data is not None
+    conf = configobj.ConfigObj(data["renewal"].splitlines())
+    for key, value in (top or {}).items():
+        assert key in conf.scalars, key  # replaced in place: top-level keys precede sections
+        conf[key] = value
+    conf["renewalparams"].update(params)
+    data["renewal"] = "\n".join(conf.write()) + "\n"
+    r = bao.api("POST", f"secret/data/{prefix}/certificates/{name}", json={"data": data})
+    assert r.status_code == 200, r.text
+
+
+def _local_params(root: Path, name: str) -> dict[str, Any]:
+    conf = configobj.ConfigObj(str(root / "config" / "renewal" / f"{name}.conf"),
+                               encoding="utf-8")
+    params: dict[str, Any] = conf["renewalparams"].dict()
+    return params
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("warning: lineage ")]
+
+
+def _named(line: str) -> set[str]:
+    """The keys a warning line names."""
+    listed = line.split("ignored from Vault's renewal conf: ", 1)[1].split(" (hooks and", 1)[0]
+    return {k.strip() for k in listed.split(",")}
+
+
+def _tree_listing(root: Path) -> set[str]:
+    return {str(Path(d, n).relative_to(root)) for d, dirs, files in os.walk(root)
+            for n in dirs + files}
+
+
+class Listener:
+    """An HTTP listener that records every request it gets (a Vault impostor)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                seen.append(f"{self.command} {self.path}")
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = do_LIST = do_DELETE = _any  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    impostor = Listener()
+    try:
+        yield impostor
+    finally:
+        impostor.stop()
+
+
+def _markers(tmp_path: Path) -> dict[str, str]:
+    return {hook: f"touch {tmp_path / ('pwned-' + hook)}" for hook in HOOKS}
+
+
+# ---- the reproduction: hooks planted in Vault run on another renewer -----------------
+
+
+def test_vault_hooks_do_not_run_on_renew(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    _plant(bao, prefix, "due", **_markers(tmp_path))
+    before = kv_version(bao, prefix, "certificates/due")
+    root, args = fresh_dirs(tmp_path)
+
+    proc = run_kvault(["renew", *args, "--", "--force-renewal"], _env(bao, golden, prefix))
+
+    assert "renewed: due" in proc.stdout, proc.stdout + proc.stderr
+    assert kv_version(bao, prefix, "certificates/due") == before + 1
+    assert sorted(p.name for p in tmp_path.glob("pwned-*")) == []
+    [line] = _warnings(proc.stderr)
+    assert line.startswith("warning: lineage due: ignored from Vault's renewal conf: ")
+    assert line.endswith("(hooks and paths run only with --trust-vault-hooks; "
+                         "Vault settings never)")
+    assert _named(line) == set(HOOKS)
+    assert not set(HOOKS) & set(_local_params(root, "due"))
+
+
+def test_trusted_vault_hooks_run(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                 tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    _plant(bao, prefix, "due", kvault_vault_addr="http://127.0.0.1:9", **_markers(tmp_path))
+    env = _env(bao, golden, prefix)
+
+    # The variable on pull: hooks kept, the Vault address still not.
+    pull_root, pull_args = fresh_dirs(tmp_path, "pulled")
+    proc = run_kvault(["pull", *pull_args], {**env, "KVAULT_TRUST_VAULT_HOOKS": "1"})
+    params = _local_params(pull_root, "due")
+    assert {h: params.get(h) for h in HOOKS} == _markers(tmp_path)
+    assert "kvault_vault_addr" not in params
+    assert [_named(w) for w in _warnings(proc.stderr)] == [{"kvault_vault_addr"}]
+
+    # The flag on renew: certbot runs them.
+    root, args = fresh_dirs(tmp_path)
+    proc = run_kvault(["renew", *args, "--trust-vault-hooks", "--", "--force-renewal"], env)
+    assert "renewed: due" in proc.stdout, proc.stdout + proc.stderr
+    # renew_hook is the name certbot saves --deploy-hook under; it wins over deploy_hook.
+    for hook in ("pre_hook", "renew_hook", "post_hook"):
+        assert (tmp_path / f"pwned-{hook}").exists(), (hook, proc.stderr)
+
+
+def test_run_leaves_vault_hooks_of_untouched_lineages(bao: Bao, golden: Golden,
+                                                      vault_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """A machine that does not trust Vault's hooks neither runs them nor erases them from
+    the lineages it did not renew (for the machines that do trust them)."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due", "calm"])
+    hook = f"touch {tmp_path / 'pwned'}"
+    for name in ("due", "calm"):
+        _plant(bao, prefix, name, pre_hook=hook, kvault_vault_addr="http://127.0.0.1:9")
+    due, calm = (kv_version(bao, prefix, f"certificates/{n}") for n in ("due", "calm"))
+    root, args = fresh_dirs(tmp_path)
+    env = _env(bao, golden, prefix)
+
+    run_kvault(["run", *args, "--", "renew", "--force-renewal", "--cert-name", "due"], env)
+
+    assert not (tmp_path / "pwned").exists()
+    assert kv_version(bao, prefix, "certificates/due") == due + 1
+    assert kv_version(bao, prefix, "certificates/calm") == calm
+    vault_conf = record(bao, prefix, "certificates/calm")["renewal"]  # type: ignore[index]
+    assert f"pre_hook = {hook}" in vault_conf
+    assert "0 pushed" in run_kvault(["push", *args], env).stdout
+
+
+# ---- Vault connection settings: the token never goes elsewhere ------------------------
+
+
+def test_planted_vault_settings_get_no_token(bao: Bao, golden: Golden,
+                                             vault_env: dict[str, str], tmp_path: Path,
+                                             listener: Listener) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    # kvault as the installer: certbot then starts the plugin on renewal, and the
+    # plugin reads its connection settings from the conf.
+    _plant(bao, prefix, "due", installer="kvault", kvault_vault_addr=listener.url,
+           kvault_vault_namespace="evil", kvault_vault_cacert=str(tmp_path / "evil-ca.pem"),
+           kvault_mount="evil-mount", kvault_prefix="evil-prefix")
+    before = kv_version(bao, prefix, "certificates/due")
+    root, args = fresh_dirs(tmp_path)
+
+    proc = run_kvault(["renew", *args, "--trust-vault-hooks", "--", "--force-renewal"],
+                      _env(bao, golden, prefix), check=False)
+
+    assert listener.seen == []
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "renewed: due" in proc.stdout, proc.stdout + proc.stderr
+    assert kv_version(bao, prefix, "certificates/due") > before
+    assert not any("evil" in p for p in walk(bao, prefix))
+    [line] = _warnings(proc.stderr)
+    assert _named(line) == set(CONNECTION)
+    params = _local_params(root, "due")
+    assert params["installer"] == "kvault"
+    assert not set(CONNECTION) & set(params)
+
+
+# ---- a catalogue of hostile values: nothing lands outside the config dir ------------------
+
+
+def _catalogue(tmp_path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    evil = tmp_path / "evil"
+    top = {"archive_dir": "../../../evil-archive", "cert": "/etc/passwd",
+           "privkey": str(evil / "privkey.pem")}
+    params: dict[str, Any] = {
+        # code
+        "pre_hook": f"touch {evil}-pre", "installer": "nginx",
+        "nginx_ctl": f"touch {evil}-ctl",
+        # machine paths
+        "config_dir": str(evil / "config"), "work_dir": str(evil / "work"),
+        "logs_dir": str(evil / "logs"), "webroot_path": str(evil / "webroot"),
+        "webroot_map": {"www.example.com": str(evil / "map")},
+        "dns_rfc2136_credentials": str(evil / "creds.ini"), "csr": str(evil / "csr.pem"),
+        "key_path": str(evil / "key.pem"), "fullchain_path": str(evil / "fullchain.pem"),
+        # Vault connection
+        "kvault_vault_addr": "http://127.0.0.1:9", "kvault_mount": "evil",
+        # invalid
+        "server": f"file://{evil}/directory", "account": "../../../evil",
+    }
+    return top, params
+
+
+CODE_AND_PATHS = {"pre_hook", "installer", "nginx_ctl", "webroot_path", "webroot_map",
+                  "dns_rfc2136_credentials", "csr", "key_path", "fullchain_path"}
+NEVER = {"kvault_vault_addr", "kvault_mount", "server (invalid)", "account (invalid)"}
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["default", "trust-vault-hooks"])
+def test_hostile_renewal_conf_on_pull(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                      tmp_path: Path, trusted: bool) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due", "calm"])
+    top, params = _catalogue(tmp_path)
+    _plant(bao, prefix, "due", top, **params)
+    root, args = fresh_dirs(tmp_path)
+    listing = _tree_listing(tmp_path)
+
+    flags = ["--trust-vault-hooks"] if trusted else []
+    proc = run_kvault(["pull", "--json", *flags, *args], _env(bao, golden, prefix))
+
+    new = _tree_listing(tmp_path) - listing
+    assert new and all(p.startswith(os.path.join("run", "config") + os.sep) for p in new), \
+        sorted(p for p in new if not p.startswith(os.path.join("run", "config")))
+    assert not (tmp_path / "evil").exists()
+    report = json.loads(proc.stdout)
+    assert report["failed"] == [] and "lineage calm" in report["written"]
+    dropped = NEVER if trusted else NEVER | CODE_AND_PATHS
+    [line] = report["warnings"]
+    assert line.startswith("warning: lineage due: ")
+    assert _named(line) == dropped
+    assert _warnings(proc.stderr) == [line]
+
+    conf = configobj.ConfigObj(str(root / "config" / "renewal" / "due.conf"),
+                               encoding="utf-8")
+    local = conf["renewalparams"]
+    assert not {k.split(" ")[0] for k in dropped} & set(local)
+    config = root / "config"
+    assert conf["archive_dir"] == str(config / "archive" / "due")
+    assert conf["cert"] == str(config / "live" / "due" / "cert.pem")
+    assert conf["privkey"] == str(config / "live" / "due" / "privkey.pem")
+    assert local["config_dir"] == str(config)
+    assert local["work_dir"] == str(root / "work")
+    assert local["logs_dir"] == str(root / "logs")
+    if trusted:
+        assert {k: local[k] for k in CODE_AND_PATHS} == \
+            {k: params[k] for k in CODE_AND_PATHS}
+
+
+def test_key_names_reach_the_terminal_escaped(bao: Bao, golden: Golden,
+                                              vault_env: dict[str, str],
+                                              tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    _plant(bao, prefix, "due", **{"x\x1b]0;owned\x07\x1b[2J_hook": "true"})
+    root, args = fresh_dirs(tmp_path)
+
+    proc = run_kvault(["pull", *args], _env(bao, golden, prefix))
+
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    [line] = _warnings(proc.stderr)
+    assert _named(line) == {"'x\\x1b]0;owned\\x07\\x1b[2J_hook'"}
+    assert not any(k.endswith("_hook") for k in _local_params(root, "due"))
+
+
+def test_local_settings_survive_pull(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                     tmp_path: Path) -> None:
+    """What Vault may not set stays as this machine has it; only real drops are named."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    env = _env(bao, golden, prefix)
+    root, args = fresh_dirs(tmp_path)
+    run_kvault(["pull", *args], env)
+    conf_path = root / "config" / "renewal" / "due.conf"
+    conf = configobj.ConfigObj(str(conf_path), encoding="utf-8")
+    conf["renewalparams"].update({
+        "pre_hook": "echo local-pre", "post_hook": "echo local-post",
+        "deploy_hook": "echo same-here", "kvault_vault_addr": bao.addr})
+    conf.write()
+    _plant(bao, prefix, "due", pre_hook=f"touch {tmp_path}/pwned",
+           deploy_hook="echo same-here", kvault_vault_addr="http://127.0.0.1:9")
+
+    proc = run_kvault(["pull", *args], env)
+
+    params = _local_params(root, "due")
+    assert params["pre_hook"] == "echo local-pre"        # not clobbered by Vault's
+    assert params["post_hook"] == "echo local-post"      # kept though Vault has none
+    assert params["deploy_hook"] == "echo same-here"
+    assert params["kvault_vault_addr"] == bao.addr
+    # Vault's deploy_hook is this machine's own value: nothing was ignored there.
+    assert [_named(w) for w in _warnings(proc.stderr)] == [{"pre_hook", "kvault_vault_addr"}]
+
+    # Pushing is as before: this machine's conf goes to Vault as it is.
+    assert "1 pushed" in run_kvault(["push", *args], env).stdout
+    vault_conf = record(bao, prefix, "certificates/due")["renewal"]  # type: ignore[index]
+    assert "pre_hook = echo local-pre" in vault_conf
+    assert "post_hook = echo local-post" in vault_conf
+
+
+# ---- other values pull turns into paths ----------------------------------------------------
+
+
+def test_account_server_must_be_http(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                     tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, [])
+    [path, *_] = list(walk(bao, f"{prefix}/accounts"))
+    data = record(bao, prefix, f"accounts/{path}")
+    assert data is not None and data["server"].startswith("https://")
+    # Same accounts/<host>/<path> dir, so only the scheme gives it away.
+    data["server"] = "ftp://" + data["server"][len("https://"):]
+    r = bao.api("POST", f"secret/data/{prefix}/accounts/{path}", json={"data": data})
+    assert r.status_code == 200, r.text
+    root, args = fresh_dirs(tmp_path)
+
+    proc = run_kvault(["pull", *args], _env(bao, golden, prefix), check=False)
+
+    assert proc.returncode == 1
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert f"secret/{prefix}/accounts/{path}: 'server' must be the http(s) URL" in line
+    assert not (root / "config" / "accounts" / path).exists()
+
+
+def test_huge_archive_version_fails_alone(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                          tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due", "calm"])
+    data = record(bao, prefix, "certificates/due")
+    assert data is not None
+    data["version"] = "1" + "0" * 300  # an archive file name the filesystem refuses
+    r = bao.api("POST", f"secret/data/{prefix}/certificates/due", json={"data": data})
+    assert r.status_code == 200, r.text
+    root, args = fresh_dirs(tmp_path)
+
+    proc = run_kvault(["pull", "--workers", "1", *args], _env(bao, golden, prefix),
+                      check=False)
+
+    assert proc.returncode == 1
+    assert f"error: lineage due: secret/{prefix}/certificates/due: 'version' must be an " \
+           "archive number" in proc.stderr, proc.stderr
+    assert (root / "config" / "renewal" / "calm.conf").exists()
+    assert not (root / "config" / "archive" / "due").exists()
