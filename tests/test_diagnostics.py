@@ -32,6 +32,7 @@ from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.redact import redact
 from certbot_kvault._internal.vault import (
     DEFAULT_ADDR,
+    VaultAuthError,
     VaultClient,
     VaultNotAnAPI,
     VaultNotFound,
@@ -148,11 +149,16 @@ def test_status_shows_deny_per_path(vault_env: dict[str, str], bao: Bao,
 def test_vault_client_kinds(vault_env: dict[str, str], bao: Bao) -> None:
     """The same classification seen from the library: each failure its own class."""
     prefix = vault_env["KVAULT_PREFIX"]
-    denied = VaultClient(VaultSettings.from_env(token=token_with_policy(
-        bao, f"kinds-{prefix}", _policy_rw(prefix))))
+    policy = _policy_rw(prefix) + 'path "auth/token/lookup-self" { capabilities = ["deny"] }\n'
+    token = token_with_policy(bao, f"kinds-{prefix}", policy)
+    denied = VaultClient(VaultSettings.from_env(token=token))
+    assert denied.read(f"{prefix}/x") is None
     with pytest.raises(VaultPermissionDenied,
                        match=f"needs create/update on secret/data/{prefix}/x"):
         denied.write(f"{prefix}/x", {"a": "1"})
+    assert bao.api("POST", "auth/token/revoke", {"token": token}).status_code == 204
+    with pytest.raises(VaultAuthError, match="rejected the token: it is invalid or expired"):
+        denied.read(f"{prefix}/x")
     with pytest.raises(VaultNotFound):
         _ = VaultClient(VaultSettings.from_env(mount="nosuchmount")).kv_version
 
