@@ -109,6 +109,8 @@ def _check_vault_answer(response: requests.Response, *args: Any, **kwargs: Any) 
     if response.is_redirect or response.status_code == 204 or not response.content:
         return
     content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip()
+    if response.ok and "json" in content_type and response.content.lstrip()[:1] == b"{":
+        return  # hvac parses it; VaultClient._call checks the object's keys
     parsed: Any = None
     if "json" in content_type:
         try:
@@ -516,6 +518,8 @@ class VaultClient:
                 # hvac hands back the raw answer when a 200 is not JSON.
                 raise self._not_an_api(_NotVaultAnswer(
                     200, result.headers.get("Content-Type") or "no content type"))
+            if isinstance(result, dict) and not _VAULT_KEYS & result.keys():
+                raise self._not_an_api(_NotVaultAnswer(200, "application/json"))
             return result
 
     def _denied_message(self, capability: str, path: str) -> str:
@@ -797,6 +801,8 @@ class VaultClient:
             raise VaultError(f"{self.settings.where} answered sys/health with "
                              f"{type(e).__name__}: {_first_line(e)}") from None
         if isinstance(resp, dict):
+            if "initialized" not in resp:
+                raise self._not_an_api(_NotVaultAnswer(200, "application/json"))
             return resp
         # Another status than the ones asked for (e.g. a DR secondary's 472) still
         # carries the health document; the response hook has checked its shape.
