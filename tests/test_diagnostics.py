@@ -35,7 +35,6 @@ from certbot_kvault._internal.vault import (
     VaultAuthError,
     VaultClient,
     VaultNotAnAPI,
-    VaultNotFound,
     VaultPermissionDenied,
     VaultSettings,
 )
@@ -75,15 +74,6 @@ def test_token_without_rights_on_the_mount_is_a_permission(vault_env: dict[str, 
     assert f"permission denied: needs read on secret/data/{prefix}/*" in err
     assert "--vault-mount" not in err and "invalid or expired" not in err
     assert token not in err
-
-
-def test_missing_mount_names_no_flag_that_does_not_exist(vault_env: dict[str, str],
-                                                         monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
-    monkeypatch.setenv("KVAULT_MOUNT", "nosuchmount")
-    err = _one_line(kvault("list", check=False))
-    assert "KV mount 'nosuchmount' does not exist" in err and "KVAULT_MOUNT" in err
-    assert "--vault-mount" not in err
 
 
 @pytest.mark.parametrize("how", ["deny-lookup-self", "no-default-policy"])
@@ -159,8 +149,6 @@ def test_vault_client_kinds(vault_env: dict[str, str], bao: Bao) -> None:
     assert bao.api("POST", "auth/token/revoke", {"token": token}).status_code == 204
     with pytest.raises(VaultAuthError, match="rejected the token: it is invalid or expired"):
         denied.read(f"{prefix}/x")
-    with pytest.raises(VaultNotFound):
-        _ = VaultClient(VaultSettings.from_env(mount="nosuchmount")).kv_version
 
 
 # ---- 3. not Vault at VAULT_ADDR, 4. VAULT_ADDR unset -----------------------------------------

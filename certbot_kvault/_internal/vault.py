@@ -504,7 +504,7 @@ class VaultClient:
             except hvac.exceptions.RateLimitExceeded:
                 raise VaultError(
                     f"{self.settings.where} kept answering 429 (rate limited) on {path} "
-                    "after retries; lower --workers or run again later.") from None
+                    "after retries; lower certbot-kvault's --workers or run again later.") from None
             except hvac.exceptions.InvalidRequest as e:
                 if login:
                     # Vault answers a bad role/secret id or JWT with a 400.
