@@ -42,9 +42,10 @@ class _QuietVaultRetries(logging.Filter):
     error is reported once, in our words. Other clients' retries still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not (str(record.msg).startswith("Retrying") and args
-                    and str(args[-1]).startswith("/v1/"))
+        if not str(record.msg).startswith("Retrying"):
+            return True
+        # The rendered line: the redaction filter may already have folded the args in.
+        return not record.getMessage().rsplit(": ", 1)[-1].startswith("/v1/")
 
 
 logging.getLogger("urllib3.connectionpool").addFilter(_QuietVaultRetries())
