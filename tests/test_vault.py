@@ -103,7 +103,8 @@ def test_missing_mount_is_one_clear_error(vault_env, monkeypatch):
     monkeypatch.setenv("KVAULT_MOUNT", "nosuchmount")
     result = cli("list")
     assert result.exit_code == 1
-    assert "KV mount 'nosuchmount'" in result.output and "KVAULT_MOUNT" in result.output
+    assert "KV mount 'nosuchmount' does not exist" in result.output
+    assert "KVAULT_MOUNT" in result.output and "--vault-mount" not in result.output
     with pytest.raises(VaultNotFound):
         _ = VaultClient(VaultSettings.from_env()).kv_version
 

@@ -18,8 +18,14 @@ from certbot import errors
 
 from certbot_kvault._internal import export, sync
 from certbot_kvault._internal.layout import Layout, RecordError, validate_name
+from certbot_kvault._internal.redact import one_line as _one_line
 from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
+from certbot_kvault._internal.vault import (
+    VaultClient,
+    VaultError,
+    VaultPermissionDenied,
+    VaultSettings,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,6 +75,12 @@ class Context:
     def layout(self) -> Layout:
         return Layout(self.vault)
 
+    def close(self) -> None:
+        """Once, when the command ends: a machine login's token is revoked."""
+        if self._vault is not None:
+            self._vault.close()
+            self._vault = None
+
     @property
     def tree(self) -> Tree:
         return Tree(Dirs(config_dir=self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
@@ -113,6 +125,8 @@ def common_options(tree: bool = True, json_opt: bool = False,
             except OSError as e:
                 raise click.ClickException(
                     f"{e.strerror or e}: {e.filename or ''}".strip(": ")) from None
+            finally:
+                ctx.close()
 
         params = []
         for flag, field, env, help_text in VAULT_OPTIONS:
@@ -168,10 +182,6 @@ def _setup_logging(verbose: int) -> None:
     # our one-line error instead (-vv shows it all; URLs only, never headers).
     for noisy in ("urllib3", "hvac", "tldextract", "filelock"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.ERROR)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _note_pending(ctx: Context) -> list[str]:
@@ -329,7 +339,11 @@ def _apply_renewal_settings(ctx: Context, tree: Tree, name: str) -> None:
 @main.command()
 @common_options(tree=False, json_opt=True, config_dir=True)
 def status(ctx: Context) -> None:
-    """Can we reach Vault, who are we, which mount and KV version, what may we do."""
+    """Can we reach Vault, who are we, which mount and KV version, what may we do.
+
+    A check the token may not make is reported under `unknown` and the others
+    still run; the exit status is 1 when the KV mount cannot be used.
+    """
     pending = _note_pending(ctx)
     vault = ctx.vault
     health = vault.health()
@@ -348,19 +362,41 @@ def status(ctx: Context) -> None:
         _emit_status(ctx, out)
         raise click.ClickException(f"Vault at {ctx.settings.addr} is sealed or not initialized; "
                                    "unseal it and run again.")
-    out["token"] = vault.whoami()
+    vault.login()
+    unknown: dict[str, str] = {}
+    try:
+        out["token"] = vault.whoami()
+    except VaultPermissionDenied as e:
+        unknown["token"] = _one_line(e)
     out["mount"] = ctx.settings.mount
     out["prefix"] = ctx.settings.prefix
-    out["kv_version"] = vault.kv_version
-    layout = ctx.layout
+    fatal: Optional[VaultError] = None
+    try:
+        out["kv_version"] = vault.kv_version
+    except VaultError as e:
+        unknown["kv_version"] = _one_line(e)
+        fatal = e
+    kv, mount, layout = out.get("kv_version"), ctx.settings.mount, ctx.layout
     paths = {}
     for area in ("certificates", "accounts", "dns", "locks"):
-        paths[f"{area} (data)"] = vault.api_path(layout._path(area, "*"))
-        if vault.kv_version == 2:
-            paths[f"{area} (list)"] = vault.api_path(layout._path(area, "*"), "metadata")
-    caps = vault.capabilities(list(paths.values()))
-    out["capabilities"] = {label: caps.get(path, []) for label, path in paths.items()}
+        rel = layout._path(area, "*")
+        if kv == 1:
+            paths[f"{area} (data)"] = f"{mount}/{rel}"
+            continue
+        paths[f"{area} (data)"] = f"{mount}/data/{rel}"
+        paths[f"{area} (list)"] = f"{mount}/metadata/{rel}"
+        if kv is None:  # unknown: the spelling a KV v1 policy would use, too
+            paths[f"{area} (KV v1)"] = f"{mount}/{rel}"
+    try:
+        caps = vault.capabilities(list(paths.values()))
+        out["capabilities"] = {label: caps.get(path, []) for label, path in paths.items()}
+    except VaultPermissionDenied as e:
+        unknown["capabilities"] = _one_line(e)
+    if unknown:
+        out["unknown"] = unknown
     _emit_status(ctx, out)
+    if fatal is not None:
+        raise click.ClickException(_one_line(fatal))
 
 
 def _emit_status(ctx: Context, out: dict[str, Any]) -> None:

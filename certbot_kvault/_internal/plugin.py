@@ -24,6 +24,7 @@ from requests.exceptions import HTTPError, RequestException
 from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.redact import one_line as _one_line
 from certbot_kvault._internal.tree import Dirs, Tree
 from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
 
@@ -214,6 +215,12 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         except errors.Error as e:
             # Too late to change certbot's exit code: say it as loudly as the hook.
             sys.stderr.write(sync.loud_failure(str(e)))
+        finally:
+            # The last use of Vault in this process: a machine login's token
+            # is revoked (a token the user gave is left alone).
+            if self._vault is not None:
+                self._vault.close()
+                self._vault = None
 
     def _push(self, tree: Tree, names: list[str], workers: int = sync.DEFAULT_WORKERS) -> None:
         try:
@@ -267,24 +274,24 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         if status in wrong_guess:
             return None  # not this zone: let the next, shorter guess be tried
         if status in (401, 403):
-            return errors.PluginError(
+            return _detached(errors.PluginError(
                 f"kvault: the {self._provider_name} API refused the credentials (HTTP {status}):"
-                f" wrong API key/credentials; {self._fix()}.")
-        return errors.PluginError(
+                f" wrong API key/credentials; {self._fix()}."))
+        return _detached(errors.PluginError(
             f"kvault: the {self._provider_name} API failed for zone {domain_name} "
-            f"(HTTP {status}): {_one_line(e)}; {self._fix()}.")
+            f"(HTTP {status}): {_one_line(e)}; {self._fix()}."))
 
     def _handle_general_error(self, e: Exception,
                               domain_name: str) -> Optional[errors.PluginError]:
         if str(e).startswith("No domain found"):
             return None
         if isinstance(e, RequestException):
-            return errors.PluginError(
+            return _detached(errors.PluginError(
                 f"kvault: cannot reach the {self._provider_name} API ({_one_line(e)}); "
-                f"{self._fix()}.")
-        return errors.PluginError(
+                f"{self._fix()}."))
+        return _detached(errors.PluginError(
             f"kvault: {self._provider_name} failed for zone {domain_name}: {_one_line(e)}; "
-            f"{self._fix()}.")
+            f"{self._fix()}."))
 
     def _resolve_domain(self, domain: str) -> str:
         """The provider's zone for ``domain`` (longest guess first), cached per run."""
@@ -414,5 +421,8 @@ def _achall_domain(achall: achallenges.AnnotatedChallenge) -> str:
     return str(getattr(achall, "domain"))  # noqa: B009 - absent from newer stubs
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+def _detached(err: errors.PluginError) -> errors.PluginError:
+    """certbot raises the returned error while handling the provider's: without this,
+    its traceback (log file, -v) would print that one, URL and API key included."""
+    err.__suppress_context__ = True
+    return err

@@ -9,6 +9,7 @@ a token, a secret id, a JWT or a secret value.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -23,6 +24,8 @@ import requests.adapters
 import requests.utils
 from certbot import errors
 from urllib3.util.retry import Retry
+
+from certbot_kvault._internal import redact  # noqa: F401 - installs the URL log filter
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +42,10 @@ class _QuietVaultRetries(logging.Filter):
     error is reported once, in our words. Other clients' retries still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not (str(record.msg).startswith("Retrying") and args
-                    and str(args[-1]).startswith("/v1/"))
+        if not str(record.msg).startswith("Retrying"):
+            return True
+        # The rendered line: the redaction filter may already have folded the args in.
+        return not record.getMessage().rsplit(": ", 1)[-1].startswith("/v1/")
 
 
 logging.getLogger("urllib3.connectionpool").addFilter(_QuietVaultRetries())
@@ -79,6 +83,46 @@ class VaultUnsupported(VaultError):
     """The operation needs something this mount does not offer (e.g. CAS on KV v1)."""
 
 
+class _PolicyDenied(VaultPermissionDenied):
+    """A given token's own lookup-self is denied by its policy: the token is valid."""
+
+
+class VaultNotAnAPI(VaultUnreachable):
+    """Something answered at VAULT_ADDR, but not Vault (a web page, another API)."""
+
+
+class _NotVaultAnswer(Exception):
+    """Raised from the session's response hook; VaultClient turns it into VaultNotAnAPI."""
+
+    def __init__(self, status: int, content_type: str) -> None:
+        super().__init__(f"HTTP {status}, {content_type}")
+        self.status = status
+        self.content_type = content_type
+
+
+# Every JSON answer of Vault's API carries one of these (sys/health: "initialized").
+_VAULT_KEYS = frozenset(("request_id", "errors", "data", "auth", "initialized"))
+
+
+def _check_vault_answer(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """Refuse an answer that is not Vault's before hvac reads it: a web page at
+    VAULT_ADDR would otherwise be a traceback, or a 404 page a missing secret."""
+    if response.is_redirect or response.status_code == 204 or not response.content:
+        return
+    content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip()
+    if response.ok and "json" in content_type and response.content.lstrip()[:1] == b"{":
+        return  # hvac parses it; VaultClient._call checks the object's keys
+    parsed: Any = None
+    if "json" in content_type:
+        try:
+            parsed = json.loads(response.content)
+        except ValueError:
+            parsed = None
+    if isinstance(parsed, dict) and _VAULT_KEYS & parsed.keys():
+        return
+    raise _NotVaultAnswer(response.status_code, content_type or "no content type")
+
+
 def _env_bool(value: Optional[str]) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -109,6 +153,8 @@ class VaultSettings:
     prefix: str = DEFAULT_PREFIX
     timeout: float = 30.0
     retries: int = 4
+    # True when from_env found no address anywhere and fell back to DEFAULT_ADDR.
+    addr_is_default: bool = False
 
     # Each field, the variable that sets it; the same names as the vault CLI
     # where the vault CLI has one.
@@ -154,7 +200,17 @@ class VaultSettings:
         settings.mount = settings.mount.strip("/")
         settings.prefix = settings.prefix.strip("/")
         settings.addr = settings.addr.rstrip("/")
+        settings.addr_is_default = (env.get("VAULT_ADDR") in (None, "")
+                                    and overrides.get("addr") in (None, ""))
         return settings
+
+    @property
+    def where(self) -> str:
+        """'Vault at ADDR', saying so when ADDR is only the default."""
+        if self.addr_is_default:
+            return (f"Vault at {self.addr} (the default address, used because VAULT_ADDR "
+                    "is not set)")
+        return f"Vault at {self.addr}"
 
     @property
     def auth_method(self) -> str:
@@ -229,6 +285,7 @@ def _index_value(header: str) -> int:
 
 def _make_session(settings: VaultSettings, pool_size: int) -> requests.Session:
     session = requests.Session()
+    session.hooks["response"].append(_check_vault_answer)
     session.hooks["response"].append(_ConsistencyIndex(session).seen)
     # Connection errors are retried for every method (nothing reached Vault);
     # 5xx/429 answers too, with backoff (503 included: a raft cluster answers
@@ -290,6 +347,8 @@ class VaultClient:
         self._token_ttl: int = 0
         self._token_renewable = False
         self._logged_in = False
+        # True only for a token we got from a machine login: ours to revoke.
+        self._own_token = False
 
     # ---- connection and login -------------------------------------------
 
@@ -311,16 +370,24 @@ class VaultClient:
                         "~/.vault-token exists), or VAULT_ROLE_ID/VAULT_SECRET_ID for AppRole, "
                         "KVAULT_K8S_ROLE for Kubernetes, KVAULT_JWT_ROLE for JWT.")
                 self._hvac.token = token
-                info = self._call(lambda: self._hvac.auth.token.lookup_self(),
-                                  "auth/token/lookup-self", "read", login=True)
+                try:
+                    info = self._call(lambda: self._hvac.auth.token.lookup_self(),
+                                      "auth/token/lookup-self", "read", login=True)
+                except _PolicyDenied:
+                    # A valid token whose policy denies lookup-self (a deny rule,
+                    # or no_default_policy): usable, its TTL just unknown.
+                    logger.debug("The token may not look itself up; its TTL is unknown")
+                    info = {}
                 data = info.get("data") or {}
                 self._set_token_times(int(data.get("ttl") or 0), bool(data.get("renewable")))
+                self._own_token = False
             else:
                 auth = self._call(self._login_request, f"auth/{self._login_mount()}/login",
                                   "update", login=True)["auth"]
                 self._hvac.token = auth["client_token"]
                 self._set_token_times(int(auth.get("lease_duration") or 0),
                                       bool(auth.get("renewable")))
+                self._own_token = True
         except VaultPermissionDenied as e:
             raise VaultAuthError(self._bad_credentials_message(method, str(e))) from None
         self._logged_in = True
@@ -406,38 +473,39 @@ class VaultClient:
         relogged = False
         while True:
             try:
-                return fn()
+                result = fn()
+            except _NotVaultAnswer as e:
+                raise self._not_an_api(e) from None
             except hvac.exceptions.Forbidden as e:
                 if login:
+                    # The login itself, or a given token's lookup-self: only an
+                    # ACL answer means the credential is good.
+                    if self.settings.auth_method == "token" and _forbidden_verdict(e) is False:
+                        raise _PolicyDenied(self._denied_message(capability, path)) from None
                     raise VaultPermissionDenied(_first_line(e)) from None
-                # A 403 is either an expired token or a policy without the
-                # capability. Machine logins get one fresh login; then ask
-                # Vault which one it is.
-                if not relogged and self.settings.auth_method != "token":
-                    relogged = True
-                    with self._lock:
-                        self._login_locked()
-                    continue
-                if not self._token_is_valid():
+                if self._token_rejected(e):
+                    # An expired machine token: one fresh login, then retry.
+                    if not relogged and self.settings.auth_method != "token":
+                        relogged = True
+                        with self._lock:
+                            self._login_locked()
+                        continue
                     raise VaultAuthError(
                         self._bad_credentials_message(self.settings.auth_method)) from None
-                raise VaultPermissionDenied(
-                    f"permission denied: needs {capability} on {path} (Vault at "
-                    f"{self.settings.addr}); grant it in the token's policy "
-                    "(see policies/ in the certbot-kvault docs).") from None
+                raise VaultPermissionDenied(self._denied_message(capability, path)) from None
             except hvac.exceptions.Unauthorized:
                 raise VaultAuthError(
                     self._bad_credentials_message(self.settings.auth_method)) from None
             except (hvac.exceptions.VaultDown, hvac.exceptions.VaultNotInitialized) as e:
                 raise VaultSealed(
-                    f"Vault at {self.settings.addr} is sealed or not initialized ({_first_line(e)}"
+                    f"{self.settings.where} is sealed or not initialized ({_first_line(e)}"
                     "); unseal it (`vault operator unseal`) and run again.") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 raise self._transport_error(e) from None
             except hvac.exceptions.RateLimitExceeded:
                 raise VaultError(
-                    f"Vault at {self.settings.addr} kept answering 429 (rate limited) on {path} "
-                    "after retries; lower --workers or run again later.") from None
+                    f"{self.settings.where} kept answering 429 (rate limited) on {path} "
+                    "after retries; lower certbot-kvault's --workers or run again later.") from None
             except hvac.exceptions.InvalidRequest as e:
                 if login:
                     # Vault answers a bad role/secret id or JWT with a 400.
@@ -447,24 +515,68 @@ class VaultClient:
             except hvac.exceptions.VaultError as e:
                 raise VaultError(
                     f"Vault error on {path} ({type(e).__name__}): {_first_line(e)}") from None
+            if isinstance(result, requests.Response) and result.status_code == 200:
+                # hvac hands back the raw answer when a 200 is not JSON.
+                raise self._not_an_api(_NotVaultAnswer(
+                    200, result.headers.get("Content-Type") or "no content type"))
+            if isinstance(result, dict) and not _VAULT_KEYS & result.keys():
+                raise self._not_an_api(_NotVaultAnswer(200, "application/json"))
+            return result
+
+    def _denied_message(self, capability: str, path: str) -> str:
+        return (f"permission denied: needs {capability} on {path} ({self.settings.where}); "
+                "grant it in the token's policy (see policies/ in the certbot-kvault docs).")
+
+    def _not_an_api(self, e: _NotVaultAnswer) -> VaultNotAnAPI:
+        return VaultNotAnAPI(
+            f"The server at {self.settings.addr} does not look like a Vault API "
+            f"({e}){self._default_note()}; check VAULT_ADDR.")
+
+    def _default_note(self) -> str:
+        return (" (the default address, used because VAULT_ADDR is not set)"
+                if self.settings.addr_is_default else "")
+
+    def _token_rejected(self, e: hvac.exceptions.Forbidden) -> bool:
+        """Is this 403 about the token itself (invalid, expired, revoked, absent)?
+
+        OpenBao and Vault answer a token they do not know with a bare
+        "permission denied" (newer Vault adds "invalid token"), and a policy
+        that lacks a capability with the ACL check's multi-error ("1 error
+        occurred: * permission denied"), or "preflight capability check" on
+        sys/internal/ui/mounts. When the answer is a bare one, lookup-self
+        decides: it costs one request, where a needless fresh login would
+        spend an AppRole secret id's use.
+        """
+        verdict = _forbidden_verdict(e)
+        if verdict is not None:
+            return verdict
+        try:
+            self._hvac.auth.token.lookup_self()
+            return False
+        except hvac.exceptions.Forbidden as again:
+            return _forbidden_verdict(again) is not False
+        except hvac.exceptions.Unauthorized:
+            return True
+        except Exception:  # noqa: BLE001 - cannot tell: keep the original 403 a denial
+            return False
 
     def _transport_error(self, e: requests.exceptions.RequestException) -> VaultUnreachable:
         if isinstance(e, requests.exceptions.SSLError):
             reason = str(e).upper()
             if "CERTIFICATE_VERIFY_FAILED" in reason or "HOSTNAME" in reason:
                 return VaultUnreachable(
-                    f"TLS error talking to Vault at {self.settings.addr} (its certificate is "
+                    f"TLS error talking to {self.settings.where} (its certificate is "
                     "not trusted or names another host); set VAULT_CACERT to the CA that "
                     "signed Vault's certificate.")
             if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "CERTIFICATE REQUIRED",
                                                  "BAD_CERTIFICATE", "BAD CERTIFICATE",
                                                  "UNKNOWN_CA", "UNKNOWN CA")):
                 return VaultUnreachable(
-                    f"Vault at {self.settings.addr} refused our TLS client certificate (or "
+                    f"{self.settings.where} refused our TLS client certificate (or "
                     "wants one); set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY to a certificate "
                     "its listener trusts.")
             return VaultUnreachable(
-                f"TLS error talking to Vault at {self.settings.addr}; check VAULT_ADDR, "
+                f"TLS error talking to {self.settings.where}; check VAULT_ADDR, "
                 "VAULT_CACERT and VAULT_CLIENT_CERT.")
         failed = urllib.parse.urlsplit(getattr(e.request, "url", None) or "").netloc
         if failed and failed != urllib.parse.urlsplit(self.settings.addr).netloc:
@@ -475,17 +587,8 @@ class VaultClient:
                 "not answer; the cluster is probably electing a new leader: run again in a "
                 "few seconds.")
         return VaultUnreachable(
-            f"Cannot reach Vault at {self.settings.addr} ({type(e).__name__}); check "
+            f"Cannot reach {self.settings.where} ({type(e).__name__}); check "
             "VAULT_ADDR and that Vault is running.")
-
-    def _token_is_valid(self) -> bool:
-        try:
-            self._hvac.auth.token.lookup_self()
-            return True
-        except hvac.exceptions.Forbidden:
-            return False
-        except Exception:  # noqa: BLE001 - unknown: report the original 403
-            return True
 
     # ---- KV ----------------------------------------------------------------
 
@@ -503,16 +606,12 @@ class VaultClient:
                     lambda: self._hvac.adapter.get(f"/v1/sys/internal/ui/mounts/{mount}"),
                     f"sys/internal/ui/mounts/{mount}", "read")
             except VaultPermissionDenied:
-                raise VaultNotFound(
-                    f"KV mount '{mount}' not found or not visible to this token at "
-                    f"{self.settings.addr}; set KVAULT_MOUNT (or --vault-mount) to your KV "
-                    "mount.") from None
+                # Vault shows a mount only to a token with some capability below
+                # it, and to nobody when it does not exist.
+                raise self._mount_not_visible() from None
             except VaultError as e:
                 if "no matching mount" in str(e) or "InvalidPath" in str(e):
-                    raise VaultNotFound(
-                        f"KV mount '{mount}' does not exist at {self.settings.addr}; enable it "
-                        f"(`vault secrets enable -path={mount} kv-v2`) or set KVAULT_MOUNT.") \
-                        from None
+                    raise self._mount_missing() from None
                 raise
             data = (info or {}).get("data") or {}
             if data.get("type") not in ("kv", "generic", None):
@@ -522,6 +621,35 @@ class VaultClient:
             version = str((data.get("options") or {}).get("version") or "1")
             self._kv_version = 2 if version == "2" else 1
         return self._kv_version
+
+    def _mount_missing(self) -> VaultNotFound:
+        mount = self.settings.mount
+        return VaultNotFound(
+            f"KV mount '{mount}' does not exist at {self.settings.addr}; enable it "
+            f"(`vault secrets enable -path={mount} kv-v2`) or set KVAULT_MOUNT to your KV "
+            "mount.")
+
+    def _mount_not_visible(self) -> VaultError:
+        """Tell a missing mount from a token without rights below it.
+
+        A read below the mount answers 404 "no handler for route" when the
+        mount does not exist and the token may read there (root, or a policy
+        written for the mount to come); a 403 when the token may not.
+        """
+        mount, prefix = self.settings.mount, self.settings.prefix
+        try:
+            self._hvac.adapter.get(f"/v1/{mount}/data/{prefix}")
+        except hvac.exceptions.InvalidPath as e:
+            said = " ".join(str(x) for x in (e.errors or []))
+            if "no handler for route" in said or "unsupported path" in said:
+                return self._mount_missing()
+        except Exception:  # noqa: BLE001 - the probe only refines the message below
+            logger.debug("mount probe failed", exc_info=True)
+        return VaultPermissionDenied(
+            f"permission denied: needs read on {mount}/data/{prefix}/* (KV v1: "
+            f"{mount}/{prefix}/*) ({self.settings.where}): this token has no capability "
+            f"below mount '{mount}', or that mount does not exist; grant it in the token's "
+            "policy, or set KVAULT_MOUNT to your KV mount.")
 
     def api_path(self, path: str, kind: str = "data") -> str:
         """The ACL path a policy must grant for ``path`` (used in messages and `status`)."""
@@ -655,29 +783,53 @@ class VaultClient:
 
     def capabilities(self, paths: list[str]) -> dict[str, list[str]]:
         """The token's capabilities on ACL paths. POST /v1/sys/capabilities-self."""
-        resp = self._call(lambda: self._hvac.adapter.post(
-            "/v1/sys/capabilities-self", json={"paths": paths}),
-            "sys/capabilities-self", "update")
+        resp = self._call(lambda: self._hvac.sys.get_capabilities(paths),
+                          "sys/capabilities-self", "update")
         data = (resp or {}).get("data") or resp or {}
         return {p: list(data.get(p) or []) for p in paths}
 
     def health(self) -> dict[str, Any]:
         """GET /v1/sys/health, with any status code (sealed is an answer, not an error)."""
         try:
-            r = self._session.get(
-                f"{self.settings.addr}/v1/sys/health",
-                params={"standbyok": "true", "perfstandbyok": "true",
-                        "sealedcode": "200", "uninitcode": "200"},
-                # Explicit, or requests lets REQUESTS_CA_BUNDLE beat VAULT_CACERT.
-                verify=self._session.verify, timeout=self.settings.timeout)
-            return dict(r.json())
+            resp = self._hvac.sys.read_health_status(
+                method="GET", standby_ok=True, performance_standby_code=200,
+                sealed_code=200, uninit_code=200)
+        except _NotVaultAnswer as e:
+            raise self._not_an_api(e) from None
         except requests.exceptions.RequestException as e:
             raise self._transport_error(e) from None
+        except hvac.exceptions.VaultError as e:
+            raise VaultError(f"{self.settings.where} answered sys/health with "
+                             f"{type(e).__name__}: {_first_line(e)}") from None
+        if isinstance(resp, dict):
+            if "initialized" not in resp:
+                raise self._not_an_api(_NotVaultAnswer(200, "application/json"))
+            return resp
+        # Another status than the ones asked for (e.g. a DR secondary's 472) still
+        # carries the health document; the response hook has checked its shape.
+        try:
+            return dict(resp.json())
         except ValueError:
-            raise VaultUnreachable(
-                f"{self.settings.addr} does not answer like Vault; check VAULT_ADDR.") from None
+            raise self._not_an_api(_NotVaultAnswer(
+                resp.status_code, resp.headers.get("Content-Type") or "no content type")) \
+                from None
 
     def close(self) -> None:
+        """End the connection; a token from a machine login is revoked first.
+
+        A token the user gave (VAULT_TOKEN, ~/.vault-token) is theirs and
+        stays; ours would otherwise live on, unused, until its TTL ends.
+        """
+        if self._own_token and self._logged_in:
+            try:
+                self._hvac.auth.token.revoke_self()
+                logger.debug("Revoked the token of this run's %s login",
+                             self.settings.auth_method)
+            except Exception as e:  # noqa: BLE001 - best effort; it expires anyway
+                logger.debug("Could not revoke this run's token (%s)", type(e).__name__)
+            self._own_token = False
+            self._logged_in = False
+            self._hvac.token = None
         self._session.close()
 
 
@@ -693,6 +845,17 @@ def _read_secret_file(path: Optional[str], what: str, var: str) -> str:
     if not value:
         raise VaultAuthError(f"The {what} file {path} is empty; set {var}.")
     return value
+
+
+def _forbidden_verdict(e: hvac.exceptions.Forbidden) -> Optional[bool]:
+    """From Vault's answer alone: True = the token is rejected, False = a policy
+    denial of a valid token, None = a bare "permission denied" (either)."""
+    said = " ".join(str(x) for x in (e.errors or [])).lower()
+    if "invalid token" in said:
+        return True
+    if "error occurred" in said or "errors occurred" in said or "preflight capability" in said:
+        return False
+    return None
 
 
 def _first_line(e: BaseException) -> str:

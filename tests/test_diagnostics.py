@@ -1,0 +1,343 @@
+"""Every Vault-side error names its real cause (real OpenBao, no mocks).
+
+- a 403 is told apart: token invalid/expired, token valid but its policy
+  lacks a capability (named with its path), KV mount really missing;
+- `status` reports what a restricted token can and cannot do;
+- something at VAULT_ADDR that is not Vault, and an unset VAULT_ADDR, are
+  said in one line;
+- a policy denial costs no fresh machine login, and a machine login's token
+  is revoked when the command ends;
+- URL query secrets (DNS provider API keys) reach no error text or log.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from kvault_helpers import kvault, token_with_policy
+from renew_helpers import run_kvault, scrubbed_env
+from servers import Bao, PowerDNS
+from test_auth import _approle, load_policy
+from test_dns import certonly_args, error_line, pdns_entry, resolver_opt
+
+from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.redact import redact
+from certbot_kvault._internal.vault import (
+    DEFAULT_ADDR,
+    VaultAuthError,
+    VaultClient,
+    VaultNotAnAPI,
+    VaultPermissionDenied,
+    VaultSettings,
+)
+
+
+def _policy_rw(prefix: str) -> str:
+    return (f'path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}\n'
+            f'path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}\n')
+
+
+def _seed(bao: Bao, prefix: str, names: list[str]) -> None:
+    for name in names:
+        r = bao.api("POST", f"secret/data/{prefix}/certificates/{name}",
+                    {"data": {"domains": [name], "not_after": "2030-01-01T00:00:00Z"}})
+        assert r.status_code == 200, r.text
+
+
+def _one_line(proc: Any) -> str:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return str(lines[0])
+
+
+# ---- 1. a 403 told apart -------------------------------------------------------------------
+
+
+def test_token_without_rights_on_the_mount_is_a_permission(vault_env: dict[str, str], bao: Bao,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    token = token_with_policy(bao, f"elsewhere-{prefix}",
+                              'path "other/data/*" { capabilities = ["read"] }')
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    err = _one_line(kvault("list", check=False))
+    assert f"permission denied: needs read on secret/data/{prefix}/*" in err
+    assert "--vault-mount" not in err and "invalid or expired" not in err
+    assert token not in err
+
+
+@pytest.mark.parametrize("how", ["deny-lookup-self", "no-default-policy"])
+def test_token_that_may_not_look_itself_up_is_valid(how: str, vault_env: dict[str, str],
+                                                    bao: Bao, monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    _seed(bao, prefix, ["a.example.com"])
+    name = f"{how}-{prefix}"
+    policy = _policy_rw(prefix)
+    if how == "deny-lookup-self":
+        policy += 'path "auth/token/lookup-self" { capabilities = ["deny"] }\n'
+        token = token_with_policy(bao, name, policy)
+    else:
+        assert bao.api("PUT", f"sys/policies/acl/{name}", {"policy": policy}).status_code == 204
+        r = bao.api("POST", "auth/token/create",
+                    {"policies": [name], "ttl": "5m", "no_default_policy": True})
+        token = r.json()["auth"]["client_token"]
+    assert bao.api("GET", "auth/token/lookup-self", token=token).status_code == 403
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    proc = kvault("list", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "a.example.com" in proc.stdout
+
+    # status: the report, with what could not be determined, instead of an abort.
+    proc = kvault("status", "--json", check=False)
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["kv_version"] == 2
+    assert "permission denied: needs read on auth/token/lookup-self" in \
+        status["unknown"]["token"]
+    if how == "deny-lookup-self":
+        caps = status["capabilities"]
+        assert caps["certificates (data)"] == ["read"]
+        assert caps["certificates (list)"] == ["list"]
+    else:  # no default policy: not even sys/capabilities-self
+        assert "sys/capabilities-self" in status["unknown"]["capabilities"]
+
+
+def test_status_shows_deny_per_path(vault_env: dict[str, str], bao: Bao,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    policy = (_policy_rw(prefix)
+              + f'path "secret/data/{prefix}/dns/*" {{ capabilities = ["deny"] }}\n')
+    monkeypatch.setenv("VAULT_TOKEN", token_with_policy(bao, f"deny-dns-{prefix}", policy))
+    proc = kvault("status", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "  dns (data): deny" in proc.stdout
+    assert "  certificates (data): read" in proc.stdout
+    assert "unknown" not in proc.stdout
+
+    # No right at all below the mount: the whole report, then one line and exit 1.
+    monkeypatch.setenv("VAULT_TOKEN", token_with_policy(
+        bao, f"nothing-{prefix}", 'path "other/data/*" { capabilities = ["read"] }'))
+    proc = kvault("status", check=False)
+    assert proc.returncode == 1
+    assert "  certificates (data): deny" in proc.stdout
+    assert "  certificates (KV v1): deny" in proc.stdout
+    assert "kv_version: permission denied" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_vault_client_kinds(vault_env: dict[str, str], bao: Bao) -> None:
+    """The same classification seen from the library: each failure its own class."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    policy = _policy_rw(prefix) + 'path "auth/token/lookup-self" { capabilities = ["deny"] }\n'
+    token = token_with_policy(bao, f"kinds-{prefix}", policy)
+    denied = VaultClient(VaultSettings.from_env(token=token))
+    assert denied.read(f"{prefix}/x") is None
+    with pytest.raises(VaultPermissionDenied,
+                       match=f"needs create/update on secret/data/{prefix}/x"):
+        denied.write(f"{prefix}/x", {"a": "1"})
+    assert bao.api("POST", "auth/token/revoke", {"token": token}).status_code == 204
+    with pytest.raises(VaultAuthError, match="rejected the token: it is invalid or expired"):
+        denied.read(f"{prefix}/x")
+
+
+# ---- 3. not Vault at VAULT_ADDR, 4. VAULT_ADDR unset -----------------------------------------
+
+
+class _NotVault(http.server.ThreadingHTTPServer):
+    """Answers every request with one fixed body (a web page, another API's JSON)."""
+
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _any  # noqa: N815
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def not_vault(request: pytest.FixtureRequest) -> Iterator[_NotVault]:
+    server = _NotVault(*request.param)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("not_vault,expect", [
+    ((200, "text/html; charset=utf-8", b"<html><body>It works!</body></html>"),
+     "(HTTP 200, text/html)"),
+    ((404, "text/html", b"<html>Not Found</html>"), "(HTTP 404, text/html)"),
+    ((200, "application/json", b'{"hello": "world"}'), "(HTTP 200, application/json)"),
+    ((200, "text/plain", b"ok"), "(HTTP 200, text/plain)"),
+], indirect=["not_vault"])
+def test_not_a_vault_api_is_one_line(not_vault: _NotVault, expect: str,
+                                     vault_env: dict[str, str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAULT_ADDR", not_vault.addr)
+    for command in ("list", "status"):
+        err = _one_line(kvault(command, check=False))
+        assert f"The server at {not_vault.addr} does not look like a Vault API {expect}" in err
+        assert "check VAULT_ADDR" in err
+    # A 404 page is not "no such secret".
+    client = VaultClient(VaultSettings.from_env())
+    with pytest.raises(VaultNotAnAPI):
+        client.read(f"{vault_env['KVAULT_PREFIX']}/x")
+
+
+def test_unset_vault_addr_is_named(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 8200)) == 0:
+            pytest.skip("something listens on the default Vault port here")
+    monkeypatch.setenv("VAULT_TOKEN", "s.unused")
+    for command in ("list", "status"):
+        err = _one_line(kvault(command, check=False))
+        assert f"Cannot reach Vault at {DEFAULT_ADDR} (the default address, used because " \
+               "VAULT_ADDR is not set)" in err
+    # Set explicitly, the same address is not called a default.
+    monkeypatch.setenv("VAULT_ADDR", DEFAULT_ADDR)
+    err = _one_line(kvault("list", check=False))
+    assert "Cannot reach Vault at" in err and "VAULT_ADDR is not set" not in err
+
+
+# ---- 5. no login per denial, 6. machine tokens revoked ---------------------------------------
+
+
+def _uses_left(bao: Bao, creds: dict[str, str]) -> int:
+    r = bao.api("POST", f"auth/{creds['KVAULT_APPROLE_MOUNT']}/role/renewer/secret-id/lookup",
+                {"secret_id": creds["VAULT_SECRET_ID"]})
+    assert r.status_code == 200, r.text
+    return int(r.json()["data"]["secret_id_num_uses"])
+
+
+def _live_login_tokens(bao: Bao, mount: str) -> int:
+    """Tokens alive right now that a login on auth/<mount> issued (asked with root)."""
+    r = bao.api("LIST", "auth/token/accessors")
+    assert r.status_code == 200, r.text
+    live = 0
+    for accessor in r.json()["data"]["keys"]:
+        info = bao.api("POST", "auth/token/lookup-accessor", {"accessor": accessor})
+        if info.status_code == 200 and info.json()["data"].get("path") == f"auth/{mount}/login":
+            live += 1
+    return live
+
+
+def test_policy_denials_cost_no_logins(vault_env: dict[str, str], bao: Bao) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    names = [f"n{i}.example.com" for i in range(6)]
+    _seed(bao, prefix, names)
+    # May list the lineages, not read them: every item is a 403.
+    policy = f"listonly-{prefix}"
+    assert bao.api("PUT", f"sys/policies/acl/{policy}", {
+        "policy": f'path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}'}
+    ).status_code == 204
+    creds = _approle(bao, policy, secret_id_num_uses=10)
+    assert _uses_left(bao, creds) == 10
+    env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
+    proc = run_kvault(["list", "--workers", "4"], env, check=False)
+    err = _one_line(proc)
+    assert f"permission denied: needs read on secret/data/{prefix}/certificates/n" in err
+    assert _uses_left(bao, creds) == 9  # one login for the whole command
+
+
+def test_machine_login_token_is_revoked_at_exit(vault_env: dict[str, str], bao: Bao) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    _seed(bao, prefix, ["a.example.com"])
+    creds = _approle(bao, load_policy(bao, "renewer", prefix), secret_id_num_uses=5)
+    env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
+    proc = run_kvault(["list"], env)
+    assert "a.example.com" in proc.stdout
+    assert _uses_left(bao, creds) == 4  # it did log in
+    assert _live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
+    # A failing command revokes too.
+    proc = run_kvault(["show", "missing.example.com"], env, check=False)
+    assert proc.returncode == 1
+    assert _live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
+
+    # A token the user gave is never revoked.
+    token = token_with_policy(bao, f"user-{prefix}", _policy_rw(prefix))
+    run_kvault(["list"], scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix,
+                                      VAULT_TOKEN=token))
+    assert bao.api("POST", "auth/token/lookup", {"token": token}).status_code == 200
+
+
+def test_plugin_revokes_its_machine_login_at_exit(vault_env: dict[str, str], bao: Bao,
+                                                  certbot: Any) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    creds = _approle(bao, load_policy(bao, "renewer", prefix), secret_id_num_uses=5)
+    env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    # `plugins --init --prepare` runs the plugin's prepare(): login, KV check, exit handler.
+    proc = certbot("plugins", "--init", "--prepare", env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "kvault" in proc.stdout
+    assert _uses_left(bao, creds) == 4  # the plugin did log in
+    assert _live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
+
+
+# ---- 7. URL secrets redacted -----------------------------------------------------------------
+
+
+def test_redact() -> None:
+    assert redact("500 for url: http://h:1/x?api_key=S1&b=2 (y)") == \
+        "500 for url: http://h:1/x?api_key=REDACTED&b=REDACTED (y)"
+    assert redact("Max retries exceeded with url: /a?key=S2") == \
+        "Max retries exceeded with url: /a?key=REDACTED"
+    assert redact("https://user:pw@host/x") == "https://REDACTED@host/x"
+    assert redact("no url here, a = b") == "no url here, a = b"
+
+
+@pytest.fixture
+def failing_api() -> Iterator[_NotVault]:
+    server = _NotVault(500, "text/plain", b"internal error")
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_provider_url_secret_is_redacted(vault_env: dict[str, str], pdns: PowerDNS,
+                                         certbot: Any, certbot_dirs: Any,
+                                         failing_api: _NotVault) -> None:
+    secret = "SECRET" + secrets.token_hex(8)
+    layout = Layout(VaultClient(VaultSettings.from_env()))
+    layout.save_dns("pdns", pdns_entry(
+        pdns, pdns_server=f"{failing_api.addr}/pdns?api_key={secret}&"))
+    env = dict(vault_env)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    proc = certbot(*certonly_args("--kvault-dns-resolver", resolver_opt(pdns), "-vv",
+                                  domains=("example.com",)), env=env, check=False)
+    assert proc.returncode != 0
+    line = error_line(proc)  # (with -vv certbot also prints its traceback)
+    assert "(HTTP 500)" in line and "api_key=REDACTED" in line, proc.stderr
+    logs = "".join(p.read_text() for p in Path(certbot_dirs.logs_dir).glob("*.log*"))
+    assert "api_key=REDACTED" in logs  # urllib3's DEBUG request line is there, redacted
+    for text in (proc.stdout, proc.stderr, logs):
+        assert secret not in text
