@@ -293,8 +293,9 @@ def test_plugin_revokes_its_machine_login_at_exit(vault_env: dict[str, str], bao
     creds = _approle(bao, load_policy(bao, "renewer", prefix), secret_id_num_uses=5)
     env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    # `plugins --init --prepare` runs the plugin's prepare(): login, KV check, exit handler.
-    proc = certbot("plugins", "--init", "--prepare", env=env, check=False)
+    # `plugins --init --prepare` runs the plugin's prepare(); `-i kvault` chooses it, so
+    # it logs in, checks the KV mount and registers its exit handler.
+    proc = certbot("plugins", "--init", "--prepare", "-i", "kvault", env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "kvault" in proc.stdout
     assert _uses_left(bao, creds) == 4  # the plugin did log in
