@@ -346,8 +346,12 @@ def parent_pushes() -> Optional[int]:
     runs: it pushes when certbot is done, so a hook or the plugin must not push first."""
     try:
         pid = int(os.environ.get(PARENT_PUSH_ENV, ""))
+        if pid <= 0:  # kill(0 or -N) would signal a process group
+            return None
         os.kill(pid, 0)
-    except (ValueError, ProcessLookupError, PermissionError):
+    except PermissionError:
+        pass  # it runs, as another user
+    except (ValueError, ProcessLookupError, OverflowError):
         return None
     return pid
 
