@@ -25,6 +25,8 @@ from renew_helpers import (
 )
 from servers import Bao
 
+from certbot_kvault._internal.renewal import _certbot_failures
+
 # Stops the certbot-kvault that runs this certbot ($PPID) and certbot itself: a
 # --pre-hook runs after the pull and before the ACME order.
 STOP_RENEWER = "kill -STOP $PPID $(awk '/^PPid:/ {print $2}' /proc/$PPID/status)"
@@ -247,3 +249,19 @@ def test_renew_pulls_only_the_accounts_its_lineages_use(bao: Bao, golden: Golden
     assert len(said) == 1, proc.stderr
     assert "lineage due uses ACME account " in said[0]
     assert f"secret/{prefix}/accounts/127.0.0.1:{golden.pebble.port}/dir/" in said[0]
+
+
+def test_failures_from_exit_status_disk_and_summary() -> None:
+    live = "/etc/letsencrypt/live/{}/fullchain.pem (failure)\n"
+    asked = ["a", "b", "c"]
+    # One certbot for all: 0 means every attempt worked, whatever the text says.
+    assert _certbot_failures(0, {}, live.format("a"), asked, set()) == set()
+    # Its summary (here from stderr) names the failures; `a` was renewed, `c` not due.
+    assert _certbot_failures(1, {}, "The following renewals failed:\n" + live.format("b"),
+                             asked, {"a"}) == {"b"}
+    parsefail = "/etc/letsencrypt/renewal/c.conf (parsefail)\n"
+    assert _certbot_failures(1, {}, parsefail, asked, set()) == {"c"}
+    # Stopped before any summary: nothing it did not renew is known to be fine.
+    assert _certbot_failures(1, {}, "Traceback ...", asked, {"a"}) == {"b", "c"}
+    # One certbot per lineage: each exit status.
+    assert _certbot_failures(1, {"a": 0, "b": 1, "c": 0}, "", asked, {"a"}) == {"b"}

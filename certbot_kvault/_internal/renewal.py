@@ -408,21 +408,21 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
 
 def _certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[str],
                       renewed: set[str]) -> set[str]:
-    """The lineages certbot was asked to renew and did not.
+    """The lineages certbot was asked to renew and did not renew because something failed.
 
-    certbot exits 0 only if every renewal it attempted worked. Otherwise its
-    summary names the failures (on stdout or stderr); when it names none (it
-    stopped before its summary), every lineage it did not renew counts as
-    failed: none of them is known to be fine.
+    ``rcs``: one certbot per lineage, whose exit status says it. One certbot
+    for all exits 0 only if every renewal it attempted worked; otherwise its
+    summary names the failures (on stdout or stderr), and when it names none
+    (it stopped before its summary) no lineage it did not renew is known to be
+    fine, so each counts as failed.
     """
-    failed = {n for n, one_rc in rcs.items() if one_rc != 0 and n not in renewed}
+    if rcs:
+        return {n for n, one_rc in rcs.items() if one_rc != 0 and n not in renewed}
     if rc == 0:
-        return failed
+        return set()
     named = set(_FAILURE_RE.findall(output)) | set(_PARSEFAIL_RE.findall(output))
     named &= set(asked)
-    if named:
-        return failed | named
-    return failed | (set(asked) - renewed)
+    return named or set(asked) - renewed
 
 
 def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait: float,
