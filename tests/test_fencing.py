@@ -25,8 +25,6 @@ from renew_helpers import (
 )
 from servers import Bao
 
-from certbot_kvault._internal.renewal import _certbot_failures
-
 # Stops the certbot-kvault that runs this certbot ($PPID) and certbot itself: a
 # --pre-hook runs after the pull and before the ACME order.
 STOP_RENEWER = "kill -STOP $PPID $(awk '/^PPid:/ {print $2}' /proc/$PPID/status)"
@@ -252,6 +250,8 @@ def test_renew_pulls_only_the_accounts_its_lineages_use(bao: Bao, golden: Golden
 
 
 def test_failures_from_exit_status_disk_and_summary() -> None:
+    from certbot_kvault._internal.renewal import _certbot_failures
+
     live = "/etc/letsencrypt/live/{}/fullchain.pem (failure)\n"
     asked = ["a", "b", "c"]
     # One certbot for all: 0 means every attempt worked, whatever the text says.

@@ -289,11 +289,18 @@ path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}
     assert record(bao, prefix, "certificates/ro.example.com") is None
 
 
-@pytest.mark.parametrize("flag", ["--lock-wait", "--lock-ttl", "--due-within", "--metrics-file"])
+@pytest.mark.parametrize("flag", ["--lock-wait", "--lock-ttl", "--due-within", "--metrics-file",
+                                  "--push-retry-for"])
 def test_renew_help_documents_options(flag: str) -> None:
     proc = subprocess.run([KVAULT, "renew", "--help"], capture_output=True, text=True,
                           check=True)
     assert flag in proc.stdout
+
+
+def test_run_help_documents_push_retry() -> None:
+    proc = subprocess.run([KVAULT, "run", "--help"], capture_output=True, text=True,
+                          check=True)
+    assert "--push-retry-for" in proc.stdout and "KVAULT_PUSH_RETRY_FOR" in proc.stdout
 
 
 def test_lock_record_shape(bao: Bao, vault_env: dict[str, str]) -> None:
