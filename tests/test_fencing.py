@@ -80,8 +80,8 @@ def test_renewer_that_lost_its_lock_saves_nothing(bao: Bao, golden: Golden,
     lines = [line for line in err.splitlines() if "was NOT saved to Vault" in line]
     assert len(lines) == 1, err
     assert "lineage due: this renewer's lock was lost" in lines[0]
-    assert f"secret/{prefix}/certificates/due changed in Vault after this run pulled it" \
-        in lines[0]
+    assert f"secret/{prefix}/certificates/due changed in Vault after this run pulled its " \
+           f"KV version {before} (now version {before + 1})" in lines[0]
     assert "renew: 0 renewed, 1 failed, 1 checked" in out
     # The hook in renewal-hooks/deploy left the push to the renewer.
     assert "not pushing due" in out
@@ -169,6 +169,7 @@ def test_push_gives_up_naming_the_lineage(bao: Bao, golden: Golden,
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "was NOT saved to Vault" in line]
     assert len(lines) == 1 and lines[0].startswith("error: lineage due: "), proc.stderr
+    assert f"was NOT saved to Vault at secret/{prefix}/certificates/due (" in lines[0]
     assert "certbot-kvault push --config-dir" in lines[0]
     assert "1 failed" in proc.stdout
     assert kv_version(bao, prefix, "certificates/due") == before

@@ -278,14 +278,17 @@ path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}
                     json={"policies": [name], "ttl": "5m"}).json()["auth"]["client_token"]
     env = _env(bao, golden, prefix)
     env["VAULT_TOKEN"] = token
-    _, args = fresh_dirs(tmp_path)
+    root, args = fresh_dirs(tmp_path)
     proc = run_kvault(["run", *args, "--", "certonly", "--standalone", "--http-01-port",
                        str(golden.pebble.http_port), "-d", "ro.example.com", "--server",
                        golden.pebble.directory_url, "--non-interactive"], env, check=False)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "Vault does not hold what certbot produced" in proc.stderr
     assert "permission denied" in proc.stderr
-    assert "was NOT saved to Vault" in proc.stderr  # the deploy hook said so too
+    # `run` says it per lineage and leaves the pending mark, as the deploy hook would.
+    assert f"lineage ro.example.com: was NOT saved to Vault at secret/{prefix}/certificates/" \
+           "ro.example.com (permission denied" in proc.stderr
+    assert os.listdir(root / "config" / "kvault" / "pending") == ["ro.example.com"]
     assert record(bao, prefix, "certificates/ro.example.com") is None
 
 

@@ -555,7 +555,7 @@ def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
                 raise
             left = deadline - clock()
             if not is_transient(e) or left <= 0:
-                return _not_saved(tree, sync.Report(), stake, str(e))
+                return _not_saved(tree, layout, sync.Report(), stake, str(e))
             pause = min(left, delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
             what = ", ".join(stake[:5]) + (f" and {len(stake) - 5} more" if len(stake) > 5
                                            else "")
@@ -572,17 +572,20 @@ def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
                    if f"lineage {n}" in reasons and n not in report.fenced}
         report.failed = [(i, e) for i, e in report.failed if i not in unsaved]
         for item, name in unsaved.items():
-            _not_saved(tree, report, [name], reasons[item])
+            _not_saved(tree, layout, report, [name], reasons[item])
         return report
 
 
-def _not_saved(tree: Tree, report: sync.Report, names: list[str], reason: str) -> sync.Report:
+def _not_saved(tree: Tree, layout: Layout, report: sync.Report, names: list[str],
+               reason: str) -> sync.Report:
     """Each lineage failed in ``report``, saying so, with a pending mark."""
     for name in names:
         mark = sync.mark_pending(tree, name, reason)
-        report.failed.append((f"lineage {name}", f"was NOT saved to Vault ({reason}); "
-                                                 f"pending mark at {mark}: run `certbot-kvault "
-                                                 f"push --config-dir {tree.config_dir} {name}`"))
+        report.failed.append((f"lineage {name}", f"was NOT saved to Vault at "
+                                                 f"{layout.where('certificates', name)} "
+                                                 f"({reason}); pending mark at {mark}: run "
+                                                 f"`certbot-kvault push --config-dir "
+                                                 f"{tree.config_dir} {name}`"))
     return report
 
 

@@ -295,11 +295,11 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
                   expected: Optional[int] = None) -> Report:
     fenced = False
 
-    def refuse(now: object) -> RecordError:
+    def refuse(now: str) -> RecordError:
         nonlocal fenced
         fenced = True
         return RecordError(f"{layout.where('certificates', name)} changed in Vault after this "
-                           f"run pulled it (KV version {now}, pulled {expected}): not "
+                           f"run pulled its KV version {expected} (now {now}): not "
                            "overwriting it.")
 
     def work() -> bool:
@@ -315,7 +315,7 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
                 if remote.same_content(local):
                     return False
                 if expected is not None and entry.version != expected:
-                    raise refuse(entry.version)
+                    raise refuse(f"version {entry.version}")
                 if remote.version > local.version:
                     raise RecordError(
                         f"Vault holds version {remote.version} of {name}, newer than this "
@@ -323,11 +323,11 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
                         "of pushing.")
         if expected is not None:
             if entry is None or entry.version != expected:
-                raise refuse(entry.version if entry is not None else "none")
+                raise refuse(f"version {entry.version}" if entry is not None else "deleted")
             try:
                 layout.save_lineage(local, cas=expected)
             except VaultConflict:
-                raise refuse("newer") from None
+                raise refuse("a newer version") from None
             return True
         layout.save_lineage(local, cas=entry.version if entry is not None else 0)
         return True
