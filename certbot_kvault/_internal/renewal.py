@@ -478,13 +478,15 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         grew = {n for n in changed
                 if (after[n][0] or 0) > ((before.get(n) or (0, None))[0] or 0)}
         failed |= _certbot_failures(rc, rcs, output, allowed, grew)
-        # Ask Vault now whether our leases still hold, rather than wait for the
-        # keeper's next tick: a renewer that was paused learns it here.
-        for name in locks.held():
-            locks.renew(name)
         pushed = push_until_saved(
             tree, layout, changed, workers=workers, retry_for=push_retry_for, notify=notify,
             expected={n: pulled.versions[n] for n in changed if n in pulled.versions})
+        for name in pushed.fenced:
+            for lock in (lineage_lock(name), GLOBAL_LOCK):
+                if locks.holds(lock):
+                    # A renewer that was paused learns now, not at the keeper's
+                    # next tick, that its lease was taken over.
+                    locks.renew(lock)
         lost = locks.lost
         for item, err in pushed.failed:
             lineage = item[len("lineage "):] if item.startswith("lineage ") else None
