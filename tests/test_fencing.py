@@ -2,12 +2,14 @@
 Vault gone while saving, renewals that fail, several ACME accounts."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import servers
 from renew_helpers import (
@@ -34,6 +36,12 @@ def _env(bao: Bao, golden: Golden, prefix: str, **extra: str) -> dict[str, str]:
     return scrubbed_env(**{"VAULT_ADDR": bao.addr, "VAULT_TOKEN": bao.token,
                            "KVAULT_PREFIX": prefix, "REQUESTS_CA_BUNDLE": golden.ca_bundle,
                            **extra})
+
+
+def _pending(root: Path) -> list[str]:
+    """Pending marks (lineages a push still owes Vault) in a renewer's config dir."""
+    d = root / "config" / "kvault" / "pending"
+    return sorted(os.listdir(d)) if d.exists() else []
 
 
 def _stopped(pid: int) -> bool:
@@ -88,9 +96,33 @@ def test_renewer_that_lost_its_lock_saves_nothing(bao: Bao, golden: Golden,
     # A's config dir holds B's certificate again and nothing is pending to overwrite it.
     cert = (root_a / "config" / "live" / "due" / "cert.pem").read_text()
     assert saved_by_b is not None and cert == saved_by_b["cert"]
-    assert not (root_a / "config" / "kvault" / "pending").exists() or \
-        not os.listdir(root_a / "config" / "kvault" / "pending")
+    assert _pending(root_a) == []
     assert not locks_held(bao, prefix)
+
+
+@contextlib.contextmanager
+def _vault_gone_after_renewal(bao: Bao, tmp_path: Path,
+                              seconds: float) -> Iterator[tuple[TcpFaultProxy, str]]:
+    """A proxy to Vault, and a --deploy-hook (certbot runs it right after renewing) that
+    has the proxy refuse every connection for ``seconds`` and returns once it does."""
+    proxy = TcpFaultProxy(bao.port)
+    trigger, down = tmp_path / "renewed", tmp_path / "vault-down"
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not trigger.exists():
+            if stop.wait(0.02):
+                return
+        proxy.refuse_for(seconds)
+        down.touch()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        yield proxy, f"touch {trigger}; while [ ! -e {down} ]; do sleep 0.05; done"
+    finally:
+        stop.set()
+        proxy.stop()
+    assert down.exists(), "the deploy hook never ran"
 
 
 def test_push_waits_for_vault_to_come_back(bao: Bao, golden: Golden,
@@ -100,33 +132,13 @@ def test_push_waits_for_vault_to_come_back(bao: Bao, golden: Golden,
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
     before = kv_version(bao, prefix, "certificates/due")
-    proxy = TcpFaultProxy(bao.port)
-    trigger, down = tmp_path / "renewed", tmp_path / "vault-down"
-    # certbot runs --deploy-hook after renewing; it waits until Vault is gone.
-    hook = f"touch {trigger}; while [ ! -e {down} ]; do sleep 0.05; done"
-
-    def blink() -> None:
-        while not trigger.exists():
-            if stop.wait(0.02):
-                return
-        proxy.refuse_for(20)
-        down.touch()
-
-    stop = threading.Event()
-    watcher = threading.Thread(target=blink, daemon=True)
-    watcher.start()
-    try:
-        root, args = fresh_dirs(tmp_path)
+    root, args = fresh_dirs(tmp_path)
+    with _vault_gone_after_renewal(bao, tmp_path, 20) as (proxy, hook):
         env = _env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}")
         t0 = time.monotonic()
         proc = run_kvault(["renew", *args, "--", "--deploy-hook", hook], env, check=False,
                           timeout=300)
-        took = time.monotonic() - t0
-    finally:
-        stop.set()
-        proxy.stop()
-    print(f"renew through a 20 s Vault outage took {took:.1f}s")
-    assert down.exists(), "the deploy hook never ran"
+        print(f"renew through a 20 s Vault outage took {time.monotonic() - t0:.1f}s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "trying again in" in proc.stderr
     assert "renewed: due" in proc.stdout
@@ -134,8 +146,7 @@ def test_push_waits_for_vault_to_come_back(bao: Bao, golden: Golden,
     saved = record(bao, prefix, "certificates/due")
     assert saved is not None
     assert saved["cert"] == (root / "config" / "live" / "due" / "cert.pem").read_text()
-    assert not os.listdir(root / "config" / "kvault" / "pending") \
-        if (root / "config" / "kvault" / "pending").exists() else True
+    assert _pending(root) == []
 
 
 def test_push_gives_up_naming_the_lineage(bao: Bao, golden: Golden,
@@ -145,27 +156,11 @@ def test_push_gives_up_naming_the_lineage(bao: Bao, golden: Golden,
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
     before = kv_version(bao, prefix, "certificates/due")
-    proxy = TcpFaultProxy(bao.port)
-    hook_stops_vault = f"touch {tmp_path / 'renewed'}"
-
-    def blink() -> None:
-        while not (tmp_path / "renewed").exists():
-            if stop.wait(0.02):
-                return
-        proxy.refuse_for(600)
-        (tmp_path / "down").touch()
-
-    stop = threading.Event()
-    threading.Thread(target=blink, daemon=True).start()
-    hook = f"{hook_stops_vault}; while [ ! -e {tmp_path / 'down'} ]; do sleep 0.05; done"
-    try:
-        root, args = fresh_dirs(tmp_path)
+    root, args = fresh_dirs(tmp_path)
+    with _vault_gone_after_renewal(bao, tmp_path, 600) as (proxy, hook):
         env = _env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}",
                    KVAULT_PUSH_RETRY_FOR="2")
         proc = run_kvault(["renew", *args, "--", "--deploy-hook", hook], env, check=False)
-    finally:
-        stop.set()
-        proxy.stop()
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "was NOT saved to Vault" in line]
     assert len(lines) == 1 and lines[0].startswith("error: lineage due: "), proc.stderr
@@ -173,11 +168,11 @@ def test_push_gives_up_naming_the_lineage(bao: Bao, golden: Golden,
     assert "certbot-kvault push --config-dir" in lines[0]
     assert "1 failed" in proc.stdout
     assert kv_version(bao, prefix, "certificates/due") == before
-    assert os.listdir(root / "config" / "kvault" / "pending") == ["due"]
+    assert _pending(root) == ["due"]
     # Vault is back (reached directly): the next command saves it.
     run_kvault(["push", *args], _env(bao, golden, prefix))
     assert kv_version(bao, prefix, "certificates/due") == before + 1
-    assert not os.listdir(root / "config" / "kvault" / "pending")
+    assert _pending(root) == []
 
 
 def test_every_failed_renewal_is_counted(bao: Bao, golden: Golden, vault_env: dict[str, str],
