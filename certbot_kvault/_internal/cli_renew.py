@@ -35,7 +35,7 @@ def _stream_err(chunk: str) -> None:
     click.echo(chunk, nl=False, err=True)
 
 
-def push_retry_option() -> Callable[[F], F]:
+def _push_retry_option() -> Callable[[F], F]:
     return click.option(
         "--push-retry-for", type=click.FloatRange(min=0), default=renewal.DEFAULT_PUSH_RETRY_FOR,
         show_default=True, envvar="KVAULT_PUSH_RETRY_FOR", metavar="SECONDS",
@@ -60,7 +60,7 @@ def push_retry_option() -> Callable[[F], F]:
 @click.option("--metrics-file", type=click.Path(dir_okay=False), default=None,
               envvar="KVAULT_METRICS_FILE", metavar="FILE",
               help="Write Prometheus textfile metrics here [KVAULT_METRICS_FILE]")
-@push_retry_option()
+@_push_retry_option()
 @click.argument("certbot_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CERTBOT-ARGS]")
 @common_options()
 def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[float],
@@ -94,7 +94,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
 @main.command("run")
 @click.argument("certbot_args", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- CERTBOT-ARGS")
-@push_retry_option()
+@_push_retry_option()
 @common_options()
 def run_(ctx: Context, push_retry_for: float, certbot_args: tuple[str, ...]) -> None:
     """Pull, run certbot with CERTBOT-ARGS, push; fail unless Vault then holds the result.
