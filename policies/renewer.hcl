@@ -31,13 +31,14 @@ path "secret/data/certbot/dns/*" {
   capabilities = ["read"]
 }
 
-# Lease locks (`renew`): create with cas=0, renew with cas=N, read the holder;
-# release deletes the lock and its metadata; list finds per-lineage locks.
+# Lease locks (`renew`): create with cas=0, renew and release with cas=N (a
+# released lock is a record without owner), read the holder; metadata read
+# finds the version of a soft-deleted lock; list finds per-lineage locks.
 path "secret/data/certbot/locks/*" {
   capabilities = ["create", "read", "update"]
 }
 path "secret/metadata/certbot/locks/*" {
-  capabilities = ["read", "list", "delete"]
+  capabilities = ["read", "list"]
 }
 
 # What Vault's `default` policy already grants, repeated for tokens made with

@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -138,6 +139,12 @@ def record(bao: Bao, prefix: str, path: str) -> Optional[dict[str, Any]]:
     return data
 
 
+def locks_held(bao: Bao, prefix: str) -> list[str]:
+    """Lock records below ``prefix`` that have an owner (a released lock has none)."""
+    return sorted(p for p in walk(bao, f"{prefix}/locks")
+                  if (record(bao, prefix, f"locks/{p}") or {}).get("owner"))
+
+
 def orders(pebble: Pebble) -> int:
     """ACME orders this Pebble has accepted so far (from its log)."""
     return pebble.log_path.read_text(errors="replace").count("Added order")
@@ -148,6 +155,105 @@ def fresh_dirs(tmp_path: Path, name: str = "run") -> tuple[Path, list[str]]:
     if root.exists():
         shutil.rmtree(root)
     return root, dir_args(root)
+
+
+# ---- a TCP proxy in front of Vault that can refuse connections for a while -------------
+
+
+class TcpFaultProxy:
+    """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target`` (the real Vault), in this process.
+
+    ``refuse_for(seconds)`` is a Vault that blinks: open connections are cut,
+    new ones refused (nothing listens), then it listens on the same port again.
+    The same byte pipe as test_dns's proxy, which a hook must be able to kill by
+    pid and so runs as a process.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self._mutex = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._stopped = False
+        self._timers: list[threading.Timer] = []
+        self._srv = socket.socket()
+        self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._srv.bind(("127.0.0.1", 0))
+        self.port: int = self._srv.getsockname()[1]
+        self._srv.listen(64)
+        self._start(self._srv)
+
+    def _start(self, srv: socket.socket) -> None:
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+
+    def _accept(self, srv: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return  # shut down: refusing, or stopped
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self._mutex:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def _close_all(self) -> None:
+        with self._mutex:
+            conns, self._conns = self._conns, []
+            srv = self._srv
+        # close() alone would not wake the thread blocked in accept().
+        for s in [srv, *conns]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def refuse_for(self, seconds: float) -> None:
+        """From now on for ``seconds``: every connection cut or refused."""
+        self._close_all()
+        timer = threading.Timer(seconds, self._listen_again)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _listen_again(self) -> None:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(64)
+        with self._mutex:
+            if self._stopped:
+                srv.close()
+                return
+            self._srv = srv
+        self._start(srv)
+
+    def stop(self) -> None:
+        with self._mutex:
+            self._stopped = True
+        for timer in self._timers:
+            timer.cancel()
+        self._close_all()
 
 
 # ---- a Kubernetes API server, as far as Vault's kubernetes auth needs one ----------------

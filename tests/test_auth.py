@@ -26,6 +26,7 @@ from renew_helpers import (
     TokenReviewStub,
     fresh_dirs,
     kv_version,
+    locks_held,
     run_kvault,
     scrubbed_env,
     seed,
@@ -323,4 +324,4 @@ def test_renew_end_to_end_with_short_lived_approle_token(bao: Bao, golden: Golde
     proc = run_kvault(["renew", *args, "--lock-ttl", "2"], env)
     assert "renewed: due" in proc.stdout
     assert kv_version(bao, prefix, "certificates/due") == before + 1
-    assert bao.api("GET", f"secret/metadata/{prefix}/locks/renew").status_code == 404
+    assert not locks_held(bao, prefix)

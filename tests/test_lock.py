@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 from renew_helpers import record
@@ -58,11 +58,17 @@ def test_take_hold_release(bao: Bao, vault_env: dict[str, str]) -> None:
     assert f"secret/data/{prefix}/locks/renew" in holder.describe()
 
     assert a.release("renew") is True
-    assert _meta(bao, prefix, "renew") is None  # deleted with its metadata
-    assert b.try_acquire("renew") is None       # cas=0 works again
+    # Released with one check-and-set write: no owner, expired; read as free.
+    released = record(bao, prefix, "locks/renew")
+    assert released is not None and released["owner"] == ""
+    assert parse_time(released["expires_at"]) < time.time()  # type: ignore[operator]
+    assert _meta(bao, prefix, "renew")["current_version"] == 2  # type: ignore[index]
+    assert a.read("renew") is None and b.held_by_other("renew") is None
+    assert b.try_acquire("renew") is None       # cas = the released version
     assert record(bao, prefix, "locks/renew")["owner"] == "b"  # type: ignore[index]
+    assert _meta(bao, prefix, "renew")["current_version"] == 3  # type: ignore[index]
     b.release_all()
-    assert _meta(bao, prefix, "renew") is None
+    assert record(bao, prefix, "locks/renew")["owner"] == ""  # type: ignore[index]
 
 
 def _race(racers: list[Locks]) -> dict[str, Optional[LockInfo]]:
@@ -145,7 +151,7 @@ def test_keeper_renews_and_loser_cannot_take(bao: Bao, vault_env: dict[str, str]
     assert meta is not None and int(str(meta["current_version"])) >= 3
     assert not a.lost
     a.release_all()
-    assert _meta(bao, prefix, "renew") is None
+    assert record(bao, prefix, "locks/renew")["owner"] == ""  # type: ignore[index]
 
 
 def test_taken_over_holder_notices_and_does_not_delete(bao: Bao,
@@ -163,6 +169,38 @@ def test_taken_over_holder_notices_and_does_not_delete(bao: Bao,
     assert "renew" in a.lost and "held by b" in a.lost["renew"]
     a.release_all()
     assert record(bao, prefix, "locks/renew")["owner"] == "b"  # type: ignore[index]
+
+
+def test_release_never_frees_a_lock_taken_over_meanwhile(bao: Bao,
+                                                          vault_env: dict[str, str]) -> None:
+    """b takes the lock over at the very moment a releases it (a was paused past its
+    TTL and does not know yet): a's release must leave b's lock alone."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    a = Locks(_layout(), ttl=30, owner="a")
+    assert a.try_acquire("renew") is None
+    a._stop.set()  # no keeper tick may notice the takeover first
+
+    def b_takes_over() -> None:
+        version = _meta(bao, prefix, "renew")["current_version"]  # type: ignore[index]
+        r = bao.api("POST", f"secret/data/{prefix}/locks/renew",
+                    json={"options": {"cas": version},
+                          "data": {"owner": "b", "expires_at": format_time(time.time() + 60)}})
+        assert r.status_code == 200, r.text
+
+    # Whatever request a's release sends to Vault, b's takeover lands just before it.
+    vault = a.vault
+    for method in ("write", "delete"):
+        real = getattr(vault, method)
+
+        def first_b(*args: Any, _real: Any = real, **kw: Any) -> Any:
+            if str(args[0]).endswith("/locks/renew"):
+                b_takes_over()
+            return _real(*args, **kw)
+
+        setattr(vault, method, first_b)
+    assert a.release("renew") is False
+    after = record(bao, prefix, "locks/renew")
+    assert after is not None and after["owner"] == "b"
 
 
 def test_acquire_waits_for_release(vault_env: dict[str, str]) -> None:

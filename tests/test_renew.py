@@ -13,6 +13,7 @@ from renew_helpers import (
     Golden,
     fresh_dirs,
     kv_version,
+    locks_held,
     orders,
     record,
     run_kvault,
@@ -56,7 +57,7 @@ def test_stateless_renew_from_empty_dir(bao: Bao, golden: Golden, vault_env: dic
     assert kv_version(bao, prefix, "certificates/calm") == calm_before
     assert orders(golden.pebble) == orders_before + 1
     # The lock is gone.
-    assert bao.api("GET", f"secret/metadata/{prefix}/locks/renew").status_code == 404
+    assert not locks_held(bao, prefix)
 
     text = metrics.read_text()
     assert "certbot_kvault_renew_renewed 1\n" in text
@@ -155,7 +156,7 @@ def test_killed_renewer_lock_taken_over_after_expiry(bao: Bao, golden: Golden,
     assert stale["owner"] in proc.stderr
     assert "renewed: due" in proc.stdout
     assert kv_version(bao, prefix, "certificates/due") == before + 1
-    assert bao.api("GET", f"secret/metadata/{prefix}/locks/renew").status_code == 404
+    assert not locks_held(bao, prefix)
 
 
 def test_due_within_pulls_only_what_is_due(bao: Bao, golden: Golden,
@@ -182,7 +183,7 @@ def test_due_within_pulls_only_what_is_due(bao: Bao, golden: Golden,
     assert "certbot_kvault_renew_checked 2" in text
     assert 'certificate_days_to_expiry{lineage="calm"}' in text
     assert "certbot_kvault_renew_renewed 1" in text
-    assert bao.api("LIST", f"secret/metadata/{prefix}/locks").status_code == 404
+    assert not locks_held(bao, prefix)
 
 
 def test_due_within_skips_lineages_other_renewers_hold(bao: Bao, golden: Golden,
@@ -232,7 +233,7 @@ def test_certbot_failure_propagates(bao: Bao, golden: Golden, vault_env: dict[st
     proc = run_kvault(["renew", *args, "--", "--no-such-certbot-flag"],
                       _env(bao, golden, prefix), check=False)
     assert proc.returncode == 2  # argparse's usage error, from certbot
-    assert bao.api("GET", f"secret/metadata/{prefix}/locks/renew").status_code == 404
+    assert not locks_held(bao, prefix)
 
 
 def test_run_issues_and_pushes(bao: Bao, golden: Golden, vault_env: dict[str, str],
@@ -277,22 +278,32 @@ path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}
                     json={"policies": [name], "ttl": "5m"}).json()["auth"]["client_token"]
     env = _env(bao, golden, prefix)
     env["VAULT_TOKEN"] = token
-    _, args = fresh_dirs(tmp_path)
+    root, args = fresh_dirs(tmp_path)
     proc = run_kvault(["run", *args, "--", "certonly", "--standalone", "--http-01-port",
                        str(golden.pebble.http_port), "-d", "ro.example.com", "--server",
                        golden.pebble.directory_url, "--non-interactive"], env, check=False)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "Vault does not hold what certbot produced" in proc.stderr
     assert "permission denied" in proc.stderr
-    assert "was NOT saved to Vault" in proc.stderr  # the deploy hook said so too
+    # `run` says it per lineage and leaves the pending mark, as the deploy hook would.
+    assert f"lineage ro.example.com: was NOT saved to Vault at secret/{prefix}/certificates/" \
+           "ro.example.com (permission denied" in proc.stderr
+    assert os.listdir(root / "config" / "kvault" / "pending") == ["ro.example.com"]
     assert record(bao, prefix, "certificates/ro.example.com") is None
 
 
-@pytest.mark.parametrize("flag", ["--lock-wait", "--lock-ttl", "--due-within", "--metrics-file"])
+@pytest.mark.parametrize("flag", ["--lock-wait", "--lock-ttl", "--due-within", "--metrics-file",
+                                  "--push-retry-for"])
 def test_renew_help_documents_options(flag: str) -> None:
     proc = subprocess.run([KVAULT, "renew", "--help"], capture_output=True, text=True,
                           check=True)
     assert flag in proc.stdout
+
+
+def test_run_help_documents_push_retry() -> None:
+    proc = subprocess.run([KVAULT, "run", "--help"], capture_output=True, text=True,
+                          check=True)
+    assert "--push-retry-for" in proc.stdout and "KVAULT_PUSH_RETRY_FOR" in proc.stdout
 
 
 def test_lock_record_shape(bao: Bao, vault_env: dict[str, str]) -> None:
@@ -329,5 +340,5 @@ def test_sigterm_releases_the_lock(bao: Bao, golden: Golden, vault_env: dict[str
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
-    assert bao.api("GET", f"secret/metadata/{prefix}/locks/renew").status_code == 404
+    assert not locks_held(bao, prefix)
     assert "Traceback" not in err

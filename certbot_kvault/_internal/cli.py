@@ -292,6 +292,13 @@ def deploy_hook(ctx: Context) -> None:
         raise click.ClickException("RENEWED_LINEAGE is not set: this command is run by certbot "
                                    "as a deploy hook. To push by hand: certbot-kvault push NAME")
     name = validate_name(os.path.basename(os.path.normpath(live)))
+    parent = sync.parent_pushes()
+    if parent is not None:
+        # Its push is checked against what it pulled (a renewer that lost its
+        # lock must not overwrite); one from here would not be.
+        click.echo(f"deploy hook: not pushing {name}: certbot-kvault (pid {parent}) that "
+                   "runs this certbot pushes it when certbot is done.")
+        return
     if ctx.opts.get("config_dir") in (None, DEFAULT_CONFIG_DIR):
         ctx.opts["config_dir"] = os.path.dirname(os.path.dirname(os.path.normpath(live)))
     tree = ctx.tree

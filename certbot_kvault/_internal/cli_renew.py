@@ -8,13 +8,15 @@ errors on stderr.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import click
 
 from certbot_kvault._internal import renewal
 from certbot_kvault._internal.cli import Context, common_options, kvault_bin, main, trust_option
 from certbot_kvault._internal.lock import DEFAULT_TTL, MIN_TTL
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _say(message: str) -> None:
@@ -27,6 +29,19 @@ def _notify(message: str) -> None:
 
 def _stream(chunk: str) -> None:
     click.echo(chunk, nl=False)
+
+
+def _stream_err(chunk: str) -> None:
+    click.echo(chunk, nl=False, err=True)
+
+
+def _push_retry_option() -> Callable[[F], F]:
+    return click.option(
+        "--push-retry-for", type=click.FloatRange(min=0), default=renewal.DEFAULT_PUSH_RETRY_FOR,
+        show_default=True, envvar="KVAULT_PUSH_RETRY_FOR", metavar="SECONDS",
+        help="When Vault is unreachable, sealed or answers 5xx while saving a new "
+             "certificate, keep trying (with backoff) this long before giving up "
+             "[KVAULT_PUSH_RETRY_FOR]")
 
 
 @main.command("renew")
@@ -45,11 +60,13 @@ def _stream(chunk: str) -> None:
 @click.option("--metrics-file", type=click.Path(dir_okay=False), default=None,
               envvar="KVAULT_METRICS_FILE", metavar="FILE",
               help="Write Prometheus textfile metrics here [KVAULT_METRICS_FILE]")
+@_push_retry_option()
 @click.argument("certbot_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CERTBOT-ARGS]")
 @trust_option
 @common_options()
 def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[float],
-          metrics_file: Optional[str], certbot_args: tuple[str, ...]) -> None:
+          metrics_file: Optional[str], push_retry_for: float,
+          certbot_args: tuple[str, ...]) -> None:
     """Lock, pull, `certbot renew --no-random-sleep-on-renew`, push, unlock.
 
     Starts from an empty --config-dir as well as from a full one; Vault is the
@@ -61,23 +78,27 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
     certbot-kvault renew -- --force-renewal --cert-name example.com
 
     A second renewer that cannot get the lock within --lock-wait exits 0 and
-    says who holds it and until when. Exit status: certbot's if it failed, 1
-    if Vault could not be updated, else 0.
+    says who holds it and until when. A renewer that lost its lock (paused past
+    --lock-ttl) saves nothing over what the one that took over saved. Exit
+    status: certbot's if it failed, 1 if a renewal failed or Vault could not be
+    updated, else 0.
     """
     args = renewal.check_certbot_args(certbot_args)
     sys.exit(renewal.renew(
         ctx.layout, ctx.tree, args, workers=ctx.workers, lock_wait=lock_wait,
         lock_ttl=lock_ttl, due_within=due_within, metrics_file=metrics_file,
         finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
-        say=_say, notify=_notify, stream=_stream))
+        say=_say, notify=_notify, stream=_stream, stream_err=_stream_err,
+        push_retry_for=push_retry_for))
 
 
 @main.command("run")
 @click.argument("certbot_args", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- CERTBOT-ARGS")
+@_push_retry_option()
 @trust_option
 @common_options()
-def run_(ctx: Context, certbot_args: tuple[str, ...]) -> None:
+def run_(ctx: Context, push_retry_for: float, certbot_args: tuple[str, ...]) -> None:
     """Pull, run certbot with CERTBOT-ARGS, push; fail unless Vault then holds the result.
 
     \b
@@ -91,6 +112,7 @@ def run_(ctx: Context, certbot_args: tuple[str, ...]) -> None:
     args = renewal.check_certbot_args(certbot_args)
     code = renewal.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
                        finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
-                       say=_say, notify=_notify, stream=_stream)
+                       say=_say, notify=_notify, stream=_stream,
+                       push_retry_for=push_retry_for)
     if code:
         sys.exit(code)

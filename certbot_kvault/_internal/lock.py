@@ -16,8 +16,11 @@ lock exactly one wins:
 - keep it: a daemon thread rewrites ``expires_at`` every ttl/3, again with
   ``cas`` = the version we wrote last (a lost CAS means the lock was taken
   over, and the holder is told through :attr:`Locks.lost`);
-- release it: delete the secret and its metadata, only after checking that we
-  still own it and it has not expired (so we never delete someone else's).
+- release it: write a released record (no owner, ``expires_at`` in the
+  past) with ``cas`` = the version we hold. One atomic step: if the lock was
+  taken over meanwhile, the version moved on and the write is refused, so we
+  never free someone else's lock. The next taker overwrites the released
+  record with ``cas`` = its version, as it does a stale one.
 
 The design follows caddy-vault-storage: ``cas=0`` to create, an expiry
 inside the entry, a loser that retries after a pause. Clocks: ``expires_at``
@@ -57,6 +60,8 @@ DEFAULT_TTL = 300
 MIN_TTL = 2
 
 _PROCESS_OWNER: Optional[str] = None
+# What a released lock holds: no owner, an expiry long past.
+_RELEASED = {"owner": "", "expires_at": "1970-01-01T00:00:00Z", "acquired_at": ""}
 
 
 def process_owner() -> str:
@@ -109,6 +114,11 @@ class LockInfo:
     expires_at: Optional[float]
     version: Optional[int]
     acquired_at: Optional[float] = None
+
+    @property
+    def released(self) -> bool:
+        """A record its holder released (no owner): free, kept only for its version."""
+        return not self.owner
 
     def expired(self, now: Optional[float] = None) -> bool:
         # A lock without a readable expiry is garbage: anyone may take it.
@@ -165,7 +175,14 @@ class Locks:
         return self.vault.api_path(self.path(name))
 
     def read(self, name: str) -> Optional[LockInfo]:
-        """The lock as it is in Vault now (None if free)."""
+        """The lock as it is in Vault now (None if free, released included)."""
+        info = self._read_any(name)
+        if info is None or info.released:
+            return None
+        return info
+
+    def _read_any(self, name: str) -> Optional[LockInfo]:
+        """The lock record, a released one included (its version is what a taker CASes on)."""
         entry = self.vault.read(self.path(name))
         if entry is None:
             return None
@@ -191,14 +208,14 @@ class Locks:
         """Take ``name`` if free or stale. None on success, else who holds it."""
         path = self.path(name)
         now = self._clock()
-        info = self.read(name)
+        info = self._read_any(name)
         if info is not None and info.owner != self.owner and not info.expired(now):
             return info
         if info is None:
             cas = 0
         else:
             cas = int(info.version or 0)
-            if info.owner != self.owner:
+            if info.owner != self.owner and not info.released:
                 logger.info("Taking over the stale lock %s (was %s)", name, info.describe())
         expires_at = now + self.ttl
         try:
@@ -332,7 +349,8 @@ class Locks:
                 info = self.read(name)
             except VaultError:
                 pass
-            why = info.describe() if info is not None else "deleted by someone else"
+            why = info.describe() if info is not None else \
+                f"free again ({self.where(name)}), released or deleted by someone else"
             self._mark_lost(name, f"lock {name} was taken over: now {why}")
             return False
         except VaultError as e:
@@ -360,7 +378,7 @@ class Locks:
     # ---- releasing ------------------------------------------------------------
 
     def release(self, name: str) -> bool:
-        """Delete ``name`` if we still own it and it has not expired. True if deleted."""
+        """Mark ``name`` released if we still hold it (check-and-set). True if released."""
         with self._io:
             return self._release(name)
 
@@ -370,24 +388,12 @@ class Locks:
         if held is None:
             return False
         try:
-            info = self.read(name)
+            self.vault.write(self.path(name), _RELEASED, cas=held.version)
+        except VaultConflict:
+            logger.warning("Lock %s was no longer ours at release (taken over)", name)
+            return False
         except VaultError as e:
             logger.warning("Could not release lock %s (%s); it expires at %s", name, e,
-                           format_time(held.expires_at))
-            return False
-        if info is None or info.owner != self.owner or info.version != held.version:
-            logger.warning("Lock %s was no longer ours at release (%s)", name,
-                           info.describe() if info else "gone")
-            return False
-        # Close to expiry someone may be taking it over right now: leave it
-        # to expire rather than risk deleting their fresh lock.
-        if info.expires_at is not None and info.expires_at - self._clock() < 1.0:
-            return False
-        try:
-            # Delete metadata too, so that the next taker can create it with cas=0.
-            self.vault.delete(self.path(name), purge=True)
-        except VaultError as e:
-            logger.warning("Could not delete lock %s (%s); it expires at %s", name, e,
                            format_time(held.expires_at))
             return False
         logger.debug("Released lock %s", name)

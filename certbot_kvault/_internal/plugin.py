@@ -223,6 +223,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
                 self._vault = None
 
     def _push(self, tree: Tree, names: list[str], workers: int = sync.DEFAULT_WORKERS) -> None:
+        if sync.parent_pushes() is not None:
+            return  # `certbot-kvault renew`/`run` pushes after certbot, checked against its pull
         try:
             report = sync.push(tree, self.layout, names, workers=workers)
         except VaultError as e:

@@ -26,6 +26,15 @@ the ARI hint (``[acme_renewal_info]``) that certbot 5 writes into every
 renewal conf it looks at is not a change worth a new Vault version per
 lineage per run (a stateless renewer simply asks the CA's ARI endpoint again).
 
+A renewer paused past its lease (SIGSTOP, a frozen VM) resumes as if nothing
+happened, though another may have taken its lock over and renewed: so its
+push is a check-and-set against the KV versions it pulled (a fence), never
+against what it reads just before writing, and certbot's deploy hook, which
+would push unfenced, stands down (``KVAULT_PARENT_PUSH``). A push that finds
+Vault unreachable, sealed or failing is tried again for ``--push-retry-for``
+seconds, still under the lock: in a container the new certificate exists
+nowhere else.
+
 Nothing here prints: the caller passes ``say`` (one result line, stdout),
 ``notify`` (progress, skips and errors, stderr) and ``stream`` (certbot's own
 output, as it comes, newlines included). Errors are ``certbot.errors.Error``.
@@ -44,6 +53,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -63,13 +73,17 @@ from certbot_kvault._internal.lock import (
 )
 from certbot_kvault._internal.metrics import Metrics
 from certbot_kvault._internal.tree import Tree
-from certbot_kvault._internal.vault import KVEntry
+from certbot_kvault._internal.vault import KVEntry, is_transient
 
 Notify = Callable[[str], None]
 State = tuple[Optional[int], Optional[str]]
 
 DIR_FLAGS = ("--config-dir", "--work-dir", "--logs-dir")
+# certbot's renewal summary (stdout or stderr, depending on the case and version).
 _FAILURE_RE = re.compile(r"/live/([^/\s]+)/fullchain\.pem \(failure\)")
+_PARSEFAIL_RE = re.compile(r"/renewal/([^/\s]+)\.conf \(parsefail\)")
+DEFAULT_PUSH_RETRY_FOR = 300
+_MAX_BACKOFF = 10.0
 
 
 class CertbotNotFound(errors.Error):
@@ -116,17 +130,43 @@ def _dir_args(tree: Tree) -> list[str]:
             "--logs-dir", os.path.abspath(d.logs_dir)]
 
 
-def run_certbot(argv: list[str], stream: Notify) -> tuple[int, str]:
-    """Run certbot; each line of its stdout goes to ``stream`` as it comes and is returned."""
+def run_certbot(argv: list[str], stream: Notify,
+                stream_err: Optional[Notify] = None) -> tuple[int, str]:
+    """Run certbot; each line of its stdout goes to ``stream`` as it comes and is returned.
+
+    With ``stream_err`` its stderr goes there as it comes and is returned too
+    (after stdout). certbot is told that we push (sync.PARENT_PUSH_ENV), so the
+    deploy hook and the plugin leave that to us.
+    """
     cmd = [certbot_bin(), *argv]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+    env = dict(os.environ)
+    env[sync.PARENT_PUSH_ENV] = str(os.getpid())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE if stream_err else None, text=True,
+                            bufsize=1, env=env)
     out: list[str] = []
+    err: list[str] = []
+    pump: Optional[threading.Thread] = None
+    if stream_err is not None:
+        assert proc.stderr is not None
+        pipe, emit = proc.stderr, stream_err
+
+        def copy_stderr() -> None:
+            for line in pipe:
+                err.append(line)
+                emit(line)
+
+        pump = threading.Thread(target=copy_stderr, name="certbot-stderr", daemon=True)
+        pump.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             out.append(line)
             stream(line)
-        return proc.wait(), "".join(out)
+        rc = proc.wait()
+        if pump is not None:
+            pump.join()
+        return rc, "".join(out + err)
     except BaseException:
         # SIGTERM (turned into SystemExit) or Ctrl-C: stop certbot too, then unwind
         # so the lock is released.
@@ -344,18 +384,21 @@ def plan_due(layout: Layout, locks: Locks, lock_wait: float, due_within: float,
 def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wait: float,
           lock_ttl: int, due_within: Optional[float], metrics_file: Optional[str],
           finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
-          say: Notify, notify: Notify, stream: Notify) -> int:
+          say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify] = None,
+          push_retry_for: float = DEFAULT_PUSH_RETRY_FOR) -> int:
     """Lock, pull, ``certbot renew ARGS``, push, unlock; the exit status.
 
     Metrics go to ``metrics_file`` (if any) however the run ends.
     ``finish_pending`` completes what a deploy hook left undone (under the lock).
+    ``stream_err`` gets certbot's stderr as it comes (else certbot writes it itself).
     """
     metrics = Metrics(started=time.time())
     code = 1
     try:
         with sigterm_unwinds():
             code = _renew(layout, tree, args, workers, lock_wait, lock_ttl, due_within,
-                          metrics, finish_pending, kvault_bin, say, notify, stream)
+                          metrics, finish_pending, kvault_bin, say, notify, stream,
+                          stream_err, push_retry_for)
     finally:
         metrics.exit_code = code
         if metrics_file:
@@ -363,10 +406,30 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
     return code
 
 
+def _certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[str],
+                      renewed: set[str]) -> set[str]:
+    """The lineages certbot was asked to renew and did not renew because something failed.
+
+    ``rcs``: one certbot per lineage, whose exit status says it. One certbot
+    for all exits 0 only if every renewal it attempted worked; otherwise its
+    summary names the failures (on stdout or stderr), and when it names none
+    (it stopped before its summary) no lineage it did not renew is known to be
+    fine, so each counts as failed.
+    """
+    if rcs:
+        return {n for n, one_rc in rcs.items() if one_rc != 0 and n not in renewed}
+    if rc == 0:
+        return set()
+    named = set(_FAILURE_RE.findall(output)) | set(_PARSEFAIL_RE.findall(output))
+    named &= set(asked)
+    return named or set(asked) - renewed
+
+
 def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait: float,
            lock_ttl: int, due_within: Optional[float], metrics: Metrics,
            finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
-           say: Notify, notify: Notify, stream: Notify) -> int:
+           say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
+           push_retry_for: float) -> int:
     with Locks(layout, ttl=lock_ttl) as locks:
         if due_within is None:
             plan = plan_all(layout, locks, lock_wait, workers, notify)
@@ -378,7 +441,8 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
             return 0
 
         pending = finish_pending()
-        pulled = sync.pull(tree, layout, plan.names, workers=workers, kvault_bin=kvault_bin)
+        pulled = sync.pull(tree, layout, plan.names, workers=workers, kvault_bin=kvault_bin,
+                           used_accounts_only=True)
         for line in pulled.warnings:
             notify(line)
         failed: set[str] = set()
@@ -398,27 +462,47 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         else:
             allowed = [n for n in local if n not in plan.excluded and n not in failed]
         rc = 0
+        rcs: dict[str, int] = {}
         output = ""
         base = ["renew", "--no-random-sleep-on-renew", *_dir_args(tree), *args]
         if not local:
             say("renew: no lineages to renew (Vault holds none).")
         elif set(allowed) == set(local):
-            rc, output = run_certbot(base, stream)
+            rc, output = run_certbot(base, stream, stream_err)
         else:
             for name in allowed:
-                one_rc, one_out = run_certbot([*base, "--cert-name", name], stream)
-                rc = rc or one_rc
+                rcs[name], one_out = run_certbot([*base, "--cert-name", name], stream,
+                                                 stream_err)
+                rc = rc or rcs[name]
                 output += one_out
-        failed |= set(_FAILURE_RE.findall(output))
         after = _states(tree)
         changed = [n for n in sorted(after) if before.get(n) != after[n]]
-        pushed = sync.push(tree, layout, changed, workers=workers)
+        grew = {n for n in changed
+                if (after[n][0] or 0) > ((before.get(n) or (0, None))[0] or 0)}
+        failed |= _certbot_failures(rc, rcs, output, allowed, grew)
+        pushed = push_until_saved(
+            tree, layout, changed, workers=workers, retry_for=push_retry_for, notify=notify,
+            expected={n: pulled.versions[n] for n in changed if n in pulled.versions})
+        for name in pushed.fenced:
+            for lock in (lineage_lock(name), GLOBAL_LOCK):
+                if locks.holds(lock):
+                    # A renewer that was paused learns now, not at the keeper's
+                    # next tick, that its lease was taken over.
+                    locks.renew(lock)
+        lost = locks.lost
         for item, err in pushed.failed:
-            notify(f"error: {item}: {err}")
-            if item.startswith("lineage "):
-                failed.add(item[len("lineage "):])
-        renewed = [n for n in changed if n not in failed and
-                   (after[n][0] or 0) > ((before.get(n) or (0, None))[0] or 0)]
+            lineage = item[len("lineage "):] if item.startswith("lineage ") else None
+            if lineage is not None:
+                failed.add(lineage)
+            if lineage in pushed.fenced:
+                why = lost.get(lineage_lock(lineage)) or lost.get(GLOBAL_LOCK)
+                cause = f"this renewer's lock was lost ({why}) and " if why else ""
+                notify(f"error: lineage {lineage}: {cause}{err} The certificate renewed here "
+                       "was NOT saved to Vault; Vault keeps the other renewer's.")
+            else:
+                notify(f"error: {item}: {err}")
+        _take_back(tree, layout, pushed.fenced, workers, notify)
+        renewed = [n for n in changed if n not in failed and n in grew]
         for name in renewed:
             say(f"renewed: {name} (version {after[name][0]}, saved to Vault)")
         now = time.time()
@@ -428,15 +512,85 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
                 metrics.days_to_expiry[name] = round((ts - now) / 86400, 3)
         metrics.renewed = len(renewed)
         metrics.failed = len(failed)
-        lost = locks.lost
-        for why in lost.values():
-            notify(f"warning: {why}; what was renewed was still saved with check-and-set")
+        if not pushed.fenced:
+            for why in lost.values():
+                notify(f"warning: {why}; Vault had not changed since this run pulled, so "
+                       "what was renewed here was saved")
     say(f"renew: {len(renewed)} renewed, {len(failed)} failed, {len(allowed)} checked")
     if rc != 0:
         return rc
-    if not pushed.ok or not pulled.ok or not pending.ok:
+    if failed or not pushed.ok or not pulled.ok or not pending.ok:
         return 1
     return 0
+
+
+def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,
+               notify: Notify) -> None:
+    """Put Vault's copy of lineages whose push was fenced back on disk, so that a
+    later push from this config dir cannot replace it with ours."""
+    if not names:
+        return
+    report = sync.pull(tree, layout, names, workers=workers, accounts=False)
+    for item, err in report.failed:
+        notify(f"error: {item}: {err}")
+
+
+def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
+                     at_stake: Optional[list[str]] = None, workers: int, retry_for: float,
+                     notify: Notify, expected: Optional[dict[str, int]] = None,
+                     sleep: Callable[[float], None] = time.sleep,
+                     clock: Callable[[], float] = time.monotonic) -> sync.Report:
+    """``sync.push``, tried again while Vault is unreachable, sealed or answering 5xx.
+
+    Only while something renewed here is at stake (``at_stake``, default
+    ``names``): a container's new certificate exists nowhere else. Pauses grow
+    1, 2, 4 ... up to 10 s, with jitter, for at most ``retry_for`` seconds;
+    then each lineage at stake is reported failed and left with a pending mark
+    that the next certbot-kvault command with this config dir completes.
+    """
+    stake = list(names or []) if at_stake is None else at_stake
+    deadline = clock() + max(0.0, retry_for)
+    delay = 1.0
+    while True:
+        try:
+            report = sync.push(tree, layout, names, workers=workers, expected=expected)
+        except errors.Error as e:
+            if not stake:
+                raise
+            left = deadline - clock()
+            if not is_transient(e) or left <= 0:
+                return _not_saved(tree, layout, sync.Report(), stake, str(e))
+            pause = min(left, delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+            what = ", ".join(stake[:5]) + (f" and {len(stake) - 5} more" if len(stake) > 5
+                                           else "")
+            notify(f"warning: saving {what} to Vault failed ({e}); trying again "
+                   f"in {pause:.1f}s, for {left:.0f}s more (--push-retry-for)")
+            sleep(pause)
+            delay = min(_MAX_BACKOFF, delay * 2)
+            continue
+        # What the deploy hook would have done for a lineage it could not save
+        # (it stands down for us): a pending mark. Not for a fenced one: Vault
+        # holds another renewer's newer certificate, which must stay.
+        reasons = dict(report.failed)
+        unsaved = {f"lineage {n}": n for n in stake
+                   if f"lineage {n}" in reasons and n not in report.fenced}
+        report.failed = [(i, e) for i, e in report.failed if i not in unsaved]
+        for item, name in unsaved.items():
+            _not_saved(tree, layout, report, [name], reasons[item])
+        return report
+
+
+def _not_saved(tree: Tree, layout: Layout, report: sync.Report, names: list[str],
+               reason: str) -> sync.Report:
+    """Each lineage failed in ``report``, saying so, with a pending mark."""
+    for name in names:
+        mark = sync.mark_pending(tree, name, reason)
+        report.failed.append((f"lineage {name}", f"was NOT saved to Vault at "
+                                                 f"{layout.where('certificates', name)} "
+                                                 f"({reason}); pending mark at {mark}: run "
+                                                 f"`certbot-kvault push --config-dir "
+                                                 f"{tree.config_dir} {name}`"))
+    return report
 
 
 # ---- run ---------------------------------------------------------------------------------------
@@ -444,7 +598,8 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
 
 def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
         finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
-        say: Notify, notify: Notify, stream: Notify) -> int:
+        say: Notify, notify: Notify, stream: Notify,
+        push_retry_for: float = DEFAULT_PUSH_RETRY_FOR) -> int:
     """Pull, certbot ARGS, push, read back; the exit status.
 
     Raises PullFailed (certbot not run) if any record could not be pulled.
@@ -465,10 +620,17 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
         if args and args[0] == "renew" and "--no-random-sleep-on-renew" not in args:
             # Without a TTY certbot would sleep up to 8 minutes first.
             extra.append("--no-random-sleep-on-renew")
+        before = _states(tree)
         rc, _ = run_certbot([*args, *extra, *_dir_args(tree)], stream)
-        pushed = sync.push(tree, layout, None, workers=workers)
+        after = _states(tree)
+        changed = [n for n in sorted(after) if before.get(n) != after[n]]
+        pushed = push_until_saved(
+            tree, layout, None, at_stake=changed, workers=workers, retry_for=push_retry_for,
+            notify=notify,
+            expected={n: pulled.versions[n] for n in changed if n in pulled.versions})
         problems = [f"{item}: {err}" for item, err in pending.failed + pushed.failed]
         problems += verify(tree, layout, workers)
+        _take_back(tree, layout, pushed.fenced, workers, notify)
     for p in problems:
         notify(f"error: {p}")
     if rc != 0:

@@ -21,8 +21,9 @@ import datetime
 import json
 import logging
 import os
-from typing import Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Collection, Iterable, Iterator, Optional, TypeVar
 
+import configobj
 from certbot import errors
 
 from certbot_kvault._internal import trust
@@ -31,16 +32,19 @@ from certbot_kvault._internal.layout import (
     Layout,
     LineageRecord,
     RecordError,
+    server_path_for_url,
     validate_name,
 )
 from certbot_kvault._internal.tree import Tree, TreeError, _atomic_write
 from certbot_kvault._internal.vault import (
     VaultAuthError,
+    VaultConflict,
     VaultError,
     VaultNotFound,
     VaultSealed,
     VaultUnreachable,
     VaultUnsupported,
+    is_transient,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,12 +57,20 @@ FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsu
 
 DEFAULT_WORKERS = 8
 PENDING_DIR = os.path.join("kvault", "pending")
+# Set on a certbot that `certbot-kvault renew`/`run` starts (to that process's
+# pid): the deploy hook and the plugin leave the push to it, so that its
+# fenced push at the end is the only one.
+PARENT_PUSH_ENV = "KVAULT_PARENT_PUSH"
 
 
 @dataclasses.dataclass
 class Report:
     """What a pull or push did, item by item (items are 'lineage NAME' / 'account ID')."""
 
+    # pull: the KV version of each lineage as pulled (KV v2), for a fenced push.
+    versions: dict[str, int] = dataclasses.field(default_factory=dict)
+    # push: lineages refused because Vault changed after the pull (also in failed).
+    fenced: list[str] = dataclasses.field(default_factory=list)
     written: list[str] = dataclasses.field(default_factory=list)
     unchanged: list[str] = dataclasses.field(default_factory=list)
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -67,6 +79,8 @@ class Report:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     def merge(self, other: Report) -> Report:
+        self.versions.update(other.versions)
+        self.fenced += other.fenced
         self.written += other.written
         self.unchanged += other.unchanged
         self.failed += other.failed
@@ -118,6 +132,8 @@ def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
     except FATAL:
         raise
     except (RecordError, TreeError, VaultError, errors.PluginError) as e:
+        if is_transient(e):
+            raise  # Vault itself answers 5xx: as FATAL, for the caller to retry
         logger.debug("%s failed: %s", item, e)
         report.failed.append((item, str(e)))
         return report
@@ -137,26 +153,66 @@ def _run(items: Iterable[str], work: Callable[[str], Report], workers: int) -> R
 
 def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          workers: int = DEFAULT_WORKERS, kvault_bin: Optional[str] = None,
-         accounts: bool = True) -> Report:
-    """Rebuild the config dir from Vault: accounts, then the named (or all) lineages."""
+         accounts: bool = True, used_accounts_only: bool = False) -> Report:
+    """Rebuild the config dir from Vault: accounts, then the named (or all) lineages.
+
+    ``used_accounts_only``: pull only the accounts the pulled lineages' renewal
+    confs name (renewing), since with several accounts for one server and
+    ``--server`` on certbot's command line certbot asks which one to use.
+    """
     layout.vault.login()  # once, before the workers: a refused login stops everything
     tree.ensure_base()
     report = Report()
-    if accounts:
+    if accounts and not used_accounts_only:
         report.merge(_run((f"{s}\0{i}" for s, i in layout.list_accounts()),
                           lambda key: _pull_account(tree, layout, *key.split("\0")), workers))
     wanted = names if names is not None else layout.list_lineages()
     report.merge(_run(wanted, lambda name: _pull_lineage(tree, layout, name), workers))
+    if accounts and used_accounts_only:
+        pulled = [i[len("lineage "):] for i in report.written if i.startswith("lineage ")]
+        used = _used_accounts(tree, pulled)
+        if used is None:  # a lineage without account/server: certbot may need any of them
+            used = {(s, i): [] for s, i in layout.list_accounts()}
+        users = {f"{s}\0{i}": (s, i, lineages) for (s, i), lineages in used.items()}
+
+        def pull_used(key: str) -> Report:
+            server_path, account_id, lineages = users[key]
+            return _pull_account(tree, layout, server_path, account_id, used_by=lineages)
+
+        report.merge(_run(sorted(users), pull_used, workers))
     tree.install_hook(kvault_bin)
     return report
 
 
-def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str) -> Report:
+def _used_accounts(tree: Tree,
+                   names: Collection[str]) -> Optional[dict[tuple[str, str], list[str]]]:
+    """(server path, account id) -> the lineages whose renewal conf names it; None if one
+    names no account or server."""
+    used: dict[tuple[str, str], list[str]] = {}
+    for name in sorted(names):
+        try:
+            conf = configobj.ConfigObj(tree.renewal_conf_path(name), encoding="utf-8",
+                                       file_error=True)
+            params = conf.get("renewalparams", {})
+            account, server = params.get("account"), params.get("server")
+            if not account or not server:
+                return None
+            used.setdefault((server_path_for_url(server), account), []).append(name)
+        except (OSError, configobj.ConfigObjError, RecordError):
+            return None
+    return used
+
+
+def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str,
+                  *, used_by: Optional[list[str]] = None) -> Report:
     def work() -> bool:
         record = layout.load_account(server_path, account_id)
+        where = layout.where('accounts', server_path, account_id)
+        if record is None and used_by:
+            raise RecordError(f"lineage {', '.join(used_by)} uses ACME account {account_id}, "
+                              f"which is not in Vault ({where}); its renewal will fail.")
         if record is None:
-            raise RecordError(f"{layout.where('accounts', server_path, account_id)} vanished "
-                              "while pulling.")
+            raise RecordError(f"{where} vanished while pulling.")
         tree.write_account(record)
         return True
 
@@ -165,11 +221,15 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str)
 
 def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
     warnings: list[str] = []
+    kv_version: Optional[int] = None
 
     def work() -> bool:
+        nonlocal kv_version
         validate_name(name)
-        record = layout.load_lineage(name)
-        if record is None:
+        entry = layout.read_lineage_raw(name)
+        record = None if entry is None else \
+            LineageRecord.from_kv(name, entry, layout.where("certificates", name))
+        if record is None or entry is None:
             raise RecordError(f"No lineage {name} in Vault ({layout.where('certificates', name)}"
                               "); see `certbot-kvault list`.")
         local = tree.current_version(name)
@@ -183,10 +243,13 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
         tree.write_lineage(record)
         if ignored:
             warnings.append(trust.warning(name, ignored))
+        kv_version = entry.version
         return True
 
     report = _outcome(f"lineage {name}", work)
     report.warnings += warnings
+    if kv_version is not None:
+        report.versions[name] = kv_version
     return report
 
 
@@ -194,8 +257,17 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
 
 
 def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
-         workers: int = DEFAULT_WORKERS, accounts: bool = True) -> Report:
-    """Write local accounts and the named (or all) lineages to Vault; only what changed."""
+         workers: int = DEFAULT_WORKERS, accounts: bool = True,
+         expected: Optional[dict[str, int]] = None) -> Report:
+    """Write local accounts and the named (or all) lineages to Vault; only what changed.
+
+    ``expected`` (lineage -> KV version seen at pull time, ``Report.versions``)
+    fences those lineages: the write is a check-and-set against that version,
+    not against one read just before writing, so a renewer that lost its lock
+    cannot replace what the renewer that took over saved. Such a refusal is in
+    ``failed`` and ``fenced``.
+    """
+    fence = expected or {}
     layout.vault.login()
     report = Report()
     if accounts:
@@ -204,7 +276,8 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
             (f"{s}\0{i}" for s, i in tree.account_dirs()),
             lambda key: _push_account(tree, layout, urls, *key.split("\0")), workers))
     wanted = names if names is not None else tree.lineage_names()
-    report.merge(_run(wanted, lambda name: _push_lineage(tree, layout, name), workers))
+    report.merge(_run(wanted, lambda name: _push_lineage(tree, layout, name, fence.get(name)),
+                      workers))
     for item in report.written + report.unchanged:
         if item.startswith("lineage "):
             clear_pending(tree, item[len("lineage "):])
@@ -230,7 +303,17 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
     return _outcome(f"account {account_id}", work)
 
 
-def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
+def _push_lineage(tree: Tree, layout: Layout, name: str,
+                  expected: Optional[int] = None) -> Report:
+    fenced = False
+
+    def refuse(now: str) -> RecordError:
+        nonlocal fenced
+        fenced = True
+        return RecordError(f"{layout.where('certificates', name)} changed in Vault after this "
+                           f"run pulled its KV version {expected} (now {now}): not "
+                           "overwriting it.")
+
     def work() -> bool:
         local = tree.read_lineage(validate_name(name))
         entry = layout.read_lineage_raw(name)
@@ -243,15 +326,28 @@ def _push_lineage(tree: Tree, layout: Layout, name: str) -> Report:
             if remote is not None:
                 if remote.same_content(local) or as_pulled(tree, remote, local):
                     return False
+                if expected is not None and entry.version != expected:
+                    raise refuse(f"version {entry.version}")
                 if remote.version > local.version:
                     raise RecordError(
                         f"Vault holds version {remote.version} of {name}, newer than this "
                         f"machine's {local.version}: run `certbot-kvault pull {name}` instead "
                         "of pushing.")
+        if expected is not None:
+            if entry is None or entry.version != expected:
+                raise refuse(f"version {entry.version}" if entry is not None else "deleted")
+            try:
+                layout.save_lineage(local, cas=expected)
+            except VaultConflict:
+                raise refuse("a newer version") from None
+            return True
         layout.save_lineage(local, cas=entry.version if entry is not None else 0)
         return True
 
-    return _outcome(f"lineage {name}", work)
+    report = _outcome(f"lineage {name}", work)
+    if fenced:
+        report.fenced.append(name)
+    return report
 
 
 def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
@@ -272,6 +368,21 @@ def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
 
 
 # ---- pending marks: a push that a deploy hook could not do ---------------------
+
+
+def parent_pushes() -> Optional[int]:
+    """The pid of the `certbot-kvault renew`/`run` that started this certbot, if it still
+    runs: it pushes when certbot is done, so a hook or the plugin must not push first."""
+    try:
+        pid = int(os.environ.get(PARENT_PUSH_ENV, ""))
+        if pid <= 0:  # kill(0 or -N) would signal a process group
+            return None
+        os.kill(pid, 0)
+    except PermissionError:
+        pass  # it runs, as another user
+    except (ValueError, ProcessLookupError, OverflowError):
+        return None
+    return pid
 
 
 def loud_failure(*lines: str) -> str:

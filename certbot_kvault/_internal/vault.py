@@ -868,3 +868,12 @@ def _first_line(e: BaseException) -> str:
 def _is_not_found(e: VaultError) -> bool:
     cause = e.__context__
     return isinstance(cause, hvac.exceptions.InvalidPath) or "InvalidPath" in str(e)
+
+
+def is_transient(e: BaseException) -> bool:
+    """Vault down, sealed, or still answering 5xx after our retries: worth trying later."""
+    if isinstance(e, (VaultUnreachable, VaultSealed)):
+        return True
+    return isinstance(e, VaultError) and isinstance(
+        e.__context__, (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway,
+                        hvac.exceptions.VaultDown, hvac.exceptions.UnexpectedError))
