@@ -16,7 +16,8 @@ echo "[test] pytest -q $*"
 .venv/bin/pytest -q "$@"
 
 # The lowest supported versions (scripts/min-versions.txt): the tests that drive
-# certbot itself, run again against certbot 2.7. KVAULT_SKIP_MIN=1 skips it.
+# certbot itself and the trust tests (hostile records, key modes, diagnostics,
+# fencing), run again against certbot 2.7. KVAULT_SKIP_MIN=1 skips it.
 if [ "${KVAULT_SKIP_MIN:-0}" != 1 ] && [ "$#" -eq 0 ]; then
     echo "[test] lowest supported versions (.venv-min)"
     if [ ! -x .venv-min/bin/python ]; then
@@ -26,5 +27,7 @@ if [ "${KVAULT_SKIP_MIN:-0}" != 1 ] && [ "$#" -eq 0 ]; then
         PyJWT requests
     .venv-min/bin/python -m pip install -q --no-deps -e .
     .venv-min/bin/python -m pytest -q -p no:cacheprovider tests/test_roundtrip.py \
-        tests/test_installer.py tests/test_errors.py tests/test_dns.py tests/test_cli.py
+        tests/test_installer.py tests/test_errors.py tests/test_dns.py tests/test_cli.py \
+        tests/test_hostile.py tests/test_keymodes.py tests/test_diagnostics.py \
+        tests/test_fencing.py
 fi
