@@ -16,20 +16,26 @@ import dataclasses
 import io
 import os
 import re
-import tempfile
 from typing import Any, Iterator, Optional
 
 import configobj
 from certbot import errors
-from certbot.compat import filesystem
 
 from certbot_kvault._internal import trust
-from certbot_kvault._internal.layout import (
+from certbot_kvault._internal.files import (
+    atomic_symlink,
+    atomic_write,
+    current_umask,
+    make_dirs,
+    same_file,
+)
+from certbot_kvault._internal.records import (
     PEM_KINDS,
     AccountRecord,
     LineageRecord,
     PemSet,
     RecordError,
+    server_path_for_url,
     validate_name,
     validate_server_path,
 )
@@ -74,69 +80,6 @@ class Dirs:
     logs_dir: str
 
 
-def _atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) -> None:
-    """Write via a temp file and a rename; ``like``: a private key to take the group and
-    group/other bits from (see ``_key_to_follow``)."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kvault-", suffix=".tmp")
-    try:
-        # No fsync, as certbot's storage: the rename keeps readers from ever
-        # seeing half a file, and the tree is a cache that `pull` rebuilds.
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if like is not None:
-            # Before the rename, so the key never shows with other permissions.
-            # Neither call touches the process umask (safe in worker threads).
-            try:
-                filesystem.copy_ownership_and_apply_mode(
-                    like, tmp, filesystem.compute_private_key_mode(like, mode),
-                    copy_user=False, copy_group=True)
-            except FileNotFoundError:
-                like = None  # removed meanwhile: nothing to follow
-        if like is None:
-            filesystem.chmod(tmp, mode)
-        filesystem.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_symlink(target: str, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".kvault-{os.path.basename(path)}.lnk")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, path)
-
-
-def _current_umask() -> int:
-    # Read once, before any worker thread exists: umask is process-wide, and
-    # certbot's own filesystem.makedirs flips it, which is why it is not used
-    # here (parallel pulls would create files with each other's modes).
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def _mkdirs(path: str, mode: int) -> None:
-    """Create path and missing parents, each with exactly ``mode`` (as certbot's makedirs)."""
-    missing = []
-    p = path
-    while not os.path.isdir(p):
-        missing.append(p)
-        parent = os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, mode)
-        except FileExistsError:
-            continue  # another worker made it
-        os.chmod(d, mode)
-
-
 def _read_text(path: str, where: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
@@ -153,7 +96,7 @@ class Tree:
         # Whether hooks and machine paths in Vault's renewal confs are used (trust.py).
         self.trust_vault_hooks = trust_vault_hooks
         self.config_dir = os.path.abspath(dirs.config_dir)
-        umask = _current_umask()
+        umask = current_umask()
         # What certbot gets from open() and os.mkdir() under this umask.
         self.file_mode = 0o666 & ~umask
         self.dir_mode = 0o777 & ~umask
@@ -367,7 +310,7 @@ class Tree:
         archive = self.archive_dir(name)
         live = self.live_dir(name)
         for d in (archive, live):
-            _mkdirs(d, self.dir_mode)
+            make_dirs(d, self.dir_mode)
         versions = {**record.archive, record.version: record.pems}
         file_mode = self.file_mode
         for n, pems in sorted(versions.items()):
@@ -378,37 +321,37 @@ class Tree:
                     # Whoever reads the key (nginx, postfix through group
                     # ssl-cert) keeps reading it: a right key is left as the
                     # admin set it, a new one follows the one before it.
-                    if not _same_file(path, data, None):
-                        _atomic_write(path, data, BASE_PRIVKEY_MODE,
+                    if not same_file(path, data, None):
+                        atomic_write(path, data, BASE_PRIVKEY_MODE,
                                       like=_key_to_follow(archive, n))
                     continue
-                if _same_file(path, data, file_mode):
+                if same_file(path, data, file_mode):
                     continue
-                _atomic_write(path, data, file_mode)
+                atomic_write(path, data, file_mode)
         for kind in PEM_KINDS:
             target = os.path.relpath(os.path.join(archive, f"{kind}{record.version}.pem"), live)
             link = os.path.join(live, f"{kind}.pem")
             if not (os.path.islink(link) and os.readlink(link) == target):
-                _atomic_symlink(target, link)
+                atomic_symlink(target, link)
         readme = os.path.join(live, "README")
         if not os.path.exists(readme):
-            _atomic_write(readme, LIVE_README.format(prefix="").encode(), file_mode)
+            atomic_write(readme, LIVE_README.format(prefix="").encode(), file_mode)
         conf_path = self.renewal_conf_path(name)
-        if not _same_file(conf_path, conf_bytes, None):
-            _atomic_write(conf_path, conf_bytes, file_mode)
+        if not same_file(conf_path, conf_bytes, None):
+            atomic_write(conf_path, conf_bytes, file_mode)
 
     def ensure_base(self) -> None:
         """The dirs certbot makes on first run, with certbot's modes."""
-        _mkdirs(self.config_dir, 0o755)
-        _mkdirs(self._p("renewal"), self.dir_mode)
+        make_dirs(self.config_dir, 0o755)
+        make_dirs(self._p("renewal"), self.dir_mode)
         for sub in ("archive", "live", "accounts"):
-            _mkdirs(self._p(sub), 0o700)
+            make_dirs(self._p(sub), 0o700)
         readme = self._p("live", "README")
         if not os.path.exists(readme):
-            _atomic_write(readme, LIVE_README.format(prefix="[cert name]/").encode(),
-                          self.file_mode)
+            atomic_write(readme, LIVE_README.format(prefix="[cert name]/").encode(),
+                         self.file_mode)
         for hook_dir in ("pre", "deploy", "post"):
-            _mkdirs(self._p("renewal-hooks", hook_dir), self.dir_mode)
+            make_dirs(self._p("renewal-hooks", hook_dir), self.dir_mode)
 
     # ---- accounts ------------------------------------------------------------
 
@@ -447,7 +390,7 @@ class Tree:
         # certbot makes the server dirs and the account dir 0700, parents included.
         d = self._p("accounts", record.server_path,
                     validate_name(record.account_id, "account"))
-        _mkdirs(d, 0o700)
+        make_dirs(d, 0o700)
         mode = self.file_mode
         # meta and regr first: certbot loads an account by its key file.
         for fname, text, fmode in (("meta.json", record.meta, mode),
@@ -456,8 +399,8 @@ class Tree:
             path = os.path.join(d, fname)
             data = text.encode("utf-8")
             # A key with the right content keeps whatever mode the admin gave it.
-            if not _same_file(path, data, None if fname == "private_key.json" else fmode):
-                _atomic_write(path, data, fmode)
+            if not same_file(path, data, None if fname == "private_key.json" else fmode):
+                atomic_write(path, data, fmode)
 
     def server_urls(self) -> dict[str, str]:
         """server_path -> directory URL, as the renewal confs name them."""
@@ -468,7 +411,6 @@ class Tree:
             except TreeError:
                 continue
             if server:
-                from certbot_kvault._internal.layout import server_path_for_url
                 try:
                     urls[server_path_for_url(server)] = server
                 except RecordError:
@@ -486,8 +428,8 @@ class Tree:
                                 f'KVAULT_BIN_DEFAULT="{kvault_bin}"')
         path = self._p("renewal-hooks", "deploy", HOOK_NAME)
         data = text.encode("utf-8")
-        if not _same_file(path, data, 0o755):
-            _atomic_write(path, data, 0o755)
+        if not same_file(path, data, 0o755):
+            atomic_write(path, data, 0o755)
         return path
 
 
@@ -516,15 +458,3 @@ def _key_to_follow(archive: str, version: int) -> Optional[str]:
     if not found:
         return None
     return os.path.join(archive, max(found)[1])
-
-
-def _same_file(path: str, data: bytes, mode: Optional[int]) -> bool:
-    """Is ``path`` a file holding ``data`` (and, unless ``mode`` is None, with that mode)?"""
-    try:
-        st = os.lstat(path)
-        if mode is not None and (st.st_mode & 0o7777) != mode:
-            return False
-        with open(path, "rb") as f:
-            return f.read() == data
-    except OSError:
-        return False

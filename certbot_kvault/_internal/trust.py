@@ -25,7 +25,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any, Optional
 
-from certbot_kvault._internal.layout import RecordError, server_path_for_url, validate_name
+from certbot_kvault._internal.records import RecordError, server_path_for_url, validate_name
 
 CODE = "code"
 MACHINE = "machine"
