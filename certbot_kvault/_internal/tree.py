@@ -6,14 +6,14 @@ modes, ``privkey`` 0600 (a new version takes the group and group/other bits
 of the key before it, as certbot's ``save_successor``; a key already right is
 left alone) and ``private_key.json`` 0400, relative ``live/``
 symlinks, ``archive/<name>/<kind>N.pem`` numbering and a renewal conf with
-this machine's paths. Every file is written to a temp file and renamed into
-place, and a lineage's renewal conf is written last: certbot only sees a
-lineage once its conf exists, so an interrupted pull never shows a half one.
+this machine's paths (renewal_conf.py turns Vault's portable conf into it).
+Every file is written to a temp file and renamed into place (files.py), and a
+lineage's renewal conf is written last: certbot only sees a lineage once its
+conf exists, so an interrupted pull never shows a half one.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 from typing import Any, Iterator, Optional
@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 import configobj
 from certbot import errors
 
-from certbot_kvault._internal import trust
+from certbot_kvault._internal import renewal_conf
 from certbot_kvault._internal.files import (
     atomic_symlink,
     atomic_write,
@@ -57,11 +57,6 @@ LIVE_README = (
     "We recommend not moving these files. For more information, see the Certbot\n"
     "User Guide at https://certbot.eff.org/docs/using.html#where-are-my-"
     "certificates.\n")
-
-# Keys of a renewal conf that hold this machine's paths, and how Vault keeps
-# them portable (relative to the config dir / placeholders).
-TOP_PATH_KEYS = ("archive_dir", *PEM_KINDS)
-DIR_PARAMS = ("config_dir", "work_dir", "logs_dir")
 
 HOOK_NAME = "00-update-vault.sh"
 HOOK_SOURCE = os.path.join(os.path.dirname(__file__), "hooks", HOOK_NAME)
@@ -146,7 +141,7 @@ class Tree:
         """The lineage as certbot keeps it: current version, earlier ones, portable conf."""
         conf = self._load_conf(name)
         where = f"lineage {name} in {self.config_dir}"
-        for key in TOP_PATH_KEYS:
+        for key in renewal_conf.TOP_PATH_KEYS:
             if key not in conf:
                 raise TreeError(f"Renewal conf of {name} has no '{key}'; repair it with "
                                 "`certbot certificates` or re-issue.")
@@ -180,7 +175,7 @@ class Tree:
         autorenew = str(params.get("autorenew", "True")).strip().lower() not in (
             "false", "0", "no", "off")
         record = LineageRecord(name=name, version=current, pems=pems,
-                               renewal=self.portable_conf(name, conf),
+                               renewal=renewal_conf.portable_conf(name, conf),
                                auto_renewable=autorenew, archive=older)
         try:
             record.check(where)
@@ -202,22 +197,6 @@ class Tree:
                 seen.setdefault(int(m.group(2)), set()).add(m.group(1))
         return sorted(n for n, kinds in seen.items() if kinds == set(PEM_KINDS))
 
-    def portable_conf(self, name: str, conf: configobj.ConfigObj) -> str:
-        """The conf with this machine's paths replaced by config-dir-relative ones.
-
-        ``conf`` is a private copy just parsed from disk: it is changed in place.
-        """
-        portable = conf
-        portable["archive_dir"] = f"archive/{name}"
-        for kind in PEM_KINDS:
-            portable[kind] = f"live/{name}/{kind}.pem"
-        params = portable.get("renewalparams")
-        if params is not None:
-            for key in DIR_PARAMS:
-                if key in params:
-                    params[key] = "{" + key + "}"
-        return _conf_text(portable)
-
     def local_conf(self, name: str, portable_text: str) -> bytes:
         """A portable conf from Vault, with this machine's paths (and nothing else's)."""
         return self.screened_conf(name, portable_text)[0]
@@ -230,49 +209,13 @@ class Tree:
         holds, if any (unless not ``keep_local``): a hook the admin set here
         stays here.
         """
-        try:
-            conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
-                                       default_encoding="utf-8")
-        except configobj.ConfigObjError as e:
-            raise RecordError(f"The renewal conf of {name} in Vault cannot be parsed ({e}).") \
-                from None
-        # Whatever paths the record holds are ignored: they are derived from
-        # the (validated) name, so a hostile archive_dir cannot steer a write.
-        conf["archive_dir"] = self.archive_dir(name)
-        for kind in PEM_KINDS:
-            conf[kind] = os.path.join(self.live_dir(name), f"{kind}.pem")
-        params = conf.get("renewalparams")
-        if params is not None:
-            mine = {"config_dir": self.config_dir, "work_dir": self.dirs.work_dir,
-                    "logs_dir": self.dirs.logs_dir}
-            for key in DIR_PARAMS:
-                if key in params:
-                    params[key] = os.path.abspath(mine[key])
-        ignored = self._screen(name, conf, keep_local)
-        return _conf_text(conf).encode("utf-8"), ignored
-
-    def _screen(self, name: str, conf: configobj.ConfigObj, keep_local: bool) -> list[str]:
-        params = conf.get("renewalparams")
-        if not isinstance(params, configobj.Section):
-            return []
-        local = self._local_params(name) if keep_local else {}
-        trusted = self.trust_vault_hooks
-        dropped = {}
-        ignored = []
-        for key in list(params):
-            value = params[key]
-            if not trust.untrusted(key, value, trusted):
-                continue
-            dropped[key] = params.pop(key)
-            if local.get(key) == value:
-                continue  # this machine's own setting, pushed earlier: nothing ignored
-            invalid = trust.classify(key, value) == trust.INVALID
-            ignored.append(f"{key} (invalid)" if invalid else key)
-        # What Vault may not set is this machine's to keep.
-        for key, value in local.items():
-            if key in dropped or trust.untrusted(key, value, trusted):
-                params[key] = value
-        return ignored
+        mine = {"config_dir": self.config_dir, "work_dir": self.dirs.work_dir,
+                "logs_dir": self.dirs.logs_dir}
+        return renewal_conf.screened_conf(
+            name, portable_text, archive_dir=self.archive_dir(name),
+            live_dir=self.live_dir(name), dirs=mine,
+            local=self._local_params(name) if keep_local else {},
+            trusted=self.trust_vault_hooks)
 
     def _local_params(self, name: str) -> dict[str, Any]:
         """This machine's current ``[renewalparams]`` of a lineage ({} if none or unreadable)."""
@@ -431,12 +374,6 @@ class Tree:
         if not same_file(path, data, 0o755):
             atomic_write(path, data, 0o755)
         return path
-
-
-def _conf_text(conf: configobj.ConfigObj) -> str:
-    out = io.BytesIO()
-    conf.write(outfile=out)
-    return out.getvalue().decode("utf-8")
 
 
 def _key_to_follow(archive: str, version: int) -> Optional[str]:
