@@ -22,7 +22,6 @@ from certbot import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:  # only annotations: records sit below the Vault connection
     from certbot_kvault._internal.vault import KVEntry
@@ -146,16 +145,25 @@ def inspect_pems(pems: PemSet, where: str) -> CertInfo:
 
 
 def _cert_domains(cert: x509.Certificate) -> list[str]:
-    cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    """The CN first, then the DNS and IP SANs, as certbot lists a certificate's names."""
+    try:
+        from acme.crypto_util import get_identifiers_from_x509
+    except ImportError:
+        # acme 2.7 lacks it, and certbot's get_names_from_cert (deprecated since)
+        # lists DNS names only: IP SANs (RFC 8738 orders) are added here.
+        from certbot.crypto_util import get_names_from_cert
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        return get_names_from_cert(pem) + _ip_sans(cert)
+    dns_names, ips = get_identifiers_from_x509(cert.subject, cert.extensions)
+    return dns_names + ips
+
+
+def _ip_sans(cert: x509.Certificate) -> list[str]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-        names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
-        names = []
-    # The first is the subject CN, as certbot lists them.
-    ordered = [n for n in cns if n in names] + [n for n in names if n not in cns]
-    return ordered or cns
+        return []
+    return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
 @dataclasses.dataclass
