@@ -10,7 +10,7 @@ import pytest
 from kvault_helpers import kvault, layout_from_env, snapshot, token_with_policy
 from servers import free_port, run_certbot
 
-from certbot_kvault._internal.layout import RecordError, validate_name
+from certbot_kvault._internal.records import RecordError, validate_name
 
 
 @pytest.fixture(scope="module")

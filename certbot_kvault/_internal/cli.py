@@ -17,7 +17,8 @@ import click
 from certbot import errors
 
 from certbot_kvault._internal import export, sync
-from certbot_kvault._internal.layout import Layout, RecordError, validate_name
+from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.records import RecordError, validate_name
 from certbot_kvault._internal.redact import one_line as _one_line
 from certbot_kvault._internal.tree import Dirs, Tree
 from certbot_kvault._internal.vault import (
@@ -386,7 +387,7 @@ def status(ctx: Context) -> None:
     kv, mount, layout = out.get("kv_version"), ctx.settings.mount, ctx.layout
     paths = {}
     for area in ("certificates", "accounts", "dns", "locks"):
-        rel = layout._path(area, "*")
+        rel = layout.path(area, "*")
         if kv == 1:
             paths[f"{area} (data)"] = f"{mount}/{rel}"
             continue

@@ -13,7 +13,7 @@ import click
 
 from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal.cli import Context, common_options, main
-from certbot_kvault._internal.layout import validate_name
+from certbot_kvault._internal.records import validate_name
 
 
 @main.group("dns")

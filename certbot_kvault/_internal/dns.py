@@ -43,7 +43,8 @@ import dns.rdatatype
 import dns.resolver
 from certbot import errors
 
-from certbot_kvault._internal.layout import Layout, validate_name
+from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.records import validate_name
 
 logger = logging.getLogger(__name__)
 

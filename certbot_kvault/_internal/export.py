@@ -11,15 +11,15 @@ import os
 import re
 import shlex
 
-from certbot_kvault._internal.layout import LineageRecord
-from certbot_kvault._internal.tree import _atomic_write, _mkdirs
+from certbot_kvault._internal.files import atomic_write, make_dirs
+from certbot_kvault._internal.records import LineageRecord
 
 FORMATS = ("pem", "bundle", "env")
 
 
 def export_files(record: LineageRecord, directory: str, fmt: str) -> list[str]:
     """Write the lineage's files into ``directory``; returns the paths written."""
-    _mkdirs(os.path.abspath(directory), 0o755)
+    make_dirs(os.path.abspath(directory), 0o755)
     pems = record.pems
     if fmt == "bundle":
         files = [(f"{record.name}.pem", pems.privkey + pems.fullchain, 0o600)]
@@ -29,7 +29,7 @@ def export_files(record: LineageRecord, directory: str, fmt: str) -> list[str]:
     written = []
     for fname, text, mode in files:
         path = os.path.join(directory, fname)
-        _atomic_write(path, text.encode("utf-8"), mode)
+        atomic_write(path, text.encode("utf-8"), mode)
         written.append(path)
     return written
 

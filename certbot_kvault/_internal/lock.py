@@ -4,8 +4,9 @@ A lock is the secret ``<prefix>/locks/<name>`` with two fields::
 
     owner        who holds it ("host:pid:random", unique per process)
     expires_at   RFC 3339 UTC; past that instant anyone may take the lock over
-    acquired_at  RFC 3339 UTC, when the holder took it (an extension of the SPEC
-                 fields: a renewer that waited skips what the holder renewed since)
+    acquired_at  RFC 3339 UTC, when the holder took it (an extension of the lock
+                 fields in docs/DESIGN.md: a renewer that waited skips what the
+                 holder renewed since)
 
 Every change is a KV v2 check-and-set write, so of two renewers racing for a
 lock exactly one wins:

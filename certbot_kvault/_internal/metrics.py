@@ -6,12 +6,12 @@ including runs that fail or find the lock taken.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import tempfile
 import time
 from typing import Optional
+
+from certbot_kvault._internal.files import atomic_write
 
 
 @dataclasses.dataclass
@@ -63,16 +63,7 @@ class Metrics:
         """Atomically (temp file + rename), so the collector never reads half a file."""
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kvault-metrics-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.text())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, self.text().encode("utf-8"), 0o644)
 
 
 def _escape_label(value: str) -> str:

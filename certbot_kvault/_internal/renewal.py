@@ -62,7 +62,7 @@ import configobj
 from certbot import errors
 
 from certbot_kvault._internal import sync
-from certbot_kvault._internal.layout import Layout, LineageRecord, RecordError, validate_name
+from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import (
     GLOBAL_LOCK,
     LINEAGE_LOCK_PREFIX,
@@ -72,6 +72,7 @@ from certbot_kvault._internal.lock import (
     parse_time,
 )
 from certbot_kvault._internal.metrics import Metrics
+from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
 from certbot_kvault._internal.tree import Tree
 from certbot_kvault._internal.vault import KVEntry, is_transient
 

@@ -27,15 +27,16 @@ import configobj
 from certbot import errors
 
 from certbot_kvault._internal import trust
-from certbot_kvault._internal.layout import (
+from certbot_kvault._internal.files import atomic_write
+from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.records import (
     AccountRecord,
-    Layout,
     LineageRecord,
     RecordError,
     server_path_for_url,
     validate_name,
 )
-from certbot_kvault._internal.tree import Tree, TreeError, _atomic_write
+from certbot_kvault._internal.tree import Tree, TreeError
 from certbot_kvault._internal.vault import (
     VaultAuthError,
     VaultConflict,
@@ -289,7 +290,7 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
     def work() -> bool:
         url = urls.get(server_path) or f"https://{server_path}"
         local = tree.read_account(server_path, account_id, url)
-        remote_entry = layout.vault.read(layout._path("accounts", server_path, account_id))
+        remote_entry = layout.vault.read(layout.path("accounts", server_path, account_id))
         if remote_entry is not None:
             try:
                 remote = AccountRecord.from_kv(server_path, account_id, remote_entry, "")
@@ -402,7 +403,7 @@ def mark_pending(tree: Tree, name: str, reason: str) -> str:
     path = os.path.join(d, name)
     body = {"lineage": name, "reason": reason,
             "at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    _atomic_write(path, json.dumps(body).encode(), 0o600)
+    atomic_write(path, json.dumps(body).encode(), 0o600)
     return path
 
 

@@ -6,30 +6,36 @@ modes, ``privkey`` 0600 (a new version takes the group and group/other bits
 of the key before it, as certbot's ``save_successor``; a key already right is
 left alone) and ``private_key.json`` 0400, relative ``live/``
 symlinks, ``archive/<name>/<kind>N.pem`` numbering and a renewal conf with
-this machine's paths. Every file is written to a temp file and renamed into
-place, and a lineage's renewal conf is written last: certbot only sees a
-lineage once its conf exists, so an interrupted pull never shows a half one.
+this machine's paths (renewal_conf.py turns Vault's portable conf into it).
+Every file is written to a temp file and renamed into place (files.py), and a
+lineage's renewal conf is written last: certbot only sees a lineage once its
+conf exists, so an interrupted pull never shows a half one.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
-import tempfile
 from typing import Any, Iterator, Optional
 
 import configobj
 from certbot import errors
-from certbot.compat import filesystem
 
-from certbot_kvault._internal import trust
-from certbot_kvault._internal.layout import (
+from certbot_kvault._internal import renewal_conf
+from certbot_kvault._internal.files import (
+    atomic_symlink,
+    atomic_write,
+    current_umask,
+    make_dirs,
+    same_file,
+)
+from certbot_kvault._internal.records import (
     PEM_KINDS,
     AccountRecord,
     LineageRecord,
     PemSet,
     RecordError,
+    server_path_for_url,
     validate_name,
     validate_server_path,
 )
@@ -52,11 +58,6 @@ LIVE_README = (
     "User Guide at https://certbot.eff.org/docs/using.html#where-are-my-"
     "certificates.\n")
 
-# Keys of a renewal conf that hold this machine's paths, and how Vault keeps
-# them portable (relative to the config dir / placeholders).
-TOP_PATH_KEYS = ("archive_dir", *PEM_KINDS)
-DIR_PARAMS = ("config_dir", "work_dir", "logs_dir")
-
 HOOK_NAME = "00-update-vault.sh"
 HOOK_SOURCE = os.path.join(os.path.dirname(__file__), "hooks", HOOK_NAME)
 
@@ -72,69 +73,6 @@ class Dirs:
     config_dir: str
     work_dir: str
     logs_dir: str
-
-
-def _atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) -> None:
-    """Write via a temp file and a rename; ``like``: a private key to take the group and
-    group/other bits from (see ``_key_to_follow``)."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kvault-", suffix=".tmp")
-    try:
-        # No fsync, as certbot's storage: the rename keeps readers from ever
-        # seeing half a file, and the tree is a cache that `pull` rebuilds.
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if like is not None:
-            # Before the rename, so the key never shows with other permissions.
-            # Neither call touches the process umask (safe in worker threads).
-            try:
-                filesystem.copy_ownership_and_apply_mode(
-                    like, tmp, filesystem.compute_private_key_mode(like, mode),
-                    copy_user=False, copy_group=True)
-            except FileNotFoundError:
-                like = None  # removed meanwhile: nothing to follow
-        if like is None:
-            filesystem.chmod(tmp, mode)
-        filesystem.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_symlink(target: str, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".kvault-{os.path.basename(path)}.lnk")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, path)
-
-
-def _current_umask() -> int:
-    # Read once, before any worker thread exists: umask is process-wide, and
-    # certbot's own filesystem.makedirs flips it, which is why it is not used
-    # here (parallel pulls would create files with each other's modes).
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def _mkdirs(path: str, mode: int) -> None:
-    """Create path and missing parents, each with exactly ``mode`` (as certbot's makedirs)."""
-    missing = []
-    p = path
-    while not os.path.isdir(p):
-        missing.append(p)
-        parent = os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, mode)
-        except FileExistsError:
-            continue  # another worker made it
-        os.chmod(d, mode)
 
 
 def _read_text(path: str, where: str) -> str:
@@ -153,7 +91,7 @@ class Tree:
         # Whether hooks and machine paths in Vault's renewal confs are used (trust.py).
         self.trust_vault_hooks = trust_vault_hooks
         self.config_dir = os.path.abspath(dirs.config_dir)
-        umask = _current_umask()
+        umask = current_umask()
         # What certbot gets from open() and os.mkdir() under this umask.
         self.file_mode = 0o666 & ~umask
         self.dir_mode = 0o777 & ~umask
@@ -203,7 +141,7 @@ class Tree:
         """The lineage as certbot keeps it: current version, earlier ones, portable conf."""
         conf = self._load_conf(name)
         where = f"lineage {name} in {self.config_dir}"
-        for key in TOP_PATH_KEYS:
+        for key in renewal_conf.TOP_PATH_KEYS:
             if key not in conf:
                 raise TreeError(f"Renewal conf of {name} has no '{key}'; repair it with "
                                 "`certbot certificates` or re-issue.")
@@ -237,7 +175,7 @@ class Tree:
         autorenew = str(params.get("autorenew", "True")).strip().lower() not in (
             "false", "0", "no", "off")
         record = LineageRecord(name=name, version=current, pems=pems,
-                               renewal=self.portable_conf(name, conf),
+                               renewal=renewal_conf.portable_conf(name, conf),
                                auto_renewable=autorenew, archive=older)
         try:
             record.check(where)
@@ -259,22 +197,6 @@ class Tree:
                 seen.setdefault(int(m.group(2)), set()).add(m.group(1))
         return sorted(n for n, kinds in seen.items() if kinds == set(PEM_KINDS))
 
-    def portable_conf(self, name: str, conf: configobj.ConfigObj) -> str:
-        """The conf with this machine's paths replaced by config-dir-relative ones.
-
-        ``conf`` is a private copy just parsed from disk: it is changed in place.
-        """
-        portable = conf
-        portable["archive_dir"] = f"archive/{name}"
-        for kind in PEM_KINDS:
-            portable[kind] = f"live/{name}/{kind}.pem"
-        params = portable.get("renewalparams")
-        if params is not None:
-            for key in DIR_PARAMS:
-                if key in params:
-                    params[key] = "{" + key + "}"
-        return _conf_text(portable)
-
     def local_conf(self, name: str, portable_text: str) -> bytes:
         """A portable conf from Vault, with this machine's paths (and nothing else's)."""
         return self.screened_conf(name, portable_text)[0]
@@ -287,49 +209,13 @@ class Tree:
         holds, if any (unless not ``keep_local``): a hook the admin set here
         stays here.
         """
-        try:
-            conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
-                                       default_encoding="utf-8")
-        except configobj.ConfigObjError as e:
-            raise RecordError(f"The renewal conf of {name} in Vault cannot be parsed ({e}).") \
-                from None
-        # Whatever paths the record holds are ignored: they are derived from
-        # the (validated) name, so a hostile archive_dir cannot steer a write.
-        conf["archive_dir"] = self.archive_dir(name)
-        for kind in PEM_KINDS:
-            conf[kind] = os.path.join(self.live_dir(name), f"{kind}.pem")
-        params = conf.get("renewalparams")
-        if params is not None:
-            mine = {"config_dir": self.config_dir, "work_dir": self.dirs.work_dir,
-                    "logs_dir": self.dirs.logs_dir}
-            for key in DIR_PARAMS:
-                if key in params:
-                    params[key] = os.path.abspath(mine[key])
-        ignored = self._screen(name, conf, keep_local)
-        return _conf_text(conf).encode("utf-8"), ignored
-
-    def _screen(self, name: str, conf: configobj.ConfigObj, keep_local: bool) -> list[str]:
-        params = conf.get("renewalparams")
-        if not isinstance(params, configobj.Section):
-            return []
-        local = self._local_params(name) if keep_local else {}
-        trusted = self.trust_vault_hooks
-        dropped = {}
-        ignored = []
-        for key in list(params):
-            value = params[key]
-            if not trust.untrusted(key, value, trusted):
-                continue
-            dropped[key] = params.pop(key)
-            if local.get(key) == value:
-                continue  # this machine's own setting, pushed earlier: nothing ignored
-            invalid = trust.classify(key, value) == trust.INVALID
-            ignored.append(f"{key} (invalid)" if invalid else key)
-        # What Vault may not set is this machine's to keep.
-        for key, value in local.items():
-            if key in dropped or trust.untrusted(key, value, trusted):
-                params[key] = value
-        return ignored
+        mine = {"config_dir": self.config_dir, "work_dir": self.dirs.work_dir,
+                "logs_dir": self.dirs.logs_dir}
+        return renewal_conf.screened_conf(
+            name, portable_text, archive_dir=self.archive_dir(name),
+            live_dir=self.live_dir(name), dirs=mine,
+            local=self._local_params(name) if keep_local else {},
+            trusted=self.trust_vault_hooks)
 
     def _local_params(self, name: str) -> dict[str, Any]:
         """This machine's current ``[renewalparams]`` of a lineage ({} if none or unreadable)."""
@@ -367,7 +253,7 @@ class Tree:
         archive = self.archive_dir(name)
         live = self.live_dir(name)
         for d in (archive, live):
-            _mkdirs(d, self.dir_mode)
+            make_dirs(d, self.dir_mode)
         versions = {**record.archive, record.version: record.pems}
         file_mode = self.file_mode
         for n, pems in sorted(versions.items()):
@@ -378,37 +264,37 @@ class Tree:
                     # Whoever reads the key (nginx, postfix through group
                     # ssl-cert) keeps reading it: a right key is left as the
                     # admin set it, a new one follows the one before it.
-                    if not _same_file(path, data, None):
-                        _atomic_write(path, data, BASE_PRIVKEY_MODE,
+                    if not same_file(path, data, None):
+                        atomic_write(path, data, BASE_PRIVKEY_MODE,
                                       like=_key_to_follow(archive, n))
                     continue
-                if _same_file(path, data, file_mode):
+                if same_file(path, data, file_mode):
                     continue
-                _atomic_write(path, data, file_mode)
+                atomic_write(path, data, file_mode)
         for kind in PEM_KINDS:
             target = os.path.relpath(os.path.join(archive, f"{kind}{record.version}.pem"), live)
             link = os.path.join(live, f"{kind}.pem")
             if not (os.path.islink(link) and os.readlink(link) == target):
-                _atomic_symlink(target, link)
+                atomic_symlink(target, link)
         readme = os.path.join(live, "README")
         if not os.path.exists(readme):
-            _atomic_write(readme, LIVE_README.format(prefix="").encode(), file_mode)
+            atomic_write(readme, LIVE_README.format(prefix="").encode(), file_mode)
         conf_path = self.renewal_conf_path(name)
-        if not _same_file(conf_path, conf_bytes, None):
-            _atomic_write(conf_path, conf_bytes, file_mode)
+        if not same_file(conf_path, conf_bytes, None):
+            atomic_write(conf_path, conf_bytes, file_mode)
 
     def ensure_base(self) -> None:
         """The dirs certbot makes on first run, with certbot's modes."""
-        _mkdirs(self.config_dir, 0o755)
-        _mkdirs(self._p("renewal"), self.dir_mode)
+        make_dirs(self.config_dir, 0o755)
+        make_dirs(self._p("renewal"), self.dir_mode)
         for sub in ("archive", "live", "accounts"):
-            _mkdirs(self._p(sub), 0o700)
+            make_dirs(self._p(sub), 0o700)
         readme = self._p("live", "README")
         if not os.path.exists(readme):
-            _atomic_write(readme, LIVE_README.format(prefix="[cert name]/").encode(),
-                          self.file_mode)
+            atomic_write(readme, LIVE_README.format(prefix="[cert name]/").encode(),
+                         self.file_mode)
         for hook_dir in ("pre", "deploy", "post"):
-            _mkdirs(self._p("renewal-hooks", hook_dir), self.dir_mode)
+            make_dirs(self._p("renewal-hooks", hook_dir), self.dir_mode)
 
     # ---- accounts ------------------------------------------------------------
 
@@ -447,7 +333,7 @@ class Tree:
         # certbot makes the server dirs and the account dir 0700, parents included.
         d = self._p("accounts", record.server_path,
                     validate_name(record.account_id, "account"))
-        _mkdirs(d, 0o700)
+        make_dirs(d, 0o700)
         mode = self.file_mode
         # meta and regr first: certbot loads an account by its key file.
         for fname, text, fmode in (("meta.json", record.meta, mode),
@@ -456,8 +342,8 @@ class Tree:
             path = os.path.join(d, fname)
             data = text.encode("utf-8")
             # A key with the right content keeps whatever mode the admin gave it.
-            if not _same_file(path, data, None if fname == "private_key.json" else fmode):
-                _atomic_write(path, data, fmode)
+            if not same_file(path, data, None if fname == "private_key.json" else fmode):
+                atomic_write(path, data, fmode)
 
     def server_urls(self) -> dict[str, str]:
         """server_path -> directory URL, as the renewal confs name them."""
@@ -468,7 +354,6 @@ class Tree:
             except TreeError:
                 continue
             if server:
-                from certbot_kvault._internal.layout import server_path_for_url
                 try:
                     urls[server_path_for_url(server)] = server
                 except RecordError:
@@ -486,15 +371,9 @@ class Tree:
                                 f'KVAULT_BIN_DEFAULT="{kvault_bin}"')
         path = self._p("renewal-hooks", "deploy", HOOK_NAME)
         data = text.encode("utf-8")
-        if not _same_file(path, data, 0o755):
-            _atomic_write(path, data, 0o755)
+        if not same_file(path, data, 0o755):
+            atomic_write(path, data, 0o755)
         return path
-
-
-def _conf_text(conf: configobj.ConfigObj) -> str:
-    out = io.BytesIO()
-    conf.write(outfile=out)
-    return out.getvalue().decode("utf-8")
 
 
 def _key_to_follow(archive: str, version: int) -> Optional[str]:
@@ -516,15 +395,3 @@ def _key_to_follow(archive: str, version: int) -> Optional[str]:
     if not found:
         return None
     return os.path.join(archive, max(found)[1])
-
-
-def _same_file(path: str, data: bytes, mode: Optional[int]) -> bool:
-    """Is ``path`` a file holding ``data`` (and, unless ``mode`` is None, with that mode)?"""
-    try:
-        st = os.lstat(path)
-        if mode is not None and (st.st_mode & 0o7777) != mode:
-            return False
-        with open(path, "rb") as f:
-            return f.read() == data
-    except OSError:
-        return False

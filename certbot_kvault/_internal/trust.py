@@ -25,7 +25,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any, Optional
 
-from certbot_kvault._internal.layout import RecordError, server_path_for_url, validate_name
+from certbot_kvault._internal.records import RecordError, server_path_for_url, validate_name
 
 CODE = "code"
 MACHINE = "machine"
@@ -35,7 +35,7 @@ INVALID = "invalid"
 TRUSTED_WITH_OPT_IN = (CODE, MACHINE)
 
 # certbot's renewal.py CONFIG_ITEMS without the hooks, installer, authenticator and
-# the dirs (rewritten from this machine's settings, see tree.DIR_PARAMS): what
+# the dirs (rewritten from this machine's settings, see renewal_conf.DIR_PARAMS): what
 # certbot restores for every lineage and that only shapes the order.
 DATA_KEYS = frozenset({
     "user_agent", "server", "account", "http01_address", "preferred_chain", "key_type",

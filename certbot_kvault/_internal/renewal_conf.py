@@ -1,0 +1,95 @@
+"""Renewal confs between machines: portable in Vault, local on disk, screened on the way in.
+
+A lineage's renewal conf goes to Vault with this machine's paths replaced by
+config-dir-relative ones and placeholders (``portable_conf``), and comes back
+with the pulling machine's paths (``screened_conf``), minus the
+``[renewalparams]`` keys Vault may not decide here (trust.py sorts them):
+those keep the value this machine's own conf holds. Pure text in, text out;
+reading and writing the confs on disk is tree.py's.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import configobj
+
+from certbot_kvault._internal import trust
+from certbot_kvault._internal.records import PEM_KINDS, RecordError
+
+# Keys of a renewal conf that hold this machine's paths, and how Vault keeps
+# them portable (relative to the config dir / placeholders).
+TOP_PATH_KEYS = ("archive_dir", *PEM_KINDS)
+DIR_PARAMS = ("config_dir", "work_dir", "logs_dir")
+
+
+def portable_conf(name: str, conf: configobj.ConfigObj) -> str:
+    """The conf with this machine's paths replaced by config-dir-relative ones.
+
+    ``conf`` is a private copy just parsed from disk: it is changed in place.
+    """
+    portable = conf
+    portable["archive_dir"] = f"archive/{name}"
+    for kind in PEM_KINDS:
+        portable[kind] = f"live/{name}/{kind}.pem"
+    params = portable.get("renewalparams")
+    if params is not None:
+        for key in DIR_PARAMS:
+            if key in params:
+                params[key] = "{" + key + "}"
+    return _conf_text(portable)
+
+
+def screened_conf(name: str, portable_text: str, *, archive_dir: str, live_dir: str,
+                  dirs: dict[str, str], local: dict[str, Any],
+                  trusted: bool) -> tuple[bytes, list[str]]:
+    """A portable conf from Vault with this machine's ``archive_dir``, ``live_dir`` and
+    ``dirs``, and the keys of Vault's conf that it ignored; ignored keys take their
+    value from ``local`` (this machine's ``[renewalparams]`` of the lineage)."""
+    try:
+        conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
+                                   default_encoding="utf-8")
+    except configobj.ConfigObjError as e:
+        raise RecordError(f"The renewal conf of {name} in Vault cannot be parsed ({e}).") \
+            from None
+    # Whatever paths the record holds are ignored: they are derived from
+    # the (validated) name, so a hostile archive_dir cannot steer a write.
+    conf["archive_dir"] = archive_dir
+    for kind in PEM_KINDS:
+        conf[kind] = os.path.join(live_dir, f"{kind}.pem")
+    params = conf.get("renewalparams")
+    if params is not None:
+        for key in DIR_PARAMS:
+            if key in params:
+                params[key] = os.path.abspath(dirs[key])
+    ignored = _screen(conf, local, trusted)
+    return _conf_text(conf).encode("utf-8"), ignored
+
+
+def _screen(conf: configobj.ConfigObj, local: dict[str, Any], trusted: bool) -> list[str]:
+    params = conf.get("renewalparams")
+    if not isinstance(params, configobj.Section):
+        return []
+    dropped = {}
+    ignored = []
+    for key in list(params):
+        value = params[key]
+        if not trust.untrusted(key, value, trusted):
+            continue
+        dropped[key] = params.pop(key)
+        if local.get(key) == value:
+            continue  # this machine's own setting, pushed earlier: nothing ignored
+        invalid = trust.classify(key, value) == trust.INVALID
+        ignored.append(f"{key} (invalid)" if invalid else key)
+    # What Vault may not set is this machine's to keep.
+    for key, value in local.items():
+        if key in dropped or trust.untrusted(key, value, trusted):
+            params[key] = value
+    return ignored
+
+
+def _conf_text(conf: configobj.ConfigObj) -> str:
+    out = io.BytesIO()
+    conf.write(outfile=out)
+    return out.getvalue().decode("utf-8")
