@@ -26,6 +26,14 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 from certbot import errors
 
 from certbot_kvault._internal import trust
+from certbot_kvault._internal.errors import (
+    VaultAuthError,
+    VaultError,
+    VaultNotFound,
+    VaultSealed,
+    VaultUnreachable,
+    VaultUnsupported,
+)
 from certbot_kvault._internal.layout import (
     AccountRecord,
     Layout,
@@ -34,14 +42,6 @@ from certbot_kvault._internal.layout import (
     validate_name,
 )
 from certbot_kvault._internal.tree import Tree, TreeError, _atomic_write
-from certbot_kvault._internal.vault import (
-    VaultAuthError,
-    VaultError,
-    VaultNotFound,
-    VaultSealed,
-    VaultUnreachable,
-    VaultUnsupported,
-)
 
 logger = logging.getLogger(__name__)
 
