@@ -1,21 +1,19 @@
-"""The Vault connection: session, retries, KV v1/v2 and the error mapping.
+"""The Vault client: KV v1/v2, the request wrapper and its error mapping.
 
-This is the only module that knows Vault's HTTP routes. Its
-:class:`VaultClient` owns the HTTP session (TLS, retries with backoff, HA
-consistency index), the request wrapper through which every call goes and
+This is the only module that knows Vault's KV and sys HTTP routes. Its
+:class:`VaultClient` owns the request wrapper through which every call goes and
 that turns each failure into one :mod:`~certbot_kvault._internal.errors`
 class, and the KV operations everything else talks in (``read``/``write``/
 ``list_keys``/``delete`` of a path below the mount), plus the few
 introspection calls of `status`. Settings come from
 :mod:`~certbot_kvault._internal.settings`, logins from
-:mod:`~certbot_kvault._internal.auth`.
+:mod:`~certbot_kvault._internal.auth`, the HTTP session (TLS, retries, HA
+consistency) from :mod:`~certbot_kvault._internal.session`.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import threading
 import urllib.parse
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
@@ -24,7 +22,6 @@ import hvac.exceptions
 import requests
 import requests.adapters
 import requests.utils
-from urllib3.util.retry import Retry
 
 from certbot_kvault._internal import redact  # noqa: F401 - installs the URL log filter
 from certbot_kvault._internal.auth import Auth, forbidden_verdict
@@ -42,28 +39,14 @@ from certbot_kvault._internal.errors import (
     VaultSealed,
     VaultUnreachable,
     VaultUnsupported,
-    check_vault_answer,
     first_line,
 )
+from certbot_kvault._internal.session import make_session
 from certbot_kvault._internal.settings import VaultSettings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _QuietVaultRetries(logging.Filter):
-    """Drop urllib3's per-retry warnings for Vault routes (/v1/...): the final
-    error is reported once, in our words. Other clients' retries still show."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Retrying"):
-            return True
-        # The rendered line: the redaction filter may already have folded the args in.
-        return not record.getMessage().rsplit(": ", 1)[-1].startswith("/v1/")
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_QuietVaultRetries())
 
 
 @dataclasses.dataclass
@@ -72,92 +55,6 @@ class KVEntry:
 
     data: dict[str, Any]
     version: Optional[int]
-
-
-class _ConsistencyIndex:
-    """Client-controlled consistency on HA clusters (OpenBao's ``X-Vault-Index``).
-
-    Standbys answer reads from their own, slightly lagging copy. Every answer
-    carries the storage index it reflects; sending the newest one we have seen
-    back makes a standby answer only once it has caught up, or forward to the
-    leader (``X-Vault-Inconsistent: forward-active-node``). So a read
-    after our own write, or after a lost check-and-set race against another
-    renewer (whose answer carries the leader's newer index), sees that write.
-    Servers that send no index get none back.
-    """
-
-    def __init__(self, session: requests.Session) -> None:
-        self._session = session
-        self._lock = threading.Lock()
-        self._value = -1
-
-    def seen(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        header = response.headers.get("X-Vault-Index")
-        if not header:
-            return
-        value = _index_value(header)
-        with self._lock:
-            if value >= self._value:
-                self._value = value
-                self._session.headers["X-Vault-Index"] = header
-                # A standby that has not caught up forwards to the leader
-                # rather than answering 429 (it can lag seconds under load).
-                self._session.headers["X-Vault-Inconsistent"] = "forward-active-node"
-
-
-def _index_value(header: str) -> int:
-    import base64
-    import json
-
-    try:
-        padded = header + "=" * (-len(header) % 4)
-        return int(json.loads(base64.urlsafe_b64decode(padded))["value"])
-    except (ValueError, KeyError, TypeError):
-        return 0  # opaque to us: still the newest we have seen
-
-
-def _make_session(settings: VaultSettings, pool_size: int) -> requests.Session:
-    session = requests.Session()
-    session.hooks["response"].append(check_vault_answer)
-    session.hooks["response"].append(_ConsistencyIndex(session).seen)
-    # Connection errors are retried for every method (nothing reached Vault);
-    # 5xx/429 answers too, with backoff (503 included: a raft cluster answers
-    # it while electing a leader; a sealed Vault costs a few seconds more).
-    # A retried CAS write that had in fact landed surfaces as a conflict,
-    # which VaultClient.write resolves by reading back.
-    retry = Retry(
-        total=settings.retries,
-        connect=settings.retries,
-        read=settings.retries,
-        status=settings.retries,
-        backoff_factor=0.2,
-        status_forcelist=(429, 500, 502, 503, 504),
-        allowed_methods=None,
-        raise_on_status=False,
-        respect_retry_after_header=True,
-    )
-    adapter = requests.adapters.HTTPAdapter(
-        max_retries=retry, pool_connections=4, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    # requests would re-read proxy and CA variables from the environment on
-    # every request (a third of a loopback request's time): read them once.
-    session.proxies = requests.utils.get_environ_proxies(settings.addr)
-    session.trust_env = False
-    # hvac ignores its own verify= when given a session: set it here (RIG.md).
-    if settings.skip_verify:
-        session.verify = False
-    elif settings.cacert:
-        session.verify = settings.cacert
-    elif settings.capath:
-        session.verify = settings.capath
-    else:
-        session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
-                          or os.environ.get("CURL_CA_BUNDLE") or True)
-    if settings.client_cert:
-        session.cert = (settings.client_cert, settings.client_key) \
-            if settings.client_key else settings.client_cert
-    return session
 
 
 class VaultClient:
@@ -169,7 +66,7 @@ class VaultClient:
 
     def __init__(self, settings: VaultSettings, pool_size: int = 16) -> None:
         self.settings = settings
-        self._session = _make_session(settings, pool_size)
+        self._session = make_session(settings, pool_size)
         verify: Any = self._session.verify
         self._hvac = hvac.Client(
             url=settings.addr, namespace=settings.namespace, session=self._session,
