@@ -33,7 +33,7 @@ class Auth:
         self.settings = settings
         self._hvac = client
         self._call = call
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()
         self._token_expires_at: Optional[float] = None
         self._token_ttl: int = 0
         self._token_renewable = False
@@ -42,8 +42,12 @@ class Auth:
         self._own_token = False
 
     def login(self) -> None:
-        """Log in with the configured method (no-op once logged in)."""
-        with self.lock:
+        """Log in with the configured method (no-op once logged in).
+
+        POST /v1/auth/{mount}/login for AppRole, Kubernetes and JWT; for a
+        given token, GET /v1/auth/token/lookup-self (its TTL, and whether it is valid).
+        """
+        with self._lock:
             if not self.logged_in:
                 self._login_locked()
 
@@ -135,7 +139,7 @@ class Auth:
         remaining = self._token_expires_at - time.monotonic()
         if remaining > self._token_ttl / 3:
             return
-        with self.lock:
+        with self._lock:
             remaining = (self._token_expires_at or 0) - time.monotonic()
             if self._token_expires_at is None or remaining > self._token_ttl / 3:
                 return
@@ -153,7 +157,7 @@ class Auth:
 
     def relogin(self) -> None:
         """A fresh login, for a machine token that Vault no longer takes."""
-        with self.lock:
+        with self._lock:
             self._login_locked()
 
     def token_rejected(self, e: hvac.exceptions.Forbidden) -> bool:
