@@ -12,7 +12,8 @@ from click.testing import CliRunner, Result
 
 from certbot_kvault._internal.cli import main
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.vault import VaultClient, VaultSettings
+from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 
 def kvault_exe() -> str:

@@ -33,9 +33,11 @@ from renew_helpers import (
 )
 from servers import Bao
 
+from certbot_kvault._internal.errors import VaultAuthError
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import Locks
-from certbot_kvault._internal.vault import VaultAuthError, VaultClient, VaultSettings
+from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 AUDIENCE = "https://vault.example.com"

@@ -28,16 +28,11 @@ from servers import Bao, PowerDNS
 from test_auth import _approle, load_policy
 from test_dns import certonly_args, error_line, pdns_entry, resolver_opt
 
+from certbot_kvault._internal.errors import VaultAuthError, VaultNotAnAPI, VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.redact import redact
-from certbot_kvault._internal.vault import (
-    DEFAULT_ADDR,
-    VaultAuthError,
-    VaultClient,
-    VaultNotAnAPI,
-    VaultPermissionDenied,
-    VaultSettings,
-)
+from certbot_kvault._internal.settings import DEFAULT_ADDR, VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 
 def _policy_rw(prefix: str) -> str:

@@ -42,7 +42,7 @@ from servers import Bao
 from test_auth import _approle, _pub_pem, enable_auth, load_policy
 
 from certbot_kvault._internal.cli import main
-from certbot_kvault._internal.vault import VaultSettings
+from certbot_kvault._internal.settings import VaultSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "examples"

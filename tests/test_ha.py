@@ -32,7 +32,9 @@ from renew_helpers import (
 )
 from servers import Bao, RaftCluster
 
-from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
+from certbot_kvault._internal.errors import VaultError
+from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 
 def _prefix(request: pytest.FixtureRequest) -> str:

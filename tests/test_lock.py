@@ -9,6 +9,7 @@ import pytest
 from renew_helpers import record
 from servers import Bao
 
+from certbot_kvault._internal.errors import VaultUnsupported
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import (
     LockInfo,
@@ -16,7 +17,8 @@ from certbot_kvault._internal.lock import (
     format_time,
     parse_time,
 )
-from certbot_kvault._internal.vault import VaultClient, VaultSettings, VaultUnsupported
+from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 
 def _layout(**overrides: str) -> Layout:

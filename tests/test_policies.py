@@ -17,8 +17,10 @@ from renew_helpers import (
 from servers import Bao
 from test_auth import load_policy
 
+from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.vault import VaultClient, VaultPermissionDenied, VaultSettings
+from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 

@@ -24,7 +24,8 @@ from servers import Bao
 
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import Locks, format_time
-from certbot_kvault._internal.vault import VaultClient, VaultSettings
+from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 
 def _env(bao: Bao, golden: Golden, prefix: str, **extra: str) -> dict[str, str]:

@@ -14,13 +14,9 @@ import requests
 from kvault_helpers import cli
 from servers import Bao, _spawn, _wait_ready, bao_binary, free_port
 
-from certbot_kvault._internal.vault import (
-    VaultClient,
-    VaultError,
-    VaultNotFound,
-    VaultSettings,
-    VaultUnreachable,
-)
+from certbot_kvault._internal.errors import VaultError, VaultNotFound, VaultUnreachable
+from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 
 @pytest.fixture(scope="module")

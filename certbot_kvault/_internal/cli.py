@@ -17,40 +17,19 @@ import click
 from certbot import errors
 
 from certbot_kvault._internal import export, sync
+from certbot_kvault._internal.errors import VaultError, VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import RecordError, validate_name
 from certbot_kvault._internal.redact import one_line as _one_line
+from certbot_kvault._internal.settings import SETTING_OPTIONS, VAULT_OPTIONS, VaultSettings
 from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import (
-    VaultClient,
-    VaultError,
-    VaultPermissionDenied,
-    VaultSettings,
-)
+from certbot_kvault._internal.vault import VaultClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 DEFAULT_WORK_DIR = "/var/lib/letsencrypt"
 DEFAULT_LOGS_DIR = "/var/log/letsencrypt"
-
-# (option, settings field, envvar, help). Tokens and secret ids are taken from
-# the environment only, as the vault CLI does, so they never show in `ps`.
-VAULT_OPTIONS = (
-    ("--vault-addr", "addr", "VAULT_ADDR", "Vault address [VAULT_ADDR]"),
-    ("--vault-namespace", "namespace", "VAULT_NAMESPACE", "Vault namespace [VAULT_NAMESPACE]"),
-    ("--vault-cacert", "cacert", "VAULT_CACERT", "CA bundle for Vault's TLS [VAULT_CACERT]"),
-    ("--vault-capath", "capath", "VAULT_CAPATH", "CA directory [VAULT_CAPATH]"),
-    ("--vault-client-cert", "client_cert", "VAULT_CLIENT_CERT", "TLS client certificate"),
-    ("--vault-client-key", "client_key", "VAULT_CLIENT_KEY", "TLS client key"),
-    ("--vault-role-id", "role_id", "VAULT_ROLE_ID", "AppRole role id [VAULT_ROLE_ID]"),
-    ("--vault-k8s-role", "k8s_role", "KVAULT_K8S_ROLE", "Kubernetes auth role"),
-    ("--vault-jwt-role", "jwt_role", "KVAULT_JWT_ROLE", "JWT/OIDC auth role"),
-    ("--vault-jwt-file", "jwt_file", "KVAULT_JWT_FILE", "File holding the JWT"),
-    ("--mount", "mount", "KVAULT_MOUNT", "KV mount [KVAULT_MOUNT, default secret]"),
-    ("--prefix", "prefix", "KVAULT_PREFIX", "Path prefix in the mount [KVAULT_PREFIX, "
-                                            "default certbot]"),
-)
 
 
 class Context:
@@ -330,8 +309,6 @@ def _apply_renewal_settings(ctx: Context, tree: Tree, name: str) -> None:
     import configobj
 
     params = configobj.ConfigObj(path, encoding="utf-8").get("renewalparams", {})
-    from certbot_kvault._internal.plugin import SETTING_OPTIONS
-
     overrides = {}
     for option, field in SETTING_OPTIONS.items():
         value = params.get(f"kvault_{option.replace('-', '_')}")

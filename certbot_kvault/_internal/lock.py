@@ -45,13 +45,9 @@ import threading
 import time
 from typing import Callable, Optional
 
+from certbot_kvault._internal.errors import VaultConflict, VaultError, VaultUnsupported
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.vault import (
-    VaultClient,
-    VaultConflict,
-    VaultError,
-    VaultUnsupported,
-)
+from certbot_kvault._internal.vault import VaultClient
 
 logger = logging.getLogger(__name__)
 

@@ -23,22 +23,14 @@ from requests.exceptions import HTTPError, RequestException
 
 from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal import sync
+from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.redact import one_line as _one_line
+from certbot_kvault._internal.settings import SETTING_OPTIONS, VaultSettings
 from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
+from certbot_kvault._internal.vault import VaultClient
 
 logger = logging.getLogger(__name__)
-
-# --kvault-<option> -> VaultSettings field. Tokens are never options: an
-# option ends up in the renewal conf, and the renewal conf goes to Vault.
-SETTING_OPTIONS = {
-    "vault-addr": "addr",
-    "vault-namespace": "namespace",
-    "vault-cacert": "cacert",
-    "mount": "mount",
-    "prefix": "prefix",
-}
 
 
 class VaultUnusable(errors.Error):

@@ -23,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from certbot_kvault._internal.settings import as_bool
+
 if TYPE_CHECKING:  # only annotations: records sit below the Vault connection
     from certbot_kvault._internal.vault import KVEntry
 
@@ -230,7 +232,7 @@ class LineageRecord:
             name=name, version=version,
             pems=PemSet(**{k: str(d[k]) for k in PEM_KINDS}),
             renewal=str(d["renewal"]),
-            auto_renewable=_as_bool(d.get("auto_renewable", True)),
+            auto_renewable=as_bool(d.get("auto_renewable", True)),
             archive=archive, updated_at=d.get("updated_at"), kv_version=entry.version)
         record.check(where)
         return record
@@ -303,9 +305,3 @@ class AccountRecord:
 
 def _json_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

@@ -73,6 +73,7 @@ from certbot_kvault._internal.lock import (
 )
 from certbot_kvault._internal.metrics import Metrics
 from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
+from certbot_kvault._internal.settings import as_bool
 from certbot_kvault._internal.tree import Tree
 from certbot_kvault._internal.vault import KVEntry, is_transient
 
@@ -328,7 +329,7 @@ def plan_due(layout: Layout, locks: Locks, lock_wait: float, due_within: float,
         not_after = parse_time(d.get("not_after"))
         renewable = d.get("auto_renewable", True)
         if isinstance(renewable, str):
-            renewable = renewable.strip().lower() in ("1", "true", "yes", "on")
+            renewable = as_bool(renewable)
         if renewable and (not_after is None or not_after <= window_end):
             due.append(name)
     if not due:

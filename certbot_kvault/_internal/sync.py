@@ -27,6 +27,15 @@ import configobj
 from certbot import errors
 
 from certbot_kvault._internal import trust
+from certbot_kvault._internal.errors import (
+    VaultAuthError,
+    VaultConflict,
+    VaultError,
+    VaultNotFound,
+    VaultSealed,
+    VaultUnreachable,
+    VaultUnsupported,
+)
 from certbot_kvault._internal.files import atomic_write
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import (
@@ -37,16 +46,7 @@ from certbot_kvault._internal.records import (
     validate_name,
 )
 from certbot_kvault._internal.tree import Tree, TreeError
-from certbot_kvault._internal.vault import (
-    VaultAuthError,
-    VaultConflict,
-    VaultError,
-    VaultNotFound,
-    VaultSealed,
-    VaultUnreachable,
-    VaultUnsupported,
-    is_transient,
-)
+from certbot_kvault._internal.vault import is_transient
 
 logger = logging.getLogger(__name__)
 

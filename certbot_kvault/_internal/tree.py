@@ -39,6 +39,7 @@ from certbot_kvault._internal.records import (
     validate_name,
     validate_server_path,
 )
+from certbot_kvault._internal.settings import as_bool
 
 # storage.py's values
 BASE_PRIVKEY_MODE = 0o600
@@ -172,8 +173,7 @@ class Tree:
             if n < current:
                 older[n] = pem_set(n)
         params = conf.get("renewalparams", {})
-        autorenew = str(params.get("autorenew", "True")).strip().lower() not in (
-            "false", "0", "no", "off")
+        autorenew = as_bool(params.get("autorenew"), default=True)
         record = LineageRecord(name=name, version=current, pems=pems,
                                renewal=renewal_conf.portable_conf(name, conf),
                                auto_renewable=autorenew, archive=older)

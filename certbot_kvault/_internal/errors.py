@@ -1,0 +1,112 @@
+"""What can go wrong talking to Vault: one exception class per failure kind.
+
+Every class is a :class:`certbot.errors.PluginError` whose message is one
+sentence a user can act on and never holds a token, a secret id, a JWT or a
+secret value. Also here: the check that an HTTP answer is Vault's at all (a
+web page at VAULT_ADDR is :class:`VaultNotAnAPI`, not a traceback), and the
+first line of hvac's error text that messages quote.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import requests
+from certbot import errors
+
+
+class VaultError(errors.PluginError):
+    """A Vault operation failed; the message is one line a user can act on.
+
+    ``said`` holds Vault's own ``errors`` list when Vault answered, so callers
+    classify by what Vault said, never by our message's wording.
+    """
+
+    def __init__(self, message: str, *, said: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.said = tuple(str(x) for x in said)
+
+    def vault_said(self, words: str) -> bool:
+        """Did Vault's answer (its ``errors`` field) mention ``words``?"""
+        return any(words in x for x in self.said)
+
+
+class VaultUnreachable(VaultError):
+    """No answer from Vault (connection refused, DNS, TLS, timeout)."""
+
+
+class VaultSealed(VaultError):
+    """Vault answered that it is sealed or not initialized."""
+
+
+class VaultAuthError(VaultError):
+    """No usable credentials, or the token is invalid or expired."""
+
+
+class VaultPermissionDenied(VaultError):
+    """The token is valid but its policies do not allow the operation."""
+
+
+class VaultNotFound(VaultError):
+    """The mount does not exist (a missing secret is not an error: reads return None)."""
+
+
+class VaultConflict(VaultError):
+    """A check-and-set write lost against a concurrent writer."""
+
+
+class VaultUnsupported(VaultError):
+    """The operation needs something this mount does not offer (e.g. CAS on KV v1)."""
+
+
+class PolicyDenied(VaultPermissionDenied):
+    """A given token's own lookup-self is denied by its policy: the token is valid."""
+
+
+class VaultPathMissing(VaultError):
+    """Vault answered 404 on a path: for KV, an absent secret or folder."""
+
+
+class VaultNotAnAPI(VaultUnreachable):
+    """Something answered at VAULT_ADDR, but not Vault (a web page, another API)."""
+
+
+
+class NotVaultAnswer(Exception):
+    """Raised from the session's response hook; VaultClient turns it into VaultNotAnAPI."""
+
+    def __init__(self, status: int, content_type: str) -> None:
+        super().__init__(f"HTTP {status}, {content_type}")
+        self.status = status
+        self.content_type = content_type
+
+
+# Every JSON answer of Vault's API carries one of these (sys/health: "initialized").
+VAULT_KEYS = frozenset(("request_id", "errors", "data", "auth", "initialized"))
+
+
+def check_vault_answer(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """Refuse an answer that is not Vault's before hvac reads it: a web page at
+    VAULT_ADDR would otherwise be a traceback, or a 404 page a missing secret."""
+    if response.is_redirect or response.status_code == 204 or not response.content:
+        return
+    content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip()
+    if response.ok and "json" in content_type and response.content.lstrip()[:1] == b"{":
+        return  # hvac parses it; VaultClient._call checks the object's keys
+    parsed: Any = None
+    if "json" in content_type:
+        try:
+            parsed = json.loads(response.content)
+        except ValueError:
+            parsed = None
+    if isinstance(parsed, dict) and VAULT_KEYS & parsed.keys():
+        return
+    raise NotVaultAnswer(response.status_code, content_type or "no content type")
+
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    # hvac appends ", on get <url>": the URL is ours, not news to the user.
+    return line.split(", on ")[0][:300]

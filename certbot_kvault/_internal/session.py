@@ -1,0 +1,123 @@
+"""The HTTP session under :class:`~certbot_kvault._internal.vault.VaultClient`.
+
+It owns how bytes reach Vault: TLS (VAULT_CACERT/CAPATH, client
+certificates, VAULT_SKIP_VERIFY), retries with backoff on connection errors
+and 429/5xx answers, the HA consistency index that makes a standby answer
+only once it has our latest write, the check that each answer is Vault's,
+and silencing urllib3's per-retry warnings for Vault routes (the final
+error is reported once, in our words).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import requests
+import requests.adapters
+import requests.utils
+from urllib3.util.retry import Retry
+
+from certbot_kvault._internal.errors import check_vault_answer
+from certbot_kvault._internal.settings import VaultSettings
+
+
+class _QuietVaultRetries(logging.Filter):
+    """Drop urllib3's per-retry warnings for Vault routes (/v1/...): the final
+    error is reported once, in our words. Other clients' retries still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Retrying"):
+            return True
+        # The rendered line: the redaction filter may already have folded the args in.
+        return not record.getMessage().rsplit(": ", 1)[-1].startswith("/v1/")
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_QuietVaultRetries())
+
+
+class _ConsistencyIndex:
+    """Client-controlled consistency on HA clusters (OpenBao's ``X-Vault-Index``).
+
+    Standbys answer reads from their own, slightly lagging copy. Every answer
+    carries the storage index it reflects; sending the newest one we have seen
+    back makes a standby answer only once it has caught up, or forward to the
+    leader (``X-Vault-Inconsistent: forward-active-node``). So a read
+    after our own write, or after a lost check-and-set race against another
+    renewer (whose answer carries the leader's newer index), sees that write.
+    Servers that send no index get none back.
+    """
+
+    def __init__(self, session: requests.Session) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+        self._value = -1
+
+    def seen(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        header = response.headers.get("X-Vault-Index")
+        if not header:
+            return
+        value = _index_value(header)
+        with self._lock:
+            if value >= self._value:
+                self._value = value
+                self._session.headers["X-Vault-Index"] = header
+                # A standby that has not caught up forwards to the leader
+                # rather than answering 429 (it can lag seconds under load).
+                self._session.headers["X-Vault-Inconsistent"] = "forward-active-node"
+
+
+def _index_value(header: str) -> int:
+    import base64
+    import json
+
+    try:
+        padded = header + "=" * (-len(header) % 4)
+        return int(json.loads(base64.urlsafe_b64decode(padded))["value"])
+    except (ValueError, KeyError, TypeError):
+        return 0  # opaque to us: still the newest we have seen
+
+
+def make_session(settings: VaultSettings, pool_size: int) -> requests.Session:
+    session = requests.Session()
+    session.hooks["response"].append(check_vault_answer)
+    session.hooks["response"].append(_ConsistencyIndex(session).seen)
+    # Connection errors are retried for every method (nothing reached Vault);
+    # 5xx/429 answers too, with backoff (503 included: a raft cluster answers
+    # it while electing a leader; a sealed Vault costs a few seconds more).
+    # A retried CAS write that had in fact landed surfaces as a conflict,
+    # which VaultClient.write resolves by reading back.
+    retry = Retry(
+        total=settings.retries,
+        connect=settings.retries,
+        read=settings.retries,
+        status=settings.retries,
+        backoff_factor=0.2,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=None,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+    adapter = requests.adapters.HTTPAdapter(
+        max_retries=retry, pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    # requests would re-read proxy and CA variables from the environment on
+    # every request (a third of a loopback request's time): read them once.
+    session.proxies = requests.utils.get_environ_proxies(settings.addr)
+    session.trust_env = False
+    # hvac ignores its own verify= when given a session: set it here.
+    if settings.skip_verify:
+        session.verify = False
+    elif settings.cacert:
+        session.verify = settings.cacert
+    elif settings.capath:
+        session.verify = settings.capath
+    else:
+        session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                          or os.environ.get("CURL_CA_BUNDLE") or True)
+    if settings.client_cert:
+        session.cert = (settings.client_cert, settings.client_key) \
+            if settings.client_key else settings.client_cert
+    return session
