@@ -69,9 +69,9 @@ from certbot_kvault._internal.lock import (
     LockInfo,
     Locks,
     lineage_lock,
-    parse_time,
 )
 from certbot_kvault._internal.metrics import Metrics
+from certbot_kvault._internal.timefmt import parse_time
 from certbot_kvault._internal.tree import Tree
 from certbot_kvault._internal.vault import KVEntry, is_transient
 
