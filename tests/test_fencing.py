@@ -246,18 +246,18 @@ def test_renew_pulls_only_the_accounts_its_lineages_use(bao: Bao, golden: Golden
 
 
 def test_failures_from_exit_status_disk_and_summary() -> None:
-    from certbot_kvault._internal.renewal import _certbot_failures
+    from certbot_kvault._internal.runner import certbot_failures
 
     live = "/etc/letsencrypt/live/{}/fullchain.pem (failure)\n"
     asked = ["a", "b", "c"]
     # One certbot for all: 0 means every attempt worked, whatever the text says.
-    assert _certbot_failures(0, {}, live.format("a"), asked, set()) == set()
+    assert certbot_failures(0, {}, live.format("a"), asked, set()) == set()
     # Its summary (here from stderr) names the failures; `a` was renewed, `c` not due.
-    assert _certbot_failures(1, {}, "The following renewals failed:\n" + live.format("b"),
-                             asked, {"a"}) == {"b"}
+    assert certbot_failures(1, {}, "The following renewals failed:\n" + live.format("b"),
+                            asked, {"a"}) == {"b"}
     parsefail = "/etc/letsencrypt/renewal/c.conf (parsefail)\n"
-    assert _certbot_failures(1, {}, parsefail, asked, set()) == {"c"}
+    assert certbot_failures(1, {}, parsefail, asked, set()) == {"c"}
     # Stopped before any summary: nothing it did not renew is known to be fine.
-    assert _certbot_failures(1, {}, "Traceback ...", asked, {"a"}) == {"b", "c"}
+    assert certbot_failures(1, {}, "Traceback ...", asked, {"a"}) == {"b", "c"}
     # One certbot per lineage: each exit status.
-    assert _certbot_failures(1, {"a": 0, "b": 1, "c": 0}, "", asked, {"a"}) == {"b"}
+    assert certbot_failures(1, {"a": 0, "b": 1, "c": 0}, "", asked, {"a"}) == {"b"}

@@ -14,10 +14,9 @@ from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import (
     LockInfo,
     Locks,
-    format_time,
-    parse_time,
 )
 from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.timefmt import format_time, parse_time
 from certbot_kvault._internal.vault import VaultClient
 
 

@@ -23,8 +23,9 @@ from renew_helpers import (
 from servers import Bao
 
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import Locks, format_time
+from certbot_kvault._internal.lock import Locks
 from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.timefmt import format_time
 from certbot_kvault._internal.vault import VaultClient
 
 

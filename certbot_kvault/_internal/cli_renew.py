@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
-from certbot_kvault._internal import renewal
+from certbot_kvault._internal import renewal, runner
 from certbot_kvault._internal.cli import Context, common_options, kvault_bin, main, trust_option
 from certbot_kvault._internal.lock import DEFAULT_TTL, MIN_TTL
 
@@ -83,7 +83,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
     status: certbot's if it failed, 1 if a renewal failed or Vault could not be
     updated, else 0.
     """
-    args = renewal.check_certbot_args(certbot_args)
+    args = runner.check_certbot_args(certbot_args)
     sys.exit(renewal.renew(
         ctx.layout, ctx.tree, args, workers=ctx.workers, lock_wait=lock_wait,
         lock_ttl=lock_ttl, due_within=due_within, metrics_file=metrics_file,
@@ -109,7 +109,7 @@ def run_(ctx: Context, push_retry_for: float, certbot_args: tuple[str, ...]) -> 
     certbot's if it failed, 1 if Vault does not hold what certbot produced
     (a push failed, or reading it back differs), else 0.
     """
-    args = renewal.check_certbot_args(certbot_args)
+    args = runner.check_certbot_args(certbot_args)
     code = renewal.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
                        finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
                        say=_say, notify=_notify, stream=_stream,

@@ -34,9 +34,7 @@ refuses it with a sentence saying locking needs KV v2.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
-import math
 import os
 import random
 import secrets
@@ -47,6 +45,7 @@ from typing import Callable, Optional
 
 from certbot_kvault._internal.errors import VaultConflict, VaultError, VaultUnsupported
 from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.timefmt import floor_time, format_time, parse_time
 from certbot_kvault._internal.vault import VaultClient
 
 logger = logging.getLogger(__name__)
@@ -72,33 +71,6 @@ def process_owner() -> str:
 
 def lineage_lock(name: str) -> str:
     return LINEAGE_LOCK_PREFIX + name
-
-
-def format_time(ts: float) -> str:
-    """RFC 3339 UTC, whole seconds, rounded up (a lease never looks shorter than it is)."""
-    dt = datetime.datetime.fromtimestamp(math.ceil(ts), tz=datetime.timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _floor_time(ts: float) -> str:
-    dt = datetime.datetime.fromtimestamp(math.floor(ts), tz=datetime.timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: object) -> Optional[float]:
-    """A POSIX timestamp from an RFC 3339 string; None if missing or malformed."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    try:
-        dt = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=datetime.timezone.utc)
-    return dt.timestamp()
 
 
 @dataclasses.dataclass
@@ -199,7 +171,7 @@ class Locks:
 
     def _record(self, expires_at: float, acquired_at: float) -> dict[str, str]:
         return {"owner": self.owner, "expires_at": format_time(expires_at),
-                "acquired_at": _floor_time(acquired_at)}
+                "acquired_at": floor_time(acquired_at)}
 
     def try_acquire(self, name: str) -> Optional[LockInfo]:
         """Take ``name`` if free or stale. None on success, else who holds it."""

@@ -1,25 +1,10 @@
 """Stateless certbot runs against Vault: what ``run`` and ``renew`` do.
 
 Both start from whatever the config dir holds (usually nothing: a fresh
-container or CI job), rebuild it from Vault, run certbot with the same
-``--config-dir``/``--work-dir``/``--logs-dir``, and push the result back.
-
-``renew`` takes a lease lock first (see lock.py):
-
-- without ``--due-within``: the global lock ``renew``, then everything is
-  pulled and certbot decides what is due. Lineages that a ``--due-within``
-  renewer holds (``lineage-<name>`` locks) are left to it.
-- with ``--due-within DAYS``: one read per lineage (in parallel) finds those
-  whose ``not_after`` falls inside the window; of those, each renewer takes
-  the ``lineage-<name>`` locks it can get and renews only those, so several
-  renewers (a Kubernetes Job with parallelism, several regions) share the
-  work. A full run holding ``renew`` makes them wait (or exit 0).
-
-A renewer that cannot get the lock within ``--lock-wait`` seconds exits 0
-with one line saying who holds it and until when. One that waited and then
-got the lock skips the lineages that the previous holder renewed meanwhile
-(Vault's ``updated_at`` at or after the holder's ``acquired_at``), so even
-``-- --force-renewal`` orders each certificate once.
+container or CI job), rebuild it from Vault, run certbot (runner.py) with the
+same ``--config-dir``/``--work-dir``/``--logs-dir``, and push the result back.
+``renew`` first takes a lease lock and learns which lineages are its own
+(planner.py).
 
 ``renew`` pushes only lineages whose certificate or renewal settings changed:
 the ARI hint (``[acme_renewal_info]``) that certbot 5 writes into every
@@ -41,161 +26,39 @@ output, as it comes, newlines included). Errors are ``certbot.errors.Error``.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import math
 import os
-import posixpath
 import random
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
-import types
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional
 
 import configobj
 from certbot import errors
 
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import (
-    GLOBAL_LOCK,
-    LINEAGE_LOCK_PREFIX,
-    LockInfo,
-    Locks,
-    lineage_lock,
-    parse_time,
-)
+from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
 from certbot_kvault._internal.metrics import Metrics
+from certbot_kvault._internal.planner import plan_all, plan_due
 from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
-from certbot_kvault._internal.settings import as_bool
+from certbot_kvault._internal.runner import (
+    Notify,
+    certbot_failures,
+    dir_args,
+    run_certbot,
+    sigterm_unwinds,
+)
 from certbot_kvault._internal.tree import Tree
-from certbot_kvault._internal.vault import KVEntry, is_transient
+from certbot_kvault._internal.vault import is_transient
 
-Notify = Callable[[str], None]
 State = tuple[Optional[int], Optional[str]]
 
-DIR_FLAGS = ("--config-dir", "--work-dir", "--logs-dir")
-# certbot's renewal summary (stdout or stderr, depending on the case and version).
-_FAILURE_RE = re.compile(r"/live/([^/\s]+)/fullchain\.pem \(failure\)")
-_PARSEFAIL_RE = re.compile(r"/renewal/([^/\s]+)\.conf \(parsefail\)")
 DEFAULT_PUSH_RETRY_FOR = 300
 _MAX_BACKOFF = 10.0
 
 
-class CertbotNotFound(errors.Error):
-    """No certbot executable next to this Python nor on PATH."""
-
-
-class BadCertbotArgs(errors.Error):
-    """The arguments for certbot would make it use other directories than ours."""
-
-
 class PullFailed(errors.Error):
     """Some records could not be pulled, so running certbot is not safe."""
-
-
-# ---- certbot as a child process ---------------------------------------------------
-
-
-def certbot_bin() -> str:
-    """The certbot next to this Python (same virtualenv / image), else the one on PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "certbot")
-    if os.path.isfile(beside) and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("certbot")
-    if not found:
-        raise CertbotNotFound("certbot not found: install it next to certbot-kvault "
-                              "(same virtualenv) or put it on PATH.")
-    return found
-
-
-def check_certbot_args(args: Sequence[str]) -> list[str]:
-    """The arguments for certbot, refused if they name certbot's directories."""
-    for arg in args:
-        for flag in DIR_FLAGS:
-            if arg == flag or arg.startswith(flag + "="):
-                raise BadCertbotArgs(
-                    f"Pass {flag} to certbot-kvault (before --), not to certbot: both must use "
-                    "the same directories.")
-    return list(args)
-
-
-def _dir_args(tree: Tree) -> list[str]:
-    d = tree.dirs
-    return ["--config-dir", tree.config_dir, "--work-dir", os.path.abspath(d.work_dir),
-            "--logs-dir", os.path.abspath(d.logs_dir)]
-
-
-def run_certbot(argv: list[str], stream: Notify,
-                stream_err: Optional[Notify] = None) -> tuple[int, str]:
-    """Run certbot; each line of its stdout goes to ``stream`` as it comes and is returned.
-
-    With ``stream_err`` its stderr goes there as it comes and is returned too
-    (after stdout). certbot is told that we push (sync.PARENT_PUSH_ENV), so the
-    deploy hook and the plugin leave that to us.
-    """
-    cmd = [certbot_bin(), *argv]
-    env = dict(os.environ)
-    env[sync.PARENT_PUSH_ENV] = str(os.getpid())
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE if stream_err else None, text=True,
-                            bufsize=1, env=env)
-    out: list[str] = []
-    err: list[str] = []
-    pump: Optional[threading.Thread] = None
-    if stream_err is not None:
-        assert proc.stderr is not None
-        pipe, emit = proc.stderr, stream_err
-
-        def copy_stderr() -> None:
-            for line in pipe:
-                err.append(line)
-                emit(line)
-
-        pump = threading.Thread(target=copy_stderr, name="certbot-stderr", daemon=True)
-        pump.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.append(line)
-            stream(line)
-        rc = proc.wait()
-        if pump is not None:
-            pump.join()
-        return rc, "".join(out + err)
-    except BaseException:
-        # SIGTERM (turned into SystemExit) or Ctrl-C: stop certbot too, then unwind
-        # so the lock is released.
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        raise
-
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM (docker stop, pod eviction) unwinds like Ctrl-C: locks are released."""
-    def handler(signum: int, frame: Optional[types.FrameType]) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ---- what changed in a lineage --------------------------------------------------------
@@ -217,11 +80,6 @@ def _states(tree: Tree) -> dict[str, State]:
     return {n: _state(tree, n) for n in tree.lineage_names()}
 
 
-def _days_left(not_after: Any, now: float) -> Optional[float]:
-    ts = parse_time(not_after)
-    return None if ts is None else round((ts - now) / 86400, 3)
-
-
 def _local_not_after(tree: Tree, name: str) -> Optional[float]:
     from cryptography import x509
 
@@ -231,153 +89,6 @@ def _local_not_after(tree: Tree, name: str) -> Optional[float]:
     except (OSError, ValueError):
         return None
     return cert.not_valid_after_utc.timestamp()
-
-
-# ---- planning: which lock, which lineages ------------------------------------------------
-
-
-@dataclasses.dataclass
-class Plan:
-    """What this renewer may renew: ``names`` None = all of Vault; ``skip`` = exit 0 saying it."""
-
-    names: Optional[list[str]] = None
-    excluded: set[str] = dataclasses.field(default_factory=set)
-    only: bool = False          # renew nothing but ``names`` (per-lineage locks)
-    skip: Optional[str] = None
-    locked_out: bool = False    # skipped because another renewer holds a lock
-
-
-def read_all(layout: Layout, names: Sequence[str], workers: int) -> dict[str, KVEntry]:
-    """The raw Vault entries of these lineages (in parallel); missing ones are left out."""
-    out = {}
-    for name, entry in sync.parallel(names, layout.read_lineage_raw, workers):
-        if entry is not None:
-            out[name] = entry
-    return out
-
-
-def busy_lineages(locks: Locks, workers: int) -> dict[str, LockInfo]:
-    """Lineages whose lineage-<name> lock another renewer holds right now."""
-    folder = posixpath.dirname(locks.path(GLOBAL_LOCK))
-    keys = [k for k in locks.vault.list_keys(folder)
-            if k.startswith(LINEAGE_LOCK_PREFIX) and not k.endswith("/")]
-    busy = {}
-    for key, info in sync.parallel(keys, locks.held_by_other, workers):
-        if info is not None:
-            busy[key[len(LINEAGE_LOCK_PREFIX):]] = info
-    return busy
-
-
-def _waiting_note(what: str, wait: float,
-                  notify: Notify) -> tuple[Callable[[LockInfo], None], list[LockInfo]]:
-    """An ``on_wait`` callback that says once that we wait, and the holders it saw."""
-    told: list[LockInfo] = []
-    started = time.time()
-
-    def note(holder: LockInfo) -> None:
-        if not told:
-            if holder.acquired_at is None:
-                # Holder unknown (it released before we could read it): count
-                # what was renewed since we started asking as its work.
-                holder = dataclasses.replace(holder, acquired_at=started)
-            told.append(holder)
-            notify(f"renew: {what} is {holder.describe()}; waiting up to {wait:g}s")
-    return note, told
-
-
-def plan_all(layout: Layout, locks: Locks, lock_wait: float, workers: int,
-             notify: Notify) -> Plan:
-    """Global lock; everything in Vault except what others hold or just renewed."""
-    note, seen = _waiting_note("the lock", lock_wait, notify)
-    holder = locks.acquire(GLOBAL_LOCK, wait=lock_wait, on_wait=note)
-    if holder is not None:
-        return Plan(skip=f"renew: another renewer is at work, not renewing now: the lock is "
-                         f"{holder.describe()}.", locked_out=True)
-    plan = Plan()
-    busy = busy_lineages(locks, workers)
-    for name, info in sorted(busy.items()):
-        notify(f"renew: skipping {name}: its lock is {info.describe()}")
-    plan.excluded |= set(busy)
-    if seen:
-        # We waited: leave alone what the previous holder renewed in the meantime.
-        since = [h.acquired_at for h in seen if h.acquired_at is not None]
-        cutoff = min(since) if since else time.time()
-        entries = read_all(layout, layout.list_lineages(), workers)
-        recent = {n for n, e in entries.items()
-                  if (parse_time(e.data.get("updated_at")) or 0) >= math.floor(cutoff)}
-        for name in sorted(recent - plan.excluded):
-            notify(f"renew: skipping {name}: renewed by another renewer while we waited")
-        plan.excluded |= recent
-    if plan.excluded:
-        plan.names = [n for n in layout.list_lineages() if n not in plan.excluded]
-    return plan
-
-
-def plan_due(layout: Layout, locks: Locks, lock_wait: float, due_within: float,
-             metrics: Metrics, workers: int, notify: Notify) -> Plan:
-    """Per-lineage locks on the lineages that expire within the window."""
-    now = time.time()
-    entries = read_all(layout, layout.list_lineages(), workers)
-    metrics.checked = len(entries)
-    window_end = now + due_within * 86400
-    due = []
-    for name, entry in entries.items():
-        d = entry.data
-        days = _days_left(d.get("not_after"), now)
-        if days is not None:
-            metrics.days_to_expiry[name] = days
-        not_after = parse_time(d.get("not_after"))
-        renewable = d.get("auto_renewable", True)
-        if isinstance(renewable, str):
-            renewable = as_bool(renewable)
-        if renewable and (not_after is None or not_after <= window_end):
-            due.append(name)
-    if not due:
-        return Plan(names=[], skip=f"renew: nothing expires within {due_within:g} days "
-                                   f"({len(entries)} lineages checked).")
-    deadline = time.monotonic() + lock_wait
-    note, _seen = _waiting_note("a full renewal run holds the lock, which", lock_wait, notify)
-    while True:
-        random.shuffle(due)  # concurrent renewers start on different lineages
-        taken: list[str] = []
-        busy: dict[str, LockInfo] = {}
-        for name in due:
-            holder = locks.try_acquire(lineage_lock(name))
-            if holder is None:
-                taken.append(name)
-            else:
-                busy[name] = holder
-        # Lineage locks first, then the global one: a full run that takes
-        # `renew` after this check sees our lineage locks.
-        full_run = locks.held_by_other(GLOBAL_LOCK)
-        if full_run is None:
-            break
-        for name in taken:
-            locks.release(lineage_lock(name))
-        if time.monotonic() >= deadline:
-            return Plan(skip=f"renew: a full renewal run is at work, not renewing now: the "
-                             f"lock is {full_run.describe()}.", locked_out=True)
-        note(full_run)
-        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
-    for name, info in sorted(busy.items()):
-        notify(f"renew: skipping {name}: its lock is {info.describe()}")
-    if not taken:
-        example = next(iter(sorted(busy.items())))
-        return Plan(skip=f"renew: all {len(due)} lineages due within {due_within:g} days are "
-                         f"being renewed by other renewers (e.g. {example[0]}: "
-                         f"{example[1].describe()}).", locked_out=True)
-    # Someone may have renewed one between our read and our lock: re-read.
-    fresh = read_all(layout, taken, workers)
-    names = []
-    for name in taken:
-        before, after = entries.get(name), fresh.get(name)
-        if after is None or before is None or \
-                after.data.get("updated_at") != before.data.get("updated_at"):
-            locks.release(lineage_lock(name))
-            notify(f"renew: skipping {name}: renewed by another renewer meanwhile")
-            continue
-        names.append(name)
-    return Plan(names=sorted(names), excluded=set(entries) - set(names), only=True)
 
 
 # ---- renew -------------------------------------------------------------------------------------
@@ -406,25 +117,6 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
         if metrics_file:
             metrics.write(metrics_file)
     return code
-
-
-def _certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[str],
-                      renewed: set[str]) -> set[str]:
-    """The lineages certbot was asked to renew and did not renew because something failed.
-
-    ``rcs``: one certbot per lineage, whose exit status says it. One certbot
-    for all exits 0 only if every renewal it attempted worked; otherwise its
-    summary names the failures (on stdout or stderr), and when it names none
-    (it stopped before its summary) no lineage it did not renew is known to be
-    fine, so each counts as failed.
-    """
-    if rcs:
-        return {n for n, one_rc in rcs.items() if one_rc != 0 and n not in renewed}
-    if rc == 0:
-        return set()
-    named = set(_FAILURE_RE.findall(output)) | set(_PARSEFAIL_RE.findall(output))
-    named &= set(asked)
-    return named or set(asked) - renewed
 
 
 def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait: float,
@@ -466,7 +158,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         rc = 0
         rcs: dict[str, int] = {}
         output = ""
-        base = ["renew", "--no-random-sleep-on-renew", *_dir_args(tree), *args]
+        base = ["renew", "--no-random-sleep-on-renew", *dir_args(tree), *args]
         if not local:
             say("renew: no lineages to renew (Vault holds none).")
         elif set(allowed) == set(local):
@@ -481,7 +173,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         changed = [n for n in sorted(after) if before.get(n) != after[n]]
         grew = {n for n in changed
                 if (after[n][0] or 0) > ((before.get(n) or (0, None))[0] or 0)}
-        failed |= _certbot_failures(rc, rcs, output, allowed, grew)
+        failed |= certbot_failures(rc, rcs, output, allowed, grew)
         pushed = push_until_saved(
             tree, layout, changed, workers=workers, retry_for=push_retry_for, notify=notify,
             expected={n: pulled.versions[n] for n in changed if n in pulled.versions})
@@ -623,7 +315,7 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
             # Without a TTY certbot would sleep up to 8 minutes first.
             extra.append("--no-random-sleep-on-renew")
         before = _states(tree)
-        rc, _ = run_certbot([*args, *extra, *_dir_args(tree)], stream)
+        rc, _ = run_certbot([*args, *extra, *dir_args(tree)], stream)
         after = _states(tree)
         changed = [n for n in sorted(after) if before.get(n) != after[n]]
         pushed = push_until_saved(

@@ -1,0 +1,159 @@
+"""certbot as a child process: found, given our directories, streamed, stopped, read.
+
+``run`` and ``renew`` run certbot with the same ``--config-dir``/``--work-dir``/
+``--logs-dir`` as certbot-kvault itself, so arguments that name other
+directories are refused. certbot is told that its parent pushes
+(``KVAULT_PARENT_PUSH``), so the deploy hook and the kvault plugin leave the
+push to the caller (renewal.py says why). Its output goes to the caller's
+``stream`` (and ``stream_err``) as it comes, newlines included; SIGTERM
+(docker stop, pod eviction) stops it and unwinds like Ctrl-C, so the caller's
+locks are released. What failed is read from its exit status and its renewal
+summary. Nothing here prints; errors are ``certbot.errors.Error``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import types
+from typing import Callable, Iterator, Optional, Sequence
+
+from certbot import errors
+
+from certbot_kvault._internal import sync
+from certbot_kvault._internal.tree import Tree
+
+Notify = Callable[[str], None]
+
+DIR_FLAGS = ("--config-dir", "--work-dir", "--logs-dir")
+# certbot's renewal summary (stdout or stderr, depending on the case and version).
+_FAILURE_RE = re.compile(r"/live/([^/\s]+)/fullchain\.pem \(failure\)")
+_PARSEFAIL_RE = re.compile(r"/renewal/([^/\s]+)\.conf \(parsefail\)")
+
+
+class CertbotNotFound(errors.Error):
+    """No certbot executable next to this Python nor on PATH."""
+
+
+class BadCertbotArgs(errors.Error):
+    """The arguments for certbot would make it use other directories than ours."""
+
+
+
+def certbot_bin() -> str:
+    """The certbot next to this Python (same virtualenv / image), else the one on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "certbot")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("certbot")
+    if not found:
+        raise CertbotNotFound("certbot not found: install it next to certbot-kvault "
+                              "(same virtualenv) or put it on PATH.")
+    return found
+
+
+def check_certbot_args(args: Sequence[str]) -> list[str]:
+    """The arguments for certbot, refused if they name certbot's directories."""
+    for arg in args:
+        for flag in DIR_FLAGS:
+            if arg == flag or arg.startswith(flag + "="):
+                raise BadCertbotArgs(
+                    f"Pass {flag} to certbot-kvault (before --), not to certbot: both must use "
+                    "the same directories.")
+    return list(args)
+
+
+def dir_args(tree: Tree) -> list[str]:
+    d = tree.dirs
+    return ["--config-dir", tree.config_dir, "--work-dir", os.path.abspath(d.work_dir),
+            "--logs-dir", os.path.abspath(d.logs_dir)]
+
+
+def run_certbot(argv: list[str], stream: Notify,
+                stream_err: Optional[Notify] = None) -> tuple[int, str]:
+    """Run certbot; each line of its stdout goes to ``stream`` as it comes and is returned.
+
+    With ``stream_err`` its stderr goes there as it comes and is returned too
+    (after stdout). certbot is told that we push (sync.PARENT_PUSH_ENV), so the
+    deploy hook and the plugin leave that to us.
+    """
+    cmd = [certbot_bin(), *argv]
+    env = dict(os.environ)
+    env[sync.PARENT_PUSH_ENV] = str(os.getpid())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE if stream_err else None, text=True,
+                            bufsize=1, env=env)
+    out: list[str] = []
+    err: list[str] = []
+    pump: Optional[threading.Thread] = None
+    if stream_err is not None:
+        assert proc.stderr is not None
+        pipe, emit = proc.stderr, stream_err
+
+        def copy_stderr() -> None:
+            for line in pipe:
+                err.append(line)
+                emit(line)
+
+        pump = threading.Thread(target=copy_stderr, name="certbot-stderr", daemon=True)
+        pump.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            stream(line)
+        rc = proc.wait()
+        if pump is not None:
+            pump.join()
+        return rc, "".join(out + err)
+    except BaseException:
+        # SIGTERM (turned into SystemExit) or Ctrl-C: stop certbot too, then unwind
+        # so the lock is released.
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (docker stop, pod eviction) unwinds like Ctrl-C: locks are released."""
+    def handler(signum: int, frame: Optional[types.FrameType]) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[str],
+                     renewed: set[str]) -> set[str]:
+    """The lineages certbot was asked to renew and did not renew because something failed.
+
+    ``rcs``: one certbot per lineage, whose exit status says it. One certbot
+    for all exits 0 only if every renewal it attempted worked; otherwise its
+    summary names the failures (on stdout or stderr), and when it names none
+    (it stopped before its summary) no lineage it did not renew is known to be
+    fine, so each counts as failed.
+    """
+    if rcs:
+        return {n for n, one_rc in rcs.items() if one_rc != 0 and n not in renewed}
+    if rc == 0:
+        return set()
+    named = set(_FAILURE_RE.findall(output)) | set(_PARSEFAIL_RE.findall(output))
+    named &= set(asked)
+    return named or set(asked) - renewed
