@@ -23,23 +23,14 @@ from requests.exceptions import HTTPError, RequestException
 
 from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal import sync
+from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.redact import one_line as _one_line
+from certbot_kvault._internal.settings import SETTING_OPTIONS
 from certbot_kvault._internal.tree import Dirs, Tree
 from certbot_kvault._internal.vault import VaultClient, VaultError, VaultSettings
 
 logger = logging.getLogger(__name__)
-
-# --kvault-<option> -> VaultSettings field. Tokens are never options: an
-# option ends up in the renewal conf, and the renewal conf goes to Vault.
-SETTING_OPTIONS = {
-    "vault-addr": "addr",
-    "vault-namespace": "namespace",
-    "vault-cacert": "cacert",
-    "mount": "mount",
-    "prefix": "prefix",
-}
-
 
 class VaultUnusable(errors.Error):
     """Vault cannot be used and kvault was asked for by name: abort the certbot run."""
@@ -118,8 +109,6 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
 
     def _wire(self) -> None:
         """Install the deploy hook and register the one exit push."""
-        from certbot_kvault._internal.cli import kvault_bin
-
         tree = self._tree()
         hook = tree.install_hook(kvault_bin())
         logger.debug("kvault deploy hook at %s", hook)
