@@ -204,6 +204,21 @@ def test_lexicon_config_and_entry(pdns: PowerDNS) -> None:
         kvault_dns.check_options("powerdns", {"api_key": "x"}, "dns/x")
 
 
+def test_lexicon_provider_discovery_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dns-lexicon has no public provider discovery; its private one must still work with the
+    installed lexicon, and a lexicon that moved it must be named, not silently worked around."""
+    providers = kvault_dns.available_providers()
+    options = kvault_dns.provider_option_names("powerdns") or []
+    assert providers.get("powerdns") is True and "auth_token" in options, (
+        "dns-lexicon changed lexicon._private.discovery (find_providers/load_provider_module) "
+        f"or its providers' parsers: powerdns={providers.get('powerdns')}, options={options}")
+    monkeypatch.setitem(sys.modules, "lexicon._private.discovery", None)
+    with pytest.raises(kvault_dns.DNSError,
+                       match=r"dns-lexicon \S+ has no lexicon\._private\.discovery\."):
+        kvault_dns.check_provider("powerdns", "dns/x")
+    assert kvault_dns.provider_option_names("powerdns") is None
+
+
 def test_load_entry_default_and_errors(layout: Layout, pdns: PowerDNS) -> None:
     with pytest.raises(kvault_dns.DNSError, match="No DNS provider entry in Vault"):
         kvault_dns.load_entry(layout, None)

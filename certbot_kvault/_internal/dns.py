@@ -26,12 +26,15 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import importlib
+import importlib.metadata
 import ipaddress
 import logging
 import os
 import socket
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from types import ModuleType
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Optional, Sequence
 
 import dns.exception
 import dns.flags
@@ -48,6 +51,9 @@ from certbot_kvault._internal.layout import Layout, validate_name
 logger = logging.getLogger(__name__)
 
 PROVIDER_FIELD = "provider"
+
+# The one private module of dns-lexicon certbot-kvault uses (see _lexicon_discovery).
+LEXICON_DISCOVERY = "lexicon._private.discovery"
 
 # Poll schedule of the propagation check: the next query comes after a quarter
 # of the time waited so far, at least MIN and at most MAX seconds apart. A
@@ -68,18 +74,37 @@ class PropagationTimeout(DNSError):
 # --------------------------------------------------------------------------- providers
 
 
+def _lexicon_discovery() -> ModuleType:
+    """lexicon's provider discovery: ``find_providers()`` and ``load_provider_module(name)``.
+
+    dns-lexicon has no public API for it (3.14 to 3.25 have it only in
+    ``lexicon._private.discovery``; the ``lexicon.discovery`` alias warns that it
+    goes in lexicon 4), so this is the one place that reaches into lexicon's
+    private modules, and tests/test_dns.py fails loudly when lexicon moves it.
+    """
+    try:
+        module = importlib.import_module(LEXICON_DISCOVERY)
+    except ImportError:
+        module = None
+    if module is None or not all(hasattr(module, f)
+                                 for f in ("find_providers", "load_provider_module")):
+        raise DNSError(f"dns-lexicon {_lexicon_version()} has no {LEXICON_DISCOVERY}."
+                       "find_providers/load_provider_module, which certbot-kvault uses to list "
+                       "its DNS providers: install dns-lexicon 3.14 to 3.25 (the versions "
+                       "certbot-kvault is tested with).")
+    return module
+
+
+def _lexicon_version() -> str:
+    try:
+        return importlib.metadata.version("dns-lexicon")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 def available_providers() -> dict[str, bool]:
     """Lexicon's providers: name -> whether its extra dependencies are installed."""
-    try:
-        from lexicon._private.discovery import find_providers
-    except ImportError:  # pragma: no cover - lexicon moved its private module
-        import pkgutil
-
-        from lexicon._private import providers
-
-        return {m.name: True for m in pkgutil.iter_modules(providers.__path__)
-                if m.name != "base"}
-    return dict(find_providers())
+    return dict(_lexicon_discovery().find_providers())
 
 
 def check_provider(provider: str, where: str, entry_name: str = "NAME") -> None:
@@ -98,18 +123,26 @@ def check_provider(provider: str, where: str, entry_name: str = "NAME") -> None:
                    "KEY=VALUE ... --force`.")
 
 
+class _OptionsParser(argparse.ArgumentParser):
+    """A provider's CLI parser that fails by raising, never by exiting the process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
 def provider_option_names(provider: str) -> Optional[list[str]]:
     """The options the provider's own CLI parser declares, or None if it cannot be loaded."""
     try:
-        from lexicon._private.discovery import load_provider_module
-
-        module = load_provider_module(provider)
-        parser = argparse.ArgumentParser(add_help=False)
+        module = _lexicon_discovery().load_provider_module(provider)
+        parser = _OptionsParser(add_help=False)
         module.Provider.configure_parser(parser)
+        # Parsing no arguments sets every declared option to its default: the
+        # namespace names them all, through argparse's public API.
+        declared = vars(parser.parse_known_args([])[0])
     except Exception:  # noqa: BLE001 - an unloadable provider just skips this check
         logger.debug("cannot list the options of lexicon provider %s", provider, exc_info=True)
         return None
-    return sorted(a.dest for a in parser._actions if a.dest != "help")
+    return sorted(dest for dest in declared if dest != "help")
 
 
 def normalize_key(key: str) -> str:
