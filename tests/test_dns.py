@@ -22,6 +22,7 @@ from kvault_helpers import cli, kvault, layout_from_env
 from servers import Pebble, PowerDNS, run_certbot
 
 from certbot_kvault._internal import dns as kvault_dns
+from certbot_kvault._internal import propagation
 from certbot_kvault._internal.layout import Layout
 
 ZONE = "example.com"
@@ -51,8 +52,8 @@ def set_txt(pdns: PowerDNS, name: str, values: list[str]) -> None:
     assert r.status_code == 204, r.text
 
 
-def pdns_ns(pdns: PowerDNS) -> kvault_dns.NameServer:
-    return kvault_dns.NameServer("pdns", "127.0.0.1", pdns.dns_port)
+def pdns_ns(pdns: PowerDNS) -> propagation.NameServer:
+    return propagation.NameServer("pdns", "127.0.0.1", pdns.dns_port)
 
 
 def resolver_opt(pdns: PowerDNS) -> str:
@@ -110,33 +111,33 @@ def pdns_in_vault(layout: Layout, pdns: PowerDNS) -> str:
 
 
 def test_parse_server() -> None:
-    assert kvault_dns.parse_server("127.0.0.1:5353") == kvault_dns.NameServer(
+    assert propagation.parse_server("127.0.0.1:5353") == propagation.NameServer(
         "127.0.0.1", "127.0.0.1", 5353)
-    assert kvault_dns.parse_server("192.0.2.1").port == 53
-    assert kvault_dns.parse_server("[::1]:5300") == kvault_dns.NameServer("::1", "::1", 5300)
-    assert kvault_dns.parse_server("::1").port == 53
-    assert kvault_dns.parse_server("localhost:53").address in ("127.0.0.1", "::1")
+    assert propagation.parse_server("192.0.2.1").port == 53
+    assert propagation.parse_server("[::1]:5300") == propagation.NameServer("::1", "::1", 5300)
+    assert propagation.parse_server("::1").port == 53
+    assert propagation.parse_server("localhost:53").address in ("127.0.0.1", "::1")
     for bad in ("127.0.0.1:0", "127.0.0.1:x", ":53", "[::1]:99999"):
         with pytest.raises(kvault_dns.DNSError, match="HOST\\[:PORT\\]"):
-            kvault_dns.parse_server(bad)
+            propagation.parse_server(bad)
 
 
 def test_find_authoritative_against_pdns(pdns: PowerDNS) -> None:
-    resolver = kvault_dns.make_resolver(pdns_ns(pdns))
-    zone, servers = kvault_dns.find_authoritative(CHALLENGE, resolver, port=pdns.dns_port)
+    resolver = propagation.make_resolver(pdns_ns(pdns))
+    zone, servers = propagation.find_authoritative(CHALLENGE, resolver, port=pdns.dns_port)
     assert zone == ZONE
-    assert servers == [kvault_dns.NameServer("ns1.example.com", "127.0.0.1", pdns.dns_port)]
+    assert servers == [propagation.NameServer("ns1.example.com", "127.0.0.1", pdns.dns_port)]
     # A deeper, non-existent name walks up to the same zone.
-    zone, _ = kvault_dns.find_authoritative(f"_acme-challenge.a.b.{ZONE}", resolver,
-                                            port=pdns.dns_port)
+    zone, _ = propagation.find_authoritative(f"_acme-challenge.a.b.{ZONE}", resolver,
+                                             port=pdns.dns_port)
     assert zone == ZONE
 
 
 def test_find_authoritative_unknown_zone(pdns: PowerDNS) -> None:
-    resolver = kvault_dns.make_resolver(pdns_ns(pdns), lifetime=3)
+    resolver = propagation.make_resolver(pdns_ns(pdns), lifetime=3)
     with pytest.raises(kvault_dns.DNSError) as e:
-        kvault_dns.find_authoritative("_acme-challenge.example.org", resolver,
-                                      port=pdns.dns_port)
+        propagation.find_authoritative("_acme-challenge.example.org", resolver,
+                                       port=pdns.dns_port)
     msg = str(e.value)
     assert "\n" not in msg and "--kvault-dns-resolver" in msg and "example.org" in msg
 
@@ -145,21 +146,21 @@ def test_propagation_waits_about_as_long_as_the_delay(pdns: PowerDNS) -> None:
     """The record appears 1.5 s after the poller starts; the poller sees it soon after."""
     name = f"_delay-{secrets.token_hex(4)}.{ZONE}"
     values = {"first-" + secrets.token_hex(8), "second-" + secrets.token_hex(8)}
-    resolver = kvault_dns.make_resolver(pdns_ns(pdns))
-    _, servers = kvault_dns.find_authoritative(name, resolver, port=pdns.dns_port)
+    resolver = propagation.make_resolver(pdns_ns(pdns))
+    _, servers = propagation.find_authoritative(name, resolver, port=pdns.dns_port)
     delay = 1.5
     timer = threading.Timer(delay, set_txt, args=(pdns, name, sorted(values)))
     try:
         t0 = time.monotonic()
         timer.start()
-        waited = kvault_dns.wait_for_txt({name: values}, {name: servers}, timeout=20)
+        waited = propagation.wait_for_txt({name: values}, {name: servers}, timeout=20)
         total = time.monotonic() - t0
     finally:
         timer.cancel()
         set_txt(pdns, name, [])
     print(f"\n[measure] TXT appeared after {delay:.1f} s; propagation check returned after "
           f"{waited:.2f} s")
-    assert delay <= waited <= delay * 1.25 + kvault_dns.POLL_MIN_INTERVAL + 0.3
+    assert delay <= waited <= delay * 1.25 + propagation.POLL_MIN_INTERVAL + 0.3
     assert total < delay + 1.0
 
 
@@ -169,16 +170,16 @@ def test_propagation_needs_every_value(pdns: PowerDNS) -> None:
     set_txt(pdns, name, ["a-value"])
     try:
         t0 = time.monotonic()
-        with pytest.raises(kvault_dns.PropagationTimeout) as e:
-            kvault_dns.wait_for_txt({name: {"a-value", "b-value"}},
-                                    {name: [pdns_ns(pdns)]}, timeout=1.0)
+        with pytest.raises(propagation.PropagationTimeout) as e:
+            propagation.wait_for_txt({name: {"a-value", "b-value"}},
+                                     {name: [pdns_ns(pdns)]}, timeout=1.0)
         assert 1.0 <= time.monotonic() - t0 < 2.0
         msg = str(e.value)
         assert "\n" not in msg and "1 of 2 value(s) missing" in msg
         assert "--kvault-propagation-timeout" in msg
         set_txt(pdns, name, ["a-value", "b-value"])
-        assert kvault_dns.wait_for_txt({name: {"a-value", "b-value"}},
-                                       {name: [pdns_ns(pdns)]}, timeout=5) < 0.5
+        assert propagation.wait_for_txt({name: {"a-value", "b-value"}},
+                                        {name: [pdns_ns(pdns)]}, timeout=5) < 0.5
     finally:
         set_txt(pdns, name, [])
 
@@ -186,9 +187,9 @@ def test_propagation_needs_every_value(pdns: PowerDNS) -> None:
 def test_query_txt_dead_server_is_an_error_not_an_empty_answer() -> None:
     import servers
 
-    dead = kvault_dns.NameServer("dead", "127.0.0.1", servers.free_udp_tcp_port())
+    dead = propagation.NameServer("dead", "127.0.0.1", servers.free_udp_tcp_port())
     with pytest.raises(kvault_dns.DNSError, match="dead"):
-        kvault_dns.query_txt(dead, CHALLENGE, timeout=0.5)
+        propagation.query_txt(dead, CHALLENGE, timeout=0.5)
 
 
 def test_lexicon_config_and_entry(pdns: PowerDNS) -> None:
@@ -202,6 +203,21 @@ def test_lexicon_config_and_entry(pdns: PowerDNS) -> None:
         kvault_dns.check_provider("powerdnz", "dns/x")
     with pytest.raises(kvault_dns.DNSError, match="auth_token, pdns_disable_notify"):
         kvault_dns.check_options("powerdns", {"api_key": "x"}, "dns/x")
+
+
+def test_lexicon_provider_discovery_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dns-lexicon has no public provider discovery; its private one must still work with the
+    installed lexicon, and a lexicon that moved it must be named, not silently worked around."""
+    providers = kvault_dns.available_providers()
+    options = kvault_dns.provider_option_names("powerdns") or []
+    assert providers.get("powerdns") is True and "auth_token" in options, (
+        "dns-lexicon changed lexicon._private.discovery (find_providers/load_provider_module) "
+        f"or its providers' parsers: powerdns={providers.get('powerdns')}, options={options}")
+    monkeypatch.setitem(sys.modules, "lexicon._private.discovery", None)
+    with pytest.raises(kvault_dns.DNSError,
+                       match=r"dns-lexicon \S+ has no lexicon\._private\.discovery\."):
+        kvault_dns.check_provider("powerdns", "dns/x")
+    assert kvault_dns.provider_option_names("powerdns") is None
 
 
 def test_load_entry_default_and_errors(layout: Layout, pdns: PowerDNS) -> None:

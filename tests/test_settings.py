@@ -52,7 +52,10 @@ def test_option_tables_name_settings_fields() -> None:
 
 def _imported_modules(module: str) -> set[str]:
     """The certbot_kvault._internal modules ``module`` imports, at the top or inside a function."""
-    tree = ast.parse((INTERNAL / f"{module}.py").read_text(encoding="utf-8"))
+    path = INTERNAL / f"{module}.py"
+    if not path.exists():
+        path = INTERNAL / module / "__init__.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:

@@ -1,6 +1,4 @@
-"""DNS-01 for the ``kvault`` authenticator: provider entries from Vault, lexicon, propagation.
-
-Two halves, both free of certbot's plugin machinery so they can be tested alone:
+"""DNS-01 for the ``kvault`` authenticator: provider entries in Vault and the lexicon glue.
 
 * **Provider entries.** ``<mount>/<prefix>/dns/<name>`` holds ``provider`` (a
   dns-lexicon provider name) and that provider's options (for PowerDNS:
@@ -8,17 +6,15 @@ Two halves, both free of certbot's plugin machinery so they can be tested alone:
   reads one (or the only one), :func:`check_provider` / :func:`check_options`
   refuse names lexicon does not know, and :func:`lexicon_config` turns an
   entry into the ``ConfigResolver`` a lexicon ``Client`` takes.
-* **Active propagation check.** :func:`find_authoritative` walks up from the
-  validation name to the zone (SOA) and resolves the zone's NS hosts to
-  addresses; :func:`wait_for_txt` then asks every one of them *directly*
-  until each answers every expected TXT value, with short growing intervals,
-  bounded by a timeout. ``--kvault-dns-resolver`` replaces the discovered
-  servers with one server of the user's choosing.
+* **Lexicon glue of the plugin.** :class:`DnsRun` is what one certbot run's
+  DNS-01 work has learned and done; :func:`achall_domain` and :func:`detached`
+  bridge certbot versions and certbot's error handling.
 
-lexicon runs tldextract on every ``Client``; its answer does not matter here
-(the authenticator always names the zone through ``delegated``), so
-:func:`quiet_tldextract` keeps it off the network and its offline traceback
-out of the user's terminal.
+The active propagation check, plain DNS without lexicon or Vault, is
+propagation.py. lexicon runs tldextract on every ``Client``; its answer does
+not matter here (the authenticator always names the zone through
+``delegated``), so :func:`quiet_tldextract` keeps it off the network and its
+offline traceback out of the user's terminal.
 """
 from __future__ import annotations
 
@@ -26,22 +22,14 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
-import ipaddress
+import importlib
+import importlib.metadata
 import logging
 import os
-import socket
-import time
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from types import ModuleType
+from typing import Any, Iterator, Mapping, NoReturn, Optional
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
-import dns.resolver
-from certbot import errors
+from certbot import achallenges, errors
 
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import validate_name
@@ -50,37 +38,48 @@ logger = logging.getLogger(__name__)
 
 PROVIDER_FIELD = "provider"
 
-# Poll schedule of the propagation check: the next query comes after a quarter
-# of the time waited so far, at least MIN and at most MAX seconds apart. A
-# record that appears after t seconds is seen by about 1.25 t (+ MIN).
-POLL_MIN_INTERVAL = 0.2
-POLL_MAX_INTERVAL = 2.0
-QUERY_TIMEOUT = 2.0
+# The one private module of dns-lexicon certbot-kvault uses (see _lexicon_discovery).
+LEXICON_DISCOVERY = "lexicon._private.discovery"
 
 
 class DNSError(errors.PluginError):
     """A DNS-01 problem; the message is one line naming the fix."""
 
 
-class PropagationTimeout(DNSError):
-    """Some server did not answer the expected TXT values in time."""
-
-
 # --------------------------------------------------------------------------- providers
+
+
+def _lexicon_discovery() -> ModuleType:
+    """lexicon's provider discovery: ``find_providers()`` and ``load_provider_module(name)``.
+
+    dns-lexicon has no public API for it (3.14 to 3.25 have it only in
+    ``lexicon._private.discovery``; the ``lexicon.discovery`` alias warns that it
+    goes in lexicon 4), so this is the one place that reaches into lexicon's
+    private modules, and tests/test_dns.py fails loudly when lexicon moves it.
+    """
+    try:
+        module = importlib.import_module(LEXICON_DISCOVERY)
+    except ImportError:
+        module = None
+    if module is None or not all(hasattr(module, f)
+                                 for f in ("find_providers", "load_provider_module")):
+        raise DNSError(f"dns-lexicon {_lexicon_version()} has no {LEXICON_DISCOVERY}."
+                       "find_providers/load_provider_module, which certbot-kvault uses to list "
+                       "its DNS providers: install dns-lexicon 3.14 to 3.25 (the versions "
+                       "certbot-kvault is tested with).")
+    return module
+
+
+def _lexicon_version() -> str:
+    try:
+        return importlib.metadata.version("dns-lexicon")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 def available_providers() -> dict[str, bool]:
     """Lexicon's providers: name -> whether its extra dependencies are installed."""
-    try:
-        from lexicon._private.discovery import find_providers
-    except ImportError:  # pragma: no cover - lexicon moved its private module
-        import pkgutil
-
-        from lexicon._private import providers
-
-        return {m.name: True for m in pkgutil.iter_modules(providers.__path__)
-                if m.name != "base"}
-    return dict(find_providers())
+    return dict(_lexicon_discovery().find_providers())
 
 
 def check_provider(provider: str, where: str, entry_name: str = "NAME") -> None:
@@ -99,18 +98,26 @@ def check_provider(provider: str, where: str, entry_name: str = "NAME") -> None:
                    "KEY=VALUE ... --force`.")
 
 
+class _OptionsParser(argparse.ArgumentParser):
+    """A provider's CLI parser that fails by raising, never by exiting the process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
 def provider_option_names(provider: str) -> Optional[list[str]]:
     """The options the provider's own CLI parser declares, or None if it cannot be loaded."""
     try:
-        from lexicon._private.discovery import load_provider_module
-
-        module = load_provider_module(provider)
-        parser = argparse.ArgumentParser(add_help=False)
+        module = _lexicon_discovery().load_provider_module(provider)
+        parser = _OptionsParser(add_help=False)
         module.Provider.configure_parser(parser)
+        # Parsing no arguments sets every declared option to its default: the
+        # namespace names them all, through argparse's public API.
+        declared = vars(parser.parse_known_args([])[0])
     except Exception:  # noqa: BLE001 - an unloadable provider just skips this check
         logger.debug("cannot list the options of lexicon provider %s", provider, exc_info=True)
         return None
-    return sorted(a.dest for a in parser._actions if a.dest != "help")
+    return sorted(dest for dest in declared if dest != "help")
 
 
 def normalize_key(key: str) -> str:
@@ -248,196 +255,28 @@ def quiet_tldextract() -> Iterator[None]:
         tld_logger.removeFilter(_TLD_FILTER)
 
 
-# --------------------------------------------------------------------------- DNS servers
+# --------------------------------------------------------------------------- the plugin's run
 
 
-@dataclasses.dataclass(frozen=True)
-class NameServer:
-    """One address to ask: ``host`` is the NS name (or what the user typed)."""
+@dataclasses.dataclass
+class DnsRun:
+    """What one certbot run's DNS-01 work has learned and done."""
 
-    host: str
-    address: str
-    port: int = 53
-
-    def __str__(self) -> str:
-        addr = f"[{self.address}]" if ":" in self.address else self.address
-        label = f"{addr}:{self.port}"
-        return label if self.host in (self.address, addr) else f"{self.host} ({label})"
+    entry: Optional[DnsEntry] = None
+    zones: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> zone
+    created: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
-def parse_server(spec: str) -> NameServer:
-    """``HOST[:PORT]`` (IPv6 as ``[ADDR]:PORT`` or bare) -> a NameServer; HOST may be a name."""
-    text = spec.strip()
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else rest
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    try:
-        port = int(port_text) if port_text else 53
-        if not 0 < port < 65536 or not host:
-            raise ValueError
-    except ValueError:
-        raise DNSError(f"--kvault-dns-resolver {spec!r} is not HOST[:PORT] (e.g. 192.0.2.53, "
-                       "ns1.example.net:5353 or [2001:db8::53]:53).") from None
-    try:
-        address = str(ipaddress.ip_address(host))
-    except ValueError:
-        try:
-            address = str(socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)[0][4][0])
-        except (OSError, IndexError):
-            raise DNSError(f"--kvault-dns-resolver: cannot resolve the host name {host!r}; "
-                           "give an IP address.") from None
-    return NameServer(host=host, address=address, port=port)
+def achall_domain(achall: achallenges.AnnotatedChallenge) -> str:
+    # certbot >= 4 names it achall.identifier (IP identifiers); 2.x/3.x achall.domain.
+    identifier = getattr(achall, "identifier", None)
+    if identifier is not None:
+        return str(identifier.value)
+    return str(getattr(achall, "domain"))  # noqa: B009 - absent from newer stubs
 
 
-def make_resolver(server: Optional[NameServer] = None,
-                  lifetime: float = 10.0) -> dns.resolver.Resolver:
-    """The resolver used to *find* the authoritative servers (system's, or ``server``)."""
-    if server is None:
-        try:
-            resolver = dns.resolver.Resolver()
-        except dns.resolver.NoResolverConfiguration:
-            raise DNSError("No system DNS resolver is configured (/etc/resolv.conf); pass "
-                           "--kvault-dns-resolver HOST[:PORT] to name the server to ask.") \
-                from None
-    else:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [server.address]
-        resolver.port = server.port
-    resolver.lifetime = lifetime
-    resolver.timeout = min(QUERY_TIMEOUT, lifetime)
-    resolver.cache = None
-    return resolver
-
-
-def find_authoritative(name: str, resolver: Optional[dns.resolver.Resolver] = None,
-                       port: int = 53) -> tuple[str, list[NameServer]]:
-    """The zone holding ``name`` and its authoritative servers' addresses.
-
-    Walks up from ``name`` with SOA queries (NXDOMAIN/NODATA answers name the
-    zone in their authority section), then resolves the zone's NS hosts to
-    IPv4 and IPv6 addresses through the same resolver. ``port`` is the port
-    the authoritative servers listen on (53 but in tests).
-    """
-    resolver = resolver or make_resolver()
-    qname = dns.name.from_text(name)
-    try:
-        zone = dns.resolver.zone_for_name(qname, resolver=resolver, lifetime=resolver.lifetime)
-        ns_answer = resolver.resolve(zone, dns.rdatatype.NS)
-    except dns.exception.DNSException as e:
-        raise DNSError(f"Cannot find the authoritative DNS servers of {name} ({_dns_reason(e)}); "
-                       "pass --kvault-dns-resolver HOST[:PORT] to name the server to ask.") \
-            from None
-    servers: list[NameServer] = []
-    for rdata in sorted(ns_answer, key=lambda r: str(r)):
-        host = str(rdata.target).rstrip(".")
-        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            try:
-                answer = resolver.resolve(rdata.target, rdtype)
-            except dns.exception.DNSException as e:
-                logger.debug("no %s for name server %s: %s", rdtype.name, host, e)
-                continue
-            servers.extend(NameServer(host, str(a), port) for a in answer)
-    zone_text = zone.to_text(omit_final_dot=True)
-    if not servers:
-        raise DNSError(f"None of the name servers of zone {zone_text} "
-                       f"({', '.join(str(r) for r in ns_answer)}) resolves to an address; "
-                       "pass --kvault-dns-resolver HOST[:PORT] to name the server to ask.")
-    return zone_text, servers
-
-
-def _dns_reason(e: BaseException) -> str:
-    if isinstance(e, dns.resolver.NoNameservers):
-        return "no server answered: refused or failed"
-    if isinstance(e, dns.exception.Timeout):
-        return "timed out"
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def query_txt(server: NameServer, name: str, timeout: float = QUERY_TIMEOUT,
-              recursion: bool = False) -> set[str]:
-    """The TXT values ``server`` answers for ``name`` right now (empty when none).
-
-    Raises ``DNSError`` when the server gives no usable answer (timeout,
-    REFUSED, SERVFAIL), so a lame server is told from a missing record.
-    """
-    query = dns.message.make_query(name, dns.rdatatype.TXT)
-    if not recursion:
-        query.flags &= ~dns.flags.RD
-    try:
-        response = dns.query.udp(query, server.address, port=server.port, timeout=timeout)
-        if response.flags & dns.flags.TC:
-            response = dns.query.tcp(query, server.address, port=server.port, timeout=timeout)
-    except (dns.exception.DNSException, OSError) as e:
-        raise DNSError(f"{server}: {_dns_reason(e)}") from None
-    rcode = response.rcode()
-    if rcode == dns.rcode.NXDOMAIN:
-        return set()
-    if rcode != dns.rcode.NOERROR:
-        raise DNSError(f"{server}: answered {dns.rcode.to_text(rcode)}")
-    qname = dns.name.from_text(name)
-    values: set[str] = set()
-    for rrset in response.answer:
-        if rrset.rdtype == dns.rdatatype.TXT and rrset.name == qname:
-            for rdata in rrset:
-                values.add(b"".join(rdata.strings).decode("utf-8", "replace"))
-    return values
-
-
-def next_interval(elapsed: float) -> float:
-    return min(POLL_MAX_INTERVAL, max(POLL_MIN_INTERVAL, elapsed / 4))
-
-
-def wait_for_txt(expected: Mapping[str, set[str]],
-                 servers: Mapping[str, Sequence[NameServer]],
-                 timeout: float, recursion: bool = False,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> float:
-    """Poll until every server of every name answers all of that name's expected values.
-
-    ``expected``: validation name -> TXT values; ``servers``: validation name ->
-    the addresses to ask. The addresses of one NS host count as one server: the
-    first of them that answers decides. Returns the seconds waited; raises
-    :class:`PropagationTimeout` naming what was still missing.
-    """
-    start = clock()
-    deadline = start + timeout
-    # (name, host) -> addresses of that host; all still to be satisfied.
-    pending: dict[tuple[str, str], list[NameServer]] = {}
-    for name, addrs in servers.items():
-        for ns in addrs:
-            pending.setdefault((name, ns.host), []).append(ns)
-    status: dict[tuple[str, str], str] = {}
-    while True:
-        for key in list(pending):
-            name, _host = key
-            want = expected[name]
-            for ns in pending[key]:
-                remaining = max(0.05, deadline - clock())
-                try:
-                    seen = query_txt(ns, name, min(QUERY_TIMEOUT, remaining), recursion)
-                except DNSError as e:
-                    status[key] = str(e)
-                    continue
-                missing = want - seen
-                if not missing:
-                    logger.debug("%s answers %s at %s after %.2f s", ns, name,
-                                 ", ".join(sorted(want)), clock() - start)
-                    del pending[key]
-                    status.pop(key, None)
-                else:
-                    status[key] = (f"{ns}: {len(missing)} of {len(want)} value(s) missing")
-                break
-        elapsed = clock() - start
-        if not pending:
-            return elapsed
-        if clock() >= deadline:
-            details = "; ".join(f"{name} at {status.get((name, host), host)}"
-                                for name, host in sorted(pending))
-            raise PropagationTimeout(
-                f"DNS propagation timed out after {timeout:g} s: {details}. Raise "
-                "--kvault-propagation-timeout, check that the DNS provider entry hosts the "
-                "zone, or point --kvault-dns-resolver at a server that sees the records.")
-        sleep(min(next_interval(elapsed), max(0.0, deadline - clock())))
+def detached(err: errors.PluginError) -> errors.PluginError:
+    """certbot raises the returned error while handling the provider's: without this,
+    its traceback (log file, -v) would print that one, URL and API key included."""
+    err.__suppress_context__ = True
+    return err

@@ -7,7 +7,6 @@ the lineage (certbot never calls an installer's ``deploy_cert`` on
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -22,8 +21,9 @@ from lexicon.client import Client
 from requests.exceptions import HTTPError, RequestException
 
 from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import sync
+from certbot_kvault._internal import propagation, sync
 from certbot_kvault._internal.errors import VaultError
+from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.redact import one_line as _one_line
 from certbot_kvault._internal.settings import SETTING_OPTIONS, VaultSettings
@@ -49,7 +49,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         self._pushed: set[str] = set()
         self._before: dict[str, tuple[Optional[int], int]] = {}
         self._exit_push_registered = False
-        self._dns = _DnsRun()
+        self._dns = kvault_dns.DnsRun()
 
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None],
@@ -110,8 +110,6 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
 
     def _wire(self) -> None:
         """Install the deploy hook and register the one exit push."""
-        from certbot_kvault._internal.cli import kvault_bin
-
         tree = self._tree()
         hook = tree.install_hook(kvault_bin())
         logger.debug("kvault deploy hook at %s", hook)
@@ -268,10 +266,10 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         if status in wrong_guess:
             return None  # not this zone: let the next, shorter guess be tried
         if status in (401, 403):
-            return _detached(errors.PluginError(
+            return kvault_dns.detached(errors.PluginError(
                 f"kvault: the {self._provider_name} API refused the credentials (HTTP {status}):"
                 f" wrong API key/credentials; {self._fix()}."))
-        return _detached(errors.PluginError(
+        return kvault_dns.detached(errors.PluginError(
             f"kvault: the {self._provider_name} API failed for zone {domain_name} "
             f"(HTTP {status}): {_one_line(e)}; {self._fix()}."))
 
@@ -280,10 +278,10 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         if str(e).startswith("No domain found"):
             return None
         if isinstance(e, RequestException):
-            return _detached(errors.PluginError(
+            return kvault_dns.detached(errors.PluginError(
                 f"kvault: cannot reach the {self._provider_name} API ({_one_line(e)}); "
                 f"{self._fix()}."))
-        return _detached(errors.PluginError(
+        return kvault_dns.detached(errors.PluginError(
             f"kvault: {self._provider_name} failed for zone {domain_name}: {_one_line(e)}; "
             f"{self._fix()}."))
 
@@ -340,16 +338,16 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
                            _one_line(e))
 
     def _propagation_servers(self, names: list[str]
-                             ) -> tuple[dict[str, list[kvault_dns.NameServer]], bool]:
+                             ) -> tuple[dict[str, list[propagation.NameServer]], bool]:
         """Where to check each validation name: the override resolver, else the zone's NS."""
         override = self.conf("dns-resolver")
         if override:
-            server = kvault_dns.parse_server(override)
+            server = propagation.parse_server(override)
             return {n: [server] for n in names}, True
-        resolver = kvault_dns.make_resolver()
-        found: dict[str, list[kvault_dns.NameServer]] = {}
+        resolver = propagation.make_resolver()
+        found: dict[str, list[propagation.NameServer]] = {}
         for n in names:
-            zone, servers = kvault_dns.find_authoritative(n, resolver)
+            zone, servers = propagation.find_authoritative(n, resolver)
             logger.info("Authoritative servers of %s (zone %s): %s", n, zone,
                         ", ".join(str(s) for s in servers))
             found[n] = servers
@@ -366,7 +364,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         expected: dict[str, set[str]] = {}
         work = []
         for achall in achalls:
-            domain = _achall_domain(achall)
+            domain = kvault_dns.achall_domain(achall)
             name = achall.validation_domain_name(domain)
             value = achall.validation(achall.account_key)
             expected.setdefault(name, set()).add(value)
@@ -382,8 +380,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         count = len({s.host for group in servers.values() for s in group})
         display_util.notify(f"Waiting for {len(work)} TXT record(s) to answer on {count} "
                             "DNS server(s)")
-        waited = kvault_dns.wait_for_txt(expected, servers,
-                                         float(self.conf("propagation-timeout")), recursion)
+        waited = propagation.wait_for_txt(expected, servers,
+                                          float(self.conf("propagation-timeout")), recursion)
         logger.info("DNS records answered by every server after %.2f s", waited)
         extra = self.conf("propagation-seconds") or 0
         if extra:
@@ -396,27 +394,3 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
                 "--authenticator kvault, although the DNS servers kvault asked answered them. "
                 "If the CA asks other servers (split DNS, a slow secondary), add a fixed wait "
                 "with --kvault-propagation-seconds, or check with --kvault-dns-resolver.")
-
-
-@dataclasses.dataclass
-class _DnsRun:
-    """What one certbot run's DNS-01 work has learned and done."""
-
-    entry: Optional[kvault_dns.DnsEntry] = None
-    zones: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> zone
-    created: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
-
-
-def _achall_domain(achall: achallenges.AnnotatedChallenge) -> str:
-    # certbot >= 4 names it achall.identifier (IP identifiers); 2.x/3.x achall.domain.
-    identifier = getattr(achall, "identifier", None)
-    if identifier is not None:
-        return str(identifier.value)
-    return str(getattr(achall, "domain"))  # noqa: B009 - absent from newer stubs
-
-
-def _detached(err: errors.PluginError) -> errors.PluginError:
-    """certbot raises the returned error while handling the provider's: without this,
-    its traceback (log file, -v) would print that one, URL and API key included."""
-    err.__suppress_context__ = True
-    return err

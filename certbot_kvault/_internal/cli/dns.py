@@ -12,11 +12,11 @@ from typing import Any
 import click
 
 from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal.cli import Context, common_options, main
+from certbot_kvault._internal.cli.common import Context, common_options
 from certbot_kvault._internal.records import validate_name
 
 
-@main.group("dns")
+@click.group("dns")
 def dns_group() -> None:
     """DNS provider entries for the kvault authenticator (Vault: <mount>/<prefix>/dns/NAME).
 

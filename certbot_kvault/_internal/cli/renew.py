@@ -1,9 +1,9 @@
 """`certbot-kvault run` and `certbot-kvault renew`: stateless certbot runs against Vault.
 
-Thin click commands: they parse the options, call renewal.py (which holds the
-locking, planning and certbot runner; its docstring explains the design) and
-print what it reports: results and certbot's output on stdout, progress and
-errors on stderr.
+Thin click commands: they parse the options, call renewal.py (the flows;
+planner.py picks the locks and lineages, runner.py runs certbot; docs/DESIGN.md
+explains the design) and print what it reports: results and certbot's output
+on stdout, progress and errors on stderr.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional, TypeVar
 import click
 
 from certbot_kvault._internal import renewal, runner
-from certbot_kvault._internal.cli import Context, common_options, kvault_bin, main, trust_option
+from certbot_kvault._internal.cli.common import Context, common_options, trust_option
+from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.lock import DEFAULT_TTL, MIN_TTL
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,7 +45,7 @@ def _push_retry_option() -> Callable[[F], F]:
              "[KVAULT_PUSH_RETRY_FOR]")
 
 
-@main.command("renew")
+@click.command("renew")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True,
               envvar="KVAULT_LOCK_WAIT", metavar="SECONDS",
               help="How long to wait for another renewer's lock before giving up (exit 0) "
@@ -92,7 +93,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
         push_retry_for=push_retry_for))
 
 
-@main.command("run")
+@click.command("run")
 @click.argument("certbot_args", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- CERTBOT-ARGS")
 @_push_retry_option()

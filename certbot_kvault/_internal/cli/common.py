@@ -1,0 +1,200 @@
+"""What every ``certbot-kvault`` subcommand shares: the Vault and config-dir options, the
+:class:`Context` they build, and the report printing.
+
+The command modules beside this one import it; it imports none of them.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional, TypeVar
+
+import click
+from certbot import errors
+
+from certbot_kvault._internal import sync
+from certbot_kvault._internal.errors import VaultError
+from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.records import RecordError
+from certbot_kvault._internal.redact import one_line as _one_line
+from certbot_kvault._internal.settings import VAULT_OPTIONS, VaultSettings
+from certbot_kvault._internal.tree import Dirs, Tree
+from certbot_kvault._internal.vault import VaultClient
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
+DEFAULT_WORK_DIR = "/var/lib/letsencrypt"
+DEFAULT_LOGS_DIR = "/var/log/letsencrypt"
+
+
+class Context:
+    """What every subcommand needs, built lazily (listing needs no config dir)."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.opts = opts
+        overrides = {field: opts.get(field) for _, field, _, _ in VAULT_OPTIONS}
+        if opts.get("skip_verify"):
+            overrides["skip_verify"] = True
+        self.settings = VaultSettings.from_env(**overrides)
+        self.workers: int = opts.get("workers") or sync.DEFAULT_WORKERS
+        self.json: bool = bool(opts.get("as_json"))
+        self._vault: Optional[VaultClient] = None
+
+    @property
+    def vault(self) -> VaultClient:
+        if self._vault is None:
+            self._vault = VaultClient(self.settings, pool_size=max(16, self.workers * 2))
+        return self._vault
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.vault)
+
+    def close(self) -> None:
+        """Once, when the command ends: a machine login's token is revoked."""
+        if self._vault is not None:
+            self._vault.close()
+            self._vault = None
+
+    @property
+    def tree(self) -> Tree:
+        return Tree(Dirs(config_dir=self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
+                         work_dir=self.opts.get("work_dir") or DEFAULT_WORK_DIR,
+                         logs_dir=self.opts.get("logs_dir") or DEFAULT_LOGS_DIR),
+                    trust_vault_hooks=bool(self.opts.get("trust_vault_hooks")))
+
+    def finish_pending(self) -> sync.Report:
+        """Every command that touches the tree first completes what a hook left undone."""
+        report = sync.finish_pending(self.tree, self.layout, self.workers)
+        for item, err in report.failed:
+            click.echo(f"pending push of {item} still failing: {err}", err=True)
+        return report
+
+
+
+def common_options(tree: bool = True, json_opt: bool = False,
+                   config_dir: bool = False) -> Callable[[F], F]:
+    """Vault (and config-dir) options on every subcommand, read from the env like vault's.
+
+    ``config_dir`` without ``tree``: only --config-dir, for the Vault-only
+    commands that still report what this machine has left to push.
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            opts = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("o_")}
+            ctx = Context({k[2:]: v for k, v in opts.items()})
+            _setup_logging(ctx.opts.get("verbose", 0))
+            try:
+                return fn(ctx, **kwargs)
+            except (errors.Error, VaultError, RecordError) as e:
+                raise click.ClickException(_one_line(e)) from None
+            except OSError as e:
+                raise click.ClickException(
+                    f"{e.strerror or e}: {e.filename or ''}".strip(": ")) from None
+            finally:
+                ctx.close()
+
+        params = []
+        for flag, field, env, help_text in VAULT_OPTIONS:
+            params.append(click.option(flag, f"o_{field}", envvar=env, help=help_text,
+                                       show_envvar=False))
+        params.append(click.option("--vault-skip-verify", "o_skip_verify", is_flag=True,
+                                   default=False, help="Do not verify Vault's TLS certificate "
+                                                       "[VAULT_SKIP_VERIFY]"))
+        params.append(click.option("--workers", "o_workers", type=click.IntRange(1, 64),
+                                   default=sync.DEFAULT_WORKERS, show_default=True,
+                                   help="Parallel Vault requests"))
+        params.append(click.option("-v", "--verbose", "o_verbose", count=True,
+                                   help="More logging (-vv for debug)"))
+        if tree or config_dir:
+            params.append(
+                click.option("--config-dir", "o_config_dir", default=DEFAULT_CONFIG_DIR,
+                             show_default=True, envvar="KVAULT_CONFIG_DIR",
+                             type=click.Path(file_okay=False), help="certbot's config dir"))
+        if tree:
+            params += [
+                click.option("--work-dir", "o_work_dir", default=DEFAULT_WORK_DIR,
+                             show_default=True, envvar="KVAULT_WORK_DIR",
+                             type=click.Path(file_okay=False), help="certbot's work dir"),
+                click.option("--logs-dir", "o_logs_dir", default=DEFAULT_LOGS_DIR,
+                             show_default=True, envvar="KVAULT_LOGS_DIR",
+                             type=click.Path(file_okay=False), help="certbot's logs dir"),
+            ]
+        if json_opt:
+            params.append(click.option("--json", "o_as_json", is_flag=True,
+                                       help="Machine-readable output"))
+        for p in reversed(params):
+            wrapper = p(wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def trust_option(fn: F) -> F:
+    """--trust-vault-hooks, for the commands that pull (pull, renew, run)."""
+    return click.option(
+        "--trust-vault-hooks", "o_trust_vault_hooks", is_flag=True, default=False,
+        envvar="KVAULT_TRUST_VAULT_HOOKS",
+        help="Use the hooks, installer and local paths of the renewal confs pulled from "
+             "Vault (dropped otherwise). Risk: anyone who can write certificates/* in Vault "
+             "can then run commands on this machine. [KVAULT_TRUST_VAULT_HOOKS]")(fn)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    # urllib3 warns on every retry and hvac/tldextract chatter; the user gets
+    # our one-line error instead (-vv shows it all; URLs only, never headers).
+    for noisy in ("urllib3", "hvac", "tldextract", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.ERROR)
+
+
+def note_pending(ctx: Context) -> list[str]:
+    """Lineages whose push a deploy hook left pending here; one note on stderr if any.
+
+    Read-only: the Vault-only commands say what is missing, they do not push.
+    """
+    tree = ctx.tree
+    try:
+        marks = sync.pending(tree)
+    except OSError as e:
+        # An unreadable config dir (another user's /etc/letsencrypt) must not
+        # stop a command that only needs Vault.
+        logging.getLogger(__name__).debug("pending marks not readable: %s", e)
+        return []
+    names = []
+    for n in marks:
+        try:
+            # As finish_pending: a mark whose lineage is gone from here is not pending.
+            if os.path.exists(tree.renewal_conf_path(n)):
+                names.append(n)
+        except RecordError:
+            continue
+    if names:
+        click.echo(f"note: {len(names)} lineage(s) renewed here are not in Vault yet "
+                   f"({', '.join(names)}): run certbot-kvault push --config-dir "
+                   f"{tree.config_dir}", err=True)
+    return names
+
+
+def print_report(ctx: Context, report: sync.Report, verb: str) -> None:
+    if ctx.json:
+        click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        for item in report.written:
+            click.echo(f"{verb}: {item}")
+        click.echo(f"{len(report.written)} {verb}, {len(report.unchanged)} unchanged, "
+                   f"{len(report.failed)} failed")
+    for line in report.warnings:
+        click.echo(line, err=True)
+    for item, err in report.failed:
+        click.echo(f"error: {item}: {err}", err=True)
+    if not report.ok:
+        sys.exit(1)

@@ -1,0 +1,114 @@
+"""``certbot-kvault list``, ``show``, ``export`` and ``rm``: the lineages in Vault, for the
+people and apps that consume the certificates (no config dir needed).
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import click
+
+from certbot_kvault._internal import export, sync
+from certbot_kvault._internal.cli.common import Context, common_options, note_pending
+from certbot_kvault._internal.records import validate_name
+
+
+@click.command("list")
+@common_options(tree=False, json_opt=True, config_dir=True)
+def list_(ctx: Context) -> None:
+    """NAME  SUBJECT  EXPIRATION  AUTO_RENEWABLE, from Vault alone."""
+    note_pending(ctx)
+    layout = ctx.layout
+    rows = []
+    for name, entry in sync.parallel(layout.list_lineages(), layout.read_lineage_raw,
+                                     ctx.workers):
+        if entry is None:
+            continue
+        d = entry.data
+        domains = d.get("domains") or []
+        rows.append({"name": name, "subject": domains[0] if domains else None,
+                     "domains": domains, "not_after": d.get("not_after"),
+                     "auto_renewable": bool(d.get("auto_renewable", True)),
+                     "version": d.get("version")})
+    if ctx.json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    table = [("NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE")] + [
+        (r["name"], r["subject"] or "-", r["not_after"] or "-",
+         "yes" if r["auto_renewable"] else "no") for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(4)]
+    for row in table:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@click.command()
+@click.argument("name")
+@common_options(tree=False, json_opt=True, config_dir=True)
+def show(ctx: Context, name: str) -> None:
+    """One lineage: subject, alt names, validity, serial, key type (never the key)."""
+    note_pending(ctx)
+    record = ctx.layout.load_lineage(validate_name(name))
+    if record is None:
+        raise click.ClickException(f"No lineage {name} in Vault "
+                                   f"({ctx.layout.where('certificates', name)}).")
+    info = record.info
+    assert info is not None
+    out = {"name": name, "subject": info.domains[0] if info.domains else None,
+           "domains": info.domains, "not_before": info.not_before,
+           "not_after": info.not_after, "serial": info.serial, "key_type": info.key_type,
+           "auto_renewable": record.auto_renewable, "version": record.version,
+           "updated_at": record.updated_at}
+    if ctx.json:
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    for key in ("name", "subject", "domains", "not_before", "not_after", "serial", "key_type",
+                "auto_renewable", "version", "updated_at"):
+        value = out[key]
+        click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+
+
+@click.command("export")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Write the files here (formats pem and bundle)")
+@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="pem",
+              show_default=True, help="pem: cert/chain/fullchain/privkey.pem; bundle: "
+                                      "NAME.pem = key + full chain; env: SSL_CERT_<NAME>_* "
+                                      "lines on stdout for eval/source")
+@common_options(tree=False)
+def export_(ctx: Context, name: str, directory: Optional[str], fmt: str) -> None:
+    """Write one lineage from Vault for an app (init-container style), or print env lines.
+
+    \b
+    certbot-kvault export example.com --dir /certs
+    certbot-kvault export example.com --dir /certs --format bundle
+    eval "$(certbot-kvault export example.com --format env)"
+    """
+    if fmt != "env" and not directory:
+        raise click.ClickException(f"--format {fmt} writes files: pass --dir DIR.")
+    record = ctx.layout.load_lineage(validate_name(name))
+    if record is None:
+        raise click.ClickException(f"No lineage {name} in Vault "
+                                   f"({ctx.layout.where('certificates', name)}).")
+    if fmt == "env":
+        for line in export.env_lines(record):
+            click.echo(line)
+        return
+    assert directory is not None
+    for path in export.export_files(record, directory, fmt):
+        click.echo(f"wrote: {path}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--purge", is_flag=True, help="Delete all versions and metadata (KV v2)")
+@common_options(tree=False)
+def rm(ctx: Context, name: str, purge: bool) -> None:
+    """Delete a lineage from Vault (the latest version; all of them with --purge)."""
+    layout = ctx.layout
+    if layout.read_lineage_raw(validate_name(name)) is None and not purge:
+        raise click.ClickException(f"No lineage {name} in Vault "
+                                   f"({layout.where('certificates', name)}).")
+    layout.delete_lineage(name, purge=purge)
+    click.echo(f"deleted: {layout.where('certificates', name)}"
+               + (" (all versions)" if purge else ""))
