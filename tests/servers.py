@@ -299,7 +299,7 @@ def start_openbao_sealed(workdir: StrPath) -> Bao:
 
 # --------------------------------------------------------------------------- OpenBao HA
 
-# No `disable_mlock`: this OpenBao (2.x) warns it is an unknown field (RIG.md).
+# No `disable_mlock`: this OpenBao (2.x) warns it is an unknown field (measured).
 # performance_multiplier = 1: raft's tight timeouts (~1 s heartbeat/election, what
 # Vault recommends for production); the default (5) makes every election ~5x slower.
 # Autopilot reconciles (promotes joined nodes to voters) every 10 s by default: 1 s.

@@ -196,15 +196,15 @@ def test_export_pem_bundle_env(pushed, tmp_path):
 def test_read_only_commands_note_pending_pushes(pushed, tmp_path, monkeypatch):
     """A deploy hook that could not reach Vault left a mark: list/show/status say so on
     stderr (status --json also in "pending"), and push nothing themselves."""
-    from certbot_kvault._internal import sync
+    from certbot_kvault._internal import pending
     from certbot_kvault._internal.tree import Dirs, Tree
 
     config = tmp_path / "le"
     shutil.copytree(pushed["config"], config, symlinks=True)
     assert "note:" not in kvault("list", "--config-dir", str(config)).stderr
     tree = Tree(Dirs(str(config), str(tmp_path / "work"), str(tmp_path / "logs")))
-    sync.mark_pending(tree, "ec.cli.example.com", "Vault unreachable")
-    sync.mark_pending(tree, "gone.example.com", "Vault unreachable")  # no lineage here
+    pending.mark(tree, "ec.cli.example.com", "Vault unreachable")
+    pending.mark(tree, "gone.example.com", "Vault unreachable")  # no lineage here
     note = ("note: 1 lineage(s) renewed here are not in Vault yet (ec.cli.example.com): "
             f"run certbot-kvault push --config-dir {config}")
     for args in (["list"], ["list", "--json"], ["show", "cli.example.com"], ["status"]):

@@ -9,10 +9,14 @@ first line of hvac's error text that messages quote.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any, Iterable
 
+import hvac.exceptions
 import requests
 from certbot import errors
+
+from certbot_kvault._internal.settings import VaultSettings
 
 
 class VaultError(errors.PluginError):
@@ -110,3 +114,45 @@ def first_line(e: BaseException) -> str:
     line = text[0] if text else type(e).__name__
     # hvac appends ", on get <url>": the URL is ours, not news to the user.
     return line.split(", on ")[0][:300]
+
+
+def transport_error(e: requests.exceptions.RequestException,
+                    settings: VaultSettings) -> VaultUnreachable:
+    """One sentence for a request that got no answer: TLS, a dead leader, or no Vault."""
+    if isinstance(e, requests.exceptions.SSLError):
+        reason = str(e).upper()
+        if "CERTIFICATE_VERIFY_FAILED" in reason or "HOSTNAME" in reason:
+            return VaultUnreachable(
+                f"TLS error talking to {settings.where} (its certificate is "
+                "not trusted or names another host); set VAULT_CACERT to the CA that "
+                "signed Vault's certificate.")
+        if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "CERTIFICATE REQUIRED",
+                                             "BAD_CERTIFICATE", "BAD CERTIFICATE",
+                                             "UNKNOWN_CA", "UNKNOWN CA")):
+            return VaultUnreachable(
+                f"{settings.where} refused our TLS client certificate (or "
+                "wants one); set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY to a certificate "
+                "its listener trusts.")
+        return VaultUnreachable(
+            f"TLS error talking to {settings.where}; check VAULT_ADDR, "
+            "VAULT_CACERT and VAULT_CLIENT_CERT.")
+    failed = urllib.parse.urlsplit(getattr(e.request, "url", None) or "").netloc
+    if failed and failed != urllib.parse.urlsplit(settings.addr).netloc:
+        # A standby redirected us to a leader that is gone: an HA cluster
+        # in the middle of an election, not a wrong VAULT_ADDR.
+        return VaultUnreachable(
+            f"Vault at {settings.addr} sent us to its leader at {failed}, which does "
+            "not answer; the cluster is probably electing a new leader: run again in a "
+            "few seconds.")
+    return VaultUnreachable(
+        f"Cannot reach {settings.where} ({type(e).__name__}); check "
+        "VAULT_ADDR and that Vault is running.")
+
+
+def is_transient(e: BaseException) -> bool:
+    """Vault down, sealed, or still answering 5xx after our retries: worth trying later."""
+    if isinstance(e, (VaultUnreachable, VaultSealed)):
+        return True
+    return isinstance(e, VaultError) and isinstance(
+        e.__context__, (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway,
+                        hvac.exceptions.VaultDown, hvac.exceptions.UnexpectedError))

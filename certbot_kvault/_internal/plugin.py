@@ -21,7 +21,7 @@ from lexicon.client import Client
 from requests.exceptions import HTTPError, RequestException
 
 from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import propagation, sync
+from certbot_kvault._internal import pending, propagation, sync
 from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.layout import Layout
@@ -204,7 +204,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
             self._push_changed(workers=1)
         except errors.Error as e:
             # Too late to change certbot's exit code: say it as loudly as the hook.
-            sys.stderr.write(sync.loud_failure(str(e)))
+            sys.stderr.write(pending.loud_failure(str(e)))
         finally:
             # The last use of Vault in this process: a machine login's token
             # is revoked (a token the user gave is left alone).
@@ -213,7 +213,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
                 self._vault = None
 
     def _push(self, tree: Tree, names: list[str], workers: int = sync.DEFAULT_WORKERS) -> None:
-        if sync.parent_pushes() is not None:
+        if pending.parent_pushes() is not None:
             return  # `certbot-kvault renew`/`run` pushes after certbot, checked against its pull
         try:
             report = sync.push(tree, self.layout, names, workers=workers)
@@ -221,7 +221,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
             report = sync.Report(failed=[(f"lineage {n}", str(e)) for n in names])
         failed = [i.split(" ", 1)[1] for i, _ in report.failed if i.startswith("lineage ")]
         for name in failed:
-            sync.mark_pending(tree, name, "; ".join(e for _, e in report.failed))
+            pending.mark(tree, name, "; ".join(e for _, e in report.failed))
         if not report.ok:
             reason = "; ".join(f"{i}: {e}" for i, e in report.failed)
             raise errors.PluginError(

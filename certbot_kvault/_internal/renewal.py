@@ -35,7 +35,8 @@ from typing import Callable, Optional
 import configobj
 from certbot import errors
 
-from certbot_kvault._internal import sync
+from certbot_kvault._internal import pending, sync
+from certbot_kvault._internal.errors import is_transient
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
 from certbot_kvault._internal.metrics import Metrics
@@ -49,7 +50,6 @@ from certbot_kvault._internal.runner import (
     sigterm_unwinds,
 )
 from certbot_kvault._internal.tree import Tree
-from certbot_kvault._internal.vault import is_transient
 
 State = tuple[Optional[int], Optional[str]]
 
@@ -134,13 +134,13 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
             say(plan.skip)
             return 0
 
-        pending = finish_pending()
+        finished = finish_pending()
         pulled = sync.pull(tree, layout, plan.names, workers=workers, kvault_bin=kvault_bin,
                            used_accounts_only=True)
         for line in pulled.warnings:
             notify(line)
         failed: set[str] = set()
-        for item, err in pending.failed + pulled.failed:
+        for item, err in finished.failed + pulled.failed:
             notify(f"error: {item}: {err}")
             if item.startswith("lineage "):
                 failed.add(item[len("lineage "):])
@@ -213,7 +213,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
     say(f"renew: {len(renewed)} renewed, {len(failed)} failed, {len(allowed)} checked")
     if rc != 0:
         return rc
-    if failed or not pushed.ok or not pulled.ok or not pending.ok:
+    if failed or not pushed.ok or not pulled.ok or not finished.ok:
         return 1
     return 0
 
@@ -278,7 +278,7 @@ def _not_saved(tree: Tree, layout: Layout, report: sync.Report, names: list[str]
                reason: str) -> sync.Report:
     """Each lineage failed in ``report``, saying so, with a pending mark."""
     for name in names:
-        mark = sync.mark_pending(tree, name, reason)
+        mark = pending.mark(tree, name, reason)
         report.failed.append((f"lineage {name}", f"was NOT saved to Vault at "
                                                  f"{layout.where('certificates', name)} "
                                                  f"({reason}); pending mark at {mark}: run "
@@ -299,7 +299,7 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
     Raises PullFailed (certbot not run) if any record could not be pulled.
     """
     with sigterm_unwinds():
-        pending = finish_pending()
+        finished = finish_pending()
         pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
         for line in pulled.warnings:
             notify(line)
@@ -322,7 +322,7 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
             tree, layout, None, at_stake=changed, workers=workers, retry_for=push_retry_for,
             notify=notify,
             expected={n: pulled.versions[n] for n in changed if n in pulled.versions})
-        problems = [f"{item}: {err}" for item, err in pending.failed + pushed.failed]
+        problems = [f"{item}: {err}" for item, err in finished.failed + pushed.failed]
         problems += verify(tree, layout, workers)
         _take_back(tree, layout, pushed.fenced, workers, notify)
     for p in problems:

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from certbot import errors
 
-from certbot_kvault._internal import sync
+from certbot_kvault._internal import pending
 from certbot_kvault._internal.tree import Tree
 
 Notify = Callable[[str], None]
@@ -79,12 +79,12 @@ def run_certbot(argv: list[str], stream: Notify,
     """Run certbot; each line of its stdout goes to ``stream`` as it comes and is returned.
 
     With ``stream_err`` its stderr goes there as it comes and is returned too
-    (after stdout). certbot is told that we push (sync.PARENT_PUSH_ENV), so the
+    (after stdout). certbot is told that we push (pending.PARENT_PUSH_ENV), so the
     deploy hook and the plugin leave that to us.
     """
     cmd = [certbot_bin(), *argv]
     env = dict(os.environ)
-    env[sync.PARENT_PUSH_ENV] = str(os.getpid())
+    env[pending.PARENT_PUSH_ENV] = str(os.getpid())
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE if stream_err else None, text=True,
                             bufsize=1, env=env)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import datetime
-import json
 import logging
 import os
 from typing import Callable, Collection, Iterable, Iterator, Optional, TypeVar
@@ -26,7 +24,7 @@ from typing import Callable, Collection, Iterable, Iterator, Optional, TypeVar
 import configobj
 from certbot import errors
 
-from certbot_kvault._internal import trust
+from certbot_kvault._internal import pending, trust
 from certbot_kvault._internal.errors import (
     VaultAuthError,
     VaultConflict,
@@ -35,8 +33,8 @@ from certbot_kvault._internal.errors import (
     VaultSealed,
     VaultUnreachable,
     VaultUnsupported,
+    is_transient,
 )
-from certbot_kvault._internal.files import atomic_write
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import (
     AccountRecord,
@@ -46,7 +44,6 @@ from certbot_kvault._internal.records import (
     validate_name,
 )
 from certbot_kvault._internal.tree import Tree, TreeError
-from certbot_kvault._internal.vault import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +54,6 @@ R = TypeVar("R")
 FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsupported)
 
 DEFAULT_WORKERS = 8
-PENDING_DIR = os.path.join("kvault", "pending")
-# Set on a certbot that `certbot-kvault renew`/`run` starts (to that process's
-# pid): the deploy hook and the plugin leave the push to it, so that its
-# fenced push at the end is the only one.
-PARENT_PUSH_ENV = "KVAULT_PARENT_PUSH"
 
 
 @dataclasses.dataclass
@@ -281,7 +273,7 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
                       workers))
     for item in report.written + report.unchanged:
         if item.startswith("lineage "):
-            clear_pending(tree, item[len("lineage "):])
+            pending.clear(tree, item[len("lineage "):])
     return report
 
 
@@ -368,64 +360,14 @@ def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
         return False
 
 
-# ---- pending marks: a push that a deploy hook could not do ---------------------
-
-
-def parent_pushes() -> Optional[int]:
-    """The pid of the `certbot-kvault renew`/`run` that started this certbot, if it still
-    runs: it pushes when certbot is done, so a hook or the plugin must not push first."""
-    try:
-        pid = int(os.environ.get(PARENT_PUSH_ENV, ""))
-        if pid <= 0:  # kill(0 or -N) would signal a process group
-            return None
-        os.kill(pid, 0)
-    except PermissionError:
-        pass  # it runs, as another user
-    except (ValueError, ProcessLookupError, OverflowError):
-        return None
-    return pid
-
-
-def loud_failure(*lines: str) -> str:
-    """The banner for a push that failed where certbot only warns (hooks, exit)."""
-    bar = "*" * 72
-    return "\n".join([bar, *(f"certbot-kvault: {line}" for line in lines), bar, ""])
-
-
-def _pending_dir(tree: Tree) -> str:
-    return os.path.join(tree.config_dir, PENDING_DIR)
-
-
-def mark_pending(tree: Tree, name: str, reason: str) -> str:
-    validate_name(name)
-    d = _pending_dir(tree)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    path = os.path.join(d, name)
-    body = {"lineage": name, "reason": reason,
-            "at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    atomic_write(path, json.dumps(body).encode(), 0o600)
-    return path
-
-
-def pending(tree: Tree) -> list[str]:
-    d = _pending_dir(tree)
-    if not os.path.isdir(d):
-        return []
-    return sorted(n for n in os.listdir(d) if not n.startswith("."))
-
-
-def clear_pending(tree: Tree, name: str) -> None:
-    try:
-        os.unlink(os.path.join(_pending_dir(tree), name))
-    except FileNotFoundError:
-        pass
+# ---- pending marks -----------------------------------------------------------
 
 
 def finish_pending(tree: Tree, layout: Layout, workers: int = DEFAULT_WORKERS) -> Report:
     """Complete pushes that a failed deploy hook left behind (lineages that still exist)."""
-    names = [n for n in pending(tree) if os.path.exists(tree.renewal_conf_path(n))]
-    for gone in set(pending(tree)) - set(names):
-        clear_pending(tree, gone)
+    names = [n for n in pending.names(tree) if os.path.exists(tree.renewal_conf_path(n))]
+    for gone in set(pending.names(tree)) - set(names):
+        pending.clear(tree, gone)
     if not names:
         return Report()
     logger.info("Completing %d pending push(es): %s", len(names), ", ".join(names))

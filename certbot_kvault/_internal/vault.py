@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import urllib.parse
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import hvac
@@ -37,9 +36,9 @@ from certbot_kvault._internal.errors import (
     VaultPathMissing,
     VaultPermissionDenied,
     VaultSealed,
-    VaultUnreachable,
     VaultUnsupported,
     first_line,
+    transport_error,
 )
 from certbot_kvault._internal.session import make_session
 from certbot_kvault._internal.settings import VaultSettings
@@ -116,7 +115,7 @@ class VaultClient:
                     f"{self.settings.where} is sealed or not initialized ({first_line(e)}"
                     "); unseal it (`vault operator unseal`) and run again.") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-                raise self._transport_error(e) from None
+                raise transport_error(e, self.settings) from None
             except hvac.exceptions.RateLimitExceeded:
                 raise VaultError(
                     f"{self.settings.where} kept answering 429 (rate limited) on {path} "
@@ -157,35 +156,7 @@ class VaultClient:
         return (" (the default address, used because VAULT_ADDR is not set)"
                 if self.settings.addr_is_default else "")
 
-    def _transport_error(self, e: requests.exceptions.RequestException) -> VaultUnreachable:
-        if isinstance(e, requests.exceptions.SSLError):
-            reason = str(e).upper()
-            if "CERTIFICATE_VERIFY_FAILED" in reason or "HOSTNAME" in reason:
-                return VaultUnreachable(
-                    f"TLS error talking to {self.settings.where} (its certificate is "
-                    "not trusted or names another host); set VAULT_CACERT to the CA that "
-                    "signed Vault's certificate.")
-            if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "CERTIFICATE REQUIRED",
-                                                 "BAD_CERTIFICATE", "BAD CERTIFICATE",
-                                                 "UNKNOWN_CA", "UNKNOWN CA")):
-                return VaultUnreachable(
-                    f"{self.settings.where} refused our TLS client certificate (or "
-                    "wants one); set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY to a certificate "
-                    "its listener trusts.")
-            return VaultUnreachable(
-                f"TLS error talking to {self.settings.where}; check VAULT_ADDR, "
-                "VAULT_CACERT and VAULT_CLIENT_CERT.")
-        failed = urllib.parse.urlsplit(getattr(e.request, "url", None) or "").netloc
-        if failed and failed != urllib.parse.urlsplit(self.settings.addr).netloc:
-            # A standby redirected us to a leader that is gone: an HA cluster
-            # in the middle of an election, not a wrong VAULT_ADDR.
-            return VaultUnreachable(
-                f"Vault at {self.settings.addr} sent us to its leader at {failed}, which does "
-                "not answer; the cluster is probably electing a new leader: run again in a "
-                "few seconds.")
-        return VaultUnreachable(
-            f"Cannot reach {self.settings.where} ({type(e).__name__}); check "
-            "VAULT_ADDR and that Vault is running.")
+
     # ---- KV ----------------------------------------------------------------
 
     @property
@@ -393,7 +364,7 @@ class VaultClient:
         except NotVaultAnswer as e:
             raise self._not_an_api(e) from None
         except requests.exceptions.RequestException as e:
-            raise self._transport_error(e) from None
+            raise transport_error(e, self.settings) from None
         except hvac.exceptions.VaultError as e:
             raise VaultError(f"{self.settings.where} answered sys/health with "
                              f"{type(e).__name__}: {first_line(e)}") from None
@@ -419,11 +390,3 @@ class VaultClient:
         self._auth.revoke()
         self._session.close()
 
-
-def is_transient(e: BaseException) -> bool:
-    """Vault down, sealed, or still answering 5xx after our retries: worth trying later."""
-    if isinstance(e, (VaultUnreachable, VaultSealed)):
-        return True
-    return isinstance(e, VaultError) and isinstance(
-        e.__context__, (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway,
-                        hvac.exceptions.VaultDown, hvac.exceptions.UnexpectedError))

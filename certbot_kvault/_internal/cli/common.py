@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, TypeVar
 import click
 from certbot import errors
 
-from certbot_kvault._internal import sync
+from certbot_kvault._internal import pending, sync
 from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import RecordError
@@ -163,7 +163,7 @@ def note_pending(ctx: Context) -> list[str]:
     """
     tree = ctx.tree
     try:
-        marks = sync.pending(tree)
+        marks = pending.names(tree)
     except OSError as e:
         # An unreadable config dir (another user's /etc/letsencrypt) must not
         # stop a command that only needs Vault.

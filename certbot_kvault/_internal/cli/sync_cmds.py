@@ -11,7 +11,7 @@ import sys
 import click
 from certbot import errors
 
-from certbot_kvault._internal import sync
+from certbot_kvault._internal import pending, sync
 from certbot_kvault._internal.cli.common import (
     DEFAULT_CONFIG_DIR,
     Context,
@@ -80,7 +80,7 @@ def deploy_hook(ctx: Context) -> None:
         raise click.ClickException("RENEWED_LINEAGE is not set: this command is run by certbot "
                                    "as a deploy hook. To push by hand: certbot-kvault push NAME")
     name = validate_name(os.path.basename(os.path.normpath(live)))
-    parent = sync.parent_pushes()
+    parent = pending.parent_pushes()
     if parent is not None:
         # Its push is checked against what it pulled (a renewer that lost its
         # lock must not overwrite); one from here would not be.
@@ -99,8 +99,8 @@ def deploy_hook(ctx: Context) -> None:
         failures = [(f"lineage {name}", _one_line(e))]
     if failures:
         reason = "; ".join(f"{i}: {e}" for i, e in failures)
-        mark = sync.mark_pending(tree, name, reason)
-        click.echo(sync.loud_failure(
+        mark = pending.mark(tree, name, reason)
+        click.echo(pending.loud_failure(
             f"lineage {name} was NOT saved to Vault.", f"  {reason}",
             f"  A pending mark is at {mark}; fix the cause, then run:",
             f"    certbot-kvault push --config-dir {tree.config_dir} {name}"), err=True, nl=False)
