@@ -11,10 +11,10 @@ Where a record lives in Vault is layout.py's business; on disk, tree.py's.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import re
+import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certbot_kvault._internal.settings import as_bool
+from certbot_kvault._internal.timefmt import floor_time
 
 if TYPE_CHECKING:  # only annotations: records sit below the Vault connection
     from certbot_kvault._internal.vault import KVEntry
@@ -63,14 +64,6 @@ def server_path_for_url(url: str) -> str:
     """The directory certbot names a server's accounts by: host + path of the URL."""
     parsed = urllib.parse.urlparse(url)
     return validate_server_path((parsed.netloc + parsed.path).rstrip("/"))
-
-
-def _utc(dt: datetime.datetime) -> str:
-    return dt.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def now_rfc3339() -> str:
-    return _utc(datetime.datetime.now(datetime.timezone.utc))
 
 
 def account_id_for_key(private_key_json: str) -> str:
@@ -140,8 +133,8 @@ def inspect_pems(pems: PemSet, where: str) -> CertInfo:
         key_type = type(key).__name__
     return CertInfo(
         domains=_cert_domains(cert),
-        not_before=_utc(cert.not_valid_before_utc),
-        not_after=_utc(cert.not_valid_after_utc),
+        not_before=floor_time(cert.not_valid_before_utc.timestamp()),
+        not_after=floor_time(cert.not_valid_after_utc.timestamp()),
         serial=format(cert.serial_number, "x"),
         key_type=key_type)
 
@@ -208,7 +201,7 @@ class LineageRecord:
             "serial": info.serial,
             "key_type": info.key_type,
             "auto_renewable": self.auto_renewable,
-            "updated_at": self.updated_at or now_rfc3339(),
+            "updated_at": self.updated_at or floor_time(time.time()),
             "archive": {str(n): p.as_dict() for n, p in sorted(self.archive.items())},
         }
 

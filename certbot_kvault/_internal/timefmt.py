@@ -22,6 +22,7 @@ def format_time(ts: float) -> str:
 
 
 def floor_time(ts: float) -> str:
+    """RFC 3339 UTC, whole seconds, rounded down (when something happened)."""
     dt = datetime.datetime.fromtimestamp(math.floor(ts), tz=datetime.timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
