@@ -16,12 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from renew_helpers import (
-    Golden,
-    kv_version,
-    record,
-    scrubbed_env,
-)
+from helpers import Golden, kv_version, record, scrubbed_env
 from servers import Bao
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import hvac
 import pytest
-from kvault_helpers import kvault, layout_from_env, snapshot, token_with_policy
+from helpers import kvault, layout_from_env, one_line_error, snapshot, token_with_policy
 from servers import free_port, run_certbot
 
 from certbot_kvault._internal.layout import RecordError, validate_name
@@ -34,14 +34,6 @@ def tree(issued, tmp_path):
     for conf in config.joinpath("renewal").glob("*.conf"):
         conf.write_text(conf.read_text().replace(str(issued), str(config)))
     return config
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode != 0, proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) >= 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.stderr
 
 
 def test_unreachable_vault(vault_env, tree, monkeypatch):

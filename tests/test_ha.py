@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from kvault_helpers import snapshot
-from renew_helpers import (
+from helpers import (
     KVAULT,
     Golden,
     fresh_dirs,
     kv_version,
+    kvault,
     locks_held,
     orders,
-    run_kvault,
     scrubbed_env,
     seed,
+    snapshot,
     walk,
 )
 from servers import Bao, RaftCluster
@@ -67,12 +67,12 @@ def test_push_through_one_standby_pull_from_the_other(
     src, dst = raft.standbys()[:2]
     # A real certbot tree: the golden lineages, pulled from the dev server.
     a, a_args = fresh_dirs(tmp_path, "a")
-    run_kvault(["pull", *a_args], scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token,
-                                               KVAULT_PREFIX=golden.prefix))
+    kvault("pull", *a_args, env=scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token,
+                                             KVAULT_PREFIX=golden.prefix))
     names = sorted(p.stem for p in (a / "config" / "renewal").glob("*.conf"))
     assert names == ["calm", "due", "short"], names
 
-    out = run_kvault(["push", *a_args], _env(src, raft, prefix)).stdout
+    out = kvault("push", *a_args, env=_env(src, raft, prefix)).stdout
     assert "pushed" in out, out
     # The writes went through a standby; the records are on the leader.
     leader = raft.leader()
@@ -83,7 +83,7 @@ def test_push_through_one_standby_pull_from_the_other(
     assert sorted(walk(leader, f"{prefix}/accounts")) == golden_accounts
 
     b, b_args = fresh_dirs(tmp_path, "b")
-    run_kvault(["pull", *b_args], _env(dst, raft, prefix))
+    kvault("pull", *b_args, env=_env(dst, raft, prefix))
     before = {k: (kind, mode, text.replace(str(a), str(b)))
               for k, (kind, mode, text) in snapshot(a / "config").items()}
     after = snapshot(b / "config")
@@ -91,7 +91,7 @@ def test_push_through_one_standby_pull_from_the_other(
     diff = [k for k in before if before[k] != after[k]]
     assert not diff, diff
 
-    listed = run_kvault(["list"], _env(dst, raft, prefix)).stdout
+    listed = kvault("list", env=_env(dst, raft, prefix)).stdout
     for name in names:
         assert name in listed, listed
 

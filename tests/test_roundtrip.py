@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import hvac
-from kvault_helpers import kvault, layout_from_env, snapshot
+from helpers import kvault, layout_from_env, snapshot
 from servers import run_certbot
 
 ISSUE = ("--agree-tos", "--register-unsafely-without-email")
@@ -160,14 +160,14 @@ def test_approle_login(vault_env, bao, certbot, certbot_dirs, pebble, monkeypatc
         "secret_id"]
     certbot(*standalone(pebble, "approle.example.com"))
     monkeypatch.delenv("VAULT_TOKEN")
-    env = {"VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id}
+    env = {**os.environ, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id}
     out = kvault("push", "--config-dir", certbot_dirs.config_dir, env=env)
     assert "1 pushed" in out.stdout or "2 pushed" in out.stdout
     status = kvault("status", "--json", env=env).stdout
     assert prefix in status and "approle" in status
     assert secret_id not in out.stdout + out.stderr + status
     bad = kvault("push", "--config-dir", certbot_dirs.config_dir, check=False,
-                 env={"VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": "wrong"})
+                 env={**os.environ, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": "wrong"})
     assert bad.returncode == 1
     assert "refused the AppRole login" in bad.stderr and "wrong" not in bad.stderr
     assert "Vault said: invalid role or secret ID" in bad.stderr
