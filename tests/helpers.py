@@ -86,12 +86,12 @@ def scrubbed_env(**extra: str) -> dict[str, str]:
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    """The failed run's stderr, with no traceback."""
+    """The failed run's stderr, which must be exactly one line and no traceback."""
     assert proc.returncode != 0, proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) >= 1, proc.stderr
-    return "\n".join(lines)
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
 
 
 def layout_from_env(**overrides: Any) -> Layout:

@@ -119,7 +119,7 @@ def test_jwt_login_refused(bao: Bao, vault_env: dict[str, str], jwt_role: dict[s
     assert proc.returncode == 1
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1, err
-    assert "JWT" in err or "jwt" in err
+    assert f"refused the JWT login (auth/{jwt_role['mount']}, role {jwt_role['role']})" in err
     assert token not in proc.stdout + proc.stderr
     assert token.split(".")[1] not in proc.stdout + proc.stderr
 

@@ -13,6 +13,7 @@ from helpers import (
     kvault,
     load_policy,
     locks_held,
+    record,
     scrubbed_env,
     seed,
 )
@@ -76,9 +77,11 @@ def test_renewer_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
     with pytest.raises(VaultPermissionDenied, match="needs create/update on"):
         layout.save_dns("pdns", {"provider": "x"})
     # No deleting certificates.
+    calm = kv_version(bao, prefix, "certificates/calm")
     proc = kvault("rm", "calm", env=env, check=False)
     assert proc.returncode == 1 and "permission denied" in proc.stderr
-    assert kv_version(bao, prefix, "certificates/calm") >= 1
+    assert kv_version(bao, prefix, "certificates/calm") == calm
+    assert record(bao, prefix, "certificates/calm") is not None
 
 
 def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],

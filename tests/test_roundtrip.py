@@ -35,7 +35,7 @@ def test_issue_push_wipe_pull_renew(vault_env, certbot, certbot_dirs, pebble, tm
     account_id = account_dir.parent.name
 
     out = kvault("push", "--config-dir", dirs.config_dir).stdout
-    assert "1 pushed" in out or "2 pushed" in out, out
+    assert "2 pushed, 0 unchanged, 0 failed" in out, out
     layout = layout_from_env()
     assert layout.list_lineages() == ["www.example.com"]
     assert [a for _, a in layout.list_accounts()] == [account_id]
@@ -162,7 +162,7 @@ def test_approle_login(vault_env, bao, certbot, certbot_dirs, pebble, monkeypatc
     monkeypatch.delenv("VAULT_TOKEN")
     env = {**os.environ, "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id}
     out = kvault("push", "--config-dir", certbot_dirs.config_dir, env=env)
-    assert "1 pushed" in out.stdout or "2 pushed" in out.stdout
+    assert "2 pushed, 0 unchanged, 0 failed" in out.stdout, out.stdout
     status = kvault("status", "--json", env=env).stdout
     assert prefix in status and "approle" in status
     assert secret_id not in out.stdout + out.stderr + status
