@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -147,7 +148,7 @@ def test_run_leaves_vault_hooks_of_untouched_lineages(bao: Bao, golden: Golden,
     assert kv_version(bao, prefix, "certificates/calm") == calm
     vault_conf = record(bao, prefix, "certificates/calm")["renewal"]  # type: ignore[index]
     assert f"pre_hook = {hook}" in vault_conf
-    assert "0 pushed" in kvault("push", *args, env=env).stdout
+    assert kvault("push", *args, env=env).stdout.startswith("0 pushed, ")
 
 
 # ---- Vault connection settings: the token never goes elsewhere ------------------------
@@ -296,7 +297,7 @@ def test_local_settings_survive_pull(bao: Bao, golden: Golden, vault_env: dict[s
     assert [_named(w) for w in _warnings(proc.stderr)] == [{"pre_hook", "kvault_vault_addr"}]
 
     # Pushing is as before: this machine's conf goes to Vault as it is.
-    assert "1 pushed" in kvault("push", *args, env=env).stdout
+    assert re.search(r"^1 pushed, ", kvault("push", *args, env=env).stdout, re.M)
     vault_conf = record(bao, prefix, "certificates/due")["renewal"]  # type: ignore[index]
     assert "pre_hook = echo local-pre" in vault_conf
     assert "post_hook = echo local-post" in vault_conf
