@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import servers  # noqa: E402
 from helpers import (  # noqa: E402
+    SCRUB_NAMES,
+    SCRUB_PREFIXES,
     Golden,
     TokenReviewStub,
     dir_args,
@@ -28,11 +30,6 @@ from helpers import (  # noqa: E402
     scrubbed_env,
 )
 from servers import Bao, Pebble, PowerDNS, RaftCluster  # noqa: E402
-
-# Variables of the outer environment that must never leak into a test.
-_SCRUB_PREFIXES = ("VAULT_", "KVAULT_", "BAO_")
-_SCRUB_NAMES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-
 
 # --------------------------------------------------------------------------- servers
 
@@ -183,7 +180,7 @@ def _sanitize(name: str) -> str:
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Scrub VAULT_*/KVAULT_*/REQUESTS_CA_BUNDLE from os.environ; HOME -> a fresh tmp dir."""
     for key in list(os.environ):
-        if key.startswith(_SCRUB_PREFIXES) or key in _SCRUB_NAMES:
+        if key.startswith(SCRUB_PREFIXES) or key in SCRUB_NAMES:
             monkeypatch.delenv(key, raising=False)
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)

@@ -49,6 +49,9 @@ from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.vault import VaultClient, VaultSettings
 
 KVAULT = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
+# Variables of the outer environment that must never leak into a test.
+SCRUB_PREFIXES = ("VAULT_", "KVAULT_", "BAO_")
+SCRUB_NAMES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 ZONE = "example.com"
 
@@ -79,8 +82,7 @@ def cli(*args: str, env: Optional[dict[str, str]] = None) -> Result:
 def scrubbed_env(**extra: str) -> dict[str, str]:
     """os.environ without any Vault or CA-bundle setting, plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("VAULT_", "KVAULT_", "BAO_"))
-           and k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+           if not k.startswith(SCRUB_PREFIXES) and k not in SCRUB_NAMES}
     env.update(extra)
     return env
 

@@ -269,10 +269,16 @@ class Bao(Server):
 
     def cli_env(self, token: Optional[str] = None) -> dict[str, str]:
         """Environment to run ``self.bin`` CLI commands against this server."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-        env.update(VAULT_ADDR=self.addr, VAULT_TOKEN=token or self.token,
-                   HOME=str(self.workdir))
+        env = _bao_env(self.workdir)
+        env.update(VAULT_ADDR=self.addr, VAULT_TOKEN=token or self.token)
         return env
+
+
+def _bao_env(home: Path) -> dict[str, str]:
+    """os.environ without VAULT_*/BAO_*; HOME: the bao CLI writes ~/.vault-token there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(home)
+    return env
 
 
 def _spawn_bao(wd: Path, args: Sequence[str], *, port: int, token: str,
@@ -280,10 +286,7 @@ def _spawn_bao(wd: Path, args: Sequence[str], *, port: int, token: str,
     """``bao <args>`` in ``wd``, with no VAULT_*/BAO_* from the outer environment."""
     binary = bao_binary()
     log = wd / "bao.log"
-    # HOME: the CLI writes ~/.vault-token; keep the machine's home untouched.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env["HOME"] = str(wd)
-    proc = _spawn([binary, *args], log, env=env, cwd=wd)
+    proc = _spawn([binary, *args], log, env=_bao_env(wd), cwd=wd)
     return Bao(proc, log, wd, addr=f"{scheme}://127.0.0.1:{port}", token=token, bin=binary)
 
 
