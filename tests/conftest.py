@@ -1,4 +1,6 @@
-"""pytest fixtures: real OpenBao, PowerDNS, Pebble and certbot (see tests/servers.py)."""
+"""pytest fixtures: real OpenBao (dev, sealed, raft), PowerDNS, Pebble and certbot
+(servers.py), the ``golden`` lineages and the Kubernetes TokenReview stub (helpers.py).
+"""
 
 from __future__ import annotations
 
@@ -16,17 +18,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import servers  # noqa: E402
-from servers import Bao, Pebble, PowerDNS  # noqa: E402
-
-# Variables of the outer environment that must never leak into a test.
-_SCRUB_PREFIXES = ("VAULT_", "KVAULT_", "BAO_")
-_SCRUB_NAMES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-
+from helpers import (  # noqa: E402
+    SCRUB_NAMES,
+    SCRUB_PREFIXES,
+    Golden,
+    TokenReviewStub,
+    dir_args,
+    issue_lineage,
+    kvault,
+    make_always_due,
+    scrubbed_env,
+)
+from servers import Bao, Pebble, PowerDNS, RaftCluster  # noqa: E402
 
 # --------------------------------------------------------------------------- servers
-
-
-pytest_plugins = ["renew_fixtures", "ha_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +105,70 @@ def pebble_factory(
             p.stop()
 
 
+def _start_raft(workdir: Path, what: str) -> RaftCluster:
+    cluster = servers.start_openbao_raft_cluster(workdir)
+    print(f"{what}: 3-node OpenBao raft cluster ready in {cluster.startup_seconds:.2f}s")
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def raft(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaftCluster]:
+    """A 3-node OpenBao raft cluster (KV v2 at ``secret/``), shared by the non-destructive
+    tests; each test works below its own KVAULT_PREFIX."""
+    cluster = _start_raft(tmp_path_factory.mktemp("raft"), "session")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def raft_solo(tmp_path: Path) -> Iterator[RaftCluster]:
+    """A cluster of its own, for a test that stops nodes."""
+    cluster = _start_raft(tmp_path / "raft-solo", "function")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def token_review(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenReviewStub]:
+    """A stub Kubernetes TokenReview API for Vault's kubernetes auth method."""
+    stub = TokenReviewStub(tmp_path_factory.mktemp("k8s-api"))
+    try:
+        yield stub
+    finally:
+        stub.stop()
+
+
+# --------------------------------------------------------------------------- golden lineages
+
+
+@pytest.fixture(scope="session")
+def golden(bao: Bao, pebble: Pebble, pebble_factory: Callable[..., Pebble],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Golden]:
+    """Real lineages issued once into their own Vault prefix (see helpers.py);
+    tests copy what they need with ``helpers.seed``."""
+    pebble2 = pebble_factory(cert_validity_seconds=2 * 86400)
+    root = tmp_path_factory.mktemp("golden")
+    bundle = root / "ca-bundle.pem"
+    bundle.write_text(Path(pebble.ca_bundle).read_text() + Path(pebble2.ca_bundle).read_text())
+    prefix = f"golden-{secrets.token_hex(3)}"
+    env = scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token, KVAULT_PREFIX=prefix,
+                       REQUESTS_CA_BUNDLE=str(bundle))
+    domains = {"due": "www.example.com", "calm": "calm.example.com",
+               "short": "short.example.com"}
+    args = dir_args(root)
+    issue_lineage(pebble, root, "due", domains["due"], env)
+    make_always_due(root / "config" / "renewal" / "due.conf")
+    issue_lineage(pebble, root, "calm", domains["calm"], env)
+    issue_lineage(pebble2, root, "short", domains["short"], env)
+    kvault("push", *args, env=env)
+    yield Golden(prefix=prefix, ca_bundle=str(bundle), pebble=pebble, pebble2=pebble2,
+                 domains=domains)
+
+
 # --------------------------------------------------------------------------- environment
 
 
@@ -111,7 +180,7 @@ def _sanitize(name: str) -> str:
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Scrub VAULT_*/KVAULT_*/REQUESTS_CA_BUNDLE from os.environ; HOME -> a fresh tmp dir."""
     for key in list(os.environ):
-        if key.startswith(_SCRUB_PREFIXES) or key in _SCRUB_NAMES:
+        if key.startswith(SCRUB_PREFIXES) or key in SCRUB_NAMES:
             monkeypatch.delenv(key, raising=False)
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)

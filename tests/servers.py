@@ -41,6 +41,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def free_udp_tcp_port() -> int:
     """A port free for both TCP and UDP on 127.0.0.1 (for DNS servers)."""
     for _ in range(50):
@@ -99,21 +105,7 @@ class Server:
         return _tail(self.log_path, lines)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(STOP_TIMEOUT)
-        else:
-            self.proc.wait()
+        stop_all([self])
 
     def __enter__(self) -> Server:
         return self
@@ -123,6 +115,26 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} running={self.running()}>"
+
+
+def stop_all(procs: Iterable[Server]) -> None:
+    """SIGTERM every running one at once (by PID), then wait for each (SIGKILL if it hangs)."""
+    procs = list(procs)
+    for server in procs:
+        if server.proc.poll() is None:
+            try:
+                os.kill(server.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for server in procs:
+        try:
+            server.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            try:
+                os.kill(server.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            server.proc.wait(STOP_TIMEOUT)
 
 
 def _spawn(
@@ -201,6 +213,7 @@ class Bao(Server):
         self.unseal_keys: list[str] = []
         self.root_token: str = token
         self.startup_seconds = 0.0
+        self.ca_cert: Optional[str] = None
         self._http = session()
 
     def api(self, method: str, path: str, json: Any = None,
@@ -217,12 +230,35 @@ class Bao(Server):
     def health(self) -> requests.Response:
         return self._http.get(f"{self.addr}/v1/sys/health", timeout=2)
 
-    def unseal(self) -> None:
+    def request(self, method: str, path: str, *, headers: Mapping[str, str],
+                json: Any = None) -> requests.Response:
+        """Raw HTTP call with exactly ``headers`` (no token added), e.g. a namespace's."""
+        return self._http.request(method.upper(), f"{self.addr}/v1/{path.lstrip('/')}",
+                                  json=json, headers=dict(headers), timeout=10)
+
+    def submit_unseal_keys(self) -> None:
+        """Send ``unseal_keys`` until the node says it is unsealed (no wait for active)."""
         for key in self.unseal_keys:
             r = self.api("PUT", "sys/unseal", json={"key": key}, token="")
-            r.raise_for_status()
+            if r.status_code != 200:
+                raise RuntimeError(f"unseal of {self.addr} failed: {r.status_code} "
+                                   f"{r.text}\n{self.log_tail()}")
             if not r.json().get("sealed", True):
                 break
+
+    def init(self) -> None:
+        """``sys/init`` with one key share: sets ``unseal_keys``, ``root_token`` and ``token``."""
+        r = self.api("PUT", "sys/init", json={"secret_shares": 1, "secret_threshold": 1},
+                     token="")
+        if r.status_code != 200:
+            raise RuntimeError(f"openbao init failed: {r.status_code} {r.text}\n"
+                               f"{self.log_tail()}")
+        body = r.json()
+        self.unseal_keys = list(body.get("keys_base64") or body["keys"])
+        self.root_token = self.token = body["root_token"]
+
+    def unseal(self) -> None:
+        self.submit_unseal_keys()
         # Active-node election takes a moment after unseal.
         _wait_ready(self, lambda: self.health().status_code == 200, "openbao unseal", 20)
 
@@ -233,25 +269,48 @@ class Bao(Server):
 
     def cli_env(self, token: Optional[str] = None) -> dict[str, str]:
         """Environment to run ``self.bin`` CLI commands against this server."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-        env.update(VAULT_ADDR=self.addr, VAULT_TOKEN=token or self.token,
-                   HOME=str(self.workdir))
+        env = _bao_env(self.workdir)
+        env.update(VAULT_ADDR=self.addr, VAULT_TOKEN=token or self.token)
         return env
 
 
-def start_openbao_dev(workdir: StrPath) -> Bao:
-    """``bao server -dev`` with root token ``root``: in memory, KV v2 at ``secret/``."""
-    wd = _workdir(workdir, "openbao-dev")
-    port = free_port()
+def _bao_env(home: Path) -> dict[str, str]:
+    """os.environ without VAULT_*/BAO_*; HOME: the bao CLI writes ~/.vault-token there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(home)
+    return env
+
+
+def _spawn_bao(wd: Path, args: Sequence[str], *, port: int, token: str,
+               scheme: str = "http") -> Bao:
+    """``bao <args>`` in ``wd``, with no VAULT_*/BAO_* from the outer environment."""
     binary = bao_binary()
     log = wd / "bao.log"
-    # HOME: the dev server writes ~/.vault-token; keep the machine's home untouched.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env["HOME"] = str(wd)
+    proc = _spawn([binary, *args], log, env=_bao_env(wd), cwd=wd)
+    return Bao(proc, log, wd, addr=f"{scheme}://127.0.0.1:{port}", token=token, bin=binary)
+
+
+def start_openbao_dev(workdir: StrPath, *, tls: bool = False,
+                      config: Optional[Path] = None) -> Bao:
+    """``bao server -dev`` with root token ``root``: in memory, KV v2 at ``secret/``.
+
+    ``tls``: HTTPS with the dev server's own CA (``bao.ca_cert``, trusted by ``bao.api``).
+    ``config``: an extra HCL file, e.g. a second listener.
+    """
+    wd = _workdir(workdir, "openbao-dev-tls" if tls else "openbao-dev")
+    port = free_port()
+    args = ["server", "-dev", "-dev-root-token-id=root", f"-dev-listen-address=127.0.0.1:{port}"]
+    if tls:
+        certs = wd / "certs"
+        certs.mkdir(exist_ok=True)
+        args += ["-dev-tls", f"-dev-tls-cert-dir={certs}"]
+    if config is not None:
+        args.append(f"-config={config}")
     t0 = time.monotonic()
-    proc = _spawn([binary, "server", "-dev", "-dev-root-token-id=root",
-                   f"-dev-listen-address=127.0.0.1:{port}"], log, env=env, cwd=wd)
-    bao = Bao(proc, log, wd, addr=f"http://127.0.0.1:{port}", token="root", bin=binary)
+    bao = _spawn_bao(wd, args, port=port, token="root", scheme="https" if tls else "http")
+    if tls:
+        bao.ca_cert = str(wd / "certs" / "vault-ca.pem")
+        bao._http.verify = bao.ca_cert
     _wait_ready(bao, lambda: bao.health().status_code == 200, "openbao dev server")
     bao.startup_seconds = time.monotonic() - t0
     return bao
@@ -275,23 +334,15 @@ def start_openbao_sealed(workdir: StrPath) -> Bao:
     port, cluster_port = free_port(), free_port()
     cfg = wd / "bao.hcl"
     cfg.write_text(_BAO_CONFIG.format(port=port, cluster_port=cluster_port))
-    binary = bao_binary()
-    log = wd / "bao.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env["HOME"] = str(wd)
     t0 = time.monotonic()
-    proc = _spawn([binary, "server", f"-config={cfg}"], log, env=env, cwd=wd)
-    bao = Bao(proc, log, wd, addr=f"http://127.0.0.1:{port}", token="", bin=binary)
+    bao = _spawn_bao(wd, ["server", f"-config={cfg}"], port=port, token="")
     # Uninitialised: 501; sealed: 503.
     _wait_ready(bao, lambda: bao.health().status_code in (501, 503), "openbao server")
-    r = bao.api("PUT", "sys/init", json={"secret_shares": 1, "secret_threshold": 1}, token="")
-    if r.status_code != 200:
+    try:
+        bao.init()
+    except RuntimeError:
         bao.stop()
-        raise RuntimeError(f"openbao init failed: {r.status_code} {r.text}\n{bao.log_tail()}")
-    body = r.json()
-    bao.unseal_keys = list(body.get("keys_base64") or body["keys"])
-    bao.root_token = body["root_token"]
-    bao.token = bao.root_token
+        raise
     _wait_ready(bao, lambda: bao.health().status_code == 503, "openbao sealed state")
     bao.startup_seconds = time.monotonic() - t0
     return bao
@@ -299,7 +350,7 @@ def start_openbao_sealed(workdir: StrPath) -> Bao:
 
 # --------------------------------------------------------------------------- OpenBao HA
 
-# No `disable_mlock`: this OpenBao (2.x) warns it is an unknown field (measured).
+# No `disable_mlock`: this OpenBao (2.x) warns it is an unknown field.
 # performance_multiplier = 1: raft's tight timeouts (~1 s heartbeat/election, what
 # Vault recommends for production); the default (5) makes every election ~5x slower.
 # Autopilot reconciles (promotes joined nodes to voters) every 10 s by default: 1 s.
@@ -389,19 +440,7 @@ class RaftCluster:
         return list(r.json()["data"]["config"]["servers"])
 
     def stop(self) -> None:
-        """SIGTERM every node at once (by PID), then wait for each (SIGKILL if it hangs)."""
-        for node in self.nodes:
-            if node.running():
-                try:
-                    os.kill(node.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for node in self.nodes:
-            try:
-                node.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-            node.stop()
+        stop_all(self.nodes)
 
     def __enter__(self) -> RaftCluster:
         return self
@@ -421,8 +460,6 @@ def start_openbao_raft_cluster(workdir: StrPath, nodes: int = 3) -> RaftCluster:
     sys/health answers 200 (active) or 429 (standby).
     """
     wd = _workdir(workdir, "openbao-raft")
-    binary = bao_binary()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     t0 = time.monotonic()
     members: list[Bao] = []
     cluster = RaftCluster(members, wd, root_token="", unseal_keys=[])
@@ -435,38 +472,21 @@ def start_openbao_raft_cluster(workdir: StrPath, nodes: int = 3) -> RaftCluster:
             cfg = nd / "bao.hcl"
             cfg.write_text(_RAFT_CONFIG.format(data=data, node_id=f"node{i}", port=port,
                                                cluster_port=cluster_port))
-            log = nd / "bao.log"
-            # HOME: the CLI writes ~/.vault-token; keep the machine's home untouched.
-            proc = _spawn([binary, "server", f"-config={cfg}"], log,
-                          env={**env, "HOME": str(nd)}, cwd=nd)
-            members.append(Bao(proc, log, nd, addr=f"http://127.0.0.1:{port}", token="",
-                               bin=binary))
+            members.append(_spawn_bao(nd, ["server", f"-config={cfg}"], port=port, token=""))
         for node in members:
             # Uninitialised: 501; sealed: 503.
             _wait_ready(node, lambda n=node: n.health().status_code in (501, 503),
                         "openbao raft node")
 
         first = members[0]
-        r = first.api("PUT", "sys/init", json={"secret_shares": 1, "secret_threshold": 1},
-                      token="")
-        if r.status_code != 200:
-            raise RuntimeError(f"openbao init failed: {r.status_code} {r.text}\n"
-                               f"{first.log_tail()}")
-        body = r.json()
-        cluster.unseal_keys = list(body.get("keys_base64") or body["keys"])
-        cluster.root_token = body["root_token"]
+        first.init()
+        cluster.unseal_keys = list(first.unseal_keys)
+        cluster.root_token = first.root_token
         for node in members:
             node.unseal_keys = list(cluster.unseal_keys)
             node.root_token = node.token = cluster.root_token
 
-        def unseal(node: Bao) -> None:
-            for key in cluster.unseal_keys:
-                u = node.api("PUT", "sys/unseal", json={"key": key}, token="")
-                if u.status_code != 200:
-                    raise RuntimeError(f"unseal of {node.addr} failed: {u.status_code} "
-                                       f"{u.text}\n{node.log_tail()}")
-
-        unseal(first)
+        first.submit_unseal_keys()
         _wait_ready(first, lambda: first.health().status_code == 200, "openbao raft leader")
         # Autopilot promotes a joined node to voter once it has been healthy for
         # server_stabilization_time (default 10 s, per node): 1 s is plenty on loopback.
@@ -481,7 +501,7 @@ def start_openbao_raft_cluster(workdir: StrPath, nodes: int = 3) -> RaftCluster:
             if j.status_code != 200 or not j.json().get("joined"):
                 raise RuntimeError(f"raft join of {node.addr} failed: {j.status_code} "
                                    f"{j.text}\n{node.log_tail()}")
-            unseal(node)
+            node.submit_unseal_keys()
 
         def voters() -> int:
             r = first.api("GET", "sys/storage/raft/configuration")
@@ -679,7 +699,7 @@ def start_powerdns(workdir: StrPath, zones: Iterable[str] = ("example.com",)) ->
 # --------------------------------------------------------------------------- Pebble
 
 
-def _make_listener_cert(d: Path) -> tuple[Path, Path, Path]:
+def make_listener_cert(d: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a leaf for 127.0.0.1/localhost. Returns (ca, cert, key)."""
     ca_key, ca_pem = d / "ca.key", d / "ca.pem"
     key, csr, cert = d / "listener.key", d / "listener.csr", d / "listener.pem"
@@ -740,7 +760,7 @@ def start_pebble(workdir: StrPath, dns_port: int, *,
                  cert_validity_seconds: Optional[int] = None) -> Pebble:
     """Debian's pebble, resolving names through ``127.0.0.1:dns_port``."""
     wd = _workdir(workdir, "pebble")
-    ca, cert, key = _make_listener_cert(wd)
+    ca, cert, key = make_listener_cert(wd)
     port, mport, http_port, tls_port = (free_port() for _ in range(4))
     cfg: dict[str, Any] = {
         "listenAddress": f"127.0.0.1:{port}",

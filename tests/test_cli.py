@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kvault_helpers import cli, kvault, layout_from_env, token_with_policy
+from helpers import cli, kvault, layout_from_env, token_with_policy
 from servers import run_certbot
 
 ISSUE = ("--agree-tos", "--register-unsafely-without-email")
@@ -212,7 +212,7 @@ def test_read_only_commands_note_pending_pushes(pushed, tmp_path, monkeypatch):
         assert proc.stderr.splitlines() == [note], (args, proc.stderr)
     status = json.loads(kvault("status", "--json", "--config-dir", str(config)).stdout)
     assert status["pending"] == ["ec.cli.example.com"]
-    proc = kvault("list", "--json", env={"KVAULT_CONFIG_DIR": str(config)})
+    proc = kvault("list", "--json", env={**os.environ, "KVAULT_CONFIG_DIR": str(config)})
     assert [r["name"] for r in json.loads(proc.stdout)] == ["cli.example.com",
                                                            "ec.cli.example.com"]
     assert proc.stderr.splitlines() == [note]
@@ -220,7 +220,7 @@ def test_read_only_commands_note_pending_pushes(pushed, tmp_path, monkeypatch):
     from servers import free_port
 
     down = kvault("status", "--config-dir", str(config), check=False,
-                  env={"VAULT_ADDR": f"http://127.0.0.1:{free_port()}"})
+                  env={**os.environ, "VAULT_ADDR": f"http://127.0.0.1:{free_port()}"})
     assert down.returncode == 1 and down.stderr.splitlines()[0] == note, down.stderr
     assert (config / "kvault" / "pending" / "ec.cli.example.com").exists()  # not pushed
 

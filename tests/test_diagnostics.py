@@ -11,22 +11,28 @@
 """
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import secrets
-import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from kvault_helpers import kvault, token_with_policy
-from renew_helpers import run_kvault, scrubbed_env
-from servers import Bao, PowerDNS
-from test_auth import _approle, load_policy
-from test_dns import certonly_args, error_line, pdns_entry, resolver_opt
+from helpers import (
+    approle,
+    certonly_args,
+    error_line,
+    kvault,
+    load_policy,
+    one_line_error,
+    pdns_entry,
+    resolver_opt,
+    scrubbed_env,
+    token_with_policy,
+)
+from servers import Bao, PowerDNS, listening
+from stubs import Answer, HttpStub
 
 from certbot_kvault._internal.errors import VaultAuthError, VaultNotAnAPI, VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
@@ -47,14 +53,6 @@ def _seed(bao: Bao, prefix: str, names: list[str]) -> None:
         assert r.status_code == 200, r.text
 
 
-def _one_line(proc: Any) -> str:
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    return str(lines[0])
-
-
 # ---- 1. a 403 told apart -------------------------------------------------------------------
 
 
@@ -65,7 +63,7 @@ def test_token_without_rights_on_the_mount_is_a_permission(vault_env: dict[str, 
     token = token_with_policy(bao, f"elsewhere-{prefix}",
                               'path "other/data/*" { capabilities = ["read"] }')
     monkeypatch.setenv("VAULT_TOKEN", token)
-    err = _one_line(kvault("list", check=False))
+    err = one_line_error(kvault("list", check=False))
     assert f"permission denied: needs read on secret/data/{prefix}/*" in err
     assert "--vault-mount" not in err and "invalid or expired" not in err
     assert token not in err
@@ -149,40 +147,15 @@ def test_vault_client_kinds(vault_env: dict[str, str], bao: Bao) -> None:
 # ---- 3. not Vault at VAULT_ADDR, 4. VAULT_ADDR unset -----------------------------------------
 
 
-class _NotVault(http.server.ThreadingHTTPServer):
+def _not_vault(status: int, content_type: str, body: bytes) -> HttpStub:
     """Answers every request with one fixed body (a web page, another API's JSON)."""
-
-    def __init__(self, status: int, content_type: str, body: bytes) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _any(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _any  # noqa: N815
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def addr(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+    return HttpStub(lambda request: Answer(status, body, {"Content-Type": content_type}))
 
 
 @pytest.fixture
-def not_vault(request: pytest.FixtureRequest) -> Iterator[_NotVault]:
-    server = _NotVault(*request.param)
-    try:
+def not_vault(request: pytest.FixtureRequest) -> Iterator[HttpStub]:
+    with _not_vault(*request.param) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize("not_vault,expect", [
@@ -192,13 +165,13 @@ def not_vault(request: pytest.FixtureRequest) -> Iterator[_NotVault]:
     ((200, "application/json", b'{"hello": "world"}'), "(HTTP 200, application/json)"),
     ((200, "text/plain", b"ok"), "(HTTP 200, text/plain)"),
 ], indirect=["not_vault"])
-def test_not_a_vault_api_is_one_line(not_vault: _NotVault, expect: str,
+def test_not_a_vault_api_is_one_line(not_vault: HttpStub, expect: str,
                                      vault_env: dict[str, str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAULT_ADDR", not_vault.addr)
+    monkeypatch.setenv("VAULT_ADDR", not_vault.url)
     for command in ("list", "status"):
-        err = _one_line(kvault(command, check=False))
-        assert f"The server at {not_vault.addr} does not look like a Vault API {expect}" in err
+        err = one_line_error(kvault(command, check=False))
+        assert f"The server at {not_vault.url} does not look like a Vault API {expect}" in err
         assert "check VAULT_ADDR" in err
     # A 404 page is not "no such secret".
     client = VaultClient(VaultSettings.from_env())
@@ -207,17 +180,16 @@ def test_not_a_vault_api_is_one_line(not_vault: _NotVault, expect: str,
 
 
 def test_unset_vault_addr_is_named(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", 8200)) == 0:
-            pytest.skip("something listens on the default Vault port here")
+    if listening(8200):
+        pytest.skip("something listens on the default Vault port here")
     monkeypatch.setenv("VAULT_TOKEN", "s.unused")
     for command in ("list", "status"):
-        err = _one_line(kvault(command, check=False))
+        err = one_line_error(kvault(command, check=False))
         assert f"Cannot reach Vault at {DEFAULT_ADDR} (the default address, used because " \
                "VAULT_ADDR is not set)" in err
     # Set explicitly, the same address is not called a default.
     monkeypatch.setenv("VAULT_ADDR", DEFAULT_ADDR)
-    err = _one_line(kvault("list", check=False))
+    err = one_line_error(kvault("list", check=False))
     assert "Cannot reach Vault at" in err and "VAULT_ADDR is not set" not in err
 
 
@@ -252,11 +224,11 @@ def test_policy_denials_cost_no_logins(vault_env: dict[str, str], bao: Bao) -> N
     assert bao.api("PUT", f"sys/policies/acl/{policy}", {
         "policy": f'path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}'}
     ).status_code == 204
-    creds = _approle(bao, policy, secret_id_num_uses=10)
+    creds = approle(bao, policy, secret_id_num_uses=10)
     assert _uses_left(bao, creds) == 10
     env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
-    proc = run_kvault(["list", "--workers", "4"], env, check=False)
-    err = _one_line(proc)
+    proc = kvault("list", "--workers", "4", env=env, check=False)
+    err = one_line_error(proc)
     assert f"permission denied: needs read on secret/data/{prefix}/certificates/n" in err
     assert _uses_left(bao, creds) == 9  # one login for the whole command
 
@@ -264,28 +236,28 @@ def test_policy_denials_cost_no_logins(vault_env: dict[str, str], bao: Bao) -> N
 def test_machine_login_token_is_revoked_at_exit(vault_env: dict[str, str], bao: Bao) -> None:
     prefix = vault_env["KVAULT_PREFIX"]
     _seed(bao, prefix, ["a.example.com"])
-    creds = _approle(bao, load_policy(bao, "renewer", prefix), secret_id_num_uses=5)
+    creds = approle(bao, load_policy(bao, "renewer", prefix), secret_id_num_uses=5)
     env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
-    proc = run_kvault(["list"], env)
+    proc = kvault("list", env=env)
     assert "a.example.com" in proc.stdout
     assert _uses_left(bao, creds) == 4  # it did log in
     assert _live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
     # A failing command revokes too.
-    proc = run_kvault(["show", "missing.example.com"], env, check=False)
+    proc = kvault("show", "missing.example.com", env=env, check=False)
     assert proc.returncode == 1
     assert _live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
 
     # A token the user gave is never revoked.
     token = token_with_policy(bao, f"user-{prefix}", _policy_rw(prefix))
-    run_kvault(["list"], scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix,
-                                      VAULT_TOKEN=token))
+    kvault("list", env=scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix,
+                                    VAULT_TOKEN=token))
     assert bao.api("POST", "auth/token/lookup", {"token": token}).status_code == 200
 
 
 def test_plugin_revokes_its_machine_login_at_exit(vault_env: dict[str, str], bao: Bao,
                                                   certbot: Any) -> None:
     prefix = vault_env["KVAULT_PREFIX"]
-    creds = _approle(bao, load_policy(bao, "renewer", prefix), secret_id_num_uses=5)
+    creds = approle(bao, load_policy(bao, "renewer", prefix), secret_id_num_uses=5)
     env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     # `plugins --init --prepare` runs the plugin's prepare(); `-i kvault` chooses it, so
@@ -310,22 +282,18 @@ def test_redact() -> None:
 
 
 @pytest.fixture
-def failing_api() -> Iterator[_NotVault]:
-    server = _NotVault(500, "text/plain", b"internal error")
-    try:
+def failing_api() -> Iterator[HttpStub]:
+    with _not_vault(500, "text/plain", b"internal error") as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_provider_url_secret_is_redacted(vault_env: dict[str, str], pdns: PowerDNS,
                                          certbot: Any, certbot_dirs: Any,
-                                         failing_api: _NotVault) -> None:
+                                         failing_api: HttpStub) -> None:
     secret = "SECRET" + secrets.token_hex(8)
     layout = Layout(VaultClient(VaultSettings.from_env()))
     layout.save_dns("pdns", pdns_entry(
-        pdns, pdns_server=f"{failing_api.addr}/pdns?api_key={secret}&"))
+        pdns, pdns_server=f"{failing_api.url}/pdns?api_key={secret}&"))
     env = dict(vault_env)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     proc = certbot(*certonly_args("--kvault-dns-resolver", resolver_opt(pdns), "-vv",

@@ -15,28 +15,30 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
-from kvault_helpers import cli, kvault, layout_from_env
+import stubs
+from helpers import (
+    ZONE,
+    certonly_args,
+    cli,
+    error_line,
+    kvault,
+    layout_from_env,
+    pdns_entry,
+    resolver_opt,
+)
 from servers import Pebble, PowerDNS, run_certbot
 
 from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal import propagation
 from certbot_kvault._internal.layout import Layout
 
-ZONE = "example.com"
 CHALLENGE = f"_acme-challenge.{ZONE}"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def pdns_entry(pdns: PowerDNS, **override: str) -> dict[str, str]:
-    entry = {"provider": "powerdns", "auth_token": pdns.api_key, "pdns_server": pdns.api_url,
-             "pdns_server_id": pdns.server_id}
-    entry.update(override)
-    return entry
 
 
 def set_txt(pdns: PowerDNS, name: str, values: list[str]) -> None:
@@ -56,32 +58,11 @@ def pdns_ns(pdns: PowerDNS) -> propagation.NameServer:
     return propagation.NameServer("pdns", "127.0.0.1", pdns.dns_port)
 
 
-def resolver_opt(pdns: PowerDNS) -> str:
-    return f"127.0.0.1:{pdns.dns_port}"
-
-
 def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out, out
     assert "ConnectionError" not in out, out
     assert "Public Suffix" not in out, out
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """certbot's last stderr line (where it puts the error of a failed run)."""
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines, proc.stdout
-    return lines[-2] if lines[-1].startswith("Ask for help") else lines[-1]
-
-
-def certonly_args(*extra: str, dns: Optional[str] = "pdns",
-                  domains: tuple[str, ...] = (ZONE, f"*.{ZONE}")) -> list[str]:
-    args = ["certonly", "-a", "kvault", "--agree-tos", "--register-unsafely-without-email"]
-    if dns:
-        args += ["--kvault-dns", dns]
-    for d in domains:
-        args += ["-d", d]
-    return args + list(extra)
 
 
 @pytest.fixture
@@ -365,7 +346,7 @@ def test_certonly_wildcard_and_apex_then_renew_from_pulled_tree(
     fresh = tmp_path / "fresh"
     dirs = {k: fresh / k for k in ("config", "work", "logs")}
     kvault("pull", "--config-dir", str(dirs["config"]), "--work-dir", str(dirs["work"]),
-           "--logs-dir", str(dirs["logs"]), env=kv_env)
+           "--logs-dir", str(dirs["logs"]), env={**os.environ, **kv_env})
     t0 = time.monotonic()
     proc = run_certbot(["renew", "--force-renewal"], config_dir=dirs["config"],
                        work_dir=dirs["work"], logs_dir=dirs["logs"], pebble=pebble,
@@ -490,35 +471,6 @@ def test_bad_input_is_one_clear_line(case: str, kv_env: dict[str, str], pdns: Po
 # --------------------------------------------------------------------------- Vault down
 
 
-PROXY = r"""
-import socket, sys, threading
-listen, target = int(sys.argv[1]), int(sys.argv[2])
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", listen)); srv.listen(64)
-print("ready", flush=True)
-def pipe(a, b):
-    try:
-        while True:
-            data = a.recv(65536)
-            if not data:
-                break
-            b.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (a, b):
-            try:
-                s.close()
-            except OSError:
-                pass
-while True:
-    c, _ = srv.accept()
-    u = socket.create_connection(("127.0.0.1", target))
-    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
-    threading.Thread(target=pipe, args=(u, c), daemon=True).start()
-"""
-
-
 @pytest.mark.skipif(
     tuple(int(p) for p in __import__("certbot").__version__.split(".")[:2]) < (5, 3),
     reason="certbot < 5.3 runs renewal-hooks/deploy only on renewals, and this test stops "
@@ -531,15 +483,14 @@ def test_vault_down_at_deploy_time_leaves_pending_mark(
     leaves a pending mark, and the next `certbot-kvault push` finishes the upload.
 
     certbot runs renewal-hooks/deploy/* in name order, so a hook named before
-    00-update-vault.sh kills the TCP proxy certbot uses to reach Vault.
+    00-update-vault.sh kills the TCP proxy certbot uses to reach Vault (a process, for
+    the hook to kill by PID).
     """
-    import servers
-
-    port = servers.free_port()
-    proxy = subprocess.Popen([sys.executable, "-c", PROXY, str(port), str(bao.port)],
+    proxy = subprocess.Popen([sys.executable, stubs.__file__, str(bao.port)],
                              stdout=subprocess.PIPE, text=True)
     try:
-        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+        assert proxy.stdout is not None
+        port = int(proxy.stdout.readline())
         hooks = certbot_dirs.config_dir / "renewal-hooks" / "deploy"
         hooks.mkdir(parents=True)
         stopper = hooks / "00-00-stop-vault.sh"
@@ -562,7 +513,7 @@ def test_vault_down_at_deploy_time_leaves_pending_mark(
     assert pdns.txt_records(CHALLENGE) == []
 
     # Vault is back (the same server, reached directly): the next push completes it.
-    r = kvault("push", *certbot_dirs.args(), env=kv_env)
+    r = kvault("push", *certbot_dirs.args(), env={**os.environ, **kv_env})
     assert "pushed: lineage example.com" in r.stdout, r.stdout
     _assert_vault_holds_lineage(layout)
     assert not list(pending.iterdir())

@@ -19,27 +19,29 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import click
 import pytest
 import yaml
-from renew_helpers import (
+from helpers import (
     KVAULT,
     Golden,
     TokenReviewStub,
+    approle,
+    enable_auth,
     kv_version,
+    load_policy,
     locks_held,
+    pub_pem,
     scrubbed_env,
     seed,
 )
 from servers import Bao
-from test_auth import _approle, _pub_pem, enable_auth, load_policy
+from stubs import Answer, HttpStub, Request
 
 from certbot_kvault._internal.cli import main
 from certbot_kvault._internal.settings import VaultSettings
@@ -295,7 +297,7 @@ def _jwt_role(bao: Bao, policy: str, mount_name: str, key: Any, role: str,
               bound_claims: dict[str, Any], issuer: str) -> str:
     mount = enable_auth(bao, "jwt")
     r = bao.api("POST", f"auth/{mount}/config",
-                json={"jwt_validation_pubkeys": [_pub_pem(key)], "bound_issuer": issuer})
+                json={"jwt_validation_pubkeys": [pub_pem(key)], "bound_issuer": issuer})
     assert r.status_code == 204, r.text
     r = bao.api("POST", f"auth/{mount}/role/{role}", json={
         "role_type": "jwt", "user_claim": "sub", "bound_audiences": ["https://vault.example.com"],
@@ -349,33 +351,20 @@ class IdTokenStub:
     def __init__(self, make_token: Any) -> None:
         self.bearer = secrets.token_hex(8)
         self.requests = 0
-        stub = self
+        self.make_token = make_token
+        self.http = HttpStub(self._answer)
+        self.url = f"{self.http.url}/token?api-version=2.0"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-                if self.headers.get("Authorization") != f"bearer {stub.bearer}":
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                stub.requests += 1
-                body = json.dumps({"value": make_token(query["audience"][0])}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token?api-version=2.0"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _answer(self, request: Request) -> Answer:
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(request.path).query)
+        if request.headers.get("Authorization") != f"bearer {self.bearer}":
+            return Answer(401)
+        self.requests += 1
+        body = json.dumps({"value": self.make_token(query["audience"][0])}).encode()
+        return Answer(200, body, {"Content-Type": "application/json"})
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.stop()
 
 
 @pytest.fixture
@@ -427,7 +416,7 @@ def test_run_github_workflow(bao: Bao, golden: Golden, calm_vault: tuple[str, st
 def test_run_systemd_service(bao: Bao, golden: Golden, calm_vault: tuple[str, str, int],
                              tmp_path: Path) -> None:
     prefix, policy, version = calm_vault
-    creds = _approle(bao, policy)
+    creds = approle(bao, policy)
     exec_start = shlex.split(unit(UNIT)["Service"]["ExecStart"])
     # The unit's directories, under tmp_path.
     argv = [KVAULT] + [str(tmp_path / a.lstrip("/")) if a.startswith("/var/") else a

@@ -12,20 +12,20 @@ from pathlib import Path
 from typing import Iterator
 
 import servers
-from renew_helpers import (
+from helpers import (
     KVAULT,
     Golden,
-    TcpFaultProxy,
     fresh_dirs,
     kv_version,
+    kvault,
     locks_held,
     record,
-    run_kvault,
     scrubbed_env,
     seed,
     walk,
 )
 from servers import Bao
+from stubs import TcpFaultProxy
 
 # Stops the certbot-kvault that runs this certbot ($PPID) and certbot itself: a
 # --pre-hook runs after the pull and before the ACME order.
@@ -72,7 +72,7 @@ def test_renewer_that_lost_its_lock_saves_nothing(bao: Bao, golden: Golden,
             assert a.poll() is None and time.monotonic() < deadline, a.communicate()
             time.sleep(0.05)
         _, args_b = fresh_dirs(tmp_path, "b")
-        b = run_kvault(["renew", *args_b, "--lock-wait", "60"], env)
+        b = kvault("renew", *args_b, "--lock-wait", "60", env=env)
         assert "renewed: due" in b.stdout, b.stdout + b.stderr
         saved_by_b = record(bao, prefix, "certificates/due")
         assert kv_version(bao, prefix, "certificates/due") == before + 1
@@ -136,8 +136,8 @@ def test_push_waits_for_vault_to_come_back(bao: Bao, golden: Golden,
     with _vault_gone_after_renewal(bao, tmp_path, 20) as (proxy, hook):
         env = _env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}")
         t0 = time.monotonic()
-        proc = run_kvault(["renew", *args, "--", "--deploy-hook", hook], env, check=False,
-                          timeout=300)
+        proc = kvault("renew", *args, "--", "--deploy-hook", hook, env=env, check=False,
+                      timeout=300)
         print(f"renew through a 20 s Vault outage took {time.monotonic() - t0:.1f}s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "trying again in" in proc.stderr
@@ -160,7 +160,7 @@ def test_push_gives_up_naming_the_lineage(bao: Bao, golden: Golden,
     with _vault_gone_after_renewal(bao, tmp_path, 600) as (proxy, hook):
         env = _env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}",
                    KVAULT_PUSH_RETRY_FOR="2")
-        proc = run_kvault(["renew", *args, "--", "--deploy-hook", hook], env, check=False)
+        proc = kvault("renew", *args, "--", "--deploy-hook", hook, env=env, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "was NOT saved to Vault" in line]
     assert len(lines) == 1 and lines[0].startswith("error: lineage due: "), proc.stderr
@@ -170,7 +170,7 @@ def test_push_gives_up_naming_the_lineage(bao: Bao, golden: Golden,
     assert kv_version(bao, prefix, "certificates/due") == before
     assert _pending(root) == ["due"]
     # Vault is back (reached directly): the next command saves it.
-    run_kvault(["push", *args], _env(bao, golden, prefix))
+    kvault("push", *args, env=_env(bao, golden, prefix))
     assert kv_version(bao, prefix, "certificates/due") == before + 1
     assert _pending(root) == []
 
@@ -190,8 +190,8 @@ def test_every_failed_renewal_is_counted(bao: Bao, golden: Golden, vault_env: di
     before = kv_version(bao, prefix, "certificates/due")
     _, args = fresh_dirs(tmp_path)
     metrics = tmp_path / "m.prom"
-    proc = run_kvault(["renew", *args, "--metrics-file", str(metrics)],
-                      _env(bao, golden, prefix), check=False)
+    proc = kvault("renew", *args, "--metrics-file", str(metrics), env=_env(bao, golden, prefix),
+                  check=False)
     assert proc.returncode != 0
     assert "renew: 0 renewed, 1 failed, 1 checked" in proc.stdout, proc.stdout
     assert "(failure)" in proc.stderr  # certbot's own summary still reaches the user
@@ -218,13 +218,13 @@ def test_renew_pulls_only_the_accounts_its_lineages_use(bao: Bao, golden: Golden
     servers.run_certbot(["register", "--register-unsafely-without-email", "--agree-tos"],
                         config_dir=reg / "config", work_dir=reg / "work",
                         logs_dir=reg / "logs", pebble=golden.pebble, env=env)
-    run_kvault(["push", *reg_args], env)
+    kvault("push", *reg_args, env=env)
     assert len(_account_ids(bao, prefix)) == len(ours) + 1
     before = kv_version(bao, prefix, "certificates/due")
 
     root, args = fresh_dirs(tmp_path)
-    proc = run_kvault(["renew", *args, "--", "--server", golden.pebble.directory_url], env,
-                      check=False)
+    proc = kvault("renew", *args, "--", "--server", golden.pebble.directory_url, env=env,
+                  check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "renewed: due" in proc.stdout
     assert kv_version(bao, prefix, "certificates/due") == before + 1
@@ -237,7 +237,7 @@ def test_renew_pulls_only_the_accounts_its_lineages_use(bao: Bao, golden: Golden
             if path.endswith(account):
                 bao.api("DELETE", f"secret/metadata/{prefix}/accounts/{path}")
     _, args = fresh_dirs(tmp_path, "orphan")
-    proc = run_kvault(["renew", *args], env, check=False)
+    proc = kvault("renew", *args, env=env, check=False)
     assert proc.returncode != 0
     said = [line for line in proc.stderr.splitlines() if "not in Vault" in line]
     assert len(said) == 1, proc.stderr

@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
 import configobj
 import pytest
-from renew_helpers import (
-    Golden,
-    fresh_dirs,
-    kv_version,
-    record,
-    run_kvault,
-    scrubbed_env,
-    seed,
-    walk,
-)
+from helpers import Golden, fresh_dirs, kv_version, kvault, record, scrubbed_env, seed, walk
 from servers import Bao
+from stubs import Answer, HttpStub
 
 HOOKS = ("pre_hook", "post_hook", "deploy_hook", "renew_hook", "manual_auth_hook",
          "manual_cleanup_hook")
@@ -77,42 +68,11 @@ def _tree_listing(root: Path) -> set[str]:
             for n in dirs + files}
 
 
-class Listener:
-    """An HTTP listener that records every request it gets (a Vault impostor)."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        seen = self.seen
-
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                seen.append(f"{self.command} {self.path}")
-                self.send_response(500)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_GET = do_POST = do_PUT = do_LIST = do_DELETE = _any  # noqa: N815
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def listener() -> Iterator[Listener]:
-    impostor = Listener()
-    try:
+def listener() -> Iterator[HttpStub]:
+    """An HTTP listener that records every request it gets (a Vault impostor)."""
+    with HttpStub(lambda request: Answer(500)) as impostor:
         yield impostor
-    finally:
-        impostor.stop()
 
 
 def _markers(tmp_path: Path) -> dict[str, str]:
@@ -130,7 +90,7 @@ def test_vault_hooks_do_not_run_on_renew(bao: Bao, golden: Golden, vault_env: di
     before = kv_version(bao, prefix, "certificates/due")
     root, args = fresh_dirs(tmp_path)
 
-    proc = run_kvault(["renew", *args, "--", "--force-renewal"], _env(bao, golden, prefix))
+    proc = kvault("renew", *args, "--", "--force-renewal", env=_env(bao, golden, prefix))
 
     assert "renewed: due" in proc.stdout, proc.stdout + proc.stderr
     assert kv_version(bao, prefix, "certificates/due") == before + 1
@@ -152,7 +112,7 @@ def test_trusted_vault_hooks_run(bao: Bao, golden: Golden, vault_env: dict[str, 
 
     # The variable on pull: hooks kept, the Vault address still not.
     pull_root, pull_args = fresh_dirs(tmp_path, "pulled")
-    proc = run_kvault(["pull", *pull_args], {**env, "KVAULT_TRUST_VAULT_HOOKS": "1"})
+    proc = kvault("pull", *pull_args, env={**env, "KVAULT_TRUST_VAULT_HOOKS": "1"})
     params = _local_params(pull_root, "due")
     assert {h: params.get(h) for h in HOOKS} == _markers(tmp_path)
     assert "kvault_vault_addr" not in params
@@ -160,7 +120,7 @@ def test_trusted_vault_hooks_run(bao: Bao, golden: Golden, vault_env: dict[str, 
 
     # The flag on renew: certbot runs them.
     root, args = fresh_dirs(tmp_path)
-    proc = run_kvault(["renew", *args, "--trust-vault-hooks", "--", "--force-renewal"], env)
+    proc = kvault("renew", *args, "--trust-vault-hooks", "--", "--force-renewal", env=env)
     assert "renewed: due" in proc.stdout, proc.stdout + proc.stderr
     # renew_hook is the name certbot saves --deploy-hook under; it wins over deploy_hook.
     for hook in ("pre_hook", "renew_hook", "post_hook"):
@@ -181,14 +141,14 @@ def test_run_leaves_vault_hooks_of_untouched_lineages(bao: Bao, golden: Golden,
     root, args = fresh_dirs(tmp_path)
     env = _env(bao, golden, prefix)
 
-    run_kvault(["run", *args, "--", "renew", "--force-renewal", "--cert-name", "due"], env)
+    kvault("run", *args, "--", "renew", "--force-renewal", "--cert-name", "due", env=env)
 
     assert not (tmp_path / "pwned").exists()
     assert kv_version(bao, prefix, "certificates/due") == due + 1
     assert kv_version(bao, prefix, "certificates/calm") == calm
     vault_conf = record(bao, prefix, "certificates/calm")["renewal"]  # type: ignore[index]
     assert f"pre_hook = {hook}" in vault_conf
-    assert "0 pushed" in run_kvault(["push", *args], env).stdout
+    assert kvault("push", *args, env=env).stdout.startswith("0 pushed, ")
 
 
 # ---- Vault connection settings: the token never goes elsewhere ------------------------
@@ -196,7 +156,7 @@ def test_run_leaves_vault_hooks_of_untouched_lineages(bao: Bao, golden: Golden,
 
 def test_planted_vault_settings_get_no_token(bao: Bao, golden: Golden,
                                              vault_env: dict[str, str], tmp_path: Path,
-                                             listener: Listener) -> None:
+                                             listener: HttpStub) -> None:
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
     # kvault as the installer: certbot then starts the plugin on renewal, and the
@@ -207,8 +167,8 @@ def test_planted_vault_settings_get_no_token(bao: Bao, golden: Golden,
     before = kv_version(bao, prefix, "certificates/due")
     root, args = fresh_dirs(tmp_path)
 
-    proc = run_kvault(["renew", *args, "--trust-vault-hooks", "--", "--force-renewal"],
-                      _env(bao, golden, prefix), check=False)
+    proc = kvault("renew", *args, "--trust-vault-hooks", "--", "--force-renewal",
+                  env=_env(bao, golden, prefix), check=False)
 
     assert listener.seen == []
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -263,7 +223,7 @@ def test_hostile_renewal_conf_on_pull(bao: Bao, golden: Golden, vault_env: dict[
     listing = _tree_listing(tmp_path)
 
     flags = ["--trust-vault-hooks"] if trusted else []
-    proc = run_kvault(["pull", "--json", *flags, *args], _env(bao, golden, prefix))
+    proc = kvault("pull", "--json", *flags, *args, env=_env(bao, golden, prefix))
 
     new = _tree_listing(tmp_path) - listing
     assert new and all(p.startswith(os.path.join("run", "config") + os.sep) for p in new), \
@@ -301,7 +261,7 @@ def test_key_names_reach_the_terminal_escaped(bao: Bao, golden: Golden,
     _plant(bao, prefix, "due", **{"x\x1b]0;owned\x07\x1b[2J_hook": "true"})
     root, args = fresh_dirs(tmp_path)
 
-    proc = run_kvault(["pull", *args], _env(bao, golden, prefix))
+    proc = kvault("pull", *args, env=_env(bao, golden, prefix))
 
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
     [line] = _warnings(proc.stderr)
@@ -316,7 +276,7 @@ def test_local_settings_survive_pull(bao: Bao, golden: Golden, vault_env: dict[s
     seed(bao, golden, prefix, ["due"])
     env = _env(bao, golden, prefix)
     root, args = fresh_dirs(tmp_path)
-    run_kvault(["pull", *args], env)
+    kvault("pull", *args, env=env)
     conf_path = root / "config" / "renewal" / "due.conf"
     conf = configobj.ConfigObj(str(conf_path), encoding="utf-8")
     conf["renewalparams"].update({
@@ -326,7 +286,7 @@ def test_local_settings_survive_pull(bao: Bao, golden: Golden, vault_env: dict[s
     _plant(bao, prefix, "due", pre_hook=f"touch {tmp_path}/pwned",
            deploy_hook="echo same-here", kvault_vault_addr="http://127.0.0.1:9")
 
-    proc = run_kvault(["pull", *args], env)
+    proc = kvault("pull", *args, env=env)
 
     params = _local_params(root, "due")
     assert params["pre_hook"] == "echo local-pre"        # not clobbered by Vault's
@@ -337,7 +297,7 @@ def test_local_settings_survive_pull(bao: Bao, golden: Golden, vault_env: dict[s
     assert [_named(w) for w in _warnings(proc.stderr)] == [{"pre_hook", "kvault_vault_addr"}]
 
     # Pushing is as before: this machine's conf goes to Vault as it is.
-    assert "1 pushed" in run_kvault(["push", *args], env).stdout
+    assert re.search(r"^1 pushed, ", kvault("push", *args, env=env).stdout, re.M)
     vault_conf = record(bao, prefix, "certificates/due")["renewal"]  # type: ignore[index]
     assert "pre_hook = echo local-pre" in vault_conf
     assert "post_hook = echo local-post" in vault_conf
@@ -359,7 +319,7 @@ def test_account_server_must_be_http(bao: Bao, golden: Golden, vault_env: dict[s
     assert r.status_code == 200, r.text
     root, args = fresh_dirs(tmp_path)
 
-    proc = run_kvault(["pull", *args], _env(bao, golden, prefix), check=False)
+    proc = kvault("pull", *args, env=_env(bao, golden, prefix), check=False)
 
     assert proc.returncode == 1
     [line] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -378,8 +338,7 @@ def test_huge_archive_version_fails_alone(bao: Bao, golden: Golden, vault_env: d
     assert r.status_code == 200, r.text
     root, args = fresh_dirs(tmp_path)
 
-    proc = run_kvault(["pull", "--workers", "1", *args], _env(bao, golden, prefix),
-                      check=False)
+    proc = kvault("pull", "--workers", "1", *args, env=_env(bao, golden, prefix), check=False)
 
     assert proc.returncode == 1
     assert f"error: lineage due: secret/{prefix}/certificates/due: 'version' must be an " \

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from kvault_helpers import cli
+from helpers import cli
 
 ISSUE = ("--agree-tos", "--register-unsafely-without-email")
 

@@ -6,7 +6,7 @@ import time
 from typing import Any, Optional
 
 import pytest
-from renew_helpers import record
+from helpers import record
 from servers import Bao
 
 from certbot_kvault._internal.errors import VaultUnsupported

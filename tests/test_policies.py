@@ -5,25 +5,24 @@ import json
 from pathlib import Path
 
 import pytest
-from renew_helpers import (
+from helpers import (
+    POLICIES,
     Golden,
     fresh_dirs,
     kv_version,
+    kvault,
+    load_policy,
     locks_held,
-    run_kvault,
+    record,
     scrubbed_env,
     seed,
 )
 from servers import Bao
-from test_auth import load_policy
 
 from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.settings import VaultSettings
 from certbot_kvault._internal.vault import VaultClient
-
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
-
 
 
 def _token(bao: Bao, policy: str) -> str:
@@ -63,16 +62,15 @@ def test_renewer_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
 
     # pull + renew lock + write back, with a short lock TTL so the keeper renews it too.
     _, args = fresh_dirs(tmp_path)
-    proc = run_kvault(["renew", *args, "--lock-ttl", "2"], env)
+    proc = kvault("renew", *args, "--lock-ttl", "2", env=env)
     assert "renewed: due" in proc.stdout
     assert kv_version(bao, prefix, "certificates/due") == before + 1
     assert not locks_held(bao, prefix)
     # --due-within lists the per-lineage locks and takes them.
-    proc = run_kvault(["renew", *args, "--due-within", "3650", "--", "--cert-name", "calm"],
-                      env)
+    proc = kvault("renew", *args, "--due-within", "3650", "--", "--cert-name", "calm", env=env)
     assert proc.returncode == 0
     # push is allowed (and writes nothing when nothing changed).
-    proc = run_kvault(["push", *args], env)
+    proc = kvault("push", *args, env=env)
     assert " 0 failed" in proc.stdout
 
     layout = Layout(VaultClient(VaultSettings.from_env(
@@ -81,9 +79,11 @@ def test_renewer_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
     with pytest.raises(VaultPermissionDenied, match="needs create/update on"):
         layout.save_dns("pdns", {"provider": "x"})
     # No deleting certificates.
-    proc = run_kvault(["rm", "calm"], env, check=False)
+    calm = kv_version(bao, prefix, "certificates/calm")
+    proc = kvault("rm", "calm", env=env, check=False)
     assert proc.returncode == 1 and "permission denied" in proc.stderr
-    assert kv_version(bao, prefix, "certificates/calm") >= 1
+    assert kv_version(bao, prefix, "certificates/calm") == calm
+    assert record(bao, prefix, "certificates/calm") is not None
 
 
 def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
@@ -92,17 +92,17 @@ def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
     seed(bao, golden, prefix, ["calm"])
     token = _token(bao, load_policy(bao, "reader", prefix))
     env = _env(bao, golden, prefix, token)
-    rows = json.loads(run_kvault(["list", "--json"], env).stdout)
+    rows = json.loads(kvault("list", "--json", env=env).stdout)
     assert [r["name"] for r in rows] == ["calm"]
-    shown = json.loads(run_kvault(["show", "calm", "--json"], env).stdout)
+    shown = json.loads(kvault("show", "calm", "--json", env=env).stdout)
     assert shown["subject"] == golden.domains["calm"]
 
     # It cannot push: a config dir made by a renewer is refused (accounts and certificates).
     _, args = fresh_dirs(tmp_path)
     root_env = _env(bao, golden, prefix, bao.token)
-    run_kvault(["pull", *args], root_env)
+    kvault("pull", *args, env=root_env)
     before = kv_version(bao, prefix, "certificates/calm")
-    proc = run_kvault(["push", *args], env, check=False)
+    proc = kvault("push", *args, env=env, check=False)
     assert proc.returncode == 1
     assert "permission denied" in proc.stderr
     layout = Layout(VaultClient(VaultSettings.from_env(
@@ -115,5 +115,5 @@ def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
     # Nor read accounts, DNS credentials or locks, nor renew.
     with pytest.raises(VaultPermissionDenied):
         layout.load_dns("pdns")
-    proc = run_kvault(["renew", *args], env, check=False)
+    proc = kvault("renew", *args, env=env, check=False)
     assert proc.returncode == 1 and "permission denied" in proc.stderr

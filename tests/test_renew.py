@@ -8,15 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
-from renew_helpers import (
+from helpers import (
     KVAULT,
     Golden,
     fresh_dirs,
     kv_version,
+    kvault,
     locks_held,
     orders,
     record,
-    run_kvault,
     scrubbed_env,
     seed,
 )
@@ -47,8 +47,7 @@ def test_stateless_renew_from_empty_dir(bao: Bao, golden: Golden, vault_env: dic
     metrics = tmp_path / "metrics" / "renew.prom"
 
     t0 = time.monotonic()
-    proc = run_kvault(["renew", *args, "--metrics-file", str(metrics)],
-                      _env(bao, golden, prefix))
+    proc = kvault("renew", *args, "--metrics-file", str(metrics), env=_env(bao, golden, prefix))
     took = time.monotonic() - t0
     print(f"renew from an empty dir took {took:.2f}s")
     assert "renewed: due" in proc.stdout, proc.stdout
@@ -71,7 +70,7 @@ def test_stateless_renew_from_empty_dir(bao: Bao, golden: Golden, vault_env: dic
     # A second stateless run finds nothing due except `due` (always due by its conf);
     # `calm` still untouched.
     root2, args2 = fresh_dirs(tmp_path, "again")
-    run_kvault(["renew", *args2, "--", "--cert-name", "calm"], _env(bao, golden, prefix))
+    kvault("renew", *args2, "--", "--cert-name", "calm", env=_env(bao, golden, prefix))
     assert kv_version(bao, prefix, "certificates/calm") == calm_before
 
 
@@ -113,8 +112,8 @@ def test_loser_exits_zero_saying_who_holds_the_lock(bao: Bao, golden: Golden,
         _, args = fresh_dirs(tmp_path)
         metrics = tmp_path / "m.prom"
         t0 = time.monotonic()
-        proc = run_kvault(["renew", *args, "--lock-wait", "1", "--metrics-file", str(metrics)],
-                          _env(bao, golden, prefix))
+        proc = kvault("renew", *args, "--lock-wait", "1", "--metrics-file", str(metrics),
+                      env=_env(bao, golden, prefix))
         assert 0.9 < time.monotonic() - t0 < 10
         lines = proc.stdout.strip().splitlines()
         assert len(lines) == 1, proc.stdout
@@ -152,7 +151,7 @@ def test_killed_renewer_lock_taken_over_after_expiry(bao: Bao, golden: Golden,
 
     _, args2 = fresh_dirs(tmp_path, "next")
     t0 = time.monotonic()
-    proc = run_kvault(["renew", *args2, "--lock-wait", "30", "--lock-ttl", "3"], env)
+    proc = kvault("renew", *args2, "--lock-wait", "30", "--lock-ttl", "3", env=env)
     print(f"took over after {time.monotonic() - t0:.2f}s")
     assert "waiting up to 30s" in proc.stderr
     assert stale["owner"] in proc.stderr
@@ -171,12 +170,12 @@ def test_due_within_pulls_only_what_is_due(bao: Bao, golden: Golden,
     metrics = tmp_path / "m.prom"
     env = _env(bao, golden, prefix)
     # Nothing within one hour: no lock, no pull, exit 0.
-    proc = run_kvault(["renew", *args, "--due-within", "0.04"], env)
+    proc = kvault("renew", *args, "--due-within", "0.04", env=env)
     assert "nothing expires within 0.04 days (2 lineages checked)" in proc.stdout
     assert not (root / "config" / "renewal").exists()
 
-    proc = run_kvault(["renew", *args, "--due-within", "10", "--metrics-file", str(metrics),
-                       "--", "--force-renewal"], env)
+    proc = kvault("renew", *args, "--due-within", "10", "--metrics-file", str(metrics), "--",
+                  "--force-renewal", env=env)
     assert "renewed: short" in proc.stdout, proc.stdout
     assert sorted(os.listdir(root / "config" / "renewal")) == ["short.conf"]
     assert kv_version(bao, prefix, "certificates/short") == short_before + 1
@@ -197,11 +196,11 @@ def test_due_within_skips_lineages_other_renewers_hold(bao: Bao, golden: Golden,
     assert other.try_acquire("lineage-short") is None
     try:
         _, args = fresh_dirs(tmp_path)
-        proc = run_kvault(["renew", *args, "--due-within", "10"], _env(bao, golden, prefix))
+        proc = kvault("renew", *args, "--due-within", "10", env=_env(bao, golden, prefix))
         assert "being renewed by other renewers" in proc.stdout
         assert "held by pod-2" in proc.stdout
         # A full run meanwhile leaves `short` to its holder, too.
-        proc = run_kvault(["renew", *args], _env(bao, golden, prefix))
+        proc = kvault("renew", *args, env=_env(bao, golden, prefix))
         assert "skipping short: its lock is held by pod-2" in proc.stderr
         assert not (tmp_path / "run" / "config" / "renewal" / "short.conf").exists()
     finally:
@@ -211,8 +210,8 @@ def test_due_within_skips_lineages_other_renewers_hold(bao: Bao, golden: Golden,
 def test_renew_on_kv1_says_locking_needs_kv2(bao: Bao, golden: Golden, kv1_mount: str,
                                              vault_env: dict[str, str], tmp_path: Path) -> None:
     _, args = fresh_dirs(tmp_path)
-    proc = run_kvault(["renew", *args, "--mount", kv1_mount],
-                      _env(bao, golden, vault_env["KVAULT_PREFIX"]), check=False)
+    proc = kvault("renew", *args, "--mount", kv1_mount,
+                  env=_env(bao, golden, vault_env["KVAULT_PREFIX"]), check=False)
     assert proc.returncode == 1
     assert "Locking needs a KV v2 mount" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -221,8 +220,8 @@ def test_renew_on_kv1_says_locking_needs_kv2(bao: Bao, golden: Golden, kv1_mount
 def test_renew_refuses_dir_flags_for_certbot(bao: Bao, golden: Golden,
                                              vault_env: dict[str, str], tmp_path: Path) -> None:
     _, args = fresh_dirs(tmp_path)
-    proc = run_kvault(["renew", *args, "--", "--config-dir", "/tmp/elsewhere"],
-                      _env(bao, golden, vault_env["KVAULT_PREFIX"]), check=False)
+    proc = kvault("renew", *args, "--", "--config-dir", "/tmp/elsewhere",
+                  env=_env(bao, golden, vault_env["KVAULT_PREFIX"]), check=False)
     assert proc.returncode == 1
     assert "Pass --config-dir to certbot-kvault (before --)" in proc.stderr
 
@@ -232,8 +231,8 @@ def test_certbot_failure_propagates(bao: Bao, golden: Golden, vault_env: dict[st
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["calm"])
     _, args = fresh_dirs(tmp_path)
-    proc = run_kvault(["renew", *args, "--", "--no-such-certbot-flag"],
-                      _env(bao, golden, prefix), check=False)
+    proc = kvault("renew", *args, "--", "--no-such-certbot-flag", env=_env(bao, golden, prefix),
+                  check=False)
     assert proc.returncode == 2  # argparse's usage error, from certbot
     assert not locks_held(bao, prefix)
 
@@ -245,9 +244,9 @@ def test_run_issues_and_pushes(bao: Bao, golden: Golden, vault_env: dict[str, st
     env = _env(bao, golden, prefix)
     root, args = fresh_dirs(tmp_path)
     calm_before = kv_version(bao, prefix, "certificates/calm")
-    proc = run_kvault(["run", *args, "--", "certonly", "--standalone", "--http-01-port",
-                       str(golden.pebble.http_port), "-d", "run.example.com",
-                       "--server", golden.pebble.directory_url, "--non-interactive"], env)
+    proc = kvault("run", *args, "--", "certonly", "--standalone", "--http-01-port",
+                  str(golden.pebble.http_port), "-d", "run.example.com", "--server",
+                  golden.pebble.directory_url, "--non-interactive", env=env)
     entry = record(bao, prefix, "certificates/run.example.com")
     assert entry is not None and entry["domains"] == ["run.example.com"]
     # The existing account was pulled and reused: still one account, no -0001 lineage.
@@ -260,7 +259,7 @@ def test_run_issues_and_pushes(bao: Bao, golden: Golden, vault_env: dict[str, st
 
     # From another empty dir, `run -- certificates` sees both lineages from Vault.
     _, args2 = fresh_dirs(tmp_path, "list")
-    proc = run_kvault(["run", *args2, "--", "certificates"], env)
+    proc = kvault("run", *args2, "--", "certificates", env=env)
     assert "Certificate Name: calm" in proc.stdout
     assert "Certificate Name: run.example.com" in proc.stdout
 
@@ -281,9 +280,9 @@ path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}
     env = _env(bao, golden, prefix)
     env["VAULT_TOKEN"] = token
     root, args = fresh_dirs(tmp_path)
-    proc = run_kvault(["run", *args, "--", "certonly", "--standalone", "--http-01-port",
-                       str(golden.pebble.http_port), "-d", "ro.example.com", "--server",
-                       golden.pebble.directory_url, "--non-interactive"], env, check=False)
+    proc = kvault("run", *args, "--", "certonly", "--standalone", "--http-01-port",
+                  str(golden.pebble.http_port), "-d", "ro.example.com", "--server",
+                  golden.pebble.directory_url, "--non-interactive", env=env, check=False)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "Vault does not hold what certbot produced" in proc.stderr
     assert "permission denied" in proc.stderr

@@ -2,17 +2,17 @@
 them, TLS options, namespaces, KV detection, bounded retries, error classes."""
 from __future__ import annotations
 
-import http.server
-import os
-import threading
+import itertools
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
-from kvault_helpers import cli
-from servers import Bao, _spawn, _wait_ready, bao_binary, free_port
+import servers
+from helpers import cli
+from servers import Bao, free_port
+from stubs import Answer, HttpStub, Request
 
 from certbot_kvault._internal.errors import VaultError, VaultNotFound, VaultUnreachable
 from certbot_kvault._internal.settings import VaultSettings
@@ -22,22 +22,10 @@ from certbot_kvault._internal.vault import VaultClient
 @pytest.fixture(scope="module")
 def tls_bao(tmp_path_factory) -> Iterator[tuple[Bao, str]]:
     """An OpenBao dev server on HTTPS with its own CA (`-dev-tls`)."""
-    wd = tmp_path_factory.mktemp("bao-tls")
-    certs = wd / "certs"
-    certs.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env["HOME"] = str(wd)
-    proc = _spawn([bao_binary(), "server", "-dev", "-dev-tls", "-dev-root-token-id=root",
-                   f"-dev-listen-address=127.0.0.1:{port}", f"-dev-tls-cert-dir={certs}"],
-                  wd / "bao.log", env=env, cwd=wd)
-    bao = Bao(proc, wd / "bao.log", wd, addr=f"https://127.0.0.1:{port}", token="root",
-              bin=bao_binary())
-    ca = str(certs / "vault-ca.pem")
-    bao._http.verify = ca
+    bao = servers.start_openbao_dev(tmp_path_factory.mktemp("bao-tls"), tls=True)
+    assert bao.ca_cert is not None
     try:
-        _wait_ready(bao, lambda: bao.health().status_code == 200, "openbao dev-tls")
-        yield bao, ca
+        yield bao, bao.ca_cert
     finally:
         bao.stop()
 
@@ -77,9 +65,8 @@ def test_namespace(tls_bao, vault_env, monkeypatch, tmp_path):
     bao, ca = tls_bao
     ns = "team" + vault_env["KVAULT_PREFIX"][-6:]
     assert bao.api("POST", f"sys/namespaces/{ns}", {}).status_code == 200
-    r = bao._http.post(f"{bao.addr}/v1/sys/mounts/certs", json={"type": "kv",
-                       "options": {"version": "2"}},
-                       headers={"X-Vault-Token": "root", "X-Vault-Namespace": ns})
+    r = bao.request("POST", "sys/mounts/certs", json={"type": "kv", "options": {"version": "2"}},
+                    headers={"X-Vault-Token": "root", "X-Vault-Namespace": ns})
     assert r.status_code == 204, r.text
     for k, v in {"VAULT_ADDR": bao.addr, "VAULT_CACERT": ca, "VAULT_NAMESPACE": ns,
                  "KVAULT_MOUNT": "certs"}.items():
@@ -88,8 +75,8 @@ def test_namespace(tls_bao, vault_env, monkeypatch, tmp_path):
     assert client.kv_version == 2
     client.write("certbot/dns/x", {"provider": "powerdns"})
     # It landed inside the namespace, not at the root.
-    inside = bao._http.get(f"{bao.addr}/v1/certs/data/certbot/dns/x",
-                           headers={"X-Vault-Token": "root", "X-Vault-Namespace": ns})
+    inside = bao.request("GET", "certs/data/certbot/dns/x",
+                         headers={"X-Vault-Token": "root", "X-Vault-Namespace": ns})
     assert inside.json()["data"]["data"] == {"provider": "powerdns"}
     outside = bao.api("GET", "certs/data/certbot/dns/x")
     assert outside.status_code in (403, 404)
@@ -105,72 +92,40 @@ def test_missing_mount_is_one_clear_error(vault_env, monkeypatch):
         _ = VaultClient(VaultSettings.from_env()).kv_version
 
 
-class _FaultProxy(http.server.ThreadingHTTPServer):
-    """Forwards to a real Vault, answering the first `faults` requests with `status`."""
+def _faults_then(upstream: str, status: int, faults: int) -> Callable[[Request], Answer]:
+    """Answer the first ``faults`` requests with ``status``, then forward to a real Vault."""
+    count = itertools.count(1)
 
-    def __init__(self, upstream: str, status: int, faults: int) -> None:
-        self.upstream, self.status, self.faults = upstream, status, faults
-        self.seen = 0
-        outer = self
+    def answer(request: Request) -> Answer:
+        if next(count) <= faults:
+            return Answer(status, b'{"errors":[]}', {"Content-Type": "application/json"})
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        r = requests.request(request.method, upstream + request.path, data=request.body,
+                             headers=headers, timeout=10)
+        return Answer(r.status_code, r.content, {"Content-Type": "application/json"})
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _any(self) -> None:
-                outer.seen += 1
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if outer.seen <= outer.faults:
-                    self.send_response(outer.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", "13")
-                    self.end_headers()
-                    self.wfile.write(b'{"errors":[]}')
-                    return
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                r = requests.request(self.command, outer.upstream + self.path, data=body,
-                                     headers=headers, timeout=10)
-                self.send_response(r.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _any  # noqa: N815
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def addr(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+    return answer
 
 
 @pytest.mark.parametrize("status", [502, 503, 429])
 def test_transient_errors_are_retried(bao, vault_env, status):
-    proxy = _FaultProxy(bao.addr, status, faults=2)
-    try:
-        client = VaultClient(VaultSettings.from_env(addr=proxy.addr))
+    with HttpStub(_faults_then(bao.addr, status, faults=2)) as proxy:
+        client = VaultClient(VaultSettings.from_env(addr=proxy.url))
         client.login()  # two faults, then the real answer
-        assert proxy.seen == 3
+        assert len(proxy.requests) == 3
         client.write(f"{vault_env['KVAULT_PREFIX']}/x", {"a": "1"})
         assert client.read(f"{vault_env['KVAULT_PREFIX']}/x").data == {"a": "1"}
-    finally:
-        proxy.shutdown()
 
 
 def test_retries_are_bounded(bao, vault_env):
-    proxy = _FaultProxy(bao.addr, 502, faults=10**6)
-    try:
-        settings = VaultSettings.from_env(addr=proxy.addr)
+    with HttpStub(_faults_then(bao.addr, 502, faults=10**6)) as proxy:
+        settings = VaultSettings.from_env(addr=proxy.url)
         t0 = time.monotonic()
         with pytest.raises(VaultError) as err:
             VaultClient(settings).login()
-        assert proxy.seen == settings.retries + 1
+        assert len(proxy.requests) == settings.retries + 1
         assert time.monotonic() - t0 < 10
         assert "root" not in str(err.value)
-    finally:
-        proxy.shutdown()
 
 
 def test_unreachable_is_bounded_and_clear(vault_env):
@@ -244,7 +199,7 @@ def _make_pki(d: Path) -> dict[str, str]:
 def test_client_certificate(tmp_path, vault_env, monkeypatch):
     """VAULT_CLIENT_CERT/KEY against a listener that requires a client certificate."""
     pki = _make_pki(tmp_path)
-    port, mtls_port = free_port(), free_port()
+    mtls_port = free_port()
     (tmp_path / "mtls.hcl").write_text(f'''
 listener "tcp" {{
   address = "127.0.0.1:{mtls_port}"
@@ -254,15 +209,8 @@ listener "tcp" {{
   tls_require_and_verify_client_cert = true
 }}
 ''')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env["HOME"] = str(tmp_path)
-    proc = _spawn([bao_binary(), "server", "-dev", "-dev-root-token-id=root",
-                   f"-dev-listen-address=127.0.0.1:{port}", f"-config={tmp_path / 'mtls.hcl'}"],
-                  tmp_path / "bao.log", env=env, cwd=tmp_path)
-    bao = Bao(proc, tmp_path / "bao.log", tmp_path, addr=f"http://127.0.0.1:{port}",
-              token="root", bin=bao_binary())
+    bao = servers.start_openbao_dev(tmp_path, config=tmp_path / "mtls.hcl")
     try:
-        _wait_ready(bao, lambda: bao.health().status_code == 200, "openbao with mTLS listener")
         monkeypatch.setenv("VAULT_ADDR", f"https://127.0.0.1:{mtls_port}")
         monkeypatch.setenv("VAULT_CACERT", pki["ca"])
         refused = cli("status")
@@ -285,21 +233,9 @@ def test_redirect_to_a_dead_leader_is_named(vault_env):
     standby: the failover itself is exercised on a real raft cluster in test_ha)."""
     dead = free_port()
 
-    class Redirect(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
+    def redirect(request: Request) -> Answer:
+        return Answer(307, headers={"Location": f"http://127.0.0.1:{dead}{request.path}"})
 
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(307)
-            self.send_header("Location", f"http://127.0.0.1:{dead}{self.path}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        addr = f"http://127.0.0.1:{server.server_address[1]}"
+    with HttpStub(redirect) as standby:
         with pytest.raises(VaultUnreachable, match=f"sent us to its leader at 127.0.0.1:{dead}"):
-            VaultClient(VaultSettings.from_env(addr=addr)).login()
-    finally:
-        server.shutdown()
+            VaultClient(VaultSettings.from_env(addr=standby.url)).login()
