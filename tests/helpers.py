@@ -87,6 +87,15 @@ def scrubbed_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def golden_env(bao: Bao, golden: Golden, prefix: str, token: Optional[str] = None,
+               **extra: str) -> dict[str, str]:
+    """A renewer's whole environment: only Vault's address and a token (root unless
+    ``token``), the test's prefix and the Pebbles' CA; ``extra`` adds or overrides."""
+    return scrubbed_env(**{"VAULT_ADDR": bao.addr, "VAULT_TOKEN": token or bao.token,
+                           "KVAULT_PREFIX": prefix, "REQUESTS_CA_BUNDLE": golden.ca_bundle,
+                           **extra})
+
+
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     """The failed run's stderr, which must be exactly one line and no traceback."""
     assert proc.returncode != 0, proc.stdout

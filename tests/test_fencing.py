@@ -16,11 +16,11 @@ from helpers import (
     KVAULT,
     Golden,
     fresh_dirs,
+    golden_env,
     kv_version,
     kvault,
     locks_held,
     record,
-    scrubbed_env,
     seed,
     walk,
 )
@@ -30,12 +30,6 @@ from stubs import TcpFaultProxy
 # Stops the certbot-kvault that runs this certbot ($PPID) and certbot itself: a
 # --pre-hook runs after the pull and before the ACME order.
 STOP_RENEWER = "kill -STOP $PPID $(awk '/^PPid:/ {print $2}' /proc/$PPID/status)"
-
-
-def _env(bao: Bao, golden: Golden, prefix: str, **extra: str) -> dict[str, str]:
-    return scrubbed_env(**{"VAULT_ADDR": bao.addr, "VAULT_TOKEN": bao.token,
-                           "KVAULT_PREFIX": prefix, "REQUESTS_CA_BUNDLE": golden.ca_bundle,
-                           **extra})
 
 
 def _pending(root: Path) -> list[str]:
@@ -57,7 +51,7 @@ def test_renewer_that_lost_its_lock_saves_nothing(bao: Bao, golden: Golden,
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
     before = kv_version(bao, prefix, "certificates/due")
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
     # B skips what was saved at or after A took the lock (whole seconds): the golden
     # record, pushed moments ago when this test runs first, must look older.
     time.sleep(1.1)
@@ -134,7 +128,7 @@ def test_push_waits_for_vault_to_come_back(bao: Bao, golden: Golden,
     before = kv_version(bao, prefix, "certificates/due")
     root, args = fresh_dirs(tmp_path)
     with _vault_gone_after_renewal(bao, tmp_path, 20) as (proxy, hook):
-        env = _env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}")
+        env = golden_env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}")
         t0 = time.monotonic()
         proc = kvault("renew", *args, "--", "--deploy-hook", hook, env=env, check=False,
                       timeout=300)
@@ -158,7 +152,7 @@ def test_push_gives_up_naming_the_lineage(bao: Bao, golden: Golden,
     before = kv_version(bao, prefix, "certificates/due")
     root, args = fresh_dirs(tmp_path)
     with _vault_gone_after_renewal(bao, tmp_path, 600) as (proxy, hook):
-        env = _env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}",
+        env = golden_env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}",
                    KVAULT_PUSH_RETRY_FOR="2")
         proc = kvault("renew", *args, "--", "--deploy-hook", hook, env=env, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -170,7 +164,7 @@ def test_push_gives_up_naming_the_lineage(bao: Bao, golden: Golden,
     assert kv_version(bao, prefix, "certificates/due") == before
     assert _pending(root) == ["due"]
     # Vault is back (reached directly): the next command saves it.
-    kvault("push", *args, env=_env(bao, golden, prefix))
+    kvault("push", *args, env=golden_env(bao, golden, prefix))
     assert kv_version(bao, prefix, "certificates/due") == before + 1
     assert _pending(root) == []
 
@@ -190,8 +184,8 @@ def test_every_failed_renewal_is_counted(bao: Bao, golden: Golden, vault_env: di
     before = kv_version(bao, prefix, "certificates/due")
     _, args = fresh_dirs(tmp_path)
     metrics = tmp_path / "m.prom"
-    proc = kvault("renew", *args, "--metrics-file", str(metrics), env=_env(bao, golden, prefix),
-                  check=False)
+    proc = kvault("renew", *args, "--metrics-file", str(metrics),
+                  env=golden_env(bao, golden, prefix), check=False)
     assert proc.returncode != 0
     assert "renew: 0 renewed, 1 failed, 1 checked" in proc.stdout, proc.stdout
     assert "(failure)" in proc.stderr  # certbot's own summary still reaches the user
@@ -212,7 +206,7 @@ def test_renew_pulls_only_the_accounts_its_lineages_use(bao: Bao, golden: Golden
     ask which account to use; the lineage's own account is the only one pulled."""
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
     ours = _account_ids(bao, prefix)
     reg, reg_args = fresh_dirs(tmp_path, "register")
     servers.run_certbot(["register", "--register-unsafely-without-email", "--agree-tos"],

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import configobj
 import pytest
-from helpers import Golden, fresh_dirs, kv_version, kvault, record, scrubbed_env, seed, walk
+from helpers import Golden, fresh_dirs, golden_env, kv_version, kvault, record, seed, walk
 from servers import Bao
 from stubs import Answer, HttpStub
 
@@ -24,11 +24,6 @@ HOOKS = ("pre_hook", "post_hook", "deploy_hook", "renew_hook", "manual_auth_hook
          "manual_cleanup_hook")
 CONNECTION = ("kvault_vault_addr", "kvault_vault_namespace", "kvault_vault_cacert",
               "kvault_mount", "kvault_prefix")
-
-
-def _env(bao: Bao, golden: Golden, prefix: str, **extra: str) -> dict[str, str]:
-    return scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token, KVAULT_PREFIX=prefix,
-                        REQUESTS_CA_BUNDLE=golden.ca_bundle, **extra)
 
 
 def _plant(bao: Bao, prefix: str, name: str, top: dict[str, str] | None = None,
@@ -90,7 +85,7 @@ def test_vault_hooks_do_not_run_on_renew(bao: Bao, golden: Golden, vault_env: di
     before = kv_version(bao, prefix, "certificates/due")
     root, args = fresh_dirs(tmp_path)
 
-    proc = kvault("renew", *args, "--", "--force-renewal", env=_env(bao, golden, prefix))
+    proc = kvault("renew", *args, "--", "--force-renewal", env=golden_env(bao, golden, prefix))
 
     assert "renewed: due" in proc.stdout, proc.stdout + proc.stderr
     assert kv_version(bao, prefix, "certificates/due") == before + 1
@@ -108,7 +103,7 @@ def test_trusted_vault_hooks_run(bao: Bao, golden: Golden, vault_env: dict[str, 
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
     _plant(bao, prefix, "due", kvault_vault_addr="http://127.0.0.1:9", **_markers(tmp_path))
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
 
     # The variable on pull: hooks kept, the Vault address still not.
     pull_root, pull_args = fresh_dirs(tmp_path, "pulled")
@@ -139,7 +134,7 @@ def test_run_leaves_vault_hooks_of_untouched_lineages(bao: Bao, golden: Golden,
         _plant(bao, prefix, name, pre_hook=hook, kvault_vault_addr="http://127.0.0.1:9")
     due, calm = (kv_version(bao, prefix, f"certificates/{n}") for n in ("due", "calm"))
     root, args = fresh_dirs(tmp_path)
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
 
     kvault("run", *args, "--", "renew", "--force-renewal", "--cert-name", "due", env=env)
 
@@ -168,7 +163,7 @@ def test_planted_vault_settings_get_no_token(bao: Bao, golden: Golden,
     root, args = fresh_dirs(tmp_path)
 
     proc = kvault("renew", *args, "--trust-vault-hooks", "--", "--force-renewal",
-                  env=_env(bao, golden, prefix), check=False)
+                  env=golden_env(bao, golden, prefix), check=False)
 
     assert listener.seen == []
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -223,7 +218,7 @@ def test_hostile_renewal_conf_on_pull(bao: Bao, golden: Golden, vault_env: dict[
     listing = _tree_listing(tmp_path)
 
     flags = ["--trust-vault-hooks"] if trusted else []
-    proc = kvault("pull", "--json", *flags, *args, env=_env(bao, golden, prefix))
+    proc = kvault("pull", "--json", *flags, *args, env=golden_env(bao, golden, prefix))
 
     new = _tree_listing(tmp_path) - listing
     assert new and all(p.startswith(os.path.join("run", "config") + os.sep) for p in new), \
@@ -261,7 +256,7 @@ def test_key_names_reach_the_terminal_escaped(bao: Bao, golden: Golden,
     _plant(bao, prefix, "due", **{"x\x1b]0;owned\x07\x1b[2J_hook": "true"})
     root, args = fresh_dirs(tmp_path)
 
-    proc = kvault("pull", *args, env=_env(bao, golden, prefix))
+    proc = kvault("pull", *args, env=golden_env(bao, golden, prefix))
 
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
     [line] = _warnings(proc.stderr)
@@ -274,7 +269,7 @@ def test_local_settings_survive_pull(bao: Bao, golden: Golden, vault_env: dict[s
     """What Vault may not set stays as this machine has it; only real drops are named."""
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
     root, args = fresh_dirs(tmp_path)
     kvault("pull", *args, env=env)
     conf_path = root / "config" / "renewal" / "due.conf"
@@ -319,7 +314,7 @@ def test_account_server_must_be_http(bao: Bao, golden: Golden, vault_env: dict[s
     assert r.status_code == 200, r.text
     root, args = fresh_dirs(tmp_path)
 
-    proc = kvault("pull", *args, env=_env(bao, golden, prefix), check=False)
+    proc = kvault("pull", *args, env=golden_env(bao, golden, prefix), check=False)
 
     assert proc.returncode == 1
     [line] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -338,7 +333,8 @@ def test_huge_archive_version_fails_alone(bao: Bao, golden: Golden, vault_env: d
     assert r.status_code == 200, r.text
     root, args = fresh_dirs(tmp_path)
 
-    proc = kvault("pull", "--workers", "1", *args, env=_env(bao, golden, prefix), check=False)
+    proc = kvault("pull", "--workers", "1", *args, env=golden_env(bao, golden, prefix),
+                  check=False)
 
     assert proc.returncode == 1
     assert f"error: lineage due: secret/{prefix}/certificates/due: 'version' must be an " \

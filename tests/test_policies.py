@@ -9,12 +9,12 @@ from helpers import (
     POLICIES,
     Golden,
     fresh_dirs,
+    golden_env,
     kv_version,
     kvault,
     load_policy,
     locks_held,
     record,
-    scrubbed_env,
     seed,
 )
 from servers import Bao
@@ -31,11 +31,6 @@ def _token(bao: Bao, policy: str) -> str:
     assert r.status_code == 200, r.text
     token: str = r.json()["auth"]["client_token"]
     return token
-
-
-def _env(bao: Bao, golden: Golden, prefix: str, token: str) -> dict[str, str]:
-    return scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=token, KVAULT_PREFIX=prefix,
-                        REQUESTS_CA_BUNDLE=golden.ca_bundle)
 
 
 @pytest.mark.parametrize("kind", ["renewer", "reader"])
@@ -57,7 +52,7 @@ def test_renewer_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
     bao.api("POST", f"secret/data/{prefix}/dns/pdns",
             json={"data": {"provider": "powerdns", "auth_token": "t"}})
     token = _token(bao, load_policy(bao, "renewer", prefix))
-    env = _env(bao, golden, prefix, token)
+    env = golden_env(bao, golden, prefix, token)
     before = kv_version(bao, prefix, "certificates/due")
 
     # pull + renew lock + write back, with a short lock TTL so the keeper renews it too.
@@ -91,7 +86,7 @@ def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["calm"])
     token = _token(bao, load_policy(bao, "reader", prefix))
-    env = _env(bao, golden, prefix, token)
+    env = golden_env(bao, golden, prefix, token)
     rows = json.loads(kvault("list", "--json", env=env).stdout)
     assert [r["name"] for r in rows] == ["calm"]
     shown = json.loads(kvault("show", "calm", "--json", env=env).stdout)
@@ -99,7 +94,7 @@ def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
 
     # It cannot push: a config dir made by a renewer is refused (accounts and certificates).
     _, args = fresh_dirs(tmp_path)
-    root_env = _env(bao, golden, prefix, bao.token)
+    root_env = golden_env(bao, golden, prefix, bao.token)
     kvault("pull", *args, env=root_env)
     before = kv_version(bao, prefix, "certificates/calm")
     proc = kvault("push", *args, env=env, check=False)

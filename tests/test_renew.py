@@ -12,12 +12,12 @@ from helpers import (
     KVAULT,
     Golden,
     fresh_dirs,
+    golden_env,
     kv_version,
     kvault,
     locks_held,
     orders,
     record,
-    scrubbed_env,
     seed,
 )
 from servers import Bao
@@ -27,12 +27,6 @@ from certbot_kvault._internal.lock import Locks
 from certbot_kvault._internal.settings import VaultSettings
 from certbot_kvault._internal.timefmt import format_time
 from certbot_kvault._internal.vault import VaultClient
-
-
-def _env(bao: Bao, golden: Golden, prefix: str, **extra: str) -> dict[str, str]:
-    """Only Vault's address + credentials (and the test's prefix, and Pebble's CA)."""
-    return scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token, KVAULT_PREFIX=prefix,
-                        REQUESTS_CA_BUNDLE=golden.ca_bundle, **extra)
 
 
 def test_stateless_renew_from_empty_dir(bao: Bao, golden: Golden, vault_env: dict[str, str],
@@ -47,7 +41,8 @@ def test_stateless_renew_from_empty_dir(bao: Bao, golden: Golden, vault_env: dic
     metrics = tmp_path / "metrics" / "renew.prom"
 
     t0 = time.monotonic()
-    proc = kvault("renew", *args, "--metrics-file", str(metrics), env=_env(bao, golden, prefix))
+    proc = kvault("renew", *args, "--metrics-file", str(metrics),
+                  env=golden_env(bao, golden, prefix))
     took = time.monotonic() - t0
     print(f"renew from an empty dir took {took:.2f}s")
     assert "renewed: due" in proc.stdout, proc.stdout
@@ -70,7 +65,7 @@ def test_stateless_renew_from_empty_dir(bao: Bao, golden: Golden, vault_env: dic
     # A second stateless run finds nothing due except `due` (always due by its conf);
     # `calm` still untouched.
     root2, args2 = fresh_dirs(tmp_path, "again")
-    kvault("renew", *args2, "--", "--cert-name", "calm", env=_env(bao, golden, prefix))
+    kvault("renew", *args2, "--", "--cert-name", "calm", env=golden_env(bao, golden, prefix))
     assert kv_version(bao, prefix, "certificates/calm") == calm_before
 
 
@@ -80,7 +75,7 @@ def test_two_renewers_one_order(bao: Bao, golden: Golden, vault_env: dict[str, s
     seed(bao, golden, prefix, ["due"])
     before = kv_version(bao, prefix, "certificates/due")
     orders_before = orders(golden.pebble)
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
     procs = []
     for i in range(2):
         _, args = fresh_dirs(tmp_path, f"r{i}")
@@ -113,7 +108,7 @@ def test_loser_exits_zero_saying_who_holds_the_lock(bao: Bao, golden: Golden,
         metrics = tmp_path / "m.prom"
         t0 = time.monotonic()
         proc = kvault("renew", *args, "--lock-wait", "1", "--metrics-file", str(metrics),
-                      env=_env(bao, golden, prefix))
+                      env=golden_env(bao, golden, prefix))
         assert 0.9 < time.monotonic() - t0 < 10
         lines = proc.stdout.strip().splitlines()
         assert len(lines) == 1, proc.stdout
@@ -132,7 +127,7 @@ def test_killed_renewer_lock_taken_over_after_expiry(bao: Bao, golden: Golden,
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
     before = kv_version(bao, prefix, "certificates/due")
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
     _, args = fresh_dirs(tmp_path, "victim")
     victim = subprocess.Popen([KVAULT, "renew", *args, "--lock-ttl", "3"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -168,7 +163,7 @@ def test_due_within_pulls_only_what_is_due(bao: Bao, golden: Golden,
     calm_before = kv_version(bao, prefix, "certificates/calm")
     root, args = fresh_dirs(tmp_path)
     metrics = tmp_path / "m.prom"
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
     # Nothing within one hour: no lock, no pull, exit 0.
     proc = kvault("renew", *args, "--due-within", "0.04", env=env)
     assert "nothing expires within 0.04 days (2 lineages checked)" in proc.stdout
@@ -196,11 +191,11 @@ def test_due_within_skips_lineages_other_renewers_hold(bao: Bao, golden: Golden,
     assert other.try_acquire("lineage-short") is None
     try:
         _, args = fresh_dirs(tmp_path)
-        proc = kvault("renew", *args, "--due-within", "10", env=_env(bao, golden, prefix))
+        proc = kvault("renew", *args, "--due-within", "10", env=golden_env(bao, golden, prefix))
         assert "being renewed by other renewers" in proc.stdout
         assert "held by pod-2" in proc.stdout
         # A full run meanwhile leaves `short` to its holder, too.
-        proc = kvault("renew", *args, env=_env(bao, golden, prefix))
+        proc = kvault("renew", *args, env=golden_env(bao, golden, prefix))
         assert "skipping short: its lock is held by pod-2" in proc.stderr
         assert not (tmp_path / "run" / "config" / "renewal" / "short.conf").exists()
     finally:
@@ -211,7 +206,7 @@ def test_renew_on_kv1_says_locking_needs_kv2(bao: Bao, golden: Golden, kv1_mount
                                              vault_env: dict[str, str], tmp_path: Path) -> None:
     _, args = fresh_dirs(tmp_path)
     proc = kvault("renew", *args, "--mount", kv1_mount,
-                  env=_env(bao, golden, vault_env["KVAULT_PREFIX"]), check=False)
+                  env=golden_env(bao, golden, vault_env["KVAULT_PREFIX"]), check=False)
     assert proc.returncode == 1
     assert "Locking needs a KV v2 mount" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -221,7 +216,7 @@ def test_renew_refuses_dir_flags_for_certbot(bao: Bao, golden: Golden,
                                              vault_env: dict[str, str], tmp_path: Path) -> None:
     _, args = fresh_dirs(tmp_path)
     proc = kvault("renew", *args, "--", "--config-dir", "/tmp/elsewhere",
-                  env=_env(bao, golden, vault_env["KVAULT_PREFIX"]), check=False)
+                  env=golden_env(bao, golden, vault_env["KVAULT_PREFIX"]), check=False)
     assert proc.returncode == 1
     assert "Pass --config-dir to certbot-kvault (before --)" in proc.stderr
 
@@ -231,8 +226,8 @@ def test_certbot_failure_propagates(bao: Bao, golden: Golden, vault_env: dict[st
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["calm"])
     _, args = fresh_dirs(tmp_path)
-    proc = kvault("renew", *args, "--", "--no-such-certbot-flag", env=_env(bao, golden, prefix),
-                  check=False)
+    proc = kvault("renew", *args, "--", "--no-such-certbot-flag",
+                  env=golden_env(bao, golden, prefix), check=False)
     assert proc.returncode == 2  # argparse's usage error, from certbot
     assert not locks_held(bao, prefix)
 
@@ -241,7 +236,7 @@ def test_run_issues_and_pushes(bao: Bao, golden: Golden, vault_env: dict[str, st
                                tmp_path: Path) -> None:
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["calm"])
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
     root, args = fresh_dirs(tmp_path)
     calm_before = kv_version(bao, prefix, "certificates/calm")
     proc = kvault("run", *args, "--", "certonly", "--standalone", "--http-01-port",
@@ -277,7 +272,7 @@ path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}
     assert bao.api("PUT", f"sys/policies/acl/{name}", json={"policy": policy}).status_code == 204
     token = bao.api("POST", "auth/token/create",
                     json={"policies": [name], "ttl": "5m"}).json()["auth"]["client_token"]
-    env = _env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix)
     env["VAULT_TOKEN"] = token
     root, args = fresh_dirs(tmp_path)
     proc = kvault("run", *args, "--", "certonly", "--standalone", "--http-01-port",
@@ -326,7 +321,7 @@ def test_sigterm_releases_the_lock(bao: Bao, golden: Golden, vault_env: dict[str
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due"])
     _, args = fresh_dirs(tmp_path)
-    proc = subprocess.Popen([KVAULT, "renew", *args], env=_env(bao, golden, prefix),
+    proc = subprocess.Popen([KVAULT, "renew", *args], env=golden_env(bao, golden, prefix),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
