@@ -102,8 +102,10 @@ class Layout:
         entry = self.vault.read(self.path("dns", validate_name(name, "DNS entry")))
         return None if entry is None else entry.data
 
-    def save_dns(self, name: str, data: dict[str, Any]) -> None:
-        self.vault.write(self.path("dns", validate_name(name, "DNS entry")), data)
+    def save_dns(self, name: str, data: dict[str, Any], cas: Optional[int] = None) -> None:
+        """``cas=0``: only if absent (KV v2; KV v1 cannot check)."""
+        self.vault.write(self.path("dns", validate_name(name, "DNS entry")), data,
+                         cas=cas if self.vault.kv_version == 2 else None)
 
     def delete_dns(self, name: str, purge: bool = True) -> None:
         self.vault.delete(self.path("dns", validate_name(name, "DNS entry")), purge=purge)

@@ -13,6 +13,7 @@ import click
 
 from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal.cli.common import Context, common_options
+from certbot_kvault._internal.errors import VaultConflict
 from certbot_kvault._internal.records import validate_name
 
 
@@ -79,7 +80,15 @@ def dns_add(ctx: Context, name: str, provider: str, provider_options: tuple[str,
     kvault_dns.check_options(provider, options, where)
     if not force and layout.load_dns(name) is not None:
         raise click.ClickException(f"{where} already exists; pass --force to replace it.")
-    layout.save_dns(name, {kvault_dns.PROVIDER_FIELD: provider, **options})
+    entry = {kvault_dns.PROVIDER_FIELD: provider, **options}
+    try:
+        layout.save_dns(name, entry, cas=None if force else 0)
+    except VaultConflict:
+        # Another `dns add` created it meanwhile: fine if it stored the same entry.
+        if layout.load_dns(name) != entry:
+            raise click.ClickException(
+                f"{where} was created by someone else meanwhile; pass --force to "
+                "replace it.") from None
     out = {"name": name, "path": where, "provider": provider, "options": sorted(options)}
     if ctx.json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
