@@ -9,6 +9,7 @@ import pathlib
 from typing import Any
 
 import pytest
+from certbot import errors
 
 from certbot_kvault._internal.settings import SETTING_OPTIONS, VAULT_OPTIONS, VaultSettings, as_bool
 
@@ -83,3 +84,12 @@ def test_vault_layers_import_only_below(module: str, allowed: set[str]) -> None:
 def test_cli_does_not_import_the_plugin() -> None:
     # The option table the CLI reads renewal confs with lives in settings.py.
     assert "plugin" not in _imported_modules("cli")
+
+
+def test_ha_deadline_from_the_environment() -> None:
+    assert VaultSettings.from_env({}).ha_deadline == 30.0
+    assert VaultSettings.from_env({"KVAULT_HA_DEADLINE": "2.5"}).ha_deadline == 2.5
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(errors.Error, match=f"KVAULT_HA_DEADLINE must be a number of "
+                                               f"seconds \\(0 or more\\), not '{bad}'"):
+            VaultSettings.from_env({"KVAULT_HA_DEADLINE": bad})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import hvac.exceptions
 import requests
@@ -136,17 +136,54 @@ def transport_error(e: requests.exceptions.RequestException,
         return VaultUnreachable(
             f"TLS error talking to {settings.where}; check VAULT_ADDR, "
             "VAULT_CACERT and VAULT_CLIENT_CERT.")
-    failed = urllib.parse.urlsplit(getattr(e.request, "url", None) or "").netloc
-    if failed and failed != urllib.parse.urlsplit(settings.addr).netloc:
+    failed = redirected_to(e, settings)
+    if failed:
         # A standby redirected us to a leader that is gone: an HA cluster
         # in the middle of an election, not a wrong VAULT_ADDR.
         return VaultUnreachable(
             f"Vault at {settings.addr} sent us to its leader at {failed}, which does "
-            "not answer; the cluster is probably electing a new leader: run again in a "
-            "few seconds.")
+            f"not answer, and no new leader answered within {settings.ha_deadline:g}s "
+            "(KVAULT_HA_DEADLINE); check the cluster's nodes (`bao operator raft "
+            "list-peers`).")
     return VaultUnreachable(
         f"Cannot reach {settings.where} ({type(e).__name__}); check "
         "VAULT_ADDR and that Vault is running.")
+
+
+def redirected_to(e: requests.exceptions.RequestException, settings: VaultSettings) -> str:
+    """The host:port of another node that a request was redirected to and that did not
+    answer, or "" when the request failed at VAULT_ADDR itself."""
+    failed = urllib.parse.urlsplit(getattr(e.request, "url", None) or "").netloc
+    return failed if failed and failed != urllib.parse.urlsplit(settings.addr).netloc else ""
+
+
+# What a raft/HA node answers (500/503) while its cluster has no leader.
+_LEADERLESS_WORDS = ("active cluster node not found", "node not active", "no leader",
+                     "leadership lost", "not the leader")
+
+
+def leaderless(e: BaseException) -> bool:
+    """Did Vault answer that its cluster has no leader right now (an election)?"""
+    said = getattr(e, "errors", None) or ()
+    text = " ".join(str(x) for x in said).lower()
+    return any(w in text for w in _LEADERLESS_WORDS)
+
+
+def lost_race(where: str, ours: Optional[int], now: Optional[int]) -> VaultConflict:
+    """A check-and-set write lost to a writer who saved something else (or deleted it)."""
+    held = "nothing (deleted)" if now is None else f"KV version {now}"
+    return VaultConflict(
+        f"{where} changed in Vault while we were writing it: we wrote on top of KV "
+        f"version {ours or 'none (new)'}, Vault now holds {held} with other content; "
+        "run the command again.")
+
+
+def no_leader(e: BaseException, settings: VaultSettings) -> VaultUnreachable:
+    """A cluster that answered "no leader" for longer than KVAULT_HA_DEADLINE."""
+    return VaultUnreachable(
+        f"{settings.where} has had no leader for {settings.ha_deadline:g}s "
+        f"(KVAULT_HA_DEADLINE) ({first_line(e)}); check that a quorum of the cluster's "
+        "nodes runs (`bao operator raft list-peers`).")
 
 
 def is_transient(e: BaseException) -> bool:

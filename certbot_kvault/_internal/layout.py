@@ -15,6 +15,7 @@ exactly as it was. What a record holds and how it is checked is records.py's.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator, Optional
 
 from certbot_kvault._internal.records import (
@@ -40,6 +41,21 @@ class Layout:
     def where(self, *parts: str) -> str:
         """A path as a user would type it for `vault kv get` (mount/prefix/...)."""
         return f"{self.vault.mount}/{self.path(*parts)}"
+
+    def winner(self, path: str, lost_against: Optional[int]) -> Optional[KVEntry]:
+        """The record that beat our check-and-set write against ``lost_against``.
+
+        A standby may not have the winner's write yet (a lost check-and-set
+        answer carries no X-Vault-Index to wait for): look again for a moment
+        while it still shows the version we wrote against.
+        """
+        deadline = time.monotonic() + 2.0
+        while True:
+            entry = self.vault.read(path)
+            if (entry is not None and entry.version != lost_against) \
+                    or time.monotonic() >= deadline:
+                return entry
+            time.sleep(0.1)
 
     # ---- lineages ---------------------------------------------------------
 

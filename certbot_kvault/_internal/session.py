@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
-from typing import Any
+import time
+from typing import Any, Optional
 
 import requests
 import requests.adapters
@@ -77,6 +79,33 @@ def _index_value(header: str) -> int:
         return int(json.loads(base64.urlsafe_b64decode(padded))["value"])
     except (ValueError, KeyError, TypeError):
         return 0  # opaque to us: still the newest we have seen
+
+
+class LeaderWait:
+    """Bounded backoff while an HA cluster has no leader that answers.
+
+    urllib3's retries span a few seconds; an election after a leader is lost
+    (SIGKILL, a dead VM) can take longer. The caller retries the whole request
+    against VAULT_ADDR, which redirects to the new leader once one is elected,
+    until ``deadline`` seconds after the first failure.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self._total = deadline
+        self._until: Optional[float] = None
+        self._pause = 0.1
+
+    def again(self) -> bool:
+        """Sleep before the next try and return True, or False once past the deadline."""
+        now = time.monotonic()
+        if self._until is None:
+            self._until = now + self._total
+        left = self._until - now
+        if left <= 0:
+            return False
+        time.sleep(min(left, self._pause * random.uniform(0.5, 1.0)))  # noqa: S311 - jitter
+        self._pause = min(2.0, self._pause * 2)
+        return True
 
 
 def make_session(settings: VaultSettings, pool_size: int) -> requests.Session:

@@ -13,6 +13,8 @@ import dataclasses
 import os
 from typing import Any, Mapping, Optional
 
+from certbot import errors
+
 DEFAULT_ADDR = "https://127.0.0.1:8200"
 DEFAULT_MOUNT = "secret"
 DEFAULT_PREFIX = "certbot"
@@ -67,6 +69,16 @@ SETTING_OPTIONS = {
 }
 
 
+def _seconds(var: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise errors.Error(f"{var} must be a number of seconds (0 or more), not {value!r}.")
+    return seconds
+
+
 @dataclasses.dataclass
 class VaultSettings:
     """How to reach and log in to Vault; read like the ``vault`` CLI reads them."""
@@ -93,6 +105,9 @@ class VaultSettings:
     prefix: str = DEFAULT_PREFIX
     timeout: float = 30.0
     retries: int = 4
+    # How long a request keeps being retried while an HA cluster has no leader
+    # that answers (a leader lost, an election), before it is an error.
+    ha_deadline: float = 30.0
     # True when from_env found no address anywhere and fell back to DEFAULT_ADDR.
     addr_is_default: bool = False
 
@@ -119,6 +134,7 @@ class VaultSettings:
         "jwt_mount": "KVAULT_JWT_MOUNT",
         "mount": "KVAULT_MOUNT",
         "prefix": "KVAULT_PREFIX",
+        "ha_deadline": "KVAULT_HA_DEADLINE",
     }, repr=False, compare=False)
 
     @classmethod
@@ -133,6 +149,8 @@ class VaultSettings:
                 continue
             if name == "skip_verify":
                 value = as_bool(value)
+            if name == "ha_deadline":
+                value = _seconds(var, value)
             setattr(settings, name, value)
         for name, value in overrides.items():
             if value is not None and value != "":

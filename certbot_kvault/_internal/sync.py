@@ -19,7 +19,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-import time
 from typing import Callable, Collection, Iterable, Iterator, Optional, TypeVar
 
 import configobj
@@ -35,6 +34,7 @@ from certbot_kvault._internal.errors import (
     VaultUnreachable,
     VaultUnsupported,
     is_transient,
+    lost_race,
 )
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import (
@@ -298,7 +298,7 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
         except VaultConflict:
             # Another pusher of the same account won: fine if it wrote what we hold.
             path = layout.path("accounts", server_path, account_id)
-            winner = _reread(layout, path, cas)
+            winner = layout.winner(path, cas)
             if winner is not None:
                 try:
                     if AccountRecord.from_kv(server_path, account_id, winner, "") \
@@ -306,8 +306,8 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
                         return False
                 except RecordError:
                     pass
-            raise _conflict(layout.where("accounts", server_path, account_id), cas,
-                            winner) from None
+            raise lost_race(layout.where("accounts", server_path, account_id), cas,
+                            None if winner is None else winner.version) from None
         return True
 
     return _outcome(f"account {account_id}", work)
@@ -339,60 +339,31 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
                 if expected is not None and entry.version != expected:
                     raise refuse(f"version {entry.version}")
                 if remote.version > local.version:
-                    raise RecordError(
-                        f"Vault holds version {remote.version} of {name}, newer than this "
-                        f"machine's {local.version}: run `certbot-kvault pull {name}` instead "
-                        "of pushing.")
-        if expected is not None:
-            if entry is None or entry.version != expected:
-                raise refuse(f"version {entry.version}" if entry is not None else "deleted")
-            try:
-                layout.save_lineage(local, cas=expected)
-            except VaultConflict:
-                # Refused unless the winner saved exactly our lineage: then
-                # nothing of the renewer that took over is lost.
-                winner = _reread(layout, layout.path("certificates", name), expected)
-                if _holds(layout, name, winner, local):
-                    return False
-                raise refuse(f"version {winner.version}" if winner is not None
-                             else "deleted") from None
-            return True
-        cas = entry.version if entry is not None else 0
+                    raise _newer(remote, local)
+        if expected is not None and (entry is None or entry.version != expected):
+            raise refuse(f"version {entry.version}" if entry is not None else "deleted")
+        cas = expected if expected is not None else entry.version if entry is not None else 0
         try:
             layout.save_lineage(local, cas=cas)
         except VaultConflict:
-            winner = _reread(layout, layout.path("certificates", name), cas)
-            if _holds(layout, name, winner, local):
-                return False
+            # A winner who saved exactly our lineage (updated_at aside) loses
+            # nothing of ours, nor of a renewer that took over: fenced or not.
+            winner = layout.winner(layout.path("certificates", name), cas)
             remote = _lineage_or_none(layout, name, winner)
+            if remote is not None and remote.same_content(local):
+                return False
+            now = None if winner is None else winner.version
+            if expected is not None:
+                raise refuse(f"version {now}" if now is not None else "deleted") from None
             if remote is not None and remote.version > local.version:
-                raise RecordError(
-                    f"Vault holds version {remote.version} of {name}, newer than this "
-                    f"machine's {local.version}: run `certbot-kvault pull {name}` instead "
-                    "of pushing.") from None
-            raise _conflict(layout.where("certificates", name), cas, winner) from None
+                raise _newer(remote, local) from None
+            raise lost_race(layout.where("certificates", name), cas, now) from None
         return True
 
     report = _outcome(f"lineage {name}", work)
     if fenced:
         report.fenced.append(name)
     return report
-
-
-def _reread(layout: Layout, path: str, lost_against: Optional[int]) -> Optional[KVEntry]:
-    """The record that beat our check-and-set write.
-
-    A standby may not have the winner's write yet (a lost check-and-set answer
-    carries no X-Vault-Index to wait for), so look again for a moment while it
-    still shows the version we wrote against.
-    """
-    deadline = time.monotonic() + 2.0
-    while True:
-        entry = layout.vault.read(path)
-        if (entry is not None and entry.version != lost_against) \
-                or time.monotonic() >= deadline:
-            return entry
-        time.sleep(0.1)
 
 
 def _lineage_or_none(layout: Layout, name: str,
@@ -405,18 +376,10 @@ def _lineage_or_none(layout: Layout, name: str,
         return None
 
 
-def _holds(layout: Layout, name: str, entry: Optional[KVEntry], local: LineageRecord) -> bool:
-    """Whether Vault's record is the same lineage as ours (``updated_at`` aside)."""
-    remote = _lineage_or_none(layout, name, entry)
-    return remote is not None and remote.same_content(local)
-
-
-def _conflict(where: str, ours: Optional[int], winner: Optional[KVEntry]) -> VaultConflict:
-    now = "deleted" if winner is None else f"KV version {winner.version}"
-    return VaultConflict(
-        f"{where} changed in Vault while we were writing it: we wrote on top of KV "
-        f"version {ours or 'none (new)'}, Vault now holds {now} with other content; "
-        "run the command again.")
+def _newer(remote: LineageRecord, local: LineageRecord) -> RecordError:
+    return RecordError(
+        f"Vault holds version {remote.version} of {local.name}, newer than this machine's "
+        f"{local.version}: run `certbot-kvault pull {local.name}` instead of pushing.")
 
 
 def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:

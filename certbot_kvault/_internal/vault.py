@@ -38,9 +38,12 @@ from certbot_kvault._internal.errors import (
     VaultSealed,
     VaultUnsupported,
     first_line,
+    leaderless,
+    no_leader,
+    redirected_to,
     transport_error,
 )
-from certbot_kvault._internal.session import make_session
+from certbot_kvault._internal.session import LeaderWait, make_session
 from certbot_kvault._internal.settings import VaultSettings
 
 logger = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ class VaultClient:
                 self._auth.login()
             self._auth.maybe_renew()
         relogged = False
+        election = LeaderWait(self.settings.ha_deadline)
         while True:
             try:
                 result = fn()
@@ -111,10 +115,21 @@ class VaultClient:
                 raise VaultAuthError(
                     self._auth.bad_credentials_message(self.settings.auth_method)) from None
             except (hvac.exceptions.VaultDown, hvac.exceptions.VaultNotInitialized) as e:
+                if leaderless(e):
+                    if election.again():
+                        continue
+                    raise no_leader(e, self.settings) from None
                 raise VaultSealed(
                     f"{self.settings.where} is sealed or not initialized ({first_line(e)}"
                     "); unseal it (`vault operator unseal`) and run again.") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+                # Sent on to a leader that is gone: VAULT_ADDR redirects to the
+                # next one once elected. A write that had landed is resolved by
+                # write's read-back; KV writes without check-and-set are idempotent.
+                if redirected_to(e, self.settings) and election.again():
+                    logger.debug("Vault's leader does not answer; retrying via %s",
+                                 self.settings.addr)
+                    continue
                 raise transport_error(e, self.settings) from None
             except hvac.exceptions.RateLimitExceeded:
                 raise VaultError(
@@ -132,6 +147,10 @@ class VaultClient:
                     f"Vault error on {path} ({type(e).__name__}): {first_line(e)}",
                     said=e.errors or ()) from None
             except hvac.exceptions.VaultError as e:
+                if leaderless(e):
+                    if election.again():
+                        continue
+                    raise no_leader(e, self.settings) from None
                 raise VaultError(
                     f"Vault error on {path} ({type(e).__name__}): {first_line(e)}",
                     said=e.errors or ()) from None
