@@ -21,6 +21,7 @@ from helpers import KVAULT, Golden, fresh_dirs, golden_env, kv_version, kvault, 
 from servers import Bao
 
 from certbot_kvault._internal import sync
+from certbot_kvault._internal.errors import VaultConflict
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import AccountRecord, LineageRecord
 from certbot_kvault._internal.settings import VaultSettings
@@ -228,3 +229,19 @@ def test_lost_race_to_another_account_names_both_versions(bao: Bao, golden: Gold
                           "wrote on top of KV version none (new), Vault now holds KV "
                           "version 1 with other content; run the command again."), error
     client.close()
+
+
+def test_dns_entry_created_once(bao: Bao) -> None:
+    """`dns add` saves with cas=0: a second creator of other content cannot replace the
+    first one's entry; one of the same content is fine."""
+    prefix = _prefix("dns")
+    layout = Layout(VaultClient(VaultSettings.from_env(
+        {}, addr=bao.addr, token=bao.token, mount="secret", prefix=prefix)))
+    entry = {"provider": "powerdns", "auth_token": "first"}
+    layout.save_dns("zone", entry, cas=0)
+    layout.save_dns("zone", dict(entry), cas=0)
+    with pytest.raises(VaultConflict):
+        layout.save_dns("zone", {**entry, "auth_token": "second"}, cas=0)
+    assert layout.load_dns("zone") == entry
+    assert kv_version(bao, prefix, "dns/zone") == 1
+    layout.vault.close()
