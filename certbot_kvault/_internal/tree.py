@@ -7,9 +7,11 @@ of the key before it, as certbot's ``save_successor``; a key already right is
 left alone) and ``private_key.json`` 0400, relative ``live/``
 symlinks, ``archive/<name>/<kind>N.pem`` numbering and a renewal conf with
 this machine's paths (renewal_conf.py turns Vault's portable conf into it).
-Every file is written to a temp file and renamed into place (files.py), and a
-lineage's renewal conf is written last: certbot only sees a lineage once its
-conf exists, so an interrupted pull never shows a half one.
+Every file is written to a temp file and renamed into place (files.py), a
+lineage's four ``live/`` links are switched together by replacing the whole
+directory, and its renewal conf is written last: certbot only sees a lineage
+once its conf exists, so an interrupted pull never shows a half one, nor a
+live cert with another version's key.
 """
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ from certbot import errors
 
 from certbot_kvault._internal import renewal_conf
 from certbot_kvault._internal.files import (
-    atomic_symlink,
     atomic_write,
     current_umask,
     make_dirs,
+    remove_temp_files,
+    replace_links,
     same_file,
 )
 from certbot_kvault._internal.records import (
@@ -252,8 +255,8 @@ class Tree:
         self.ensure_base()
         archive = self.archive_dir(name)
         live = self.live_dir(name)
-        for d in (archive, live):
-            make_dirs(d, self.dir_mode)
+        make_dirs(archive, self.dir_mode)
+        remove_temp_files(archive)
         versions = {**record.archive, record.version: record.pems}
         file_mode = self.file_mode
         for n, pems in sorted(versions.items()):
@@ -271,17 +274,25 @@ class Tree:
                 if same_file(path, data, file_mode):
                     continue
                 atomic_write(path, data, file_mode)
-        for kind in PEM_KINDS:
-            target = os.path.relpath(os.path.join(archive, f"{kind}{record.version}.pem"), live)
-            link = os.path.join(live, f"{kind}.pem")
-            if not (os.path.islink(link) and os.readlink(link) == target):
-                atomic_symlink(target, link)
-        readme = os.path.join(live, "README")
-        if not os.path.exists(readme):
-            atomic_write(readme, LIVE_README.format(prefix="").encode(), file_mode)
+        # All four links switch at once (files.replace_links): one by one, a kill
+        # could leave a live cert with another version's key. The ``..`` keeps the
+        # temp dirs' names apart from every valid lineage name; certbot finds
+        # lineages by their renewal conf, so it never looks at them.
+        replace_links(live, {f"{kind}.pem": os.path.relpath(
+            os.path.join(archive, f"{kind}{record.version}.pem"), live) for kind in PEM_KINDS},
+            new=self._p("live", f".{name}..kvault-new"),
+            old=self._p("live", f".{name}..kvault-old"),
+            readme=LIVE_README.format(prefix="").encode(),
+            dir_mode=self.dir_mode, file_mode=file_mode)
         conf_path = self.renewal_conf_path(name)
         if not same_file(conf_path, conf_bytes, None):
             atomic_write(conf_path, conf_bytes, file_mode)
+
+    def remove_leftovers(self) -> None:
+        """Remove what a killed pull left: temp files, half-built ``live/`` dirs (those of
+        a lineage written again go anyway: ``write_lineage``)."""
+        for sub in ("renewal", "live", os.path.join("renewal-hooks", "deploy")):
+            remove_temp_files(self._p(sub))
 
     def ensure_base(self) -> None:
         """The dirs certbot makes on first run, with certbot's modes."""
@@ -334,6 +345,7 @@ class Tree:
         d = self._p("accounts", record.server_path,
                     validate_name(record.account_id, "account"))
         make_dirs(d, 0o700)
+        remove_temp_files(d)
         mode = self.file_mode
         # meta and regr first: certbot loads an account by its key file.
         for fname, text, fmode in (("meta.json", record.meta, mode),
