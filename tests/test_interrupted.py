@@ -23,7 +23,7 @@ from servers import Bao, run_certbot
 
 from certbot_kvault._internal import files
 from certbot_kvault._internal.records import PEM_KINDS, LineageRecord, PemSet
-from certbot_kvault._internal.tree import Dirs, Tree
+from certbot_kvault._internal.tree import Dirs, Tree, TreeError
 
 GOLDEN = ("due", "calm", "short")  # three different key pairs to cycle through
 FLEET = 60          # lineages the tree already has at version 2 (Vault: version 3)
@@ -210,6 +210,21 @@ def test_kill_at_the_key_link_leaves_the_old_pair(bao: Bao, golden: Any, tmp_pat
     assert sorted(os.listdir(config / "live")) == ["README", "a.example.com"]
 
 
+def test_a_lineage_named_like_a_temp_dir_is_never_removed(bao: Bao, golden: Any,
+                                                           tmp_path: Path) -> None:
+    records = _golden_records(bao, golden)
+    tree = _tree(tmp_path)
+    odd = ".d.example.com..kvault-new"  # a valid, if odd, lineage name
+    tree.write_lineage(_record(records, odd, 1))
+    tree.remove_leftovers()
+    assert _whole(tmp_path / "config") == {odd: 1}
+    with pytest.raises(TreeError, match=r"lineage \.d\.example\.com\.\.kvault-new holds the "
+                       "name of its temporary directory"):
+        tree.write_lineage(_record(records, "d.example.com", 1))
+    assert _whole(tmp_path / "config") == {odd: 1}
+    assert not (tmp_path / "config" / "archive" / "d.example.com").exists()
+
+
 def _without_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel or filesystem without renameat2(RENAME_EXCHANGE)."""
     monkeypatch.setattr(files, "_exchange", lambda a, b: False)
@@ -230,7 +245,7 @@ def test_switch_keeps_certbots_format(bao: Bao, golden: Any, tmp_path: Path, exc
     half = tmp_path / "config" / "live" / ".b.example.com..kvault-new"
     half.mkdir()
     (half / "cert.pem").symlink_to("../../archive/b.example.com/cert2.pem")
-    temp = tmp_path / "config" / "archive" / "b.example.com" / ".kvault-x1y2.tmp"
+    temp = tmp_path / "config" / "archive" / "b.example.com" / ".kvault-x1y2z3w4.tmp"
     temp.write_text("half a key")
     tree.write_lineage(_record(records, "b.example.com", 3))
     assert not temp.exists()

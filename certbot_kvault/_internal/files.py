@@ -54,7 +54,8 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 # Kernels, libcs or filesystems that cannot exchange: take the two-rename way.
 _NO_EXCHANGE = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
-_LEFTOVER_RE = re.compile(r"^(\.kvault-.*\.tmp|\..*\.\.kvault-(new|old))$")
+# atomic_write's temp files: mkstemp's 8 random characters between prefix and suffix.
+_TEMP_RE = re.compile(r"^\.kvault-[a-z0-9_]{8}\.tmp$")
 
 
 def _exchange(a: str, b: str) -> bool:
@@ -150,15 +151,15 @@ def _carry_over(src: str, dst: str, skip: set[str]) -> None:
 
 
 def remove_temp_files(directory: str) -> None:
-    """Remove what a kill left in ``directory``: ``atomic_write``'s temp files and
-    ``replace_links``' dirs (``.NAME..kvault-new``/``-old``, as tree.py names them)."""
+    """Remove the temp files of ``atomic_write`` that a kill left in ``directory``."""
     try:
         entries = os.listdir(directory)
     except OSError:
         return
     for entry in entries:
-        if _LEFTOVER_RE.match(entry):
-            remove_tree(os.path.join(directory, entry))
+        path = os.path.join(directory, entry)
+        if _TEMP_RE.match(entry) and os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
 
 
 def current_umask() -> int:

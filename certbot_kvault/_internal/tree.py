@@ -29,6 +29,7 @@ from certbot_kvault._internal.files import (
     current_umask,
     make_dirs,
     remove_temp_files,
+    remove_tree,
     replace_links,
     same_file,
 )
@@ -66,6 +67,7 @@ HOOK_NAME = "00-update-vault.sh"
 HOOK_SOURCE = os.path.join(os.path.dirname(__file__), "hooks", HOOK_NAME)
 
 _VERSION_RE = re.compile(r"^(cert|chain|fullchain|privkey)(\d+)\.pem$")
+_SWITCH_DIR_RE = re.compile(r"^\..+\.\.kvault-(new|old)$")
 
 
 class TreeError(errors.PluginError):
@@ -252,6 +254,7 @@ class Tree:
         """Write a (validated) lineage as certbot would, conf last."""
         name = validate_name(record.name)
         conf_bytes = self.local_conf(name, record.renewal)
+        switch_dirs = self._switch_dirs(name)
         self.ensure_base()
         archive = self.archive_dir(name)
         live = self.live_dir(name)
@@ -274,25 +277,33 @@ class Tree:
                 if same_file(path, data, file_mode):
                     continue
                 atomic_write(path, data, file_mode)
-        # All four links switch at once (files.replace_links): one by one, a kill
-        # could leave a live cert with another version's key. The ``..`` keeps the
-        # temp dirs' names apart from every valid lineage name; certbot finds
-        # lineages by their renewal conf, so it never looks at them.
+        # All four at once: switched one by one, a kill could pair a cert with another key.
         replace_links(live, {f"{kind}.pem": os.path.relpath(
             os.path.join(archive, f"{kind}{record.version}.pem"), live) for kind in PEM_KINDS},
-            new=self._p("live", f".{name}..kvault-new"),
-            old=self._p("live", f".{name}..kvault-old"),
-            readme=LIVE_README.format(prefix="").encode(),
+            *switch_dirs, readme=LIVE_README.format(prefix="").encode(),
             dir_mode=self.dir_mode, file_mode=file_mode)
         conf_path = self.renewal_conf_path(name)
         if not same_file(conf_path, conf_bytes, None):
             atomic_write(conf_path, conf_bytes, file_mode)
 
+    def _switch_dirs(self, name: str) -> tuple[str, str]:
+        """Where ``live/NAME`` is rebuilt and swapped from (certbot finds lineages by their
+        renewal conf, so it never looks there); never a lineage's own live dir."""
+        dirs = (f".{name}..kvault-new", f".{name}..kvault-old")
+        for d in dirs:
+            if os.path.exists(self.renewal_conf_path(d)):
+                raise TreeError(f"Lineage {name} cannot be written here: lineage {d} holds "
+                                f"the name of its temporary directory in {self._p('live')}.")
+        return self._p("live", dirs[0]), self._p("live", dirs[1])
+
     def remove_leftovers(self) -> None:
-        """Remove what a killed pull left: temp files, half-built ``live/`` dirs (those of
-        a lineage written again go anyway: ``write_lineage``)."""
+        """Remove what a killed pull left: temp files, half-switched ``live/`` dirs."""
         for sub in ("renewal", "live", os.path.join("renewal-hooks", "deploy")):
             remove_temp_files(self._p(sub))
+        for entry in os.listdir(self._p("live")):
+            is_lineage = os.path.exists(self._p("renewal", entry + ".conf"))
+            if _SWITCH_DIR_RE.match(entry) and not is_lineage:
+                remove_tree(self._p("live", entry))
 
     def ensure_base(self) -> None:
         """The dirs certbot makes on first run, with certbot's modes."""
