@@ -141,9 +141,9 @@ def test_pull_killed_at_random_points(bao: Bao, golden: Any, vault_env: dict[str
             proc.send_signal(signal.SIGKILL)
         else:  # faster than measured (a loaded machine measures long): aim lower next time
             run_time = min(run_time, time.monotonic() - started)
-        proc.wait()
+        assert proc.wait() in (0, -signal.SIGKILL)
         versions = _whole(root / "config")
-        old = {n: v for n, v in versions.items() if n in _names(FLEET)}
+        old = {name: v for name, v in versions.items() if name in _names(FLEET)}
         assert len(old) == FLEET  # their confs were there before: still there
         if 0 < sum(v == 3 for v in old.values()) < FLEET:
             mid_write += 1
