@@ -5,11 +5,16 @@ never sees half of one; a private key can take the group and group/other bits
 of the key before it (certbot's ``compute_private_key_mode`` and
 ``copy_ownership_and_apply_mode``); directories get exactly the mode asked,
 parents included, without touching the process umask (safe in worker
-threads). Also: "is this file already right" and an atomic symlink swap.
+threads). Also: "is this file already right", and a directory of links
+replaced as a whole (``replace_links``), so no reader sees half of them switched.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import re
+import shutil
 import tempfile
 from typing import Optional
 
@@ -44,13 +49,117 @@ def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) 
         raise
 
 
-def atomic_symlink(target: str, path: str) -> None:
-    """Point ``path`` at ``target`` by renaming a fresh link over it."""
-    tmp = os.path.join(os.path.dirname(path), f".kvault-{os.path.basename(path)}.lnk")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, path)
+# renameat2(2) flags and the "relative to the cwd" dir fd (linux/fs.h, fcntl.h).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+# Kernels, libcs or filesystems that cannot exchange: take the two-rename way.
+_NO_EXCHANGE = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+# atomic_write's temp files: mkstemp's 8 random characters between prefix and suffix.
+_TEMP_RE = re.compile(r"^\.kvault-[a-z0-9_]{8}\.tmp$")
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the platform cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) (Windows)
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def replace_dir(new: str, path: str, old: str) -> None:
+    """Put the directory ``new`` at ``path`` and remove what was there.
+
+    Where the kernel can exchange two paths, readers of ``path`` see the old
+    directory or the new one, never a mix. Elsewhere ``path`` is briefly absent
+    (renamed to ``old`` first): a kill then leaves no directory, never a mixed
+    one. ``old`` must not exist; a leftover ``new``/``old`` from a killed call is
+    the caller's to remove (``remove_tree``).
+    """
+    if not os.path.lexists(path):
+        os.rename(new, path)
+        return
+    if _exchange(new, path):
+        remove_tree(new)
+        return
+    os.rename(path, old)
+    os.rename(new, path)
+    remove_tree(old)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a directory tree (or a file or link) if it exists."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def replace_links(path: str, targets: dict[str, str], new: str, old: str, readme: bytes,
+                  dir_mode: int, file_mode: int) -> None:
+    """Make ``path`` a directory whose links ``name -> target`` are ``targets``, switched
+    all at once: built in ``new`` (with whatever else ``path`` held, and ``readme`` as
+    README if it held none), then swapped in (``replace_dir``). Leftover ``new``/``old``
+    dirs of a killed call are removed first; links already right are left alone."""
+    if os.path.exists(os.path.join(path, "README")) and all(
+            os.path.islink(os.path.join(path, link))
+            and os.readlink(os.path.join(path, link)) == target
+            for link, target in targets.items()):
+        return
+    for leftover in (new, old):
+        remove_tree(leftover)
+    os.mkdir(new, dir_mode)
+    if os.path.isdir(path):
+        # Keep the mode an admin gave the directory.
+        os.chmod(new, os.stat(path).st_mode & 0o7777)
+        _carry_over(path, new, skip=set(targets))
+    else:
+        os.chmod(new, dir_mode)
+    for link, target in targets.items():
+        os.symlink(target, os.path.join(new, link))
+    if not os.path.lexists(os.path.join(new, "README")):
+        atomic_write(os.path.join(new, "README"), readme, file_mode)
+    replace_dir(new, path, old)
+
+
+def _carry_over(src: str, dst: str, skip: set[str]) -> None:
+    """Put what ``src`` holds besides ``skip`` (certbot's README, anything an admin
+    added) into ``dst``: files hard-linked (same inode, owner and mode), links
+    remade, directories copied."""
+    for entry in os.listdir(src):
+        if entry in skip or entry.startswith(".kvault-"):
+            continue
+        a, b = os.path.join(src, entry), os.path.join(dst, entry)
+        if os.path.islink(a):
+            os.symlink(os.readlink(a), b)
+        elif os.path.isdir(a):
+            shutil.copytree(a, b, symlinks=True)
+        else:
+            try:
+                os.link(a, b)
+            except OSError:
+                shutil.copy2(a, b)
+
+
+def remove_temp_files(directory: str) -> None:
+    """Remove the temp files of ``atomic_write`` that a kill left in ``directory``."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        path = os.path.join(directory, entry)
+        if _TEMP_RE.match(entry) and os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
 
 
 def current_umask() -> int:

@@ -157,6 +157,7 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     """
     layout.vault.login()  # once, before the workers: a refused login stops everything
     tree.ensure_base()
+    tree.remove_leftovers()  # before the workers, whose temp files it would take
     report = Report()
     if accounts and not used_accounts_only:
         report.merge(_run((f"{s}\0{i}" for s, i in layout.list_accounts()),

@@ -7,9 +7,11 @@ of the key before it, as certbot's ``save_successor``; a key already right is
 left alone) and ``private_key.json`` 0400, relative ``live/``
 symlinks, ``archive/<name>/<kind>N.pem`` numbering and a renewal conf with
 this machine's paths (renewal_conf.py turns Vault's portable conf into it).
-Every file is written to a temp file and renamed into place (files.py), and a
-lineage's renewal conf is written last: certbot only sees a lineage once its
-conf exists, so an interrupted pull never shows a half one.
+Every file is written to a temp file and renamed into place (files.py), a
+lineage's four ``live/`` links are switched together by replacing the whole
+directory, and its renewal conf is written last: certbot only sees a lineage
+once its conf exists, so an interrupted pull never shows a half one, nor a
+live cert with another version's key.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ from certbot import errors
 
 from certbot_kvault._internal import renewal_conf
 from certbot_kvault._internal.files import (
-    atomic_symlink,
     atomic_write,
     current_umask,
     make_dirs,
+    remove_temp_files,
+    remove_tree,
+    replace_links,
     same_file,
 )
 from certbot_kvault._internal.records import (
@@ -63,6 +67,7 @@ HOOK_NAME = "00-update-vault.sh"
 HOOK_SOURCE = os.path.join(os.path.dirname(__file__), "hooks", HOOK_NAME)
 
 _VERSION_RE = re.compile(r"^(cert|chain|fullchain|privkey)(\d+)\.pem$")
+_SWITCH_DIR_RE = re.compile(r"^\..+\.\.kvault-(new|old)$")
 
 
 class TreeError(errors.PluginError):
@@ -249,11 +254,12 @@ class Tree:
         """Write a (validated) lineage as certbot would, conf last."""
         name = validate_name(record.name)
         conf_bytes = self.local_conf(name, record.renewal)
+        switch_dirs = self._switch_dirs(name)
         self.ensure_base()
         archive = self.archive_dir(name)
         live = self.live_dir(name)
-        for d in (archive, live):
-            make_dirs(d, self.dir_mode)
+        make_dirs(archive, self.dir_mode)
+        remove_temp_files(archive)
         versions = {**record.archive, record.version: record.pems}
         file_mode = self.file_mode
         for n, pems in sorted(versions.items()):
@@ -271,17 +277,33 @@ class Tree:
                 if same_file(path, data, file_mode):
                     continue
                 atomic_write(path, data, file_mode)
-        for kind in PEM_KINDS:
-            target = os.path.relpath(os.path.join(archive, f"{kind}{record.version}.pem"), live)
-            link = os.path.join(live, f"{kind}.pem")
-            if not (os.path.islink(link) and os.readlink(link) == target):
-                atomic_symlink(target, link)
-        readme = os.path.join(live, "README")
-        if not os.path.exists(readme):
-            atomic_write(readme, LIVE_README.format(prefix="").encode(), file_mode)
+        # All four at once: switched one by one, a kill could pair a cert with another key.
+        replace_links(live, {f"{kind}.pem": os.path.relpath(
+            os.path.join(archive, f"{kind}{record.version}.pem"), live) for kind in PEM_KINDS},
+            *switch_dirs, readme=LIVE_README.format(prefix="").encode(),
+            dir_mode=self.dir_mode, file_mode=file_mode)
         conf_path = self.renewal_conf_path(name)
         if not same_file(conf_path, conf_bytes, None):
             atomic_write(conf_path, conf_bytes, file_mode)
+
+    def _switch_dirs(self, name: str) -> tuple[str, str]:
+        """Where ``live/NAME`` is rebuilt and swapped from (certbot finds lineages by their
+        renewal conf, so it never looks there); never a lineage's own live dir."""
+        dirs = (f".{name}..kvault-new", f".{name}..kvault-old")
+        for d in dirs:
+            if os.path.exists(self.renewal_conf_path(d)):
+                raise TreeError(f"Lineage {name} cannot be written here: lineage {d} holds "
+                                f"the name of its temporary directory in {self._p('live')}.")
+        return self._p("live", dirs[0]), self._p("live", dirs[1])
+
+    def remove_leftovers(self) -> None:
+        """Remove what a killed pull left: temp files, half-switched ``live/`` dirs."""
+        for sub in ("renewal", "live", os.path.join("renewal-hooks", "deploy")):
+            remove_temp_files(self._p(sub))
+        for entry in os.listdir(self._p("live")):
+            is_lineage = os.path.exists(self._p("renewal", entry + ".conf"))
+            if _SWITCH_DIR_RE.match(entry) and not is_lineage:
+                remove_tree(self._p("live", entry))
 
     def ensure_base(self) -> None:
         """The dirs certbot makes on first run, with certbot's modes."""
@@ -334,6 +356,7 @@ class Tree:
         d = self._p("accounts", record.server_path,
                     validate_name(record.account_id, "account"))
         make_dirs(d, 0o700)
+        remove_temp_files(d)
         mode = self.file_mode
         # meta and regr first: certbot loads an account by its key file.
         for fname, text, fmode in (("meta.json", record.meta, mode),
