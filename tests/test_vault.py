@@ -169,6 +169,12 @@ def _make_pki(d: Path) -> dict[str, str]:
           .public_key(ca_key.public_key()).serial_number(1)
           .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          # Python 3.13 verifies X.509 strictly: a CA needs its key identifier and
+          # usage, a leaf the issuer's key identifier.
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                       False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
           .sign(ca_key, hashes.SHA256()))
     files = {"ca": d / "ca.pem"}
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -186,6 +192,8 @@ def _make_pki(d: Path) -> dict[str, str]:
                 .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
                 .add_extension(san, critical=False)
                 .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    ca_key.public_key()), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         files[who] = d / f"{who}.pem"
         files[who].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
