@@ -9,6 +9,7 @@ first line of hvac's error text that messages quote.
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from typing import Any, Iterable, Optional
 
@@ -116,15 +117,23 @@ def first_line(e: BaseException) -> str:
     return line.split(", on ")[0][:300]
 
 
+# "certificate verify failed: <OpenSSL's reason> (_ssl.c:NNN)"
+_VERIFY_REASON = re.compile(r"certificate verify failed: ([^()]+?) \(_ssl")
+
+
 def transport_error(e: requests.exceptions.RequestException,
                     settings: VaultSettings) -> VaultUnreachable:
     """One sentence for a request that got no answer: TLS, a dead leader, or no Vault."""
     if isinstance(e, requests.exceptions.SSLError):
         reason = str(e).upper()
         if "CERTIFICATE_VERIFY_FAILED" in reason or "HOSTNAME" in reason:
+            # OpenSSL's own words name the real cause when the CA is right but a
+            # certificate breaks a rule (Python 3.13 checks X.509 strictly).
+            said = _VERIFY_REASON.search(str(e))
+            why = f": {said.group(1).strip()}" if said else ""
             return VaultUnreachable(
                 f"TLS error talking to {settings.where} (its certificate is "
-                "not trusted or names another host); set VAULT_CACERT to the CA that "
+                f"not trusted or names another host{why}); set VAULT_CACERT to the CA that "
                 "signed Vault's certificate.")
         if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "CERTIFICATE REQUIRED",
                                              "BAD_CERTIFICATE", "BAD CERTIFICATE",
