@@ -234,9 +234,7 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
             # Pulling would point live/ back at the old certificate.
             raise RecordError(f"Lineage {name} is at version {local} here but {record.version} "
                               f"in Vault: run `certbot-kvault push {name}` first.")
-        # Before writing: what was ignored is judged against this machine's old conf.
-        ignored = tree.screened_conf(name, record.renewal)[1]
-        tree.write_lineage(record)
+        ignored = tree.write_lineage(record)
         if ignored:
             warnings.append(trust.warning(name, ignored))
         kv_version = entry.version

@@ -202,13 +202,10 @@ class Tree:
                 seen.setdefault(int(m.group(2)), set()).add(m.group(1))
         return sorted(n for n, kinds in seen.items() if kinds == set(PEM_KINDS))
 
-    def local_conf(self, name: str, portable_text: str) -> bytes:
-        """A portable conf from Vault, with this machine's paths (and nothing else's)."""
-        return self.screened_conf(name, portable_text)[0]
-
     def screened_conf(self, name: str, portable_text: str,
                       keep_local: bool = True) -> tuple[bytes, list[str]]:
-        """``local_conf``, and the keys of Vault's conf that it ignored (see trust.py).
+        """A portable conf from Vault with this machine's paths (and nothing else's), and
+        the keys of Vault's conf that it ignored (see trust.py).
 
         Ignored keys take the value this machine's own conf of the lineage
         holds, if any (unless not ``keep_local``): a hook the admin set here
@@ -250,10 +247,11 @@ class Tree:
         m = _VERSION_RE.match(os.path.basename(os.readlink(link)))
         return int(m.group(2)) if m else None
 
-    def write_lineage(self, record: LineageRecord) -> None:
-        """Write a (validated) lineage as certbot would, conf last."""
+    def write_lineage(self, record: LineageRecord) -> list[str]:
+        """Write a (validated) lineage as certbot would, conf last; the keys of Vault's
+        conf it ignored (judged against this machine's conf before it is replaced)."""
         name = validate_name(record.name)
-        conf_bytes = self.local_conf(name, record.renewal)
+        conf_bytes, ignored = self.screened_conf(name, record.renewal)
         switch_dirs = self._switch_dirs(name)
         self.ensure_base()
         archive = self.archive_dir(name)
@@ -285,6 +283,7 @@ class Tree:
         conf_path = self.renewal_conf_path(name)
         if not same_file(conf_path, conf_bytes, None):
             atomic_write(conf_path, conf_bytes, file_mode)
+        return ignored
 
     def _switch_dirs(self, name: str) -> tuple[str, str]:
         """Where ``live/NAME`` is rebuilt and swapped from (certbot finds lineages by their
