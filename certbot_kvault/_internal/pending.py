@@ -15,7 +15,7 @@ import os
 from typing import Optional
 
 from certbot_kvault._internal.files import atomic_write
-from certbot_kvault._internal.records import validate_name
+from certbot_kvault._internal.records import RecordError, validate_name
 from certbot_kvault._internal.tree import Tree
 
 PENDING_DIR = os.path.join("kvault", "pending")
@@ -68,6 +68,18 @@ def names(tree: Tree) -> list[str]:
     if not os.path.isdir(d):
         return []
     return sorted(n for n in os.listdir(d) if not n.startswith("."))
+
+
+def owed(tree: Tree) -> list[str]:
+    """Marked lineages that still exist here: a mark whose lineage is gone is owed nothing."""
+    out = []
+    for name in names(tree):
+        try:
+            if os.path.exists(tree.renewal_conf_path(name)):
+                out.append(name)
+        except RecordError:
+            continue  # not a lineage name: not a mark we wrote
+    return out
 
 
 def clear(tree: Tree, name: str) -> None:

@@ -18,7 +18,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
-import os
 from typing import Callable, Collection, Iterable, Iterator, Optional, TypeVar
 
 import configobj
@@ -403,7 +402,7 @@ def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
 
 def finish_pending(tree: Tree, layout: Layout, workers: int = DEFAULT_WORKERS) -> Report:
     """Complete pushes that a failed deploy hook left behind (lineages that still exist)."""
-    names = [n for n in pending.names(tree) if os.path.exists(tree.renewal_conf_path(n))]
+    names = pending.owed(tree)
     for gone in set(pending.names(tree)) - set(names):
         pending.clear(tree, gone)
     if not names:

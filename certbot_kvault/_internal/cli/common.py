@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 from typing import Any, Callable, Optional, TypeVar
 
@@ -163,20 +162,12 @@ def note_pending(ctx: Context) -> list[str]:
     """
     tree = ctx.tree
     try:
-        marks = pending.names(tree)
+        names = pending.owed(tree)
     except OSError as e:
         # An unreadable config dir (another user's /etc/letsencrypt) must not
         # stop a command that only needs Vault.
         logging.getLogger(__name__).debug("pending marks not readable: %s", e)
         return []
-    names = []
-    for n in marks:
-        try:
-            # As finish_pending: a mark whose lineage is gone from here is not pending.
-            if os.path.exists(tree.renewal_conf_path(n)):
-                names.append(n)
-        except RecordError:
-            continue
     if names:
         click.echo(f"note: {len(names)} lineage(s) renewed here are not in Vault yet "
                    f"({', '.join(names)}): run certbot-kvault push --config-dir "
