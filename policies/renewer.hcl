@@ -26,6 +26,12 @@ path "secret/metadata/certbot/accounts/*" {
   capabilities = ["list"]
 }
 
+# What renewers remember between stateless runs (state/<lineage>: failures,
+# backoff, the CA's ARI window). Never a new version of a certificate.
+path "secret/data/certbot/state/*" {
+  capabilities = ["create", "read", "update"]
+}
+
 # DNS provider credentials for `-a kvault --kvault-dns NAME`: read only.
 path "secret/data/certbot/dns/*" {
   capabilities = ["read"]

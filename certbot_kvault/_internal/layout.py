@@ -8,6 +8,7 @@ All paths are below ``<mount>/<prefix>/``::
                                      auto_renewable, updated_at, archive
     dns/<name>                       provider + the provider's options
     locks/<name>                     owner, expires_at
+    state/<lineage>                  what renewers remember between runs (state.py)
 
 ``archive`` (an extension to the record table in docs/DESIGN.md) holds the
 lineage's earlier archive versions, so a pulled tree keeps certbot's history
@@ -24,6 +25,7 @@ from certbot_kvault._internal.records import (
     validate_name,
     validate_server_path,
 )
+from certbot_kvault._internal.state import RenewalState
 from certbot_kvault._internal.vault import KVEntry, VaultClient
 
 
@@ -80,6 +82,19 @@ class Layout:
 
     def delete_lineage(self, name: str, purge: bool = False) -> None:
         self.vault.delete(self.path("certificates", validate_name(name)), purge=purge)
+
+    # ---- renewal state (never a new version of the certificate) ---------------
+
+    def load_state(self, name: str) -> Optional[RenewalState]:
+        entry = self.vault.read(self.path("state", validate_name(name)))
+        if entry is None:
+            return None
+        return RenewalState.from_kv(entry.data if isinstance(entry.data, dict) else {},
+                                    entry.version)
+
+    def save_state(self, name: str, state: RenewalState) -> None:
+        """Last writer wins: two renewers of one lineage hold its lock in turn."""
+        self.vault.write(self.path("state", validate_name(name)), state.to_kv())
 
     # ---- accounts -----------------------------------------------------------
 
