@@ -84,7 +84,7 @@ def test_renewer_that_lost_its_lock_saves_nothing(bao: Bao, golden: Golden,
     assert "lineage due: this renewer's lock was lost" in lines[0]
     assert f"secret/{prefix}/certificates/due changed in Vault after this run pulled its " \
            f"KV version {before} (now version {before + 1})" in lines[0]
-    assert "renew: 0 renewed, 1 failed, 1 checked" in out
+    assert "renew: 0 renewed, 1 failed, 1 due, 1 checked" in out
     # The hook in renewal-hooks/deploy left the push to the renewer.
     assert "not pushing due" in out
     # A's config dir holds B's certificate again and nothing is pending to overwrite it.
@@ -187,7 +187,7 @@ def test_every_failed_renewal_is_counted(bao: Bao, golden: Golden, vault_env: di
     proc = kvault("renew", *args, "--metrics-file", str(metrics),
                   env=golden_env(bao, golden, prefix), check=False)
     assert proc.returncode != 0
-    assert "renew: 0 renewed, 1 failed, 1 checked" in proc.stdout, proc.stdout
+    assert "renew: 0 renewed, 1 failed, 1 due, 1 checked" in proc.stdout, proc.stdout
     assert "(failure)" in proc.stderr  # certbot's own summary still reaches the user
     text = metrics.read_text()
     assert "certbot_kvault_renew_failed 1\n" in text

@@ -224,7 +224,8 @@ def test_renew_refuses_dir_flags_for_certbot(bao: Bao, golden: Golden,
 def test_certbot_failure_propagates(bao: Bao, golden: Golden, vault_env: dict[str, str],
                                     tmp_path: Path) -> None:
     prefix = vault_env["KVAULT_PREFIX"]
-    seed(bao, golden, prefix, ["calm"])
+    # certbot reads its arguments only when it runs, i.e. when something is due.
+    seed(bao, golden, prefix, ["due"])
     _, args = fresh_dirs(tmp_path)
     proc = kvault("renew", *args, "--", "--no-such-certbot-flag",
                   env=golden_env(bao, golden, prefix), check=False)

@@ -1,15 +1,23 @@
-"""Which lock a renewer takes and which lineages it may renew under it.
+"""Which lock a renewer takes and which lineages it renews under it.
 
-``renew`` takes a lease lock first (see lock.py):
+First the rule (due.py, through schedule.py): every lineage's record and
+renewal memory is read from Vault and certbot's own rule says which are due;
+``--due-within DAYS`` replaces the rule by a window on ``not_after``; certbot
+arguments ``--force-renewal`` or ``--dry-run`` make every lineage a candidate
+(as they do for certbot) unless ``--due-within`` is given, ``--cert-name``
+narrows to one. A due lineage in
+failure backoff (state.py) is skipped with one line, unless ``--retry-now``
+names it (or all). Only what is left is pulled and renewed; when nothing is
+left, certbot is not started at all.
 
-- without ``--due-within``: the global lock ``renew``, then everything is
-  pulled and certbot decides what is due. Lineages that a ``--due-within``
-  renewer holds (``lineage-<name>`` locks) are left to it.
-- with ``--due-within DAYS``: one read per lineage (in parallel) finds those
-  whose ``not_after`` falls inside the window; of those, each renewer takes
-  the ``lineage-<name>`` locks it can get and renews only those, so several
-  renewers (a Kubernetes Job with parallelism, several regions) share the
-  work. A full run holding ``renew`` makes them wait (or exit 0).
+Then the locks (lock.py):
+
+- by default the global lock ``renew``; lineages that a per-lineage renewer
+  holds (``lineage-<name>`` locks) are left to it;
+- with ``--lineage-locks`` (or ``--due-within``) the ``lineage-<name>`` lock of
+  each chosen lineage that it can get, so several renewers (a Kubernetes Job
+  with parallelism, several regions) share the work. A full run holding
+  ``renew`` makes them wait (or exit 0).
 
 A renewer that cannot get the lock within ``--lock-wait`` seconds exits 0
 with one line saying who holds it and until when. One that waited and then
@@ -28,7 +36,7 @@ import math
 import posixpath
 import random
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.layout import Layout
@@ -39,28 +47,84 @@ from certbot_kvault._internal.lock import (
     Locks,
     lineage_lock,
 )
-from certbot_kvault._internal.metrics import Metrics
-from certbot_kvault._internal.settings import as_bool
-from certbot_kvault._internal.timefmt import parse_time
+from certbot_kvault._internal.schedule import LineageStatus, read_fleet
+from certbot_kvault._internal.timefmt import floor_time, parse_time
 from certbot_kvault._internal.vault import KVEntry
 
 Notify = Callable[[str], None]
+Fleet = dict[str, LineageStatus]
+# Asks the CA's ARI about what may be asked now and updates the statuses (renewal.py).
+Refresh = Callable[[Fleet], None]
+
+ALL = "*"
 
 
-def _days_left(not_after: Any, now: float) -> Optional[float]:
-    ts = parse_time(not_after)
-    return None if ts is None else round((ts - now) / 86400, 3)
+@dataclasses.dataclass
+class Rules:
+    """How this run picks its lineages (from the command line)."""
+
+    due_within: Optional[float] = None
+    lineage_locks: bool = False
+    retry_now: frozenset[str] = frozenset()   # names, or ALL
+    every: bool = False        # certbot's --force-renewal / --dry-run: all are candidates
+    dry_run: bool = False      # asks the staging CA, saves nothing: backoff does not apply
+    cert_name: Optional[str] = None
+
+    def retries(self, name: str) -> bool:
+        return ALL in self.retry_now or name in self.retry_now
 
 
 @dataclasses.dataclass
 class Plan:
-    """What this renewer may renew: ``names`` None = all of Vault; ``skip`` = exit 0 saying it."""
+    """What this renewer renews: ``names``; ``skip`` = exit 0 saying it."""
 
-    names: Optional[list[str]] = None
+    names: list[str] = dataclasses.field(default_factory=list)
+    fleet: Fleet = dataclasses.field(default_factory=dict)
     excluded: set[str] = dataclasses.field(default_factory=set)
-    only: bool = False          # renew nothing but ``names`` (per-lineage locks)
+    backoff: list[str] = dataclasses.field(default_factory=list)
     skip: Optional[str] = None
     locked_out: bool = False    # skipped because another renewer holds a lock
+
+
+def choose(fleet: Fleet, rules: Rules, notify: Notify,
+           excluded: Optional[set[str]] = None) -> tuple[list[str], list[str], Optional[str]]:
+    """(lineages to renew, lineages skipped in backoff, the line to say when none)."""
+    names: list[str] = []
+    backoff: list[str] = []
+    considered = [st for n, st in sorted(fleet.items())
+                  if n not in (excluded or ()) and rules.cert_name in (None, n)]
+    for st in considered:
+        if rules.due_within is not None:
+            end = st.now + rules.due_within * 86400
+            wanted = st.settings.autorenew and (st.not_after is None or st.not_after <= end)
+        elif rules.every:
+            wanted = True
+        else:
+            wanted = st.due
+        if not wanted:
+            continue
+        if st.in_backoff() and not rules.dry_run and not rules.retries(st.name):
+            notify(st.backoff_line())
+            backoff.append(st.name)
+            continue
+        names.append(st.name)
+    if names:
+        return names, backoff, None
+    if rules.cert_name is not None and rules.cert_name not in fleet:
+        return [], backoff, f"renew: no lineage {rules.cert_name} in Vault."
+    if rules.due_within is not None:
+        what = f"nothing expires within {rules.due_within:g} days"
+    else:
+        what = "nothing is due"
+    if backoff:
+        what += f" outside failure backoff ({len(backoff)} in backoff)"
+    upcoming = [(st.next_renewal, st.name) for st in considered
+                if st.next_renewal is not None and st.name not in backoff]
+    nxt = ""
+    if upcoming and rules.due_within is None:
+        when, name = min(upcoming)
+        nxt = f"; next: {name} at {floor_time(when)}"
+    return [], backoff, f"renew: {what} ({len(considered)} lineages checked{nxt})."
 
 
 def read_all(layout: Layout, names: Sequence[str], workers: int) -> dict[str, KVEntry]:
@@ -101,54 +165,47 @@ def _waiting_note(what: str, wait: float,
     return note, told
 
 
+def _fleet(layout: Layout, workers: int, refresh: Optional[Refresh]) -> Fleet:
+    fleet = read_fleet(layout, layout.list_lineages(), workers)
+    if refresh is not None:
+        refresh(fleet)
+    return fleet
+
+
 def plan_all(layout: Layout, locks: Locks, lock_wait: float, workers: int,
-             notify: Notify) -> Plan:
-    """Global lock; everything in Vault except what others hold or just renewed."""
+             notify: Notify, rules: Rules, refresh: Optional[Refresh] = None) -> Plan:
+    """Global lock; the chosen lineages except what others hold or just renewed."""
     note, seen = _waiting_note("the lock", lock_wait, notify)
     holder = locks.acquire(GLOBAL_LOCK, wait=lock_wait, on_wait=note)
     if holder is not None:
         return Plan(skip=f"renew: another renewer is at work, not renewing now: the lock is "
                          f"{holder.describe()}.", locked_out=True)
-    plan = Plan()
+    excluded: set[str] = set()
     busy = busy_lineages(locks, workers)
     for name, info in sorted(busy.items()):
         notify(f"renew: skipping {name}: its lock is {info.describe()}")
-    plan.excluded |= set(busy)
+    excluded |= set(busy)
+    fleet = _fleet(layout, workers, refresh)
     if seen:
         # We waited: leave alone what the previous holder renewed in the meantime.
         since = [h.acquired_at for h in seen if h.acquired_at is not None]
         cutoff = min(since) if since else time.time()
-        entries = read_all(layout, layout.list_lineages(), workers)
-        recent = {n for n, e in entries.items()
-                  if (parse_time(e.data.get("updated_at")) or 0) >= math.floor(cutoff)}
-        for name in sorted(recent - plan.excluded):
+        recent = {n for n, st in fleet.items()
+                  if (parse_time(st.entry.data.get("updated_at")) or 0) >= math.floor(cutoff)}
+        for name in sorted(recent - excluded):
             notify(f"renew: skipping {name}: renewed by another renewer while we waited")
-        plan.excluded |= recent
-    if plan.excluded:
-        plan.names = [n for n in layout.list_lineages() if n not in plan.excluded]
-    return plan
+        excluded |= recent
+    names, backoff, none = choose(fleet, rules, notify, excluded)
+    return Plan(names=names, fleet=fleet, excluded=excluded, backoff=backoff, skip=none)
 
 
-def plan_due(layout: Layout, locks: Locks, lock_wait: float, due_within: float,
-             metrics: Metrics, workers: int, notify: Notify) -> Plan:
-    """Per-lineage locks on the lineages that expire within the window."""
-    now = time.time()
-    entries = read_all(layout, layout.list_lineages(), workers)
-    metrics.checked = len(entries)
-    window_end = now + due_within * 86400
-    due = []
-    for name, entry in entries.items():
-        d = entry.data
-        days = _days_left(d.get("not_after"), now)
-        if days is not None:
-            metrics.days_to_expiry[name] = days
-        not_after = parse_time(d.get("not_after"))
-        renewable = as_bool(d.get("auto_renewable", True))
-        if renewable and (not_after is None or not_after <= window_end):
-            due.append(name)
-    if not due:
-        return Plan(names=[], skip=f"renew: nothing expires within {due_within:g} days "
-                                   f"({len(entries)} lineages checked).")
+def plan_each(layout: Layout, locks: Locks, lock_wait: float, workers: int,
+              notify: Notify, rules: Rules, refresh: Optional[Refresh] = None) -> Plan:
+    """Per-lineage locks on the chosen lineages."""
+    fleet = _fleet(layout, workers, refresh)
+    due, backoff, none = choose(fleet, rules, notify)
+    if none is not None:
+        return Plan(fleet=fleet, backoff=backoff, skip=none)
     deadline = time.monotonic() + lock_wait
     note, _seen = _waiting_note("a full renewal run holds the lock, which", lock_wait, notify)
     while True:
@@ -169,26 +226,27 @@ def plan_due(layout: Layout, locks: Locks, lock_wait: float, due_within: float,
         for name in taken:
             locks.release(lineage_lock(name))
         if time.monotonic() >= deadline:
-            return Plan(skip=f"renew: a full renewal run is at work, not renewing now: the "
-                             f"lock is {full_run.describe()}.", locked_out=True)
+            return Plan(fleet=fleet, skip=f"renew: a full renewal run is at work, not renewing "
+                                          f"now: the lock is {full_run.describe()}.",
+                        locked_out=True)
         note(full_run)
         time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
     for name, info in sorted(busy.items()):
         notify(f"renew: skipping {name}: its lock is {info.describe()}")
     if not taken:
         example = next(iter(sorted(busy.items())))
-        return Plan(skip=f"renew: all {len(due)} lineages due within {due_within:g} days are "
-                         f"being renewed by other renewers (e.g. {example[0]}: "
-                         f"{example[1].describe()}).", locked_out=True)
+        return Plan(fleet=fleet, skip=f"renew: all {len(due)} lineages due are being renewed "
+                                      f"by other renewers (e.g. {example[0]}: "
+                                      f"{example[1].describe()}).", locked_out=True)
     # Someone may have renewed one between our read and our lock: re-read.
     fresh = read_all(layout, taken, workers)
     names = []
     for name in taken:
-        before, after = entries.get(name), fresh.get(name)
-        if after is None or before is None or \
-                after.data.get("updated_at") != before.data.get("updated_at"):
+        before, after = fleet[name].entry, fresh.get(name)
+        if after is None or after.data.get("updated_at") != before.data.get("updated_at"):
             locks.release(lineage_lock(name))
             notify(f"renew: skipping {name}: renewed by another renewer meanwhile")
             continue
         names.append(name)
-    return Plan(names=sorted(names), excluded=set(entries) - set(names), only=True)
+    return Plan(names=sorted(names), fleet=fleet, excluded=set(fleet) - set(names),
+                backoff=backoff)

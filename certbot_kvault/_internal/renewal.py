@@ -3,8 +3,12 @@
 Both start from whatever the config dir holds (usually nothing: a fresh
 container or CI job), rebuild it from Vault, run certbot (runner.py) with the
 same ``--config-dir``/``--work-dir``/``--logs-dir``, and push the result back.
-``renew`` first takes a lease lock and learns which lineages are its own
-(planner.py).
+``renew`` first decides from Vault alone which lineages are due (certbot's
+rule, schedule.py/due.py; failure backoff from state.py), takes its lease
+lock(s) and pulls only those lineages and the accounts they use (planner.py);
+when nothing is due it starts no certbot at all. Afterwards it remembers each
+attempt in the lineage's ``state/`` record, so the next stateless run knows
+what failed and when it may try again.
 
 ``renew`` pushes only lineages whose certificate or renewal settings changed:
 the ARI hint (``[acme_renewal_info]``) that certbot 5 writes into every
@@ -27,7 +31,6 @@ output, as it comes, newlines included). Errors are ``certbot.errors.Error``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from typing import Callable, Optional
@@ -40,15 +43,18 @@ from certbot_kvault._internal.errors import is_transient
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
 from certbot_kvault._internal.metrics import Metrics
-from certbot_kvault._internal.planner import plan_all, plan_due
+from certbot_kvault._internal.planner import Refresh, Rules, plan_all, plan_each
 from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
 from certbot_kvault._internal.runner import (
     Notify,
     certbot_failures,
     dir_args,
+    failure_reasons,
     run_certbot,
     sigterm_unwinds,
 )
+from certbot_kvault._internal.schedule import LineageStatus
+from certbot_kvault._internal.state import RenewalState
 from certbot_kvault._internal.tree import Tree
 
 State = tuple[Optional[int], Optional[str]]
@@ -80,38 +86,29 @@ def _states(tree: Tree) -> dict[str, State]:
     return {n: _state(tree, n) for n in tree.lineage_names()}
 
 
-def _local_not_after(tree: Tree, name: str) -> Optional[float]:
-    from cryptography import x509
-
-    try:
-        with open(os.path.join(tree.live_dir(name), "cert.pem"), "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-    except (OSError, ValueError):
-        return None
-    return cert.not_valid_after_utc.timestamp()
-
-
 # ---- renew -------------------------------------------------------------------------------------
 
 
 def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wait: float,
-          lock_ttl: int, due_within: Optional[float], metrics_file: Optional[str],
+          lock_ttl: int, rules: Rules, metrics_file: Optional[str],
           finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
           say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify] = None,
-          push_retry_for: float = DEFAULT_PUSH_RETRY_FOR) -> int:
-    """Lock, pull, ``certbot renew ARGS``, push, unlock; the exit status.
+          push_retry_for: float = DEFAULT_PUSH_RETRY_FOR,
+          refresh: Optional[Refresh] = None) -> int:
+    """Decide, lock, pull, ``certbot renew ARGS``, push, remember, unlock; the exit status.
 
     Metrics go to ``metrics_file`` (if any) however the run ends.
     ``finish_pending`` completes what a deploy hook left undone (under the lock).
     ``stream_err`` gets certbot's stderr as it comes (else certbot writes it itself).
+    ``refresh`` asks the CA's ARI (ari.py) before the decision.
     """
     metrics = Metrics(started=time.time())
     code = 1
     try:
         with sigterm_unwinds():
-            code = _renew(layout, tree, args, workers, lock_wait, lock_ttl, due_within,
-                          metrics, finish_pending, kvault_bin, say, notify, stream,
-                          stream_err, push_retry_for)
+            code = _renew(layout, tree, args, workers, lock_wait, lock_ttl, rules, metrics,
+                          finish_pending, kvault_bin, say, notify, stream, stream_err,
+                          push_retry_for, refresh)
     finally:
         metrics.exit_code = code
         if metrics_file:
@@ -120,19 +117,27 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
 
 
 def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait: float,
-           lock_ttl: int, due_within: Optional[float], metrics: Metrics,
+           lock_ttl: int, rules: Rules, metrics: Metrics,
            finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
-           push_retry_for: float) -> int:
+           push_retry_for: float, refresh: Optional[Refresh]) -> int:
     with Locks(layout, ttl=lock_ttl) as locks:
-        if due_within is None:
-            plan = plan_all(layout, locks, lock_wait, workers, notify)
-        else:
-            plan = plan_due(layout, locks, lock_wait, due_within, metrics, workers, notify)
+        each = rules.lineage_locks or rules.due_within is not None
+        plan = (plan_each if each else plan_all)(layout, locks, lock_wait, workers, notify,
+                                                 rules, refresh)
+        metrics.checked = len(plan.fleet)
+        metrics.observe(plan.fleet.values())
         if plan.skip:
             metrics.skipped = int(plan.locked_out)
             say(plan.skip)
-            return 0
+            if plan.locked_out or not locks.holds(GLOBAL_LOCK):
+                return 0
+            # Nothing due, and this run holds the global lock: a good time to
+            # save what an earlier deploy hook on this machine could not.
+            finished = finish_pending()
+            for item, err in finished.failed:
+                notify(f"error: {item}: {err}")
+            return 0 if finished.ok else 1
 
         finished = finish_pending()
         pulled = sync.pull(tree, layout, plan.names, workers=workers, kvault_bin=kvault_bin,
@@ -145,25 +150,22 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
             if item.startswith("lineage "):
                 failed.add(item[len("lineage "):])
         local = tree.lineage_names()
-        if plan.names is None:
-            metrics.checked = len(local)
         before = _states(tree)
-        # certbot renews every lineage of the config dir: if the dir holds
-        # lineages this renewer may not touch (kept from earlier runs, or held
-        # by other renewers), name the allowed ones one by one.
-        if plan.only:
-            allowed = [n for n in local if n in set(plan.names or ()) and n not in failed]
-        else:
-            allowed = [n for n in local if n not in plan.excluded and n not in failed]
+        chosen = set(plan.names)
+        allowed = [n for n in local if n in chosen and n not in failed]
+        # The rule was applied above, from Vault: certbot renews exactly this
+        # set (its own re-check would ask ARI again and could pick another
+        # time in the window). --force-renewal/--dry-run given: certbot's own.
+        force = [] if rules.every else ["--force-renewal"]
         rc = 0
         rcs: dict[str, int] = {}
         output = ""
-        base = ["renew", "--no-random-sleep-on-renew", *dir_args(tree), *args]
-        if not local:
-            say("renew: no lineages to renew (Vault holds none).")
-        elif set(allowed) == set(local):
+        base = ["renew", "--no-random-sleep-on-renew", *dir_args(tree), *args, *force]
+        if allowed and set(allowed) == set(local):
             rc, output = run_certbot(base, stream, stream_err)
         else:
+            # The dir holds lineages this renewer may not touch (kept from
+            # earlier runs, or held by other renewers): one certbot each.
             for name in allowed:
                 rcs[name], one_out = run_certbot([*base, "--cert-name", name], stream,
                                                  stream_err)
@@ -173,7 +175,8 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         changed = [n for n in sorted(after) if before.get(n) != after[n]]
         grew = {n for n in changed
                 if (after[n][0] or 0) > ((before.get(n) or (0, None))[0] or 0)}
-        failed |= certbot_failures(rc, rcs, output, allowed, grew)
+        certbot_failed = certbot_failures(rc, rcs, output, allowed, grew)
+        failed |= certbot_failed
         pushed = push_until_saved(
             tree, layout, changed, workers=workers, retry_for=push_retry_for, notify=notify,
             expected={n: pulled.versions[n] for n in changed if n in pulled.versions})
@@ -199,23 +202,64 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         renewed = [n for n in changed if n not in failed and n in grew]
         for name in renewed:
             say(f"renewed: {name} (version {after[name][0]}, saved to Vault)")
-        now = time.time()
-        for name in local:
-            ts = _local_not_after(tree, name)
-            if ts is not None:
-                metrics.days_to_expiry[name] = round((ts - now) / 86400, 3)
+        if not rules.dry_run:
+            outcomes: dict[str, Optional[str]] = {
+                n: None for n in allowed if n in grew and n not in pushed.fenced}
+            reasons = failure_reasons(output)
+            for name in certbot_failed:
+                outcomes[name] = reasons.get(name) or "certbot failed to renew it (see its " \
+                                                      "output, or letsencrypt.log)"
+            metrics.state_errors = remember(layout, plan.fleet, outcomes, workers, notify)
+            metrics.observe(plan.fleet[n] for n in outcomes if n in plan.fleet)
         metrics.renewed = len(renewed)
         metrics.failed = len(failed)
         if not pushed.fenced:
             for why in lost.values():
                 notify(f"warning: {why}; Vault had not changed since this run pulled, so "
                        "what was renewed here was saved")
-    say(f"renew: {len(renewed)} renewed, {len(failed)} failed, {len(allowed)} checked")
+    say(f"renew: {len(renewed)} renewed, {len(failed)} failed, {len(allowed)} due, "
+        f"{len(plan.fleet)} checked")
     if rc != 0:
         return rc
     if failed or not pushed.ok or not pulled.ok or not finished.ok:
         return 1
     return 0
+
+
+def remember(layout: Layout, fleet: dict[str, LineageStatus],
+             outcomes: dict[str, Optional[str]], workers: int, notify: Notify) -> int:
+    """Write each attempted lineage's memory: None = renewed, else the failure's line.
+
+    Returns how many could not be written (each said once): the certificate is
+    safe either way, but a lineage whose failure is not remembered is tried
+    again by the next run.
+    """
+    now = time.time()
+
+    def one(name: str) -> Optional[str]:
+        status = fleet.get(name)
+        if status is None:
+            return None
+        state = status.state or RenewalState()
+        error = outcomes[name]
+        if error is None:
+            state.succeeded(now)
+        else:
+            state.failed(error, now, status.lifetime)
+        status.state = state
+        try:
+            layout.save_state(name, state)
+        except errors.Error as e:
+            return str(e)
+        return None
+
+    problems = 0
+    for name, problem in sync.parallel(sorted(outcomes), one, workers):
+        if problem:
+            problems += 1
+            notify(f"warning: lineage {name}: its renewal memory was not saved "
+                   f"({layout.where('state', name)}): {problem}")
+    return problems
 
 
 def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,

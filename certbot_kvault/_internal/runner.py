@@ -34,6 +34,8 @@ DIR_FLAGS = ("--config-dir", "--work-dir", "--logs-dir")
 # certbot's renewal summary (stdout or stderr, depending on the case and version).
 _FAILURE_RE = re.compile(r"/live/([^/\s]+)/fullchain\.pem \(failure\)")
 _PARSEFAIL_RE = re.compile(r"/renewal/([^/\s]+)\.conf \(parsefail\)")
+# certbot's log line for each failed lineage (renewal.py: "Failed to renew ... with error").
+_REASON_RE = re.compile(r"Failed to renew certificate (\S+) with error: ([^\n]*)")
 
 
 class CertbotNotFound(errors.Error):
@@ -157,3 +159,9 @@ def certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[
     named = set(_FAILURE_RE.findall(output)) | set(_PARSEFAIL_RE.findall(output))
     named &= set(asked)
     return named or set(asked) - renewed
+
+
+def failure_reasons(output: str) -> dict[str, str]:
+    """certbot's one-line error for each lineage it failed to renew (last one wins)."""
+    return {name: reason.strip() for name, reason in _REASON_RE.findall(output)
+            if reason.strip()}

@@ -4,41 +4,62 @@ people and apps that consume the certificates (no config dir needed).
 from __future__ import annotations
 
 import json
-from typing import Optional
+import time
+from typing import Any, Optional
 
 import click
 
-from certbot_kvault._internal import export, sync
+from certbot_kvault._internal import export
 from certbot_kvault._internal.cli.common import Context, common_options, note_pending
-from certbot_kvault._internal.records import validate_name
+from certbot_kvault._internal.records import LineageRecord, validate_name
+from certbot_kvault._internal.schedule import LineageStatus, read_fleet, with_state
+from certbot_kvault._internal.timefmt import floor_time
 
 
 @click.command("list")
 @common_options(tree=False, json_opt=True, config_dir=True)
 def list_(ctx: Context) -> None:
-    """NAME  SUBJECT  EXPIRATION  AUTO_RENEWABLE, from Vault alone."""
+    """NAME  SUBJECT  EXPIRATION  AUTO_RENEWABLE  NEXT_RENEWAL  FAILURES, from Vault alone.
+
+    NEXT_RENEWAL is when certbot's rule makes the lineage due (`now` when it
+    is; the end of a failure backoff when that is later); FAILURES counts the
+    renewals that failed in a row (`?` when this token may not read the
+    renewal memory, e.g. with the reader policy).
+    """
     note_pending(ctx)
     layout = ctx.layout
-    rows = []
-    for name, entry in sync.parallel(layout.list_lineages(), layout.read_lineage_raw,
-                                     ctx.workers):
-        if entry is None:
-            continue
-        d = entry.data
+    rows: list[dict[str, Any]] = []
+    fleet = read_fleet(layout, layout.list_lineages(), ctx.workers)
+    for name, status in sorted(fleet.items()):
+        d = status.entry.data
         domains = d.get("domains") or []
-        rows.append({"name": name, "subject": domains[0] if domains else None,
-                     "domains": domains, "not_after": d.get("not_after"),
-                     "auto_renewable": bool(d.get("auto_renewable", True)),
-                     "version": d.get("version")})
+        row = {"name": name, "subject": domains[0] if domains else None,
+               "domains": domains, "not_after": d.get("not_after"),
+               "auto_renewable": bool(d.get("auto_renewable", True)),
+               "version": d.get("version")}
+        row.update(status.as_json())
+        rows.append(row)
     if ctx.json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
-    table = [("NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE")] + [
-        (r["name"], r["subject"] or "-", r["not_after"] or "-",
-         "yes" if r["auto_renewable"] else "no") for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(4)]
-    for row in table:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    table = [("NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE", "NEXT_RENEWAL", "FAILURES")]
+    for r in rows:
+        status = fleet[r["name"]]
+        table.append((r["name"], r["subject"] or "-", r["not_after"] or "-",
+                      "yes" if r["auto_renewable"] else "no", _next(status),
+                      "?" if status.state_error else str(status.failures)))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for line in table:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+
+
+def _next(status: LineageStatus) -> str:
+    if status.backoff_until is not None:
+        return f"{floor_time(status.backoff_until)} (backoff)"
+    if status.due:
+        return "now"
+    when = status.next_renewal
+    return "never (autorenew off)" if when is None else floor_time(when)
 
 
 @click.command()
@@ -47,17 +68,20 @@ def list_(ctx: Context) -> None:
 def show(ctx: Context, name: str) -> None:
     """One lineage: subject, alt names, validity, serial, key type (never the key)."""
     note_pending(ctx)
-    record = ctx.layout.load_lineage(validate_name(name))
-    if record is None:
-        raise click.ClickException(f"No lineage {name} in Vault "
-                                   f"({ctx.layout.where('certificates', name)}).")
+    layout = ctx.layout
+    where = layout.where("certificates", name)
+    entry = layout.read_lineage_raw(validate_name(name))
+    if entry is None:
+        raise click.ClickException(f"No lineage {name} in Vault ({where}).")
+    record = LineageRecord.from_kv(name, entry, where)
+    status = with_state(layout, name, entry, time.time())
     info = record.info
     assert info is not None
     out = {"name": name, "subject": info.domains[0] if info.domains else None,
            "domains": info.domains, "not_before": info.not_before,
            "not_after": info.not_after, "serial": info.serial, "key_type": info.key_type,
            "auto_renewable": record.auto_renewable, "version": record.version,
-           "updated_at": record.updated_at}
+           "updated_at": record.updated_at, **status.as_json()}
     if ctx.json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
@@ -65,6 +89,28 @@ def show(ctx: Context, name: str) -> None:
                 "auto_renewable", "version", "updated_at"):
         value = out[key]
         click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+    for key, value in _renewal_lines(status):
+        click.echo(f"{key}: {value}")
+
+
+def _renewal_lines(status: LineageStatus) -> list[tuple[str, str]]:
+    """What ``show`` says about the lineage's renewal, in certbot's words."""
+    lines = [("next_renewal", _next(status)), ("renewal_rule", status.decision.describe())]
+    st = status.state
+    if st is None:
+        lines.append(("failures", "unknown: this token may not read the renewal memory"
+                      if status.state_error else "0"))
+        return lines
+    lines.append(("failures", str(st.failures)))
+    for key, value in (("last_error", st.last_error), ("last_attempt", st.last_attempt),
+                       ("last_success", st.last_success)):
+        if value is not None:
+            lines.append((key, value if isinstance(value, str) else floor_time(value)))
+    if st.ari_start is not None and st.ari_end is not None and st.serial == status.serial:
+        lines.append(("ari_window", f"{floor_time(st.ari_start)} .. {floor_time(st.ari_end)}"))
+    if st.ari_next_check is not None and st.serial == status.serial:
+        lines.append(("ari_next_check", floor_time(st.ari_next_check)))
+    return lines
 
 
 @click.command("export")

@@ -16,6 +16,7 @@ from certbot_kvault._internal import renewal, runner
 from certbot_kvault._internal.cli.common import Context, common_options, trust_option
 from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.lock import DEFAULT_TTL, MIN_TTL
+from certbot_kvault._internal.planner import ALL, Rules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,6 +35,21 @@ def _stream(chunk: str) -> None:
 
 def _stream_err(chunk: str) -> None:
     click.echo(chunk, nl=False, err=True)
+
+
+# certbot arguments that make every lineage a candidate, as they do for certbot.
+_EVERY = ("--force-renewal", "--renew-by-default", "--dry-run")
+
+
+def _cert_name(args: list[str]) -> Optional[str]:
+    """The lineage ``--cert-name`` names among certbot's arguments (certbot renews one)."""
+    name = None
+    for i, arg in enumerate(args):
+        if arg == "--cert-name" and i + 1 < len(args):
+            name = args[i + 1]
+        elif arg.startswith("--cert-name="):
+            name = arg.split("=", 1)[1]
+    return name
 
 
 def _push_retry_option() -> Callable[[F], F]:
@@ -56,8 +72,15 @@ def _push_retry_option() -> Callable[[F], F]:
                    "by others this long after we die [KVAULT_LOCK_TTL]")
 @click.option("--due-within", type=click.FloatRange(min=0), default=None,
               envvar="KVAULT_DUE_WITHIN", metavar="DAYS",
-              help="Pull only the lineages expiring within DAYS (plus the accounts) and lock "
-                   "them one by one, so several renewers share the work [KVAULT_DUE_WITHIN]")
+              help="Instead of certbot's rule, renew the lineages expiring within DAYS; implies "
+                   "--lineage-locks [KVAULT_DUE_WITHIN]")
+@click.option("--lineage-locks", is_flag=True, default=False, envvar="KVAULT_LINEAGE_LOCKS",
+              help="Lock each due lineage instead of the whole run, so several renewers share "
+                   "the work [KVAULT_LINEAGE_LOCKS]")
+@click.option("--retry-now", "retry_now", multiple=True, is_flag=False, flag_value=ALL,
+              metavar="[NAME]",
+              help="Try lineages in failure backoff now: the one named (repeatable), or all "
+                   "when no NAME is given")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), default=None,
               envvar="KVAULT_METRICS_FILE", metavar="FILE",
               help="Write Prometheus textfile metrics here [KVAULT_METRICS_FILE]")
@@ -66,16 +89,21 @@ def _push_retry_option() -> Callable[[F], F]:
 @trust_option
 @common_options()
 def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[float],
-          metrics_file: Optional[str], push_retry_for: float,
-          certbot_args: tuple[str, ...]) -> None:
-    """Lock, pull, `certbot renew --no-random-sleep-on-renew`, push, unlock.
+          lineage_locks: bool, retry_now: tuple[object, ...], metrics_file: Optional[str],
+          push_retry_for: float, certbot_args: tuple[str, ...]) -> None:
+    """Decide what is due from Vault, lock, pull it, `certbot renew`, push, unlock.
 
     Starts from an empty --config-dir as well as from a full one; Vault is the
-    source of truth. Arguments after -- go to `certbot renew`:
+    source of truth. certbot's own rule (ARI window, else renew_before_expiry,
+    else 2/3 of the lifetime, 1/2 under 10 days) picks the lineages; only they
+    and their accounts are pulled, and certbot runs only if one is due. A
+    lineage whose renewal failed waits (1 h, doubling, at most 24 h) before the
+    next try; --retry-now overrides. Arguments after -- go to `certbot renew`:
 
     \b
     certbot-kvault renew
-    certbot-kvault renew --due-within 30 --metrics-file /var/lib/node-exporter/kvault.prom
+    certbot-kvault renew --lineage-locks --metrics-file /var/lib/node-exporter/kvault.prom
+    certbot-kvault renew --retry-now example.com
     certbot-kvault renew -- --force-renewal --cert-name example.com
 
     A second renewer that cannot get the lock within --lock-wait exits 0 and
@@ -85,9 +113,13 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
     updated, else 0.
     """
     args = runner.check_certbot_args(certbot_args)
+    rules = Rules(due_within=due_within, lineage_locks=lineage_locks,
+                  retry_now=frozenset(v if isinstance(v, str) and v else ALL for v in retry_now),
+                  every=any(a in _EVERY for a in args), dry_run="--dry-run" in args,
+                  cert_name=_cert_name(args))
     sys.exit(renewal.renew(
         ctx.layout, ctx.tree, args, workers=ctx.workers, lock_wait=lock_wait,
-        lock_ttl=lock_ttl, due_within=due_within, metrics_file=metrics_file,
+        lock_ttl=lock_ttl, rules=rules, metrics_file=metrics_file,
         finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
         say=_say, notify=_notify, stream=_stream, stream_err=_stream_err,
         push_retry_for=push_retry_for))

@@ -1,0 +1,168 @@
+"""Renewal memory across stateless runs, against real OpenBao and Pebble: a lineage whose
+validation fails is remembered in Vault (state/<name>), waits out its backoff without a
+single request to the CA, is tried at once with --retry-now, and is forgotten by a success.
+Also: nothing due means no certbot and no pull; list/show/metrics tell the same story."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import servers
+from helpers import (
+    Golden,
+    fresh_dirs,
+    golden_env,
+    kv_version,
+    kvault,
+    load_policy,
+    record,
+    seed,
+)
+from servers import Bao
+
+from certbot_kvault._internal.timefmt import parse_time
+
+
+def _acme_requests(pebble: servers.Pebble) -> int:
+    """Every HTTP request Pebble's ACME listener has handled so far (it logs each one)."""
+    return pebble.log_path.read_text(errors="replace").count("-> calling handler()")
+
+
+def _break_validation(bao: Bao, prefix: str, name: str) -> str:
+    """Make http-01 fail: certbot listens on a port Pebble's VA does not call."""
+    data = record(bao, prefix, f"certificates/{name}")
+    assert data is not None and "http01_port" in data["renewal"]
+    good = data["renewal"]
+    lines = [f"http01_port = {servers.free_port()}" if ln.strip().startswith("http01_port")
+             else ln for ln in good.splitlines()]
+    _write(bao, prefix, name, {**data, "renewal": "\n".join(lines) + "\n"})
+    return good
+
+
+def _write(bao: Bao, prefix: str, name: str, data: dict[str, Any]) -> None:
+    r = bao.api("POST", f"secret/data/{prefix}/certificates/{name}", json={"data": data})
+    assert r.status_code == 200, r.text
+
+
+def _state(bao: Bao, prefix: str, name: str) -> dict[str, Any]:
+    data = record(bao, prefix, f"state/{name}")
+    assert data is not None, f"no state/{name} in Vault"
+    return data
+
+
+def test_failure_backoff_retry_now_and_success(bao: Bao, golden: Golden,
+                                               vault_env: dict[str, str], tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    good_conf = _break_validation(bao, prefix, "due")
+    cert_version = kv_version(bao, prefix, "certificates/due")
+    env = golden_env(bao, golden, prefix)
+    metrics = tmp_path / "m.prom"
+
+    # 1. The first run asks the CA, fails, and remembers it.
+    _, args = fresh_dirs(tmp_path, "run1")
+    before = _acme_requests(golden.pebble)
+    t0 = time.time()
+    proc = kvault("renew", *args, "--metrics-file", str(metrics), env=env, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert _acme_requests(golden.pebble) > before
+    st = _state(bao, prefix, "due")
+    assert st["consecutive_failures"] == 1
+    assert "\n" not in st["last_error"] and st["last_error"]
+    next_attempt = parse_time(st["next_attempt"])
+    assert next_attempt is not None and t0 + 3500 < next_attempt < time.time() + 3700
+    text = metrics.read_text()
+    assert 'certbot_kvault_renewal_consecutive_failures{lineage="due"} 1\n' in text
+    assert 'certbot_kvault_renewal_backoff_until_timestamp_seconds{lineage="due"} 0\n' \
+        not in text
+    # The failure never made a new version of the certificate record.
+    assert kv_version(bao, prefix, "certificates/due") == cert_version
+
+    # 2. Within the backoff: skipped with one line, not one request to the CA, no certbot.
+    _, args = fresh_dirs(tmp_path, "run2")
+    before = _acme_requests(golden.pebble)
+    proc = kvault("renew", *args, env=env)
+    assert _acme_requests(golden.pebble) == before
+    skip = [ln for ln in proc.stderr.splitlines() if "skipping due" in ln]
+    assert len(skip) == 1 and "in backoff until" in skip[0] and "--retry-now due" in skip[0]
+    assert "Processing" not in proc.stdout
+    assert not (tmp_path / "run2" / "config" / "renewal").exists()  # nothing pulled
+
+    # list and show tell the same.
+    rows = json.loads(kvault("list", "--json", env=env).stdout)
+    row = next(r for r in rows if r["name"] == "due")
+    assert row["in_backoff"] and row["state"]["consecutive_failures"] == 1
+    assert row["backoff_until"] == st["next_attempt"]
+    shown = kvault("show", "due", env=env).stdout
+    assert "failures: 1" in shown and "(backoff)" in shown
+
+    # 3. --retry-now tries at once (and fails again: the backoff doubles).
+    _, args = fresh_dirs(tmp_path, "run3")
+    before = _acme_requests(golden.pebble)
+    proc = kvault("renew", *args, "--retry-now", "due", env=env, check=False)
+    assert proc.returncode == 1
+    assert _acme_requests(golden.pebble) > before
+    st = _state(bao, prefix, "due")
+    assert st["consecutive_failures"] == 2
+    next_attempt = parse_time(st["next_attempt"])
+    assert next_attempt is not None and next_attempt > time.time() + 7000
+
+    # 4. Fixed, tried now: renewed, and the failure state is cleared.
+    data = record(bao, prefix, "certificates/due")
+    assert data is not None
+    _write(bao, prefix, "due", {**data, "renewal": good_conf})
+    _, args = fresh_dirs(tmp_path, "run4")
+    proc = kvault("renew", *args, "--retry-now", "--metrics-file", str(metrics), env=env)
+    assert "renewed: due" in proc.stdout, proc.stdout + proc.stderr
+    st = _state(bao, prefix, "due")
+    assert st["consecutive_failures"] == 0
+    assert "last_error" not in st and "next_attempt" not in st and "last_success" in st
+    assert 'certbot_kvault_renewal_consecutive_failures{lineage="due"} 0\n' \
+        in metrics.read_text()
+
+
+def test_nothing_due_starts_no_certbot_and_pulls_nothing(
+        bao: Bao, golden: Golden, vault_env: dict[str, str], tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm", "short"])
+    root, args = fresh_dirs(tmp_path)
+    before = _acme_requests(golden.pebble)
+    metrics = tmp_path / "m.prom"
+    proc = kvault("renew", *args, "--metrics-file", str(metrics),
+                  env=golden_env(bao, golden, prefix))
+    assert "renew: nothing is due (2 lineages checked; next: " in proc.stdout, proc.stdout
+    assert "Processing" not in proc.stdout
+    assert not (root / "config" / "renewal").exists()
+    assert not (root / "config" / "accounts").exists()
+    # Reading the fleet's due times asks the CA at most for its directory (ARI support).
+    assert _acme_requests(golden.pebble) - before <= 2
+    text = metrics.read_text()
+    for name in ("calm", "short"):
+        assert f'certbot_kvault_certificate_next_renewal_timestamp_seconds{{lineage="{name}"}}' \
+            in text
+
+
+def test_reader_lists_without_the_memory(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    """The reader policy does not grant state/*: list and show still work, saying so."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm"])
+    bao.api("POST", f"secret/data/{prefix}/state/calm",
+            json={"data": {"consecutive_failures": 3}})
+    policy = load_policy(bao, "reader", prefix)
+    r = bao.api("POST", "auth/token/create", {"policies": [policy], "ttl": "5m"})
+    assert r.status_code == 200, r.text
+    token = r.json()["auth"]["client_token"]
+    env = golden_env(bao, golden, prefix, token=token)
+    rows = json.loads(kvault("list", "--json", env=env).stdout)
+    assert rows[0]["name"] == "calm" and rows[0]["state"] is None
+    assert "permission denied" in rows[0]["state_error"]
+    table = kvault("list", env=env).stdout.splitlines()
+    assert table[0].split()[-1] == "FAILURES" and table[1].split()[-1] == "?"
+    shown = kvault("show", "calm", env=env).stdout
+    assert "failures: unknown" in shown
+    # The renewer's own view has it.
+    rows = json.loads(kvault("list", "--json", env=golden_env(bao, golden, prefix)).stdout)
+    assert rows[0]["state"]["consecutive_failures"] == 3
