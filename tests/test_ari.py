@@ -234,6 +234,7 @@ def directory_gets(pebble: Pebble) -> int:
     return pebble.log_path.read_text(errors="replace").count("GET /dir -> ")
 
 
+@needs_ari
 def test_unreachable_directory_is_one_note(pems: dict[str, str]) -> None:
     server = f"http://127.0.0.1:{free_port()}/dir?token=s3cr3t"
     clients = AriClients(timeout=5)
@@ -245,6 +246,7 @@ def test_unreachable_directory_is_one_note(pems: dict[str, str]) -> None:
     assert "127.0.0.1" in note and "Connection refused" in note and "s3cr3t" not in note
 
 
+@needs_ari
 @pytest.mark.parametrize("status, body, why", [
     (503, b"<html>\n down \n</html>", "HTTP 503"),
     (200, b"[]", "the answer is not a JSON object"),
@@ -262,6 +264,7 @@ def test_unreadable_directory_is_asked_once(pems: dict[str, str],
     assert "\n" not in note
 
 
+@needs_ari
 def test_untrusted_tls_certificate_is_one_note(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     _, cert, key = make_listener_cert(tmp_path)

@@ -122,7 +122,7 @@ class AriClients:
         self.notes: list[str] = []
         self._base: dict[str, Optional[str]] = {}   # server -> renewalInfo URL, or None
         self._mutex = threading.Lock()
-        self._net = acme_client.ClientNetwork(verify_ssl=True, user_agent=(
+        self._net = acme_client.ClientNetwork(key=None, verify_ssl=True, user_agent=(
             f"CertbotACMEClient/{certbot.__version__} (certbot-kvault ARI) Py/{PY_VERSION}"))
 
     def supported(self, server: str) -> bool:
