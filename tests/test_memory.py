@@ -19,8 +19,10 @@ from helpers import (
     load_policy,
     record,
     seed,
+    walk,
 )
 from servers import Bao
+from stubs import Answer, HttpStub, Request
 
 from certbot_kvault._internal.timefmt import parse_time
 
@@ -166,3 +168,74 @@ def test_reader_lists_without_the_memory(bao: Bao, golden: Golden, vault_env: di
     # The renewer's own view has it.
     rows = json.loads(kvault("list", "--json", env=golden_env(bao, golden, prefix)).stdout)
     assert rows[0]["state"]["consecutive_failures"] == 3
+
+
+def test_renew_follows_the_cas_ari_window(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                          tmp_path: Path) -> None:
+    """ARI through `renew`, against a recorded renewalInfo answer served locally: no
+    ARI-capable ACME server can be installed here (Debian's Pebble 2.4 and OpenBao's PKI
+    ACME have no renewalInfo), so a stub serves Pebble's own directory plus `renewalInfo`,
+    and everything else (nonces, orders, challenges) still goes to the real Pebble."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm"])   # not due by its lifetime
+    env = golden_env(bao, golden, prefix)
+    window = {"start": "2020-01-01T00:00:00Z", "end": "2020-01-02T00:00:00Z"}
+    directory = golden.pebble.directory()
+
+    def answer(req: Request) -> Answer:
+        if req.path == "/dir":
+            body = {**directory, "renewalInfo": f"{stub.url}/ari"}
+            return Answer(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        if req.path.startswith("/ari/"):
+            body = {"suggestedWindow": dict(window),
+                    "explanationURL": "https://example.com/incident"}
+            return Answer(200, json.dumps(body).encode(),
+                          {"Content-Type": "application/json", "Retry-After": "21600"})
+        return Answer(404)
+
+    with HttpStub(answer) as stub:
+        # The lineage (and its account, under the server's name) say: this CA.
+        server = f"{stub.url}/dir"
+        data = record(bao, prefix, "certificates/calm")
+        assert data is not None
+        conf = [f"server = {server}" if ln.strip().startswith("server =") else ln
+                for ln in data["renewal"].splitlines()]
+        _write(bao, prefix, "calm", {**data, "renewal": "\n".join(conf) + "\n"})
+        for path in walk(bao, f"{prefix}/accounts"):
+            acc = record(bao, prefix, f"accounts/{path}")
+            assert acc is not None
+            r = bao.api("POST", f"secret/data/{prefix}/accounts/127.0.0.1:{stub.port}/dir/"
+                                f"{path.rsplit('/', 1)[1]}", json={"data": {**acc,
+                                                                          "server": server}})
+            assert r.status_code == 200, r.text
+        version = kv_version(bao, prefix, "certificates/calm")
+
+        # 1. The CA's window has passed: renewed, though the lifetime rule says not yet.
+        _, args = fresh_dirs(tmp_path, "run1")
+        proc = kvault("renew", *args, env=env)
+        assert "renewed: calm" in proc.stdout, proc.stdout + proc.stderr
+        assert kv_version(bao, prefix, "certificates/calm") == version + 1
+        asked = [p for p in stub.seen if "/ari/" in p]
+        assert len(asked) == 1
+
+        # 2. For the new certificate the CA suggests a later window: not due, remembered.
+        window.update(start="2099-01-01T00:00:00Z", end="2099-01-02T00:00:00Z")
+        _, args = fresh_dirs(tmp_path, "run2")
+        proc = kvault("renew", *args, env=env)
+        assert "nothing is due" in proc.stdout, proc.stdout + proc.stderr
+        asked = [p for p in stub.seen if "/ari/" in p]
+        assert len(asked) == 2 and asked[0] != asked[1]   # the new certificate's ID
+        st = _state(bao, prefix, "calm")
+        assert st["ari_window_start"] == "2099-01-01T00:00:00Z"
+        assert st["serial"] == record(bao, prefix, "certificates/calm")["serial"]  # type: ignore[index]
+        next_check = parse_time(st["ari_next_check"])
+        assert next_check is not None and next_check > time.time() + 6 * 3600 - 120
+
+        # 3. Within its Retry-After the CA is not asked again, not even for its directory.
+        seen = len(stub.requests)
+        _, args = fresh_dirs(tmp_path, "run3")
+        proc = kvault("renew", *args, env=env)
+        assert "nothing is due" in proc.stdout
+        assert len(stub.requests) == seen
+        row = json.loads(kvault("list", "--json", env=env).stdout)[0]
+        assert row["renewal_rule"] == "ari" and row["next_renewal"].startswith("2099-01-01")

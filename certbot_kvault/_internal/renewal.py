@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import configobj
 from certbot import errors
@@ -53,9 +53,11 @@ from certbot_kvault._internal.runner import (
     run_certbot,
     sigterm_unwinds,
 )
-from certbot_kvault._internal.schedule import LineageStatus
-from certbot_kvault._internal.state import RenewalState
+from certbot_kvault._internal.schedule import LineageStatus, refresh_ari, remember
 from certbot_kvault._internal.tree import Tree
+
+if TYPE_CHECKING:  # the caller builds the clients (ari.py loads acme's client)
+    from certbot_kvault._internal.ari import AriClients
 
 State = tuple[Optional[int], Optional[str]]
 
@@ -94,15 +96,23 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
           finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
           say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify] = None,
           push_retry_for: float = DEFAULT_PUSH_RETRY_FOR,
-          refresh: Optional[Refresh] = None) -> int:
+          ari: Optional[AriClients] = None) -> int:
     """Decide, lock, pull, ``certbot renew ARGS``, push, remember, unlock; the exit status.
 
     Metrics go to ``metrics_file`` (if any) however the run ends.
     ``finish_pending`` completes what a deploy hook left undone (under the lock).
     ``stream_err`` gets certbot's stderr as it comes (else certbot writes it itself).
-    ``refresh`` asks the CA's ARI (ari.py) before the decision.
+    ``ari`` asks the CAs' ARI (ari.py) before the decision; None: never asked.
     """
     metrics = Metrics(started=time.time())
+    refresh: Optional[Refresh] = None
+    if ari is not None:
+        clients = ari
+
+        def refresh(fleet: dict[str, LineageStatus]) -> None:
+            for line in refresh_ari(fleet, layout, clients, workers):
+                notify(line)
+
     code = 1
     try:
         with sigterm_unwinds():
@@ -224,42 +234,6 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
     if failed or not pushed.ok or not pulled.ok or not finished.ok:
         return 1
     return 0
-
-
-def remember(layout: Layout, fleet: dict[str, LineageStatus],
-             outcomes: dict[str, Optional[str]], workers: int, notify: Notify) -> int:
-    """Write each attempted lineage's memory: None = renewed, else the failure's line.
-
-    Returns how many could not be written (each said once): the certificate is
-    safe either way, but a lineage whose failure is not remembered is tried
-    again by the next run.
-    """
-    now = time.time()
-
-    def one(name: str) -> Optional[str]:
-        status = fleet.get(name)
-        if status is None:
-            return None
-        state = status.state or RenewalState()
-        error = outcomes[name]
-        if error is None:
-            state.succeeded(now)
-        else:
-            state.failed(error, now, status.lifetime)
-        status.state = state
-        try:
-            layout.save_state(name, state)
-        except errors.Error as e:
-            return str(e)
-        return None
-
-    problems = 0
-    for name, problem in sync.parallel(sorted(outcomes), one, workers):
-        if problem:
-            problems += 1
-            notify(f"warning: lineage {name}: its renewal memory was not saved "
-                   f"({layout.where('state', name)}): {problem}")
-    return problems
 
 
 def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,

@@ -12,6 +12,12 @@ answers. One :class:`LineageStatus` per lineage joins three things:
 - certbot's rule (due.py) applied to both, the ARI answer included when it is
   about the current certificate.
 
+``refresh_ari`` asks the CA (ari.py) about the certificates whose last
+answer's Retry-After has passed, and keeps the answer in the memory: one
+directory request per CA per run, one renewalInfo request per certificate
+at most every Retry-After, none for a lineage in backoff or an expired
+certificate, and none when the CA offers no ARI (the lifetime rule applies).
+
 A record whose dates cannot be read is due: pulling it then reports what is
 wrong with it, every run, rather than the lineage silently never renewing.
 """
@@ -19,13 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.due import ConfSettings, Decision, conf_settings, decide
 from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.state import RenewalState
+
+if TYPE_CHECKING:  # ari.py imports acme's client: only `renew` needs it, loaded there
+    from certbot_kvault._internal.ari import AriClients
 from certbot_kvault._internal.timefmt import floor_time, parse_time
 from certbot_kvault._internal.vault import KVEntry
 
@@ -192,3 +201,92 @@ def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
             if status.state is None and status.state_error is None:
                 status.state_error = denied[0]
     return out
+
+
+def refresh_ari(fleet: dict[str, LineageStatus], layout: Layout, clients: AriClients,
+                workers: int) -> list[str]:
+    """Ask ARI where allowed, remember the answers, re-decide; the lines to print."""
+    from certbot_kvault._internal.ari import AriError
+
+    def askable(st: LineageStatus) -> bool:
+        return (st.settings.autorenew and st.settings.server is not None
+                and st.serial is not None and st.not_after is not None
+                and st.now < st.not_after and st.state_error is None
+                and not st.in_backoff()
+                and (st.state is None or st.state.ari_check_due(st.serial, st.now)))
+
+    todo = [st for st in fleet.values() if askable(st)]
+    servers = sorted({st.settings.server for st in todo if st.settings.server})
+    offered = {server for server in servers if clients.supported(server)}
+    todo = [st for st in todo if st.settings.server in offered]
+    failures: list[str] = []
+    unsaved: list[str] = []
+
+    def one(st: LineageStatus) -> Optional[LineageStatus]:
+        assert st.settings.server is not None and st.serial is not None
+        state = st.state or RenewalState()
+        try:
+            answer = clients.ask(st.settings.server, st.cert_pem())
+        except AriError as e:
+            failures.append(f"{st.name}: {e}")
+            state.ari_answer(st.serial, None, None, None, e.next_check)
+        else:
+            if answer is None:
+                return None
+            state.ari_answer(st.serial, answer.start, answer.end, answer.picked,
+                             answer.next_check, answer.explanation)
+        try:
+            layout.save_state(st.name, state)
+        except Exception as e:  # noqa: BLE001 - the answer still counts for this run
+            unsaved.append(f"{st.name}: {e}")
+        return status_of(st.name, st.entry, st.now, state)
+
+    for st, fresh in sync.parallel(todo, one, workers):
+        if fresh is not None:
+            fleet[st.name] = fresh
+    lines = list(dict.fromkeys(clients.notes))
+    if failures:
+        lines.append(f"warning: ARI could not be asked for {len(failures)} lineage(s) (e.g. "
+                     f"{sorted(failures)[0]}); certbot's lifetime rule applies to them until "
+                     "the next check in 6 hours")
+    if unsaved:
+        lines.append(f"warning: the ARI answer of {len(unsaved)} lineage(s) could not be saved "
+                     f"to Vault (e.g. {sorted(unsaved)[0]}); it is asked again next run")
+    return lines
+
+
+def remember(layout: Layout, fleet: dict[str, LineageStatus],
+             outcomes: dict[str, Optional[str]], workers: int,
+             notify: Callable[[str], None]) -> int:
+    """Write each attempted lineage's memory: None = renewed, else the failure's line.
+
+    Returns how many could not be written (each said once): the certificate is
+    safe either way, but a lineage whose failure is not remembered is tried
+    again by the next run.
+    """
+    now = time.time()
+
+    def one(name: str) -> Optional[str]:
+        status = fleet.get(name)
+        if status is None:
+            return None
+        state = status.state or RenewalState()
+        error = outcomes[name]
+        if error is None:
+            state.succeeded(now)
+        else:
+            state.failed(error, now, status.lifetime)
+        status.state = state
+        try:
+            layout.save_state(name, state)
+        except Exception as e:  # noqa: BLE001 - said per lineage, the run goes on
+            return str(e)
+        return None
+
+    problems = 0
+    for name, problem in sync.parallel(sorted(outcomes), one, workers):
+        if problem:
+            problems += 1
+            notify(f"warning: lineage {name}: its renewal memory was not saved "
+                   f"({layout.where('state', name)}): {problem}")
+    return problems

@@ -81,6 +81,9 @@ def _push_retry_option() -> Callable[[F], F]:
               metavar="[NAME]",
               help="Try lineages in failure backoff now: the one named (repeatable), or all "
                    "when no NAME is given")
+@click.option("--ari/--no-ari", default=True, show_default=True, envvar="KVAULT_ARI",
+              help="Ask each CA's ACME Renewal Info (RFC 9773) when its Retry-After allows, and "
+                   "follow its window [KVAULT_ARI]")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), default=None,
               envvar="KVAULT_METRICS_FILE", metavar="FILE",
               help="Write Prometheus textfile metrics here [KVAULT_METRICS_FILE]")
@@ -89,7 +92,8 @@ def _push_retry_option() -> Callable[[F], F]:
 @trust_option
 @common_options()
 def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[float],
-          lineage_locks: bool, retry_now: tuple[object, ...], metrics_file: Optional[str],
+          lineage_locks: bool, retry_now: tuple[object, ...], ari: bool,
+          metrics_file: Optional[str],
           push_retry_for: float, certbot_args: tuple[str, ...]) -> None:
     """Decide what is due from Vault, lock, pull it, `certbot renew`, push, unlock.
 
@@ -113,6 +117,8 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
     updated, else 0.
     """
     args = runner.check_certbot_args(certbot_args)
+    from certbot_kvault._internal.ari import AriClients  # acme's client: only renew needs it
+
     rules = Rules(due_within=due_within, lineage_locks=lineage_locks,
                   retry_now=frozenset(v if isinstance(v, str) and v else ALL for v in retry_now),
                   every=any(a in _EVERY for a in args), dry_run="--dry-run" in args,
@@ -122,7 +128,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
         lock_ttl=lock_ttl, rules=rules, metrics_file=metrics_file,
         finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
         say=_say, notify=_notify, stream=_stream, stream_err=_stream_err,
-        push_retry_for=push_retry_for))
+        push_retry_for=push_retry_for, ari=AriClients() if ari else None))
 
 
 @click.command("run")
