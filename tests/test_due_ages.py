@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -157,6 +158,68 @@ def _layout(bao: Bao, prefix: str) -> Layout:
         {}, addr=bao.addr, token=bao.token, mount="secret", prefix=prefix)))
 
 
+# --------------------------------------------------------------------------- OpenBao PKI ACME
+#
+# One certificate, issued when the module starts. The fresh check runs first;
+# the Pebble test then runs while the clock moves towards half the
+# certificate's lifetime, so the module waits only for what is left.
+
+
+@dataclasses.dataclass
+class ShortLived:
+    prefix: str
+    domain: str
+    env: dict[str, str]
+    serial: str
+    half: float       # not_before + 1/2 of the lifetime: certbot's point under 10 days
+
+
+def _cert_times(pem: str) -> tuple[float, float]:
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
+
+
+NAME = "short"
+
+
+@pytest.fixture(scope="module")
+def short_lived(bao: Bao, bao_acme: BaoAcme, pdns: PowerDNS,
+                tmp_path_factory: pytest.TempPathFactory) -> ShortLived:
+    """certbot certonly -a kvault (DNS-01 via PowerDNS) at OpenBao's ACME: 2.5-minute cert."""
+    prefix = f"t-short-lived-{secrets.token_hex(3)}"
+    domain = f"{prefix}.{ZONE}"
+    env = scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token, KVAULT_PREFIX=prefix,
+                       PATH=os.path.dirname(sys.executable) + os.pathsep
+                       + os.environ.get("PATH", ""))
+    _layout(bao, prefix).save_dns("pdns", pdns_entry(pdns))
+    _, args = fresh_dirs(tmp_path_factory.mktemp("short-lived"), "issue")
+    argv = [certbot_executable(), *certonly_args("--kvault-dns-resolver", resolver_opt(pdns),
+                                                 "--cert-name", NAME, domains=(domain,)),
+            "--server", bao_acme.directory_url, "--non-interactive", *args]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = record(bao, prefix, f"certificates/{NAME}")
+    assert first is not None, proc.stdout + proc.stderr
+    not_before, not_after = _cert_times(first["cert"])
+    return ShortLived(prefix, domain, env, first["serial"],
+                      half=not_before + (not_after - not_before) / 2)
+
+
+def test_fresh_short_lived_is_not_renewed(bao: Bao, bao_acme: BaoAcme,
+                                          short_lived: ShortLived, tmp_path: Path) -> None:
+    """Before half its lifetime: the next stateless run makes the CA issue nothing."""
+    issued = bao_acme.issued(short_lived.domain)
+    version = kv_version(bao, short_lived.prefix, f"certificates/{NAME}")
+    _, args = fresh_dirs(tmp_path)
+    proc = kvault("renew", *args, env=short_lived.env)
+    if time.time() >= short_lived.half:
+        pytest.skip("this machine took until past the certificate's half-life before the "
+                    "renew run ended: nothing left to observe")
+    assert bao_acme.issued(short_lived.domain) == issued, proc.stdout + proc.stderr
+    assert kv_version(bao, short_lived.prefix, f"certificates/{NAME}") == version
+
+
 def test_renew_orders_exactly_what_certbot_would(bao: Bao, pebble: Pebble,
                                                  vault_env: dict[str, str],
                                                  tmp_path: Path) -> None:
@@ -206,54 +269,17 @@ def test_renew_orders_exactly_what_certbot_would(bao: Bao, pebble: Pebble,
     assert validated_names(pebble, mark) == expected
 
 
-# --------------------------------------------------------------------------- OpenBao PKI ACME
-
-
-def _cert_times(pem: str) -> tuple[float, float]:
-    cert = x509.load_pem_x509_certificate(pem.encode())
-    return (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
-
-
-def test_short_lived_from_openbao_acme_renewed_past_half_life(
-        bao: Bao, bao_acme: BaoAcme, pdns: PowerDNS, vault_env: dict[str, str],
-        tmp_path: Path) -> None:
-    """Fresh: no new certificate at the CA. Past 1/2 of its lifetime: exactly one."""
-    prefix = vault_env["KVAULT_PREFIX"]
-    domain = f"{prefix}.{ZONE}"
-    name = "short"
-    env = scrubbed_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token, KVAULT_PREFIX=prefix,
-                       PATH=os.path.dirname(sys.executable) + os.pathsep
-                       + os.environ.get("PATH", ""))
-    _layout(bao, prefix).save_dns("pdns", pdns_entry(pdns))
-
-    root, args = fresh_dirs(tmp_path, "issue")
-    argv = [certbot_executable(), *certonly_args("--kvault-dns-resolver", resolver_opt(pdns),
-                                                 "--cert-name", name, domains=(domain,)),
-            "--server", bao_acme.directory_url, "--non-interactive", *args]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    first = record(bao, prefix, f"certificates/{name}")
-    assert first is not None, proc.stdout + proc.stderr
-    not_before, not_after = _cert_times(first["cert"])
-    half = not_before + (not_after - not_before) / 2
-    assert len(bao_acme.issued(domain)) == 1
-    version = kv_version(bao, prefix, f"certificates/{name}")
-
-    # Fresh: the next stateless run leaves it alone.
-    _, args = fresh_dirs(tmp_path, "fresh")
-    proc = kvault("renew", *args, env=env)
-    if time.time() >= half:
-        pytest.skip("this machine took until past the certificate's half-life before the "
-                    "first renew run ended: nothing left to observe")
-    assert len(bao_acme.issued(domain)) == 1, proc.stdout + proc.stderr
-    assert kv_version(bao, prefix, f"certificates/{name}") == version
-
-    # Past half its lifetime (certbot's rule under 10 days): renewed, once.
-    time.sleep(max(0.0, half + 2 - time.time()))
-    _, args = fresh_dirs(tmp_path, "due")
-    proc = kvault("renew", *args, env=env)
-    assert len(bao_acme.issued(domain)) == 2, proc.stdout + proc.stderr
-    assert kv_version(bao, prefix, f"certificates/{name}") == version + 1
-    second = record(bao, prefix, f"certificates/{name}")
-    assert second is not None and second["serial"] != first["serial"]
+def test_short_lived_past_half_life_is_renewed_once(bao: Bao, bao_acme: BaoAcme,
+                                                    short_lived: ShortLived,
+                                                    tmp_path: Path) -> None:
+    """Past 1/2 of its lifetime (certbot's rule under 10 days): one new certificate."""
+    issued = bao_acme.issued(short_lived.domain)
+    version = kv_version(bao, short_lived.prefix, f"certificates/{NAME}")
+    time.sleep(max(0.0, short_lived.half + 2 - time.time()))
+    _, args = fresh_dirs(tmp_path)
+    proc = kvault("renew", *args, env=short_lived.env)
+    assert len(bao_acme.issued(short_lived.domain)) == len(issued) + 1, \
+        proc.stdout + proc.stderr
+    assert kv_version(bao, short_lived.prefix, f"certificates/{NAME}") == version + 1
+    second = record(bao, short_lived.prefix, f"certificates/{NAME}")
+    assert second is not None and second["serial"] != short_lived.serial
