@@ -29,7 +29,7 @@ from helpers import (  # noqa: E402
     make_always_due,
     scrubbed_env,
 )
-from servers import Bao, Pebble, PowerDNS, RaftCluster  # noqa: E402
+from servers import Bao, BaoAcme, Pebble, PowerDNS, RaftCluster  # noqa: E402
 
 # --------------------------------------------------------------------------- servers
 
@@ -80,6 +80,13 @@ def pebble(tmp_path_factory: pytest.TempPathFactory, pdns: PowerDNS) -> Iterator
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def bao_acme(bao: Bao, pdns: PowerDNS) -> BaoAcme:
+    """The session ``bao`` as an ACME CA too (PKI mount ``pki-acme``, DNS-01 via ``pdns``),
+    issuing certificates that live 2.5 minutes."""
+    return servers.enable_openbao_acme(bao, pdns.dns_port)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -278,6 +279,21 @@ def make_always_due(conf_path: Path) -> None:
 def orders(pebble: Pebble) -> int:
     """ACME orders this Pebble has accepted so far (from its log)."""
     return pebble.log_path.read_text(errors="replace").count("Added order")
+
+
+def pebble_log_mark(pebble: Pebble) -> int:
+    """Where this Pebble's log ends now: pass it to ``validated_names``."""
+    return pebble.log_path.stat().st_size
+
+
+def validated_names(pebble: Pebble, since: int = 0) -> list[str]:
+    """The names this Pebble validated since log offset ``since``, one entry per
+    authorization (Pebble runs with PEBBLE_AUTHZREUSE=0: each order gets its own)."""
+    with open(pebble.log_path, "rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return sorted(m.group(1) for m in re.finditer(
+        r'Pulled a task from the Tasks queue: .*?Value:"([^"]+)"', text))
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:

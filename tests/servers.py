@@ -1,5 +1,7 @@
 """Real servers for the test-suite: OpenBao, PowerDNS and Pebble, plus a certbot runner.
 
+An OpenBao is also made an ACME CA by its PKI engine (``enable_openbao_acme``).
+
 Plain Python (no pytest) so that the same code can be used from a REPL or a script.
 Every server listens on 127.0.0.1 only, on a free port, logs into a file in the
 directory it is given, and is stopped by PID through ``.stop()``.
@@ -530,6 +532,78 @@ def start_openbao_raft_cluster(workdir: StrPath, nodes: int = 3) -> RaftCluster:
         raise
     cluster.startup_seconds = time.monotonic() - t0
     return cluster
+
+
+# --------------------------------------------------------------------------- OpenBao PKI ACME
+
+
+class BaoAcme:
+    """A PKI mount of an OpenBao serving ACME (RFC 8555) over plain http.
+
+    OpenBao refuses to enable an audit device through its API, and its PKI has
+    no listing of ACME orders, so what the CA did is observed in what it issued:
+    ``issued(domain)`` lists the serials of certificates naming ``domain``.
+    An order that failed before issuance is not seen there.
+    """
+
+    def __init__(self, bao: Bao, mount: str) -> None:
+        self.bao = bao
+        self.mount = mount
+        self.directory_url = f"{bao.addr}/v1/{mount}/acme/directory"
+
+    def issued(self, domain: str) -> list[str]:
+        """Serials of the certificates this CA issued whose SANs name ``domain``."""
+        from cryptography import x509
+
+        r = self.bao.api("LIST", f"{self.mount}/certs")
+        if r.status_code == 404:
+            return []
+        r.raise_for_status()
+        out = []
+        for serial in r.json()["data"]["keys"]:
+            c = self.bao.api("GET", f"{self.mount}/cert/{serial}")
+            c.raise_for_status()
+            cert = x509.load_pem_x509_certificate(c.json()["data"]["certificate"].encode())
+            try:
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            except x509.ExtensionNotFound:
+                continue  # the CA's own root
+            if domain in san.value.get_values_for_type(x509.DNSName):
+                out.append(serial)
+        return out
+
+
+def enable_openbao_acme(bao: Bao, dns_port: int, *, mount: str = "pki-acme",
+                        lease_ttl: str = "120s") -> BaoAcme:
+    """Turn ``bao`` into an ACME server: a PKI mount with a generated root, ACME on.
+
+    Certificates live ``lease_ttl`` (the mount's default lease TTL, which ACME's
+    default sign-verbatim policy issues for) plus the 30 s PKI backdates
+    ``not_before`` by. Challenges are checked through the DNS server on
+    ``127.0.0.1:dns_port``. Plain http: certbot needs no CA bundle for it.
+    """
+    def ok(r: requests.Response, what: str) -> None:
+        if r.status_code not in (200, 204):
+            raise RuntimeError(f"OpenBao ACME set-up ({what}) failed: {r.status_code} {r.text}")
+
+    # ACME answers need these headers; OpenBao strips any a mount does not allow.
+    headers = ["Replay-Nonce", "Location", "Link", "Last-Modified", "Retry-After"]
+    ok(bao.api("POST", f"sys/mounts/{mount}", json={"type": "pki", "config": {
+        "default_lease_ttl": lease_ttl, "max_lease_ttl": "87600h",
+        "allowed_response_headers": headers,
+        "passthrough_request_headers": ["If-Modified-Since"]}}), "mount")
+    ok(bao.api("POST", f"{mount}/root/generate/internal", json={
+        "common_name": "certbot-kvault test ACME root", "ttl": "87600h",
+        "key_type": "ec"}), "root CA")
+    base = f"{bao.addr}/v1/{mount}"
+    ok(bao.api("POST", f"{mount}/config/cluster", json={"path": base, "aia_path": base}),
+       "config/cluster")
+    ok(bao.api("POST", f"{mount}/config/acme", json={
+        "enabled": True, "dns_resolver": f"127.0.0.1:{dns_port}"}), "config/acme")
+    acme = BaoAcme(bao, mount)
+    _wait_ready(bao, lambda: "newOrder" in bao._http.get(acme.directory_url, timeout=5).json(),
+                "OpenBao ACME directory")
+    return acme
 
 
 # --------------------------------------------------------------------------- PowerDNS
