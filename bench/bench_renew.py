@@ -159,8 +159,6 @@ def make_fleet(work: Path, label: str, total: int, due: int, pebble: Pebble,
     Vault prefix, written by `certbot-kvault push` as a renewer would have."""
     root = work / label / "src"
     account = register(root, pebble, env)
-    renewal = RENEWAL.format(name="{name}", account=account, server=pebble.directory_url,
-                             http_port=pebble.http_port)
     names = [f"{label}{i:05d}.{ZONE}" for i in range(total)]
     step = total // due if due else 0
     due_names = [names[i * step + step // 2] for i in range(due)]
@@ -168,7 +166,9 @@ def make_fleet(work: Path, label: str, total: int, due: int, pebble: Pebble,
     tree = Tree(Dirs(str(root / "config"), str(root / "work"), str(root / "logs")))
     for name in names:
         age = AGE_DUE if name in due_names else AGE_CALM
-        tree.write_lineage(make_record(name, age, renewal.replace("{name}", name), ca_key, ca))
+        renewal = RENEWAL.format(name=name, account=account, server=pebble.directory_url,
+                                 http_port=pebble.http_port)
+        tree.write_lineage(make_record(name, age, renewal, ca_key, ca))
     prefix = f"bench-renew-{label}-{secrets.token_hex(3)}"
     kvault("push", *dir_args(root), env=kv_env(prefix), timeout=3600)
     return Fleet(work / label, prefix, names, due_names)
