@@ -39,6 +39,7 @@ LIFETIME = "lifetime"
 DISABLED = "autorenew off"
 
 _SHORT_LIFETIME = 10 * 86400
+_CALENDAR = parsedatetime.Calendar(version=parsedatetime.VERSION_CONTEXT_STYLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ def add_interval(base: float, interval: str) -> float:
     if text.isdigit():
         text += " days"
     start = datetime.datetime.fromtimestamp(base, tz=datetime.timezone.utc)
-    result = parsedatetime.Calendar().parseDT(text, start, tzinfo=datetime.timezone.utc)[0]
+    result = _CALENDAR.parseDT(text, start, tzinfo=datetime.timezone.utc)[0]
     return float(result.timestamp())
 
 

@@ -92,7 +92,7 @@ def _push_retry_option() -> Callable[[F], F]:
 @trust_option
 @common_options()
 def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[float],
-          lineage_locks: bool, retry_now: tuple[object, ...], ari: bool,
+          lineage_locks: bool, retry_now: tuple[str, ...], ari: bool,
           metrics_file: Optional[str],
           push_retry_for: float, certbot_args: tuple[str, ...]) -> None:
     """Decide what is due from Vault, lock, pull it, `certbot renew`, push, unlock.
@@ -120,7 +120,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
     from certbot_kvault._internal.ari import AriClients  # acme's client: only renew needs it
 
     rules = Rules(due_within=due_within, lineage_locks=lineage_locks,
-                  retry_now=frozenset(v if isinstance(v, str) and v else ALL for v in retry_now),
+                  retry_now=frozenset(v or ALL for v in retry_now),
                   every=any(a in _EVERY for a in args), dry_run="--dry-run" in args,
                   cert_name=_cert_name(args))
     sys.exit(renewal.renew(
