@@ -47,14 +47,14 @@ from certbot_kvault._internal.lock import (
     Locks,
     lineage_lock,
 )
-from certbot_kvault._internal.schedule import LineageStatus, read_fleet
+from certbot_kvault._internal.schedule import LineageStatus
 from certbot_kvault._internal.timefmt import floor_time, parse_time
 from certbot_kvault._internal.vault import KVEntry
 
 Notify = Callable[[str], None]
 Fleet = dict[str, LineageStatus]
-# Asks the CA's ARI about what may be asked now and updates the statuses (renewal.py).
-Refresh = Callable[[Fleet], None]
+# Reads the fleet the rule decides on (schedule.renewal_fleet, as the caller wants it).
+ReadFleet = Callable[[], Fleet]
 
 ALL = "*"
 
@@ -165,15 +165,8 @@ def _waiting_note(what: str, wait: float,
     return note, told
 
 
-def _fleet(layout: Layout, workers: int, refresh: Optional[Refresh]) -> Fleet:
-    fleet = read_fleet(layout, layout.list_lineages(), workers)
-    if refresh is not None:
-        refresh(fleet)
-    return fleet
-
-
 def plan_all(layout: Layout, locks: Locks, lock_wait: float, workers: int,
-             notify: Notify, rules: Rules, refresh: Optional[Refresh] = None) -> Plan:
+             notify: Notify, rules: Rules, read: ReadFleet) -> Plan:
     """Global lock; the chosen lineages except what others hold or just renewed."""
     note, seen = _waiting_note("the lock", lock_wait, notify)
     holder = locks.acquire(GLOBAL_LOCK, wait=lock_wait, on_wait=note)
@@ -185,7 +178,7 @@ def plan_all(layout: Layout, locks: Locks, lock_wait: float, workers: int,
     for name, info in sorted(busy.items()):
         notify(f"renew: skipping {name}: its lock is {info.describe()}")
     excluded |= set(busy)
-    fleet = _fleet(layout, workers, refresh)
+    fleet = read()
     if seen:
         # We waited: leave alone what the previous holder renewed in the meantime.
         since = [h.acquired_at for h in seen if h.acquired_at is not None]
@@ -200,9 +193,9 @@ def plan_all(layout: Layout, locks: Locks, lock_wait: float, workers: int,
 
 
 def plan_each(layout: Layout, locks: Locks, lock_wait: float, workers: int,
-              notify: Notify, rules: Rules, refresh: Optional[Refresh] = None) -> Plan:
+              notify: Notify, rules: Rules, read: ReadFleet) -> Plan:
     """Per-lineage locks on the chosen lineages."""
-    fleet = _fleet(layout, workers, refresh)
+    fleet = read()
     due, backoff, none = choose(fleet, rules, notify)
     if none is not None:
         return Plan(fleet=fleet, backoff=backoff, skip=none)

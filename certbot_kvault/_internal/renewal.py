@@ -43,7 +43,7 @@ from certbot_kvault._internal.errors import is_transient
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
 from certbot_kvault._internal.metrics import Metrics
-from certbot_kvault._internal.planner import Refresh, Rules, plan_all, plan_each
+from certbot_kvault._internal.planner import Rules, plan_all, plan_each
 from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
 from certbot_kvault._internal.runner import (
     Notify,
@@ -53,7 +53,7 @@ from certbot_kvault._internal.runner import (
     run_certbot,
     sigterm_unwinds,
 )
-from certbot_kvault._internal.schedule import LineageStatus, refresh_ari, remember
+from certbot_kvault._internal.schedule import LineageStatus, remember, renewal_fleet
 from certbot_kvault._internal.tree import Tree
 
 if TYPE_CHECKING:  # the caller builds the clients (ari.py loads acme's client)
@@ -105,20 +105,17 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
     ``ari`` asks the CAs' ARI (ari.py) before the decision; None: never asked.
     """
     metrics = Metrics(started=time.time())
-    refresh: Optional[Refresh] = None
-    if ari is not None:
-        clients = ari
 
-        def refresh(fleet: dict[str, LineageStatus]) -> None:
-            for line in refresh_ari(fleet, layout, clients, workers):
-                notify(line)
+    def read() -> dict[str, LineageStatus]:
+        return renewal_fleet(layout, workers, ari, notify=notify,
+                             all_memory=rules.every or rules.due_within is not None)
 
     code = 1
     try:
         with sigterm_unwinds():
             code = _renew(layout, tree, args, workers, lock_wait, lock_ttl, rules, metrics,
                           finish_pending, kvault_bin, say, notify, stream, stream_err,
-                          push_retry_for, refresh)
+                          push_retry_for, read)
     finally:
         metrics.exit_code = code
         if metrics_file:
@@ -130,11 +127,11 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
            lock_ttl: int, rules: Rules, metrics: Metrics,
            finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
-           push_retry_for: float, refresh: Optional[Refresh]) -> int:
+           push_retry_for: float, read: Callable[[], dict[str, LineageStatus]]) -> int:
     with Locks(layout, ttl=lock_ttl) as locks:
         each = rules.lineage_locks or rules.due_within is not None
         plan = (plan_each if each else plan_all)(layout, locks, lock_wait, workers, notify,
-                                                 rules, refresh)
+                                                 rules, read)
         metrics.checked = len(plan.fleet)
         metrics.observe(plan.fleet.values())
         if plan.skip:

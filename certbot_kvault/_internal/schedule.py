@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.due import ConfSettings, Decision, conf_settings, decide
@@ -179,8 +179,13 @@ def with_state(layout: Layout, name: str, entry: KVEntry, now: float,
 
 
 def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
-               with_memory: bool = True, now: Optional[float] = None) -> dict[str, LineageStatus]:
-    """Every named lineage's status (in parallel); lineages gone from Vault are left out."""
+               with_memory: Union[bool, Callable[[LineageStatus], bool]] = True,
+               now: Optional[float] = None) -> dict[str, LineageStatus]:
+    """Every named lineage's status (in parallel); lineages gone from Vault are left out.
+
+    ``with_memory`` may be a test on the status without memory: only the
+    lineages it passes cost a second read.
+    """
     when = time.time() if now is None else now
     denied: list[str] = []
 
@@ -188,8 +193,9 @@ def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
         entry = layout.read_lineage_raw(name)
         if entry is None:
             return None
-        if not with_memory:
-            return status_of(name, entry, when)
+        bare = status_of(name, entry, when)
+        if not (with_memory(bare) if callable(with_memory) else with_memory):
+            return bare
         return with_state(layout, name, entry, when, denied)
 
     out = {}
@@ -201,6 +207,29 @@ def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
             if status.state is None and status.state_error is None:
                 status.state_error = denied[0]
     return out
+
+
+def renewal_fleet(layout: Layout, workers: int, ari: Optional[AriClients], *,
+                  all_memory: bool, notify: Callable[[str], None]) -> dict[str, LineageStatus]:
+    """What ``renew`` decides on: every lineage, its memory where it can matter, ARI asked.
+
+    The memory of a lineage that is not due by its dates and whose CA offers
+    no ARI cannot change the decision (a backoff only holds back a due
+    lineage), so it is not read: for a CA without ARI a run reads one record
+    per lineage, not two. ``all_memory``: read it anyway (``--due-within``,
+    ``--force-renewal``: lineages are chosen by other rules than the dates).
+    """
+    def matters(st: LineageStatus) -> bool:
+        if all_memory or st.due:
+            return True
+        server = st.settings.server
+        return ari is not None and server is not None and ari.supported(server)
+
+    fleet = read_fleet(layout, layout.list_lineages(), workers, with_memory=matters)
+    if ari is not None:
+        for line in refresh_ari(fleet, layout, ari, workers):
+            notify(line)
+    return fleet
 
 
 def refresh_ari(fleet: dict[str, LineageStatus], layout: Layout, clients: AriClients,
