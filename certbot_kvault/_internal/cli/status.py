@@ -53,7 +53,7 @@ def status(ctx: Context) -> None:
         fatal = e
     kv, mount, layout = out.get("kv_version"), ctx.settings.mount, ctx.layout
     paths = {}
-    for area in ("certificates", "accounts", "dns", "locks"):
+    for area in ("certificates", "accounts", "dns", "locks", "state"):
         rel = layout.path(area, "*")
         if kv == 1:
             paths[f"{area} (data)"] = f"{mount}/{rel}"
