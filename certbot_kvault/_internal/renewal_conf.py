@@ -10,9 +10,11 @@ reading and writing the confs on disk is tree.py's.
 from __future__ import annotations
 
 import io
+import itertools
 import os
-from typing import Any
+from typing import Any, Optional
 
+import certbot
 import configobj
 
 from certbot_kvault._internal import trust
@@ -22,6 +24,10 @@ from certbot_kvault._internal.records import PEM_KINDS, RecordError
 # them portable (relative to the config dir / placeholders).
 TOP_PATH_KEYS = ("archive_dir", *PEM_KINDS)
 DIR_PARAMS = ("config_dir", "work_dir", "logs_dir")
+
+# ``[renewalparams]`` keys of certbot >= 4.0 (--preferred-profile/--required-profile).
+PROFILE_KEYS = ("preferred_profile", "required_profile")
+PROFILES_SINCE = (4, 0)
 
 
 def portable_conf(name: str, conf: configobj.ConfigObj) -> str:
@@ -93,3 +99,48 @@ def _conf_text(conf: configobj.ConfigObj) -> str:
     out = io.BytesIO()
     conf.write(outfile=out)
     return out.getvalue().decode("utf-8")
+
+
+def certbot_supports_profiles(version: str = certbot.__version__) -> bool:
+    """Whether this certbot knows ACME profiles (``4.0.0``, ``4.1.0.dev0`` do)."""
+    parts = []
+    for part in version.split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        parts.append(int(digits or 0))
+    return tuple(parts) >= PROFILES_SINCE
+
+
+def profile_asks() -> Optional[list[tuple[str, str, str]]]:
+    """Where a pull collects (lineage, key, value) of confs that ask for a profile; None
+    when this certbot knows profiles (nothing to tell then)."""
+    return None if certbot_supports_profiles() else []
+
+
+def profile_asked(portable_text: str) -> Optional[tuple[str, str]]:
+    """The first profile key and its value a conf's ``[renewalparams]`` sets, if any."""
+    try:
+        conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
+                                   default_encoding="utf-8")
+    except configobj.ConfigObjError:
+        return None
+    params = conf.get("renewalparams")
+    if not isinstance(params, configobj.Section):
+        return None
+    for key in PROFILE_KEYS:
+        value = params.get(key)
+        if isinstance(value, str) and value.strip() and value.strip() != "None":
+            return key, value.strip()
+    return None
+
+
+def profiles_ignored_warning(asking: list[tuple[str, str, str]],
+                             version: str = certbot.__version__) -> str:
+    """One line for all pulled lineages (name, key, value) whose conf asks for a profile
+    that this certbot, older than 4.0, does not know."""
+    name, key, value = sorted(asking)[0]
+    # Names are validated; the value comes from Vault: no terminal escapes.
+    value = value if value.isprintable() else ascii(value)
+    return (f"warning: {len(asking)} lineage(s) ask for an ACME profile (e.g. {name}: "
+            f"{key} = {value}); certbot {version} ignores profiles and drops them from a "
+            f"renewal conf it rewrites, they need certbot >= "
+            f"{'.'.join(map(str, PROFILES_SINCE))}")
