@@ -30,7 +30,11 @@ from helpers import (
 )
 from servers import Bao, Pebble
 
-from certbot_kvault._internal.renewal_conf import certbot_supports_profiles
+from certbot_kvault._internal.renewal_conf import (
+    certbot_supports_profiles,
+    kept_profiles,
+    profiles_ignored_warning,
+)
 
 ISSUE = ("--agree-tos", "--register-unsafely-without-email")
 needs_profiles = pytest.mark.skipif(not certbot_supports_profiles(),
@@ -151,8 +155,8 @@ def test_pull_tells_an_old_certbot_once_that_profiles_are_ignored(
     else:
         assert told == [
             "warning: 2 lineage(s) ask for an ACME profile (e.g. calm: required_profile = "
-            f"classic); certbot {certbot.__version__} ignores profiles and drops them from a "
-            "renewal conf it rewrites, they need certbot >= 4.0"], proc.stderr
+            f"classic); certbot {certbot.__version__} ignores profiles, they need certbot "
+            ">= 4.0 (Vault keeps them)"], proc.stderr
         as_json = json.loads(kvault("pull", *args, "--json",
                                     env=golden_env(bao, golden, prefix)).stdout)
         assert [w for w in as_json["warnings"] if "profile" in w] == told
@@ -162,3 +166,49 @@ def test_pull_tells_an_old_certbot_once_that_profiles_are_ignored(
     assert _params(root / "config" / "renewal" / "calm.conf")["required_profile"] == "classic"
     assert not any(k.endswith("_profile")
                    for k in _params(root / "config" / "renewal" / "short.conf"))
+
+
+def test_a_renewal_by_any_certbot_keeps_the_profile_in_vault(
+        bao: Bao, golden: Golden, vault_env: dict[str, str], tmp_path: Path) -> None:
+    """certbot < 4 deletes the conf keys it does not know when it renews: the push must
+    not take the profile from Vault, where a newer renewer needs it."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    _ask_for_profile(bao, prefix, "due", "preferred_profile = shortlived")
+    before = kv_version(bao, prefix, "certificates/due")
+    _, args = fresh_dirs(tmp_path)
+    proc = kvault("renew", *args, env=golden_env(bao, golden, prefix))
+    assert "renewed: due" in proc.stdout, proc.stdout
+    after = record(bao, prefix, "certificates/due")
+    assert kv_version(bao, prefix, "certificates/due") == before + 1
+    assert after is not None and after["version"] == 2
+    assert "preferred_profile = shortlived" in after["renewal"], after["renewal"]
+
+
+CONF = "version = 2.7.4\narchive_dir = archive/x\n\n[renewalparams]\nkey_type = ecdsa\n"
+
+
+@pytest.mark.parametrize("version,knows", [("2.7.4", False), ("3.3.0", False),
+                                           ("4.0.0", True), ("4.1.0.dev0", True),
+                                           ("5.8.0", True), ("10.0", True)])
+def test_which_certbots_know_profiles(version: str, knows: bool) -> None:
+    assert certbot_supports_profiles(version) is knows
+
+
+def test_only_an_old_certbot_gets_vaults_profile_back() -> None:
+    vault = CONF + "preferred_profile = shortlived\nrequired_profile = tlsserver\n"
+    kept = kept_profiles(CONF, vault, version="2.7.4")
+    assert "preferred_profile = shortlived" in kept and "required_profile = tlsserver" in kept
+    # A conf that names its own profile keeps it; one without a section is left alone.
+    own = CONF + "preferred_profile = classic\n"
+    assert "preferred_profile = classic" in kept_profiles(own, vault, version="2.7.4")
+    assert kept_profiles("version = 2.7.4\n", vault, version="2.7.4") == "version = 2.7.4\n"
+    # certbot >= 4 knows the keys: what its conf lacks, it left out, so push it as it is.
+    assert kept_profiles(CONF, vault, version="5.8.0") == CONF
+
+
+def test_the_warning_escapes_a_value_from_vault() -> None:
+    line = profiles_ignored_warning([("b", "preferred_profile", "x"),
+                                     ("a", "required_profile", "\x1b[2Jevil")], "2.7.4")
+    assert line.isprintable() and "e.g. a: required_profile = '\\x1b[2Jevil'" in line
+    assert line.startswith("warning: 2 lineage(s) ask for an ACME profile")

@@ -133,6 +133,34 @@ def profile_asked(portable_text: str) -> Optional[tuple[str, str]]:
     return None
 
 
+def kept_profiles(local_text: str, vault_text: str,
+                  version: str = certbot.__version__) -> str:
+    """The local conf, plus the profile keys Vault's conf of the lineage holds and it lacks,
+    when this certbot is older than 4.0.
+
+    Such a certbot deletes the ``[renewalparams]`` keys it does not know when it rewrites
+    a conf on renewal; pushing that conf would take the profile from every newer renewer.
+    A certbot that knows profiles only leaves one out on purpose, so its conf is kept as is.
+    """
+    if certbot_supports_profiles(version):
+        return local_text
+    try:
+        local, remote = (configobj.ConfigObj(io.StringIO(text), encoding="utf-8",
+                                             default_encoding="utf-8")
+                         for text in (local_text, vault_text))
+    except configobj.ConfigObjError:
+        return local_text
+    theirs, ours = remote.get("renewalparams"), local.get("renewalparams")
+    if not isinstance(theirs, configobj.Section) or not isinstance(ours, configobj.Section):
+        return local_text
+    missing = [k for k in PROFILE_KEYS if k in theirs and k not in ours]
+    if not missing:
+        return local_text
+    for key in missing:
+        ours[key] = theirs[key]
+    return _conf_text(local)
+
+
 def profiles_ignored_warning(asking: list[tuple[str, str, str]],
                              version: str = certbot.__version__) -> str:
     """One line for all pulled lineages (name, key, value) whose conf asks for a profile
@@ -141,6 +169,5 @@ def profiles_ignored_warning(asking: list[tuple[str, str, str]],
     # Names are validated; the value comes from Vault: no terminal escapes.
     value = value if value.isprintable() else ascii(value)
     return (f"warning: {len(asking)} lineage(s) ask for an ACME profile (e.g. {name}: "
-            f"{key} = {value}); certbot {version} ignores profiles and drops them from a "
-            f"renewal conf it rewrites, they need certbot >= "
-            f"{'.'.join(map(str, PROFILES_SINCE))}")
+            f"{key} = {value}); certbot {version} ignores profiles, they need certbot >= "
+            f"{'.'.join(map(str, PROFILES_SINCE))} (Vault keeps them)")

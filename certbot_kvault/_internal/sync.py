@@ -339,6 +339,8 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
             except RecordError:
                 remote = None  # replaced by the good local one
             if remote is not None:
+                local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
+                    local.renewal, remote.renewal))
                 if remote.same_content(local) or as_pulled(tree, remote, local):
                     return False
                 if expected is not None and entry.version != expected:
