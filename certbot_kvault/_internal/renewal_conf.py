@@ -4,8 +4,11 @@ A lineage's renewal conf goes to Vault with this machine's paths replaced by
 config-dir-relative ones and placeholders (``portable_conf``), and comes back
 with the pulling machine's paths (``screened_conf``), minus the
 ``[renewalparams]`` keys Vault may not decide here (trust.py sorts them):
-those keep the value this machine's own conf holds. Pure text in, text out;
-reading and writing the confs on disk is tree.py's.
+those keep the value this machine's own conf holds. The ACME profile keys
+(certbot >= 4.0) are data like any order setting; a certbot older than that
+ignores them and deletes them when it rewrites a conf, so pull tells of them
+once and push keeps Vault's. Pure text in, text out; reading and writing the
+confs on disk is tree.py's.
 """
 from __future__ import annotations
 
