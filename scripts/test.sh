@@ -24,8 +24,8 @@ echo "[test] pytest -q $* ($(.venv/bin/python -V))"
 
 # The lowest supported Python and versions (scripts/min-versions.txt): every
 # module imported, then the tests that drive certbot itself, the trust tests
-# (hostile records, key modes, diagnostics, fencing) and ARI with an acme that
-# cannot read it, run again against certbot 2.7.
+# (hostile records, key modes, diagnostics, fencing, profiles), the renewal
+# memory and ARI with an acme that cannot read it, run again against certbot 2.7.
 # KVAULT_SKIP_MIN=1 skips it.
 if [ "$run_min" = 1 ]; then
     echo "[test] lowest supported versions (.venv-min: $(.venv-min/bin/python -V))"
@@ -36,5 +36,6 @@ for m in pkgutil.walk_packages(p.__path__, p.__name__ + "."): importlib.import_m
     .venv-min/bin/python -m pytest -q -p no:cacheprovider tests/test_roundtrip.py \
         tests/test_installer.py tests/test_errors.py tests/test_dns.py tests/test_cli.py \
         tests/test_hostile.py tests/test_keymodes.py tests/test_diagnostics.py \
-        tests/test_fencing.py tests/test_ari.py tests/test_due.py tests/test_memory.py
+        tests/test_fencing.py tests/test_ari.py tests/test_due.py tests/test_memory.py \
+        tests/test_profiles.py
 fi

@@ -7,11 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from helpers import cli, kvault, layout_from_env, token_with_policy
 from servers import run_certbot
+
+from certbot_kvault._internal.state import RenewalState
 
 ISSUE = ("--agree-tos", "--register-unsafely-without-email")
 
@@ -68,13 +71,29 @@ def test_show_never_prints_the_key(pushed):
 
 def test_rm_and_purge(pushed, vault_env):
     layout = layout_from_env()
-    assert cli("rm", "ec.cli.example.com").exit_code == 0
+    # Renewal memory of a lineage that failed: rm forgets it with the lineage, so a
+    # lineage issued again under that name does not start in backoff.
+    failing = RenewalState()
+    failing.failed("validation failed", time.time(), 90 * 86400)
+    layout.save_state("ec.cli.example.com", failing)
+    result = cli("rm", "ec.cli.example.com")
+    assert result.exit_code == 0, result.output
+    assert f"deleted: {layout.where('state', 'ec.cli.example.com')}" in result.output
     assert layout.read_lineage_raw("ec.cli.example.com") is None
+    assert layout.load_state("ec.cli.example.com") is None
     # Soft-deleted on KV v2: metadata (the history) is still there until --purge.
     assert "ec.cli.example.com" in layout.vault.list_keys(f"{layout.prefix}/certificates")
+    assert "ec.cli.example.com" in layout.vault.list_keys(f"{layout.prefix}/state")
     assert cli("rm", "ec.cli.example.com", "--purge").exit_code == 0
     assert "ec.cli.example.com" not in layout.vault.list_keys(f"{layout.prefix}/certificates")
+    assert "ec.cli.example.com" not in layout.vault.list_keys(f"{layout.prefix}/state")
     assert cli("rm", "ec.cli.example.com").exit_code == 1
+    # A lineage that never had renewal memory is removed as before.
+    result = cli("rm", "cli.example.com")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"deleted: {layout.where('certificates', 'cli.example.com')}"]
+    assert cli("rm", "cli.example.com", "--purge").exit_code == 0
 
 
 def test_status(vault_env, bao, monkeypatch):

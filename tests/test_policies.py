@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from servers import Bao
 from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.state import RenewalState
 from certbot_kvault._internal.vault import VaultClient
 
 
@@ -73,6 +75,14 @@ def test_renewer_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
     assert layout.load_dns("pdns") == {"provider": "powerdns", "auth_token": "t"}
     with pytest.raises(VaultPermissionDenied, match="needs create/update on"):
         layout.save_dns("pdns", {"provider": "x"})
+    # Renewal memory (state/<lineage>): written and read back, twice (create, then update).
+    memory = RenewalState()
+    for _ in range(2):
+        memory.failed("validation failed", time.time(), 90 * 86400)
+        layout.save_state("calm", memory)
+    remembered = layout.load_state("calm")
+    assert remembered is not None and remembered.failures == 2
+    assert remembered.last_error == "validation failed"
     # No deleting certificates.
     calm = kv_version(bao, prefix, "certificates/calm")
     proc = kvault("rm", "calm", env=env, check=False)
@@ -85,6 +95,10 @@ def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
                        tmp_path: Path) -> None:
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["calm"])
+    # A renewer left renewal memory that the reader may not read: list/show work without it.
+    w = bao.api("POST", f"secret/data/{prefix}/state/calm",
+                json={"data": RenewalState(failures=1, last_error="x").to_kv()})
+    assert w.status_code == 200, w.text
     token = _token(bao, load_policy(bao, "reader", prefix))
     env = golden_env(bao, golden, prefix, token)
     rows = json.loads(kvault("list", "--json", env=env).stdout)
@@ -107,8 +121,10 @@ def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
     with pytest.raises(VaultPermissionDenied):
         layout.save_lineage(record, cas=record.kv_version)
     assert kv_version(bao, prefix, "certificates/calm") == before
-    # Nor read accounts, DNS credentials or locks, nor renew.
+    # Nor read accounts, DNS credentials, locks or renewal memory, nor renew.
     with pytest.raises(VaultPermissionDenied):
         layout.load_dns("pdns")
+    with pytest.raises(VaultPermissionDenied):
+        layout.load_state("calm")
     proc = kvault("renew", *args, env=env, check=False)
     assert proc.returncode == 1 and "permission denied" in proc.stderr

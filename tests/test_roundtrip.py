@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import hvac
+import pytest
 from helpers import kvault, layout_from_env, snapshot
 from servers import run_certbot
 
@@ -144,6 +145,11 @@ def test_kv_v1_mount_and_prefix(vault_env, kv1_mount, certbot, certbot_dirs, peb
     assert after == before
     out = kvault("push", "--config-dir", certbot_dirs.config_dir).stdout
     assert out.startswith("0 pushed, "), out
+    # rm on KV v1, of a lineage with no renewal memory (state/) to forget.
+    kvault("rm", "v1.example.com")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        client.secrets.kv.v1.read_secret(f"{prefix}/certificates/v1.example.com",
+                                         mount_point=kv1_mount)
 
 
 def test_approle_login(vault_env, bao, certbot, certbot_dirs, pebble, monkeypatch):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator, Optional
 
+from certbot_kvault._internal.errors import VaultPathMissing
 from certbot_kvault._internal.records import (
     AccountRecord,
     LineageRecord,
@@ -95,6 +96,13 @@ class Layout:
     def save_state(self, name: str, state: RenewalState) -> None:
         """Last writer wins: two renewers of one lineage hold its lock in turn."""
         self.vault.write(self.path("state", validate_name(name)), state.to_kv())
+
+    def delete_state(self, name: str, purge: bool = False) -> None:
+        """Forget a lineage's renewal memory; a lineage that never had any is fine."""
+        try:
+            self.vault.delete(self.path("state", validate_name(name)), purge=purge)
+        except VaultPathMissing:
+            pass
 
     # ---- accounts -----------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Callable, Collection, Iterable, Iterator, Optional, TypeVar
 import configobj
 from certbot import errors
 
-from certbot_kvault._internal import pending, trust
+from certbot_kvault._internal import pending, renewal_conf, trust
 from certbot_kvault._internal.errors import (
     VaultAuthError,
     VaultConflict,
@@ -162,7 +162,11 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
         report.merge(_run((f"{s}\0{i}" for s, i in layout.list_accounts()),
                           lambda key: _pull_account(tree, layout, *key.split("\0")), workers))
     wanted = names if names is not None else layout.list_lineages()
-    report.merge(_run(wanted, lambda name: _pull_lineage(tree, layout, name), workers))
+    asking = renewal_conf.profile_asks()  # one warning for all lineages, not one each
+    report.merge(_run(wanted, lambda name: _pull_lineage(tree, layout, name, asking),
+                      workers))
+    if asking:
+        report.warnings.append(renewal_conf.profiles_ignored_warning(asking))
     if accounts and used_accounts_only:
         pulled = [i[len("lineage "):] for i in report.written if i.startswith("lineage ")]
         used = _used_accounts(tree, pulled)
@@ -214,7 +218,8 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str,
     return _outcome(f"account {account_id}", work)
 
 
-def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
+def _pull_lineage(tree: Tree, layout: Layout, name: str,
+                  asking: Optional[list[tuple[str, str, str]]] = None) -> Report:
     warnings: list[str] = []
     kv_version: Optional[int] = None
 
@@ -236,6 +241,8 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str) -> Report:
         ignored = tree.write_lineage(record)
         if ignored:
             warnings.append(trust.warning(name, ignored))
+        if asking is not None and (profile := renewal_conf.profile_asked(record.renewal)):
+            asking.append((name, *profile))
         kv_version = entry.version
         return True
 
@@ -332,6 +339,8 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
             except RecordError:
                 remote = None  # replaced by the good local one
             if remote is not None:
+                local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
+                    local.renewal, remote.renewal))
                 if remote.same_content(local) or as_pulled(tree, remote, local):
                     return False
                 if expected is not None and entry.version != expected:

@@ -150,11 +150,18 @@ def export_(ctx: Context, name: str, directory: Optional[str], fmt: str) -> None
 @click.option("--purge", is_flag=True, help="Delete all versions and metadata (KV v2)")
 @common_options(tree=False)
 def rm(ctx: Context, name: str, purge: bool) -> None:
-    """Delete a lineage from Vault (the latest version; all of them with --purge)."""
+    """Delete a lineage and its renewal memory from Vault (the latest version; all of
+    them with --purge)."""
     layout = ctx.layout
     if layout.read_lineage_raw(validate_name(name)) is None and not purge:
         raise click.ClickException(f"No lineage {name} in Vault "
                                    f"({layout.where('certificates', name)}).")
+    # The memory first: a token that may not delete it stops before the certificate
+    # goes, and a lineage issued again later under this name starts with no failures.
+    had_state = layout.load_state(name) is not None
+    layout.delete_state(name, purge=purge)
     layout.delete_lineage(name, purge=purge)
-    click.echo(f"deleted: {layout.where('certificates', name)}"
-               + (" (all versions)" if purge else ""))
+    suffix = " (all versions)" if purge else ""
+    click.echo(f"deleted: {layout.where('certificates', name)}{suffix}")
+    if had_state:
+        click.echo(f"deleted: {layout.where('state', name)}{suffix}")
