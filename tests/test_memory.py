@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import acme.messages
+import pytest
 import servers
 from helpers import (
     Golden,
@@ -17,6 +18,7 @@ from helpers import (
     golden_env,
     kv_version,
     kvault,
+    layout_from_env,
     load_policy,
     record,
     seed,
@@ -25,6 +27,7 @@ from helpers import (
 from servers import Bao
 from stubs import Answer, HttpStub, Request
 
+from certbot_kvault._internal.state import RenewalState
 from certbot_kvault._internal.timefmt import parse_time
 
 
@@ -247,3 +250,40 @@ def test_renew_follows_the_cas_ari_window(bao: Bao, golden: Golden, vault_env: d
         assert stub.seen[seen:] == ["GET /dir"]
         row = json.loads(kvault("list", "--json", env=env).stdout)[0]
         assert row["renewal_rule"] == "ari" and row["next_renewal"].startswith("2099-01-01")
+
+
+def test_lineage_locks_use_the_same_rule(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    """--lineage-locks: certbot's rule too; only the due lineage is locked, pulled, renewed."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due", "calm"])
+    calm = kv_version(bao, prefix, "certificates/calm")
+    root, args = fresh_dirs(tmp_path)
+    proc = kvault("renew", *args, "--lineage-locks", env=golden_env(bao, golden, prefix))
+    assert "renewed: due" in proc.stdout, proc.stdout + proc.stderr
+    assert "renew: 1 renewed, 0 failed, 1 due, 2 checked" in proc.stdout
+    assert sorted(p.name for p in (root / "config" / "renewal").iterdir()) == ["due.conf"]
+    assert kv_version(bao, prefix, "certificates/calm") == calm
+    locks = set(walk(bao, f"{prefix}/locks"))
+    assert locks == {"lineage-due"}   # no global lock was taken
+
+
+def test_memory_on_kv_v1(bao: Bao, golden: Golden, kv1_mount: str, vault_env: dict[str, str],
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """KV v1 has no metadata to hide the memory in: the record of its own works there."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    data = record(bao, golden.prefix, "certificates/calm")
+    assert data is not None
+    r = bao.api("POST", f"{kv1_mount}/{prefix}/certificates/calm", json=data)
+    assert r.status_code == 204, r.text
+    monkeypatch.setenv("KVAULT_MOUNT", kv1_mount)
+    layout = layout_from_env()
+    st = RenewalState()
+    st.failed("Some challenges have failed.", time.time(), 90 * 86400)
+    layout.save_state("calm", st)
+    back = layout.load_state("calm")
+    assert back is not None and back.failures == 1 and back.in_backoff(time.time())
+    env = {**golden_env(bao, golden, prefix), "KVAULT_MOUNT": kv1_mount}
+    row = json.loads(kvault("list", "--json", env=env).stdout)[0]
+    assert row["name"] == "calm" and row["in_backoff"]
+    assert row["state"]["consecutive_failures"] == 1
