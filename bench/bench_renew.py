@@ -43,11 +43,7 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from helpers import ZONE, dir_args, kvault, orders, scrubbed_env  # noqa: E402
+from helpers import ZONE, ThrowawayCA, dir_args, kvault, orders, scrubbed_env  # noqa: E402
 from servers import (  # noqa: E402
     Bao,
     Pebble,
@@ -59,7 +55,6 @@ from servers import (  # noqa: E402
     stop_all,
 )
 
-from certbot_kvault._internal.records import LineageRecord, PemSet  # noqa: E402
 from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
 
 LIFETIME = datetime.timedelta(days=90)
@@ -97,41 +92,6 @@ class Fleet:
         self.due = due
 
 
-def make_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench renew CA")])
-    ca = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-          .public_key(key.public_key()).serial_number(1)
-          .not_valid_before(now - datetime.timedelta(days=365))
-          .not_valid_after(now + datetime.timedelta(days=365))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(key, hashes.SHA256()))
-    return key, ca
-
-
-def make_record(name: str, age: datetime.timedelta, renewal: str,
-                ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate) -> LineageRecord:
-    key = ec.generate_private_key(ec.SECP256R1())
-    # Whole seconds: certificates carry no fractions, and certbot's 2/3 point is
-    # computed from what the certificate says.
-    start = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) - age
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + LIFETIME)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    chain = ca.public_bytes(serialization.Encoding.PEM).decode()
-    privkey = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return LineageRecord(name=name, version=1, pems=PemSet(pem, chain, pem + chain, privkey),
-                         renewal=renewal, auto_renewable=True)
-
-
 def certbot(args: list[str], root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """certbot from this venv with ``root``'s three dirs, as certbot-kvault runs it."""
     proc = subprocess.run([certbot_executable(), *args, *dir_args(root)], env=env,
@@ -162,13 +122,14 @@ def make_fleet(work: Path, label: str, total: int, due: int, pebble: Pebble,
     names = [f"{label}{i:05d}.{ZONE}" for i in range(total)]
     step = total // due if due else 0
     due_names = [names[i * step + step // 2] for i in range(due)]
-    ca_key, ca = make_ca()
+    ca = ThrowawayCA("bench renew CA")
+    now = datetime.datetime.now(datetime.timezone.utc)
     tree = Tree(Dirs(str(root / "config"), str(root / "work"), str(root / "logs")))
     for name in names:
         age = AGE_DUE if name in due_names else AGE_CALM
         renewal = RENEWAL.format(name=name, account=account, server=pebble.directory_url,
                                  http_port=pebble.http_port)
-        tree.write_lineage(make_record(name, age, renewal, ca_key, ca))
+        tree.write_lineage(ca.lineage(name, name, now - age, LIFETIME, renewal))
     prefix = f"bench-renew-{label}-{secrets.token_hex(3)}"
     kvault("push", *dir_args(root), env=kv_env(prefix), timeout=3600)
     return Fleet(work / label, prefix, names, due_names)

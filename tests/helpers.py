@@ -24,6 +24,7 @@ Lineages:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -40,13 +41,16 @@ import configobj
 import jwt as pyjwt
 import servers
 from click.testing import CliRunner, Result
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from servers import Bao, Pebble, PowerDNS
 from stubs import Answer, HttpStub, Request
 
 from certbot_kvault._internal.cli import main
 from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.records import LineageRecord, PemSet
 from certbot_kvault._internal.vault import VaultClient, VaultSettings
 
 KVAULT = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
@@ -385,3 +389,51 @@ class TokenReviewStub:
 
     def stop(self) -> None:
         self.http.stop()
+
+
+# ---- synthetic lineages ------------------------------------------------------------------
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class ThrowawayCA:
+    """A CA of the test's own, for lineages with chosen dates: certbot renews a lineage
+    from its names and renewal conf, whoever signed the certificate it holds."""
+
+    def __init__(self, name: str = "certbot-kvault throwaway CA") -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(days=400))
+                     .not_valid_after(now + datetime.timedelta(days=400))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                    critical=True)
+                     .sign(self.key, hashes.SHA256()))
+
+    def lineage(self, name: str, domain: str, not_before: datetime.datetime,
+                lifetime: datetime.timedelta, renewal: str,
+                auto_renewable: bool = True) -> LineageRecord:
+        """A lineage as ``push`` would store it (version 1), valid from ``not_before``."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        # Whole seconds: certificates carry no fractions, and certbot's 2/3 point is
+        # computed from what the certificate says.
+        start = not_before.replace(microsecond=0)
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)]))
+                .issuer_name(self.cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start).not_valid_after(start + lifetime)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]),
+                               critical=False)
+                .sign(self.key, hashes.SHA256()))
+        privkey = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+        chain = _pem(self.cert)
+        return LineageRecord(name=name, version=1,
+                             pems=PemSet(_pem(cert), chain, _pem(cert) + chain, privkey),
+                             renewal=renewal, auto_renewable=auto_renewable)

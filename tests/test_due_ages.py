@@ -30,11 +30,9 @@ from typing import Optional
 import certbot
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from helpers import (
     ZONE,
+    ThrowawayCA,
     certonly_args,
     fresh_dirs,
     kv_version,
@@ -49,7 +47,7 @@ from helpers import (
 from servers import Bao, BaoAcme, Pebble, PowerDNS, certbot_executable, run_certbot
 
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import LineageRecord, PemSet
+from certbot_kvault._internal.records import LineageRecord
 from certbot_kvault._internal.settings import VaultSettings
 from certbot_kvault._internal.vault import VaultClient
 
@@ -109,48 +107,19 @@ http01_port = {http_port}
 {extra}"""
 
 
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _test_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certbot-kvault ages test CA")])
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-          .public_key(key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(days=400))
-          .not_valid_after(now + datetime.timedelta(days=400))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(key, hashes.SHA256()))
-    return key, ca
-
-
-def synthetic_lineage(case: Case, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
-                      *, account: str, pebble: Pebble, now: float) -> LineageRecord:
+def synthetic_lineage(case: Case, ca: ThrowawayCA, *, account: str, pebble: Pebble,
+                      now: float) -> LineageRecord:
     """A lineage as ``push`` would store it, its certificate signed by the test CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    not_before = datetime.datetime.fromtimestamp(now - case.age, datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, case.domain)]))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_before + datetime.timedelta(days=case.lifetime_days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(case.domain)]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    privkey = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
     renewal = RENEWAL.format(
         top=(f"renew_before_expiry = {case.renew_before_expiry}\n"
              if case.renew_before_expiry else ""),
         version=certbot.__version__, name=case.name, account=account,
         server=pebble.directory_url, http_port=pebble.http_port,
         extra="" if case.autorenew else "autorenew = False\n")
-    return LineageRecord(name=case.name, version=1,
-                         pems=PemSet(_pem(cert), _pem(ca), _pem(cert) + _pem(ca), privkey),
-                         renewal=renewal, auto_renewable=case.autorenew)
+    not_before = datetime.datetime.fromtimestamp(now - case.age, datetime.timezone.utc)
+    return ca.lineage(case.name, case.domain, not_before,
+                      datetime.timedelta(days=case.lifetime_days), renewal,
+                      auto_renewable=case.autorenew)
 
 
 def _layout(bao: Bao, prefix: str) -> Layout:
@@ -236,14 +205,14 @@ def test_renew_orders_exactly_what_certbot_would(bao: Bao, pebble: Pebble,
                 config_dir=root / "config", work_dir=root / "work", logs_dir=root / "logs",
                 pebble=pebble)
     (account,) = [p.name for p in (root / "config" / "accounts").glob("*/*/*")]
-    ca_key, ca = _test_ca()
+    ca = ThrowawayCA("certbot-kvault ages test CA")
     now = time.time()
     for prefix in (ours, plain):
         kvault("push", *args, env=env(prefix))
         layout = _layout(bao, prefix)
         for case in CASES:
-            layout.save_lineage(synthetic_lineage(case, ca_key, ca, account=account,
-                                                  pebble=pebble, now=now))
+            layout.save_lineage(synthetic_lineage(case, ca, account=account, pebble=pebble,
+                                                  now=now))
     expected = sorted(c.domain for c in CASES if c.due)
 
     mark = pebble_log_mark(pebble)
