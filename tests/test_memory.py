@@ -287,3 +287,26 @@ def test_memory_on_kv_v1(bao: Bao, golden: Golden, kv1_mount: str, vault_env: di
     row = json.loads(kvault("list", "--json", env=env).stdout)[0]
     assert row["name"] == "calm" and row["in_backoff"]
     assert row["state"]["consecutive_failures"] == 1
+
+
+def test_dry_run_tries_every_lineage_and_remembers_nothing(
+        bao: Bao, golden: Golden, vault_env: dict[str, str], tmp_path: Path) -> None:
+    """`renew -- --dry-run` is certbot's: every lineage, backoff ignored, nothing saved."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due", "calm"])
+    st = RenewalState()
+    st.failed("earlier failure", time.time(), 90 * 86400)
+    bao.api("POST", f"secret/data/{prefix}/state/due", json={"data": st.to_kv()})
+    versions = {n: kv_version(bao, prefix, f"certificates/{n}") for n in ("due", "calm")}
+    state_version = kv_version(bao, prefix, "state/due")
+    root, args = fresh_dirs(tmp_path)
+    before = _acme_requests(golden.pebble)
+    # (certbot's dry run goes to Let's Encrypt's staging CA unless told otherwise)
+    proc = kvault("renew", *args, "--", "--dry-run", "--server",
+                  golden.pebble.directory_url, env=golden_env(bao, golden, prefix))
+    assert "renew: 0 renewed, 0 failed, 2 due, 2 checked" in proc.stdout, proc.stdout
+    assert "skipping" not in proc.stderr
+    assert _acme_requests(golden.pebble) > before
+    assert {n: kv_version(bao, prefix, f"certificates/{n}") for n in versions} == versions
+    assert kv_version(bao, prefix, "state/due") == state_version
+    assert record(bao, prefix, "state/calm") is None
