@@ -29,6 +29,7 @@ from helpers import (
     record,
     seed,
     snapshot,
+    token_with_policy,
 )
 from servers import Bao
 from stubs import TcpFaultProxy
@@ -150,6 +151,12 @@ def test_watch_survives_vault_gone_for_a_while(
         err = tmp_path / "err"
         _until(lambda: "unreachable" in (_read(err) or "") or "Cannot reach" in
                (_read(err) or ""), "the outage line")
+        # Meanwhile an init container's --once fails with one line and writes nothing.
+        once = kvault("export", "due", "--dir", str(tmp_path / "init"), "--once", env=env,
+                      check=False)
+        assert one_line_error(once).startswith(
+            f"error: Cannot reach Vault at http://127.0.0.1:{proxy.port} ")
+        assert not (tmp_path / "init").exists()
         _put(bao, prefix, "due", calm)  # straight to OpenBao, past the proxy
         version = kv_version(bao, prefix, "certificates/due")
         assert snapshot(d) == before  # the app's files do not change while Vault is gone
@@ -313,3 +320,48 @@ def test_kv1_and_reader_policy(bao: Bao, golden: Golden, kv1_mount: str,
                   env=golden_env(bao, golden, prefix, token))
     assert proc.stderr == ""  # no "may not read the metadata" note
     assert (tmp_path / "v2" / "cert.pem").read_text() == due["cert"]
+
+
+def test_lineage_deleted_or_denied_while_watched(bao: Bao, golden: Golden,
+                                                 vault_env: dict[str, str],
+                                                 tmp_path: Path) -> None:
+    """Mid-watch, a deleted lineage and a policy that no longer lets the token read it are
+    one line each (not one per poll); the files stay; the watch goes on and recovers."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    calm = record(bao, golden.prefix, "certificates/calm")
+    assert calm
+    allow = (f'path "secret/data/{prefix}/certificates/*" {{ capabilities = ["read"] }}\n'
+             f'path "secret/metadata/{prefix}/certificates/*" {{ capabilities = ["read"] }}')
+    policy = f"watch-{prefix}"
+    token = token_with_policy(bao, policy, allow)
+    said: list[str] = []
+    d = tmp_path / "certs"
+    w = Watcher(layout_from_env(token=token), {"due": str(d)},
+                lambda r: export.file_set(r, "pem"), lambda line, err=False: said.append(line))
+    assert w.round() == []
+    good = snapshot(d)
+    where = f"secret/{prefix}/certificates/due"
+
+    r = bao.api("DELETE", f"secret/data/{prefix}/certificates/due")
+    assert r.status_code == 204, r.text
+    assert w.round() == ["due"] and w.round() == ["due"]
+    assert snapshot(d) == good
+    assert said[1:] == [f"error: No lineage due in Vault ({where})."]
+    _put(bao, prefix, "due", calm)
+    assert w.round() == []
+    assert (d / "cert.pem").read_text() == calm["cert"]
+    del said[:]
+    good = snapshot(d)
+
+    r = bao.api("PUT", f"sys/policies/acl/{policy}",
+                {"policy": f'path "secret/data/{prefix}/other" {{ capabilities = ["read"] }}'})
+    assert r.status_code == 204, r.text
+    assert w.round() == ["due"] and w.round() == ["due"]
+    assert len(said) == 1 and said[0].startswith(
+        f"error: permission denied: needs read on secret/data/{where.split('/', 1)[1]}"), said
+    assert snapshot(d) == good
+    r = bao.api("PUT", f"sys/policies/acl/{policy}", {"policy": allow})
+    assert r.status_code == 204, r.text
+    assert w.round() == [] and len(said) == 1
+    assert w.cheap  # the metadata poll came back: no whole-record reads

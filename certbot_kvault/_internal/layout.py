@@ -83,8 +83,10 @@ class Layout:
 
     def lineage_version(self, name: str) -> Optional[int]:
         """The KV version of certificates/<name> from its metadata alone (no PEMs read);
-        None when absent, and always on KV v1, which keeps no versions."""
-        return self.vault.current_version(self.path("certificates", validate_name(name)))
+        None when absent or its latest version is deleted, and always on KV v1, which
+        keeps no versions."""
+        return self.vault.current_version(self.path("certificates", validate_name(name)),
+                                          live=True)
 
     def save_lineage(self, record: LineageRecord, cas: Optional[int] = None) -> Optional[int]:
         record.check(f"lineage {record.name}")

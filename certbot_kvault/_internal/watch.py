@@ -256,12 +256,19 @@ class Watcher:
         self.cheap = True                     # metadata reads allowed (KV v2)
 
     def run(self) -> int:
-        """Watch until ``stop`` is set (exit 0). A lineage that cannot be used in the
-        first round that reached Vault is a bad input: exit 1."""
+        """Watch until ``stop`` is requested (exit 0). A lineage that cannot be used in the
+        first round that reached Vault is a bad input: exit 1. Later, a lineage that
+        goes missing, is denied or turns corrupt is said once and watched on."""
         first = True
         backoff = 1.0
         while not self.stop.requested:
+            was_down = self.down
             failed = self.round()
+            if self.down is not None and was_down is None:
+                self.say(f"watch: {self.down.rstrip('.')}; the files stay as they are, "
+                         "retrying", err=True)
+            elif self.down is None and was_down is not None:
+                self.say("watch: Vault answers again", err=True)
             if self.down is None:
                 if first and failed:
                     return 1
@@ -277,13 +284,14 @@ class Watcher:
     def once(self) -> int:
         """One round: 0 when every directory holds its lineage's files, else 1."""
         failed = self.round()
+        if self.down is not None:
+            self.say(f"error: {self.down}", err=True)
         return 1 if failed or self.down is not None else 0
 
     def round(self) -> list[str]:
-        """Poll each lineage once; returns the names that could not be written (not
-        counting a Vault that is down: ``self.down`` says that)."""
+        """Poll each lineage once; returns the names that could not be written. A Vault
+        that is down ends the round and is in ``self.down`` (its one line)."""
         failed = []
-        was_down = self.down
         self.down = None
         for t in self.targets:
             if self.stop.requested:
@@ -304,11 +312,6 @@ class Watcher:
                 self._problem(t, f"cannot write lineage {t.name} to {t.directory}: "
                                  f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
                 failed.append(t.name)
-        if self.down is not None and was_down is None:
-            self.say(f"watch: {self.down.rstrip('.')}; the files stay as they are, "
-                     "retrying", err=True)
-        elif self.down is None and was_down is not None:
-            self.say("watch: Vault answers again", err=True)
         return failed
 
     def _problem(self, t: Target, line: str) -> None:
@@ -318,29 +321,26 @@ class Watcher:
 
     def _poll(self, t: Target) -> None:
         layout = self.layout
-        where = layout.where("certificates", t.name)
         kv: Optional[int] = None
+        record: Optional[LineageRecord] = None
         if layout.versioned and self.cheap:
             try:
                 kv = layout.lineage_version(t.name)
             except VaultPermissionDenied:
+                record = self._load(t, None)  # denied too: that is the one line
                 self.cheap = False
-                self.say(f"note: this token may not read the metadata of {where}: every "
-                         "poll reads the whole record (grant read on the certificates' "
-                         "metadata, as policies/reader.hcl does)", err=True)
-                return self._poll(t)
-            if kv is None:
-                raise WatchError(f"No lineage {t.name} in Vault ({where}).")
-            if kv in (t.seen, t.bad):
-                return None
-        try:
-            record = layout.load_lineage(t.name)
-        except RecordError:
-            t.bad = kv  # this version stays unusable: not read again, not said again
-            raise
+                self.say("note: this token may not read the metadata of "
+                         f"{layout.where('certificates', t.name)}: every poll reads the whole "
+                         "record (grant read on the certificates' metadata, as "
+                         "policies/reader.hcl does)", err=True)
+            else:
+                if kv is None:
+                    raise WatchError(f"No lineage {t.name} in Vault "
+                                     f"({layout.where('certificates', t.name)}).")
+                if kv in (t.seen, t.bad):
+                    return None
         if record is None:
-            t.bad = kv
-            raise WatchError(f"No lineage {t.name} in Vault ({where}); it was deleted.")
+            record = self._load(t, kv)
         mark: Mark = record.kv_version if record.kv_version is not None else (
             record.version, record.info.serial if record.info else "")
         if mark in (t.seen, t.bad):
@@ -356,6 +356,22 @@ class Watcher:
         if had_set and self.exec_argv:
             self._reload(t, version)
         return None
+
+    def _load(self, t: Target, kv: Optional[int]) -> LineageRecord:
+        """The record; a corrupt or deleted version ``kv`` is remembered as unusable, so
+        it is neither read nor said again."""
+        try:
+            record = self.layout.load_lineage(t.name)
+        except RecordError:
+            t.bad = kv
+            raise
+        if record is None:
+            t.bad = kv
+            # KV v2 metadata still names the version a delete removed.
+            gone = "; its latest version was deleted" if kv is not None else ""
+            raise WatchError(f"No lineage {t.name} in Vault "
+                             f"({self.layout.where('certificates', t.name)}){gone}.")
+        return record
 
     def _reload(self, t: Target, version: str) -> None:
         assert self.exec_argv is not None
