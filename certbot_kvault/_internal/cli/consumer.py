@@ -129,7 +129,8 @@ def _renewal_lines(status: LineageStatus) -> list[tuple[str, str]]:
               "--interval seconds and switch each new version in at once (..data link)")
 @click.option("--once", is_flag=True, help="Write the files as --watch does and exit; "
               "non-zero when any could not be written (init containers)")
-@click.option("--interval", type=click.FloatRange(min=1), default=watch_mod.DEFAULT_INTERVAL,
+@click.option("--interval", type=click.FloatRange(min=1), metavar="SECONDS",
+              default=watch_mod.DEFAULT_INTERVAL,
               show_default=True, envvar="KVAULT_WATCH_INTERVAL",
               help="Seconds between polls with --watch, +-10% jitter [KVAULT_WATCH_INTERVAL]")
 @click.option("--exec", "exec_cmd", metavar="CMD",
