@@ -278,12 +278,20 @@ def test_once_and_bad_input(bao: Bao, golden: Golden, vault_env: dict[str, str],
         "Error: 2 lineages need one directory each: put {name} in --dir "
         "(e.g. --dir /certs/{name}).")
     assert fails("due", "--dir", str(d), "--exec", "true") == (
-        "Error: --exec runs after a version --watch or --once wrote: add --watch.")
+        "Error: --exec runs after a version --watch or --once wrote: add --watch or "
+        "--once.")
     assert fails("due", "--format", "env", "--watch") == (
         "Error: --watch and --once write files: use --format pem or bundle with --dir DIR.")
     (tmp_path / "afile").write_text("")
     line = fails("due", "--dir", str(tmp_path / "afile" / "certs"), "--once")
     assert line.startswith("error: cannot write lineage due to ") and "Not a directory" in line
+
+    blocked = tmp_path / "blocked"
+    (blocked / "privkey.pem").mkdir(parents=True)
+    line = fails("due", "--dir", str(blocked), "--once")
+    assert line == (f"error: {blocked / 'privkey.pem'} is a directory, not a file of lineage "
+                    "certificates; remove it or choose another --dir.")
+    assert os.listdir(blocked) == ["privkey.pem"]  # nothing written
 
     # A corrupt record (calm's key with due's certificate): one line, the good set stays.
     due, calm = (record(bao, prefix, f"certificates/{n}") for n in ("due", "calm"))

@@ -8,9 +8,10 @@ Each directory gets its whole file set switched at once, the way
 Kubernetes' AtomicWriter updates a mounted Secret: a version's files are
 written into a new hidden dir ``D/..<UTC time>.<random>``, the symlink
 ``D/..data`` is switched to it with one rename, and the names apps open are
-links through it (``D/privkey.pem -> ..data/privkey.pem``). An app that opens
-the cert and then the key between two switches can still get two versions,
-but never a moment where the directory holds a new cert with an old key.
+links through it (``D/privkey.pem -> ..data/privkey.pem``). The directory
+never holds a new cert next to an old key (an app that opens the cert before a
+switch and the key after it still gets two versions: it reads them again on
+the reload that follows).
 Plain files an earlier ``export --dir`` wrote are adopted first (hard-linked
 into a version dir), so turning them into links changes no content.
 
@@ -120,6 +121,11 @@ def write_set(directory: str, files: list[FileSpec]) -> tuple[bool, bool]:
     directory = os.path.abspath(directory)
     want = {name: (text.encode("utf-8"), mode) for name, text, mode in files}
     make_dirs(directory, 0o755)
+    for name in want:
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise WatchError(f"{path} is a directory, not a file of lineage certificates; "
+                             "remove it or choose another --dir.")
     before = current_set(directory)
     if before is None and _adopt_plain_files(directory, list(want)):
         before = current_set(directory)
@@ -177,8 +183,6 @@ def _point_links(directory: str, names: list[str]) -> None:
         path = os.path.join(directory, name)
         if os.path.islink(path) and os.readlink(path) == f"{DATA}/{name}":
             continue
-        if os.path.isdir(path) and not os.path.islink(path):
-            raise WatchError(f"{path} is a directory; remove it or pick another --dir.")
         tmp = os.path.join(directory, f"{_LINK_TMP}{name}")
         remove_tree(tmp)
         os.symlink(f"{DATA}/{name}", tmp)

@@ -157,7 +157,7 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
                                    "bundle with --dir DIR.")
     if exec_cmd is not None and not (watch or once):
         raise click.ClickException("--exec runs after a version --watch or --once wrote: "
-                                   "add --watch.")
+                                   "add --watch or --once.")
     dirs = watch_mod.target_dirs(list(names), directory) if directory else {}
     if watch or once:
         argv = shlex.split(exec_cmd) if exec_cmd is not None else None
