@@ -6,14 +6,16 @@
 #
 #   vault policy write certbot-reader policies/reader.hcl
 #
-# Read and list certificates only: no accounts, no DNS credentials, no locks,
-# no writes. To let an app read just its own lineage, replace `*` in the data
-# path with the lineage name.
+# Read and list certificates (and their version numbers) only: no accounts, no
+# DNS credentials, no locks, no writes. To let an app read just its own
+# lineage, replace `*` in the data and metadata paths with the lineage name.
 path "secret/data/certbot/certificates/*" {
   capabilities = ["read"]
 }
+# read on metadata: `export --watch` polls a lineage's current version there (no
+# key material) and reads the certificate only when it changed.
 path "secret/metadata/certbot/certificates/*" {
-  capabilities = ["list"]
+  capabilities = ["list", "read"]
 }
 
 # What Vault's `default` policy already grants, repeated for tokens made with

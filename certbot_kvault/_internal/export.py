@@ -17,17 +17,20 @@ from certbot_kvault._internal.records import LineageRecord
 FORMATS = ("pem", "bundle", "env")
 
 
+def file_set(record: LineageRecord, fmt: str) -> list[tuple[str, str, int]]:
+    """(file name, content, mode) of each file the lineage is exported as."""
+    pems = record.pems
+    if fmt == "bundle":
+        return [(f"{record.name}.pem", pems.privkey + pems.fullchain, 0o600)]
+    return [("cert.pem", pems.cert, 0o644), ("chain.pem", pems.chain, 0o644),
+            ("fullchain.pem", pems.fullchain, 0o644), ("privkey.pem", pems.privkey, 0o600)]
+
+
 def export_files(record: LineageRecord, directory: str, fmt: str) -> list[str]:
     """Write the lineage's files into ``directory``; returns the paths written."""
     make_dirs(os.path.abspath(directory), 0o755)
-    pems = record.pems
-    if fmt == "bundle":
-        files = [(f"{record.name}.pem", pems.privkey + pems.fullchain, 0o600)]
-    else:
-        files = [("cert.pem", pems.cert, 0o644), ("chain.pem", pems.chain, 0o644),
-                 ("fullchain.pem", pems.fullchain, 0o644), ("privkey.pem", pems.privkey, 0o600)]
     written = []
-    for fname, text, mode in files:
+    for fname, text, mode in file_set(record, fmt):
         path = os.path.join(directory, fname)
         atomic_write(path, text.encode("utf-8"), mode)
         written.append(path)

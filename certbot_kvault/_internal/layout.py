@@ -76,6 +76,18 @@ class Layout:
             return None
         return LineageRecord.from_kv(name, entry, self.where("certificates", name))
 
+    @property
+    def versioned(self) -> bool:
+        """Does the mount keep versions (KV v2), so a lineage's version is cheap to ask?"""
+        return self.vault.kv_version == 2
+
+    def lineage_version(self, name: str) -> Optional[int]:
+        """The KV version of certificates/<name> from its metadata alone (no PEMs read);
+        None when absent or its latest version is deleted, and always on KV v1, which
+        keeps no versions."""
+        return self.vault.current_version(self.path("certificates", validate_name(name)),
+                                          live=True)
+
     def save_lineage(self, record: LineageRecord, cas: Optional[int] = None) -> Optional[int]:
         record.check(f"lineage {record.name}")
         return self.vault.write(self.path("certificates", validate_name(record.name)),

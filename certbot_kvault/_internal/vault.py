@@ -268,8 +268,9 @@ class VaultClient:
                 return None
             raise
 
-    def current_version(self, path: str) -> Optional[int]:
-        """The latest version number of a KV v2 secret, deleted or not; None if absent.
+    def current_version(self, path: str, live: bool = False) -> Optional[int]:
+        """The latest version number of a KV v2 secret, deleted or not; None if absent
+        (with ``live``, also when that version is deleted or destroyed).
 
         GET /v1/{mount}/metadata/{path}. (A soft-deleted secret still has one:
         check-and-set must name it.)
@@ -286,9 +287,13 @@ class VaultClient:
             raise
         data = (resp or {}).get("data") or {}
         try:
-            return int(data.get("current_version") or 0) or None
+            current = int(data.get("current_version") or 0) or None
         except (TypeError, ValueError):
             return None
+        meta = (data.get("versions") or {}).get(str(current)) or {}
+        if live and (meta.get("deletion_time") or meta.get("destroyed")):
+            return None
+        return current
 
     def write(self, path: str, data: Mapping[str, Any], cas: Optional[int] = None) -> \
             Optional[int]:

@@ -4,12 +4,15 @@ people and apps that consume the certificates (no config dir needed).
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
 from typing import Any, Optional
 
 import click
 
 from certbot_kvault._internal import export
+from certbot_kvault._internal import watch as watch_mod
 from certbot_kvault._internal.cli.common import Context, common_options, note_pending
 from certbot_kvault._internal.records import LineageRecord, validate_name
 from certbot_kvault._internal.schedule import LineageStatus, read_fleet, with_state
@@ -114,35 +117,70 @@ def _renewal_lines(status: LineageStatus) -> list[tuple[str, str]]:
 
 
 @click.command("export")
-@click.argument("name")
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
 @click.option("--dir", "directory", type=click.Path(file_okay=False),
-              help="Write the files here (formats pem and bundle)")
+              help="Write the files here (formats pem and bundle); {name} in it stands "
+                   "for each lineage's name (needed with several)")
 @click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="pem",
               show_default=True, help="pem: cert/chain/fullchain/privkey.pem; bundle: "
                                       "NAME.pem = key + full chain; env: SSL_CERT_<NAME>_* "
                                       "lines on stdout for eval/source")
+@click.option("--watch", is_flag=True, help="Keep the files current: poll Vault every "
+              "--interval seconds and switch each new version in at once (..data link)")
+@click.option("--once", is_flag=True, help="Write the files as --watch does and exit; "
+              "non-zero when any could not be written (init containers)")
+@click.option("--interval", type=click.FloatRange(min=1), metavar="SECONDS",
+              default=watch_mod.DEFAULT_INTERVAL,
+              show_default=True, envvar="KVAULT_WATCH_INTERVAL",
+              help="Seconds between polls with --watch, +-10% jitter [KVAULT_WATCH_INTERVAL]")
+@click.option("--exec", "exec_cmd", metavar="CMD",
+              help="With --watch/--once: run CMD (split as a shell would, run without one) "
+                   "after a new version replaced older files; env KVAULT_LINEAGE, "
+                   "KVAULT_VERSION, KVAULT_DIR")
 @common_options(tree=False)
-def export_(ctx: Context, name: str, directory: Optional[str], fmt: str) -> None:
-    """Write one lineage from Vault for an app (init-container style), or print env lines.
+def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt: str,
+            watch: bool, once: bool, interval: float, exec_cmd: Optional[str]) -> None:
+    """Write lineages from Vault for an app (init-container style), or print env lines;
+    with --watch keep the files current (sidecar style).
 
     \b
     certbot-kvault export example.com --dir /certs
     certbot-kvault export example.com --dir /certs --format bundle
     eval "$(certbot-kvault export example.com --format env)"
+    certbot-kvault export a.example b.example --dir '/certs/{name}' --watch \\
+        --exec 'nginx -s reload'
     """
     if fmt != "env" and not directory:
         raise click.ClickException(f"--format {fmt} writes files: pass --dir DIR.")
-    record = ctx.layout.load_lineage(validate_name(name))
-    if record is None:
-        raise click.ClickException(f"No lineage {name} in Vault "
-                                   f"({ctx.layout.where('certificates', name)}).")
-    if fmt == "env":
-        for line in export.env_lines(record):
-            click.echo(line)
-        return
-    assert directory is not None
-    for path in export.export_files(record, directory, fmt):
-        click.echo(f"wrote: {path}")
+    if fmt == "env" and (watch or once):
+        raise click.ClickException("--watch and --once write files: use --format pem or "
+                                   "bundle with --dir DIR.")
+    if exec_cmd is not None and not (watch or once):
+        raise click.ClickException("--exec runs after a version --watch or --once wrote: "
+                                   "add --watch or --once.")
+    dirs = watch_mod.target_dirs(list(names), directory) if directory else {}
+    if watch or once:
+        argv = shlex.split(exec_cmd) if exec_cmd is not None else None
+        if argv is not None and not argv:
+            raise click.ClickException("--exec is empty: pass the command to run.")
+        watcher = watch_mod.Watcher(ctx.layout, dirs, lambda r: export.file_set(r, fmt), _say,
+                                    argv, interval, None if once else watch_mod.stop_on_signals())
+        sys.exit(watcher.once() if once else watcher.run())
+    for name in names:
+        record = ctx.layout.load_lineage(validate_name(name))
+        if record is None:
+            raise click.ClickException(f"No lineage {name} in Vault "
+                                       f"({ctx.layout.where('certificates', name)}).")
+        if fmt == "env":
+            for line in export.env_lines(record):
+                click.echo(line)
+            continue
+        for path in export.export_files(record, dirs[name], fmt):
+            click.echo(f"wrote: {path}")
+
+
+def _say(line: str, err: bool = False) -> None:
+    click.echo(line, err=err)
 
 
 @click.command()
