@@ -113,6 +113,33 @@ def _renewal_lines(status: LineageStatus) -> list[tuple[str, str]]:
     return lines
 
 
+def _shape_options(fn: Any) -> Any:
+    """The options that shape the output for an app (export.Options)."""
+    opts = [
+        click.option("--cert-type", type=click.Choice(export.CERT_TYPES),
+                     help="What the certificate slot holds: the certificate alone or the full "
+                          "chain [pem: cert; bundle, k8s-secret, env kontena: fullchain]"),
+        click.option("--cert-file", help="pem: name of the cert file [cert.pem]; '' leaves it "
+                                         "out (same for the three below)"),
+        click.option("--chain-file", help="pem: name of the chain file [chain.pem]"),
+        click.option("--fullchain-file", help="pem: name of the full-chain file "
+                                              "[fullchain.pem]"),
+        click.option("--key-file", help="pem: name of the key file [privkey.pem]"),
+        click.option("--bundle-file", help="bundle: name of the bundle file [NAME.pem]"),
+        click.option("--env-style", type=click.Choice(export.ENV_STYLES),
+                     help="env: kvault (SSL_CERT_<NAME>_*, the default) or kontena "
+                          "(LE_CERTIFICATE_<name>_{PRIVATE_KEY,CERTIFICATE,BUNDLE} and "
+                          "SSL_CERT_<name>, as Kontena named them)"),
+        click.option("--secret-name", help="k8s-secret: the Secret's name [the lineage name "
+                                           "made a valid Kubernetes name]"),
+        click.option("--namespace", help="k8s-secret: the Secret's namespace [kubectl's]"),
+        click.option("--ca-crt", is_flag=True, help="k8s-secret: add ca.crt (the chain)"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
 @click.command("export")
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False),
@@ -120,28 +147,41 @@ def _renewal_lines(status: LineageStatus) -> list[tuple[str, str]]:
 @click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="pem",
               show_default=True, help="pem: cert/chain/fullchain/privkey.pem; bundle: "
                                       "NAME.pem = key + full chain; env: SSL_CERT_<NAME>_* "
-                                      "lines on stdout for eval/source")
+                                      "lines on stdout for eval/source; k8s-secret: a "
+                                      "kubernetes.io/tls Secret on stdout for kubectl apply -f -")
+@_shape_options
 @common_options(tree=False)
-def export_(ctx: Context, name: str, directory: Optional[str], fmt: str) -> None:
-    """Write one lineage from Vault for an app (init-container style), or print env lines.
+def export_(ctx: Context, name: str, directory: Optional[str], fmt: str,
+            **shape: Any) -> None:
+    """Write one lineage from Vault for an app (init-container style), or print env lines
+    or a Kubernetes Secret.
 
     \b
     certbot-kvault export example.com --dir /certs
     certbot-kvault export example.com --dir /certs --format bundle
+    certbot-kvault export example.com --dir /certs --cert-type fullchain \\
+        --cert-file cert.pem --key-file key.pem --chain-file ca-cert.pem --fullchain-file ''
     eval "$(certbot-kvault export example.com --format env)"
+    eval "$(certbot-kvault export example.com --format env --env-style kontena)"
+    certbot-kvault export example.com --format k8s-secret --namespace web | kubectl apply -f -
     """
-    if fmt != "env" and not directory:
+    options = export.Options(**shape)
+    options.check(fmt)
+    if fmt not in ("env", "k8s-secret") and not directory:
         raise click.ClickException(f"--format {fmt} writes files: pass --dir DIR.")
     record = ctx.layout.load_lineage(validate_name(name))
     if record is None:
         raise click.ClickException(f"No lineage {name} in Vault "
                                    f"({ctx.layout.where('certificates', name)}).")
     if fmt == "env":
-        for line in export.env_lines(record):
+        for line in export.env_lines(record, options):
             click.echo(line)
         return
+    if fmt == "k8s-secret":
+        click.echo(export.k8s_secret(record, options), nl=False)
+        return
     assert directory is not None
-    for path in export.export_files(record, directory, fmt):
+    for path in export.export_files(record, directory, fmt, options):
         click.echo(f"wrote: {path}")
 
 
