@@ -222,6 +222,7 @@ def test_unwritable_dir_writes_nothing(vault: dict[str, Any], tmp_path: Path) ->
 @pytest.mark.parametrize(("args", "message"), [
     (["--cert-file", "../cert.pem"], "--cert-file '../cert.pem' must be a file name"),
     (["--key-file", "tls/key.pem"], "--key-file 'tls/key.pem' must be a file name"),
+    (["--key-file", "k" * 256], "--key-file is longer than a file name may be"),
     (["--cert-file", "fullchain.pem"],
      "--cert-file and --fullchain-file both name 'fullchain.pem'"),
     (["--cert-file", "", "--chain-file", "", "--fullchain-file", "", "--key-file", ""],

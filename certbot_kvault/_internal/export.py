@@ -113,6 +113,9 @@ def _check_file_name(name: str, field: str) -> None:
     if not name or name in (".", "..") or _BAD_FILE_CHARS.search(name):
         raise ExportError(f"{_flag(field)} {name!r} must be a file name (no '/', '..' or control "
                           "characters); the directory is --dir.")
+    if len(name.encode("utf-8", "surrogateescape")) > 255:
+        # Found now rather than at the rename, when other files may be in place already.
+        raise ExportError(f"{_flag(field)} is longer than a file name may be (255 bytes).")
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -164,11 +167,15 @@ def write_together(directory: str, files: list[tuple[str, bytes, int]]) -> list[
         for tmp, path in staged:
             filesystem.replace(tmp, path)
             renamed += 1
-    except OSError as e:
+    except BaseException as e:
         for tmp, _ in staged[renamed:]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        if not isinstance(e, OSError):
+            raise
         where = e.filename if isinstance(e.filename, str) else directory
+        if os.path.basename(where).startswith(".kvault-"):
+            where = directory  # a temp file's name means nothing to the user
         done = "nothing was written" if renamed == 0 else f"{renamed} of {len(files)} written"
         raise ExportError(f"Cannot write {where}: {e.strerror or e}; {done}.") from None
     return [path for _, path in staged]
