@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import functools
 import json
 import os
 import re
@@ -87,12 +88,13 @@ def known_env_vars() -> set[str]:
     return names
 
 
-def options_of(subcommand: str) -> set[str]:
+@functools.cache
+def options_of(subcommand: str) -> frozenset[str]:
     """Every option `certbot-kvault SUBCOMMAND --help` shows (the real console script)."""
     proc = subprocess.run([KVAULT, subcommand, "--help"], capture_output=True, text=True,
                           check=True)
     options = proc.stdout.split("\nOptions:\n", 1)[1]  # not the examples in the docstring
-    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", options))
+    return frozenset(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", options))
 
 
 def kvault_commands(script: str) -> list[list[str]]:

