@@ -1,6 +1,7 @@
 """Real servers for the test-suite: OpenBao, PowerDNS and Pebble, plus a certbot runner.
 
-An OpenBao is also made an ACME CA by its PKI engine (``enable_openbao_acme``).
+An OpenBao is also made an ACME CA by its PKI engine (``enable_openbao_acme``), and
+OpenBao's agent (``start_bao_agent``) renders templates from one.
 
 Plain Python (no pytest) so that the same code can be used from a REPL or a script.
 Every server listens on 127.0.0.1 only, on a free port, logs into a file in the
@@ -348,6 +349,21 @@ def start_openbao_sealed(workdir: StrPath) -> Bao:
     _wait_ready(bao, lambda: bao.health().status_code == 503, "openbao sealed state")
     bao.startup_seconds = time.monotonic() - t0
     return bao
+
+
+class BaoAgent(Server):
+    name = "openbao agent"
+
+
+def start_bao_agent(config: StrPath, workdir: StrPath) -> BaoAgent:
+    """``bao agent -config=CONFIG`` (OpenBao's Vault Agent), logging to ``agent.log`` in
+    its own dir under ``workdir``. No readiness wait: what it renders is the test's
+    business. With ``exit_after_auth`` it ends by itself (``.proc.wait()``); else ``.stop()``.
+    """
+    wd = _workdir(workdir, "bao-agent")
+    log = wd / "agent.log"
+    proc = _spawn([bao_binary(), "agent", f"-config={config}"], log, env=_bao_env(wd), cwd=wd)
+    return BaoAgent(proc, log, wd)
 
 
 # --------------------------------------------------------------------------- OpenBao HA

@@ -116,6 +116,33 @@ def _renewal_lines(status: LineageStatus) -> list[tuple[str, str]]:
     return lines
 
 
+def _shape_options(fn: Any) -> Any:
+    """The options that shape the output for an app (export.Options)."""
+    opts = [
+        click.option("--cert-type", type=click.Choice(export.CERT_TYPES),
+                     help="What the certificate slot holds: the certificate alone or the full "
+                          "chain [pem: cert; bundle, k8s-secret, env kontena: fullchain]"),
+        click.option("--cert-file", help="pem: name of the cert file [cert.pem]; '' leaves it "
+                                         "out (same for the three below)"),
+        click.option("--chain-file", help="pem: name of the chain file [chain.pem]"),
+        click.option("--fullchain-file", help="pem: name of the full-chain file "
+                                              "[fullchain.pem]"),
+        click.option("--key-file", help="pem: name of the key file [privkey.pem]"),
+        click.option("--bundle-file", help="bundle: name of the bundle file [NAME.pem]"),
+        click.option("--env-style", type=click.Choice(export.ENV_STYLES),
+                     help="env: kvault (SSL_CERT_<NAME>_*, the default) or kontena "
+                          "(LE_CERTIFICATE_<name>_{PRIVATE_KEY,CERTIFICATE,BUNDLE} and "
+                          "SSL_CERT_<name>, as Kontena named them)"),
+        click.option("--secret-name", help="k8s-secret: the Secret's name [the lineage name "
+                                           "made a valid Kubernetes name]"),
+        click.option("--namespace", help="k8s-secret: the Secret's namespace [kubectl's]"),
+        click.option("--ca-crt", is_flag=True, help="k8s-secret: add ca.crt (the chain)"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
 @click.command("export")
 @click.argument("names", metavar="NAME...", nargs=-1, required=True)
 @click.option("--dir", "directory", type=click.Path(file_okay=False),
@@ -124,7 +151,8 @@ def _renewal_lines(status: LineageStatus) -> list[tuple[str, str]]:
 @click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="pem",
               show_default=True, help="pem: cert/chain/fullchain/privkey.pem; bundle: "
                                       "NAME.pem = key + full chain; env: SSL_CERT_<NAME>_* "
-                                      "lines on stdout for eval/source")
+                                      "lines on stdout for eval/source; k8s-secret: a "
+                                      "kubernetes.io/tls Secret on stdout for kubectl apply -f -")
 @click.option("--watch", is_flag=True, help="Keep the files current: poll Vault every "
               "--interval seconds and switch each new version in at once (..data link)")
 @click.option("--once", is_flag=True, help="Write the files as --watch does and exit; "
@@ -137,22 +165,30 @@ def _renewal_lines(status: LineageStatus) -> list[tuple[str, str]]:
               help="With --watch/--once: run CMD (split as a shell would, run without one) "
                    "after a new version replaced older files; env KVAULT_LINEAGE, "
                    "KVAULT_VERSION, KVAULT_DIR")
+@_shape_options
 @common_options(tree=False)
 def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt: str,
-            watch: bool, once: bool, interval: float, exec_cmd: Optional[str]) -> None:
-    """Write lineages from Vault for an app (init-container style), or print env lines;
-    with --watch keep the files current (sidecar style).
+            watch: bool, once: bool, interval: float, exec_cmd: Optional[str],
+            **shape: Any) -> None:
+    """Write lineages from Vault for an app (init-container style), print env lines or a
+    Kubernetes Secret; with --watch keep the files current (sidecar style).
 
     \b
     certbot-kvault export example.com --dir /certs
     certbot-kvault export example.com --dir /certs --format bundle
+    certbot-kvault export example.com --dir /certs --cert-type fullchain \\
+        --cert-file cert.pem --key-file key.pem --chain-file ca-cert.pem --fullchain-file ''
     eval "$(certbot-kvault export example.com --format env)"
+    eval "$(certbot-kvault export example.com --format env --env-style kontena)"
+    certbot-kvault export example.com --format k8s-secret --namespace web | kubectl apply -f -
     certbot-kvault export a.example b.example --dir '/certs/{name}' --watch \\
         --exec 'nginx -s reload'
     """
-    if fmt != "env" and not directory:
+    options = export.Options(**shape)
+    options.check(fmt)
+    if fmt not in ("env", "k8s-secret") and not directory:
         raise click.ClickException(f"--format {fmt} writes files: pass --dir DIR.")
-    if fmt == "env" and (watch or once):
+    if fmt in ("env", "k8s-secret") and (watch or once):
         raise click.ClickException("--watch and --once write files: use --format pem or "
                                    "bundle with --dir DIR.")
     if exec_cmd is not None and not (watch or once):
@@ -163,8 +199,9 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
         argv = shlex.split(exec_cmd) if exec_cmd is not None else None
         if argv is not None and not argv:
             raise click.ClickException("--exec is empty: pass the command to run.")
-        watcher = watch_mod.Watcher(ctx.layout, dirs, lambda r: export.file_set(r, fmt), _say,
-                                    argv, interval, None if once else watch_mod.stop_on_signals())
+        watcher = watch_mod.Watcher(ctx.layout, dirs,
+                                    lambda r: export.file_set(r, fmt, options), _say, argv,
+                                    interval, None if once else watch_mod.stop_on_signals())
         sys.exit(watcher.once() if once else watcher.run())
     for name in names:
         record = ctx.layout.load_lineage(validate_name(name))
@@ -172,10 +209,15 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
             raise click.ClickException(f"No lineage {name} in Vault "
                                        f"({ctx.layout.where('certificates', name)}).")
         if fmt == "env":
-            for line in export.env_lines(record):
+            for line in export.env_lines(record, options):
                 click.echo(line)
             continue
-        for path in export.export_files(record, dirs[name], fmt):
+        if fmt == "k8s-secret":
+            if len(names) > 1:
+                click.echo("---")
+            click.echo(export.k8s_secret(record, options), nl=False)
+            continue
+        for path in export.export_files(record, dirs[name], fmt, options):
             click.echo(f"wrote: {path}")
 
 

@@ -1,0 +1,248 @@
+"""`export` in the forms apps expect, against the real OpenBao: a Kubernetes TLS Secret
+(parsed with PyYAML, its base64 data compared with Vault's PEMs), adjustable file names
+and which certificate goes in the cert file, Kontena's env names, and bad input (one
+line each, nothing written).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import Golden, kvault, one_line_error, record, seed
+from servers import Bao
+
+from certbot_kvault._internal import export
+
+
+@pytest.fixture
+def vault(bao: Bao, golden: Golden, vault_env: dict[str, str]) -> dict[str, Any]:
+    """The golden ``calm`` lineage at ``calm`` and at ``shop-1.example.com`` in this test's
+    prefix; returns the record as Vault holds it."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm"])
+    data = record(bao, prefix, "certificates/calm")
+    assert data is not None
+    put(bao, prefix, "shop-1.example.com", data)
+    return data
+
+
+def put(bao: Bao, prefix: str, name: str, data: dict[str, Any]) -> None:
+    r = bao.api("POST", f"secret/data/{prefix}/certificates/{name}", json={"data": data})
+    assert r.status_code == 200, r.text
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return kvault("export", *args, check=False)
+
+
+def files_in(directory: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in directory.iterdir()} if directory.exists() else {}
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# ---- Kubernetes ------------------------------------------------------------------------
+
+
+def test_k8s_secret_holds_vaults_pems(vault: dict[str, Any]) -> None:
+    proc = kvault("export", "calm", "--format", "k8s-secret", "--namespace", "web",
+                  "--ca-crt")
+    assert proc.stderr == ""
+    doc = yaml.safe_load(proc.stdout)
+    assert (doc["apiVersion"], doc["kind"], doc["type"]) == ("v1", "Secret",
+                                                             "kubernetes.io/tls")
+    meta = doc["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("calm", "web")
+    assert meta["labels"]["certbot-kvault/lineage"] == "calm"
+    assert meta["labels"]["certbot-kvault/version"] == str(vault["version"])
+    assert meta["annotations"]["certbot-kvault/not-after"] == vault["not_after"]
+    assert doc["data"] == {"tls.crt": b64(vault["fullchain"]), "tls.key": b64(vault["privkey"]),
+                           "ca.crt": b64(vault["chain"])}
+
+    # No ca.crt unless asked; the certificate alone in tls.crt with --cert-type cert;
+    # the name given.
+    doc = yaml.safe_load(kvault("export", "calm", "--format", "k8s-secret", "--cert-type",
+                                "cert", "--secret-name", "calm-tls").stdout)
+    assert doc["data"] == {"tls.crt": b64(vault["cert"]), "tls.key": b64(vault["privkey"])}
+    assert doc["metadata"]["name"] == "calm-tls" and "namespace" not in doc["metadata"]
+
+
+def test_k8s_names_from_any_lineage_name(bao: Bao, vault: dict[str, Any],
+                                         vault_env: dict[str, str]) -> None:
+    name = "Café Shop_1..Example.com-"
+    put(bao, vault_env["KVAULT_PREFIX"], name, vault)
+    doc = yaml.safe_load(kvault("export", name, "--format", "k8s-secret").stdout)
+    meta = doc["metadata"]
+    assert meta["name"] == "caf-shop-1.example.com"
+    assert meta["labels"]["certbot-kvault/lineage"] == "Caf--Shop_1..Example.com"
+    assert meta["annotations"]["certbot-kvault/lineage"] == name
+    assert doc["data"]["tls.key"] == b64(vault["privkey"])
+
+
+@pytest.mark.parametrize("text", [
+    'say "hi"', "back\\slash", "two\nlines", "tab\there", "café", "line\u2028sep",
+    "\U0001f512 lock", "key: value # not a comment", "yes", "null", "0123", "- item", "",
+    "\x85\x9f", "'single'", "{a: b}", "&anchor *alias !tag %dir @at `tick`",
+])
+def test_yaml_strings_read_back_as_written(text: str) -> None:
+    assert yaml.safe_load(f"v: {export.yaml_str(text)}") == {"v": text}
+
+
+@pytest.mark.parametrize(("lineage", "name", "label"), [
+    ("example.com", "example.com", "example.com"),
+    ("Example.COM-0001", "example.com-0001", "Example.COM-0001"),
+    ("_x_.y", "x.y", "x_.y"),
+    ("a" * 70, "a" * 70, "a" * 63),
+])
+def test_k8s_name_and_label_rules(lineage: str, name: str, label: str) -> None:
+    assert export.k8s_name(lineage) == name
+    assert export.k8s_label_value(lineage) == label
+
+
+def test_k8s_name_refuses_a_name_with_nothing_usable() -> None:
+    with pytest.raises(export.ExportError, match="pass --secret-name"):
+        export.k8s_name("___")
+
+
+# ---- files -----------------------------------------------------------------------------
+
+
+def test_pki_style_file_names_with_the_full_chain(vault: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "certs"
+    proc = kvault("export", "calm", "--dir", str(out), "--cert-type", "fullchain",
+                  "--cert-file", "cert.pem", "--key-file", "key.pem", "--chain-file",
+                  "ca-cert.pem", "--fullchain-file", "")
+    assert "PRIVATE KEY" not in proc.stdout
+    assert files_in(out) == {"cert.pem": vault["fullchain"], "key.pem": vault["privkey"],
+                             "ca-cert.pem": vault["chain"]}
+    assert (out / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert (out / "cert.pem").stat().st_mode & 0o777 == 0o644
+
+
+def test_default_names_hold_what_certbots_live_dir_holds(vault: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "certs"
+    kvault("export", "calm", "--dir", str(out))
+    assert files_in(out) == {"cert.pem": vault["cert"], "chain.pem": vault["chain"],
+                             "fullchain.pem": vault["fullchain"],
+                             "privkey.pem": vault["privkey"]}
+
+
+def test_bundle_file_name(vault: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "haproxy"
+    kvault("export", "calm", "--dir", str(out), "--format", "bundle", "--bundle-file",
+           "site.pem")
+    assert files_in(out) == {"site.pem": vault["privkey"] + vault["fullchain"]}
+    assert (out / "site.pem").stat().st_mode & 0o777 == 0o600
+
+
+# ---- Kontena ---------------------------------------------------------------------------
+
+
+def sourced(lines: str, *names: str) -> list[str]:
+    """The shell's values of ``names`` after sourcing ``lines``."""
+    script = lines + "\n" + "".join(f'printf "%s\\0" "${n}"\n' for n in names)
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    return proc.stdout.split("\0")[:-1]
+
+
+def test_kontena_env_names(vault: dict[str, Any]) -> None:
+    proc = kvault("export", "shop-1.example.com", "--format", "env", "--env-style", "kontena")
+    base = "LE_CERTIFICATE_shop_1_example_com"
+    names = [f"{base}_PRIVATE_KEY", f"{base}_CERTIFICATE", f"{base}_BUNDLE",
+             "SSL_CERT_shop_1_example_com"]
+    assert re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)='", proc.stdout, re.MULTILINE) == names
+    bundle = vault["fullchain"] + vault["privkey"]  # certificate first: Kontena's LB wants it
+    assert sourced(proc.stdout, *names) == [vault["privkey"], vault["fullchain"], bundle,
+                                            bundle]
+
+    cert_only = kvault("export", "shop-1.example.com", "--format", "env", "--env-style",
+                       "kontena", "--cert-type", "cert").stdout
+    assert sourced(cert_only, f"{base}_CERTIFICATE", f"{base}_BUNDLE") == [
+        vault["cert"], vault["cert"] + vault["privkey"]]
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+
+def test_unknown_lineage(vault: dict[str, Any], vault_env: dict[str, str],
+                         tmp_path: Path) -> None:
+    for fmt in ("k8s-secret", "pem"):
+        proc = run("nope.example.com", "--format", fmt, "--dir", str(tmp_path / "out"))
+        line = one_line_error(proc)
+        assert f"No lineage nope.example.com in Vault (secret/{vault_env['KVAULT_PREFIX']}"\
+               "/certificates/nope.example.com)" in line, line
+        assert proc.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_corrupt_record(bao: Bao, golden: Golden, vault: dict[str, Any],
+                        vault_env: dict[str, str], tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    other = record(bao, golden.prefix, "certificates/due")
+    assert other is not None
+    cases = {"garbled": (dict(vault, privkey=vault["privkey"][:60] + vault["privkey"][90:]),
+                         "'privkey' is not a valid unencrypted PEM private key"),
+             "mismatched": (dict(vault, privkey=other["privkey"]),
+                            "'privkey' does not match the certificate's public key"),
+             "no-fullchain": ({k: v for k, v in vault.items() if k != "fullchain"},
+                              "is missing fullchain")}
+    out = tmp_path / "out"
+    for name, (data, _) in cases.items():
+        put(bao, prefix, name, data)
+    for name, fmt in (("garbled", "pem"), ("mismatched", "k8s-secret"),
+                      ("mismatched", "env"), ("no-fullchain", "bundle")):
+        proc = run(name, "--format", fmt, "--dir", str(out))
+        line = one_line_error(proc)
+        assert f"secret/{prefix}/certificates/{name}" in line and cases[name][1] in line, line
+        assert proc.stdout == "" and not out.exists()
+
+
+def test_unwritable_dir_writes_nothing(vault: dict[str, Any], tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    line = one_line_error(run("calm", "--dir", str(afile / "certs")))
+    assert line.endswith(f"Cannot create {afile / 'certs'}: Not a directory; nothing was "
+                         "written."), line
+
+    # A target the files cannot replace: none of the others is written either.
+    out = tmp_path / "out"
+    (out / "privkey.pem").mkdir(parents=True)
+    line = one_line_error(run("calm", "--dir", str(out)))
+    assert f"Cannot write {out / 'privkey.pem'}: Is a directory; nothing was written." in line
+    assert os.listdir(out) == ["privkey.pem"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cert-file", "../cert.pem"], "--cert-file '../cert.pem' must be a file name"),
+    (["--key-file", "tls/key.pem"], "--key-file 'tls/key.pem' must be a file name"),
+    (["--key-file", "k" * 256], "--key-file is longer than a file name may be"),
+    (["--cert-file", "fullchain.pem"],
+     "--cert-file and --fullchain-file both name 'fullchain.pem'"),
+    (["--cert-file", "", "--chain-file", "", "--fullchain-file", "", "--key-file", ""],
+     "Every file name is empty"),
+    (["--format", "bundle", "--bundle-file", ".."], "--bundle-file '..' must be a file name"),
+    (["--format", "bundle", "--key-file", "key.pem"],
+     "--key-file does not apply to --format bundle"),
+    (["--format", "env", "--secret-name", "x"], "--secret-name does not apply to --format env"),
+    (["--format", "env", "--cert-type", "cert"], "--cert-type does not apply to --format env"),
+    (["--format", "k8s-secret", "--env-style", "kontena"],
+     "--env-style does not apply to --format k8s-secret"),
+    (["--format", "k8s-secret", "--secret-name", "Web_TLS"],
+     "--secret-name 'Web_TLS' is not a valid Kubernetes name"),
+    (["--format", "k8s-secret", "--namespace", "a.b"],
+     "--namespace 'a.b' is not a valid Kubernetes namespace"),
+])
+def test_bad_options(vault: dict[str, Any], tmp_path: Path, args: list[str],
+                     message: str) -> None:
+    out = tmp_path / "out"
+    proc = run("calm", "--dir", str(out), *args)
+    assert message in one_line_error(proc)
+    assert proc.stdout == "" and not out.exists()
