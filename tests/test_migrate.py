@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from helpers import (
     KVAULT,
     fresh_dirs,
     issue_lineage,
     kv_version,
     kvault,
+    one_line_error,
     pdns_entry,
     record,
     resolver_opt,
@@ -34,7 +36,12 @@ from helpers import (
 )
 from servers import Bao, Pebble, PowerDNS, run_certbot
 
-from certbot_kvault._internal.records import account_id_for_key, server_path_for_url
+from certbot_kvault._internal.records import (
+    RecordError,
+    account_id_for_key,
+    account_key_json,
+    server_path_for_url,
+)
 
 
 class Issued:
@@ -245,25 +252,10 @@ def test_dry_run_writes_nothing_and_bad_records_fail_alone(
     assert sorted(walk(bao, f"{prefix}/certificates")) == ["mig.example.com"]
 
 
-def test_pull_prints_a_summary_and_a_bar_on_a_terminal(bao: Bao, issued: Issued,
-                                                       pebble: Pebble, names: tuple[str, str],
-                                                       tmp_path: Path) -> None:
-    base, prefix = names
-    epages_layout(bao, issued, base, "tok", {f"n{i}.example.com": issued.live("mig.example.com")
-                                             for i in range(3)})
-    env = env_for(bao, prefix, pebble)
-    kvault("import", "--from", "epages", "--path", f"{base}/lets-encrypt", env=env)
-
-    _, args = fresh_dirs(tmp_path)
-    quiet = kvault("pull", *args, env=env)
-    assert quiet.stdout.splitlines() == ["4 pulled, 0 unchanged, 0 failed"], quiet.stdout
-    _, args = fresh_dirs(tmp_path, "verbose")
-    loud = kvault("pull", "-v", *args, env=env)
-    assert "pulled: lineage n1.example.com" in loud.stdout, loud.stdout
-
-    _, args = fresh_dirs(tmp_path, "tty")
+def on_terminal(args: list[str], env: dict[str, str]) -> tuple[str, str]:
+    """Run certbot-kvault with stderr on a pseudo-terminal: (stdout, what the terminal got)."""
     master, slave = pty.openpty()
-    child = subprocess.Popen([KVAULT, "pull", *args], env=env, stdin=subprocess.DEVNULL,
+    child = subprocess.Popen([KVAULT, *args], env=env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     seen = b""
@@ -277,7 +269,64 @@ def test_pull_prints_a_summary_and_a_bar_on_a_terminal(bao: Bao, issued: Issued,
         seen += chunk
     os.close(master)
     stdout = child.communicate(timeout=60)[0].decode()
-    assert child.returncode == 0
+    assert child.returncode == 0, seen
+    return stdout, seen.decode(errors="replace")
+
+
+@pytest.fixture
+def three(bao: Bao, issued: Issued, pebble: Pebble, names: tuple[str, str]) -> dict[str, str]:
+    """Our prefix holding one account and three lineages (imported); its environment."""
+    base, prefix = names
+    epages_layout(bao, issued, base, "tok", {f"n{i}.example.com": issued.live("mig.example.com")
+                                             for i in range(3)})
+    env = env_for(bao, prefix, pebble)
+    kvault("import", "--from", "epages", "--path", f"{base}/lets-encrypt", env=env)
+    return env
+
+
+def test_pull_and_push_print_one_summary_line(three: dict[str, str], tmp_path: Path) -> None:
+    _, args = fresh_dirs(tmp_path)
+    quiet = kvault("pull", *args, env=three)
+    assert quiet.stdout.splitlines() == ["4 pulled, 0 unchanged, 0 failed"], quiet.stdout
+    push = kvault("push", *args, env=three)
+    assert push.stdout.splitlines() == ["0 pushed, 4 unchanged, 0 failed"], push.stdout
+    _, args = fresh_dirs(tmp_path, "verbose")
+    loud = kvault("pull", "-v", *args, env=three)
+    assert "pulled: lineage n1.example.com" in loud.stdout, loud.stdout
+
+
+def test_progress_bar_on_a_terminal(three: dict[str, str], tmp_path: Path) -> None:
+    _, args = fresh_dirs(tmp_path)
+    stdout, terminal = on_terminal(["pull", *args], three)
     assert "4 pulled, 0 unchanged, 0 failed" in stdout
-    text = seen.decode(errors="replace")
-    assert "pull" in text and "100%" in text, text
+    assert "pull" in terminal and "100%" in terminal, terminal
+    stdout, terminal = on_terminal(["list"], three)
+    assert "n2.example.com" in stdout
+    assert "list" in terminal and "100%" in terminal, terminal
+    # Not on a terminal (and never in --json): no bar.
+    assert "100%" not in kvault("pull", *args, env=three).stderr
+
+
+def test_unusable_path_is_one_line(bao: Bao, pebble: Pebble, names: tuple[str, str]) -> None:
+    base, prefix = names
+    env = env_for(bao, prefix, pebble)
+    proc = kvault("import", "--from", "epages", "--path", f"{base}/nothing", env=env,
+                  check=False)
+    assert f"Nothing of the epages layout at {base}/nothing" in one_line_error(proc)
+    proc = kvault("import", "--from", "certbot-vault-installer", "--path", "no-such-mount/le",
+                  env=env, check=False)
+    assert "there is no KV mount 'no-such-mount'" in one_line_error(proc)
+
+
+def test_account_key_as_pem_becomes_certbots_jwk(issued: Issued) -> None:
+    key_json = (issued.account_dir / "private_key.json").read_text()
+    from josepy.jwk import JWK
+
+    pem = JWK.json_loads(key_json).key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    converted = account_key_json({"private_key": pem}, "secret/x/account/private_key")
+    assert account_id_for_key(converted) == issued.account_id
+    assert account_key_json(json.loads(key_json), "w") == json.dumps(json.loads(key_json))
+    with pytest.raises(RecordError, match="^secret/x/account/private_key: neither a JWK"):
+        account_key_json({"private_key": "garbage"}, "secret/x/account/private_key")

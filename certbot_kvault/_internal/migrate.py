@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal import renewal_conf, sync, trust
-from certbot_kvault._internal.errors import VaultError
+from certbot_kvault._internal.errors import VaultError, VaultNotFound
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import (
     AccountRecord,
@@ -40,6 +40,7 @@ from certbot_kvault._internal.records import (
     PemSet,
     RecordError,
     account_id_for_key,
+    account_key_json,
     inspect_pems,
     server_path_for_url,
     validate_name,
@@ -97,7 +98,12 @@ def read(kind: str, source: VaultClient, path: str, layout: Layout, opts: Option
     if not trust.valid_server_url(opts.server):
         raise MigrationError(f"--server {opts.server!r} is not the http(s) URL of an ACME "
                              "directory.")
-    _, base = split_path(path)
+    mount, base = split_path(path)
+    try:
+        source.kv_version  # noqa: B018 - asks Vault once: a wrong mount is one line here
+    except VaultNotFound:
+        raise MigrationError(f"--path {path}: there is no KV mount '{mount}' at "
+                             f"{source.settings.where}.") from None
     plan = Plan()
     reader = _Reader(source, path.strip("/"), base)
     dns_entry: Optional[dict[str, str]] = None
@@ -113,6 +119,9 @@ def read(kind: str, source: VaultClient, path: str, layout: Layout, opts: Option
     account_id = account.account_id if account else _our_account(layout, opts, plan)
     conf = _ConfMaker(opts.server, account_id, dns_name)
     found = (_epages_lineages if kind == EPAGES else _installer_lineages)(reader, conf, workers)
+    if not found and not plan.items and not plan.failed:
+        raise MigrationError(f"Nothing of the {kind} layout at {path} (no account or "
+                             "certificates); is --path right?")
     how = f"kvault with dns/{dns_name}" if dns_name else "standalone (http-01)"
     for f in found:
         if f.record is None or f.record.info is None:
@@ -190,7 +199,7 @@ def _epages_account(reader: _Reader, plan: Plan, layout: Layout,
         return None
     where = reader.where("account/private_key")
     try:
-        key_json = jwk_json(fields["private_key"] or {}, where)
+        key_json = account_key_json(fields["private_key"] or {}, where)
         account_id = account_id_for_key(key_json)
         record = AccountRecord(server=server, account_id=account_id,
                                meta=json.dumps(fields["meta"]), private_key=key_json,
@@ -209,28 +218,6 @@ def _epages_account(reader: _Reader, plan: Plan, layout: Layout,
         layout.where("accounts", server_path_for_url(server), account_id),
         reader.where("account/"), f"ACME account {account_id} at {server}", record))
     return record
-
-
-def jwk_json(data: dict[str, Any], where: str) -> str:
-    """certbot's private_key.json from a JWK's fields, or one field: JWK JSON or PEM key."""
-    from josepy.jwk import JWK  # certbot's own dependency, as records.py uses it
-
-    if "kty" in data:
-        text = json.dumps(data)
-    else:
-        values = [v for v in data.values() if isinstance(v, str)]
-        text = values[0].strip() if len(values) == 1 else ""
-        if text.startswith("-----BEGIN"):
-            try:
-                return str(JWK.load(text.encode()).json_dumps())
-            except (ValueError, TypeError):
-                raise RecordError(f"{where}: its PEM is not a usable private key.") from None
-    try:
-        JWK.json_loads(text)
-    except Exception:  # noqa: BLE001 - josepy raises several kinds for one user error
-        raise RecordError(f"{where}: neither a JWK (certbot's private_key.json) nor a PEM "
-                          "private key.") from None
-    return text
 
 
 @dataclasses.dataclass
