@@ -196,6 +196,26 @@ def test_installer_layout_one_lineage_per_certificate(bao: Bao, issued: Issued,
     assert "Certificate Name: two.example.com" in certs.stdout, certs.stdout
     assert "(VALID:" in certs.stdout and "INVALID" not in certs.stdout, certs.stdout
 
+    # The old tool put another certificate there: ours is kept until --force, which
+    # makes it the next version and keeps ours in the archive.
+    other = issued.live("mig.example.com")
+    for name in ("two.example.com", "www.two.example.com"):
+        bao_cli(bao, "kv", "put", f"{mount}/letsencrypt/{name}", f"crt=@{other / 'cert.pem'}",
+                f"privkey=@{other / 'privkey.pem'}", f"chain=@{other / 'chain.pem'}")
+    args = ["import", "--from", "certbot-vault-installer", "--path", f"{mount}/letsencrypt",
+            "--server", pebble.directory_url]
+    refused = kvault(*args, env=env, check=False)
+    assert refused.returncode == 1
+    assert [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: lineage two.example.com: secret/{prefix}/certificates/two.example.com exists "
+        "with other content; --force replaces it (a lineage as its next version)."]
+    assert record(bao, prefix, "certificates/two.example.com") == lineage
+    kvault(*args, "--force", env=env)
+    forced = record(bao, prefix, "certificates/two.example.com")
+    assert forced is not None and forced["version"] == 2
+    assert forced["cert"] == (other / "cert.pem").read_text()
+    assert forced["archive"]["1"]["cert"] == lineage["cert"]
+
 
 def test_dry_run_writes_nothing_and_bad_records_fail_alone(
         bao: Bao, issued: Issued, pebble: Pebble, names: tuple[str, str],

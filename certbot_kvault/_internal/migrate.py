@@ -116,7 +116,7 @@ def read(kind: str, source: VaultClient, path: str, layout: Layout, opts: Option
         raise MigrationError(f"--dns {opts.dns}: no DNS provider entry "
                              f"{layout.where('dns', opts.dns)}; create it with "
                              f"`certbot-kvault dns add {opts.dns} ...`.")
-    account_id = account.account_id if account else _our_account(layout, opts, plan)
+    account_id = account.account_id if account else _our_account(layout, opts)
     conf = _ConfMaker(opts.server, account_id, dns_name)
     found = (_epages_lineages if kind == EPAGES else _installer_lineages)(reader, conf, workers)
     if not found and not plan.items and not plan.failed:
@@ -136,7 +136,8 @@ def read(kind: str, source: VaultClient, path: str, layout: Layout, opts: Option
     if not account_id and found:
         plan.warnings.append(
             f"note: no ACME account of ours for {opts.server}: the imported lineages name "
-            "none, so their first renewal registers one (or pass --account ID).")
+            "none and renew with the only one certbot finds there; register one first "
+            "(certbot register, then certbot-kvault push) or import with --account ID.")
     if dns_name is None and found:
         plan.warnings.append(
             "note: the imported lineages renew with the standalone authenticator (http-01 "
@@ -320,8 +321,8 @@ def _key_params(privkey: str) -> dict[str, str]:
     return {}
 
 
-def _our_account(layout: Layout, opts: Options, plan: Plan) -> Optional[str]:
-    """--account, else the only account of ours on --server (None: certbot picks one)."""
+def _our_account(layout: Layout, opts: Options) -> Optional[str]:
+    """--account, else the only account of ours on --server (None: certbot's choice)."""
     server_path = server_path_for_url(opts.server)
     ours = sorted(i for s, i in layout.list_accounts() if s == server_path)
     if opts.account:
