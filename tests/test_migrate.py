@@ -164,6 +164,21 @@ def test_epages_imports_pulls_and_renews(bao: Bao, issued: Issued, pebble: Pebbl
     assert theirs(bao, base.split("/", 1)[1]) == before  # theirs: untouched
 
 
+def test_epages_on_kv1(bao: Bao, kv1_mount: str, issued: Issued, pebble: Pebble,
+                      names: tuple[str, str]) -> None:
+    """The scripts ran against KV v1 mounts too (their `jq .data` variant)."""
+    base = f"{kv1_mount}/{names[0].split('/', 1)[1]}"
+    prefix = names[1]
+    live = issued.live("mig.example.com")
+    epages_layout(bao, issued, base, "tok", {"mig.example.com": live})
+    env = env_for(bao, prefix, pebble)
+    proc = kvault("import", "--from", "epages", "--path", f"{base}/lets-encrypt", env=env)
+    assert "3 imported, 0 unchanged, 0 failed" in proc.stdout, proc.stdout + proc.stderr
+    lineage = record(bao, prefix, "certificates/mig.example.com")
+    assert lineage is not None and lineage["fullchain"] == (live / "fullchain.pem").read_text()
+    assert record(bao, prefix, "dns/dnsimple") == {"provider": "dnsimple", "auth_token": "tok"}
+
+
 def test_installer_layout_one_lineage_per_certificate(bao: Bao, issued: Issued,
                                                       pebble: Pebble, tmp_path: Path) -> None:
     mount = f"kv-{secrets.token_hex(3)}"
