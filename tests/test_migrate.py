@@ -122,6 +122,7 @@ def test_epages_imports_pulls_and_renews(bao: Bao, issued: Issued, pebble: Pebbl
                   "--server", pebble.directory_url, "--dns", "pdns", env=env)
     assert "3 imported, 0 unchanged, 0 failed" in proc.stdout, proc.stdout + proc.stderr
     assert token not in proc.stdout + proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
 
     key_json = (issued.account_dir / "private_key.json").read_text()
     account_id = account_id_for_key(key_json)
@@ -177,6 +178,8 @@ def test_epages_on_kv1(bao: Bao, kv1_mount: str, issued: Issued, pebble: Pebble,
     lineage = record(bao, prefix, "certificates/mig.example.com")
     assert lineage is not None and lineage["fullchain"] == (live / "fullchain.pem").read_text()
     assert record(bao, prefix, "dns/dnsimple") == {"provider": "dnsimple", "auth_token": "tok"}
+    # No --server: Let's Encrypt's, where this (Pebble) account does not live.
+    assert "warning: the account's URI (https://127.0.0.1:" in proc.stderr, proc.stderr
 
 
 def test_installer_layout_one_lineage_per_certificate(bao: Bao, issued: Issued,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import urllib.parse
 from typing import Any, Optional, Union
 
 from certbot import errors
@@ -209,6 +210,11 @@ def _epages_account(reader: _Reader, plan: Plan, layout: Layout,
     except RecordError as e:
         plan.failed.append(("account", str(e)))
         return None
+    uri = (fields["regr"] or {}).get("uri")
+    if isinstance(uri, str) and urllib.parse.urlparse(uri).netloc \
+            != urllib.parse.urlparse(server).netloc:
+        plan.warnings.append(f"warning: the account's URI ({uri}) is not at --server "
+                             f"{server}; its renewals will fail unless --server names its CA.")
     theirs = (reader.read("account/extra_details") or {}).get("account_id")
     if theirs and theirs != account_id:
         plan.warnings.append(f"warning: {reader.where('account/extra_details')} says account "
