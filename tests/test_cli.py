@@ -164,7 +164,7 @@ def test_deploy_hook_script_pushes_and_marks_pending(vault_env, issued, tmp_path
     assert "s.bogus-token-value" not in proc.stderr
     assert (config / "kvault" / "pending" / "ec.cli.example.com").exists()
     # The next command completes it.
-    out = kvault("push", "--config-dir", str(config), "cli.example.com").stdout
+    out = kvault("push", "-v", "--config-dir", str(config), "cli.example.com").stdout
     assert "pushed: lineage ec.cli.example.com" in out
     assert not (config / "kvault" / "pending" / "ec.cli.example.com").exists()
 

@@ -84,7 +84,7 @@ def test_ten_pushers_of_one_fleet_all_succeed(bao: Bao, golden: Golden,
         for root, _ in dirs:
             for name in changed:
                 _bump(root / "config", name, 10 + rnd)
-        results = _race([["push", *a] for _, a in dirs], env)
+        results = _race([["push", "-v", *a] for _, a in dirs], env)
         failed = [(rc, out, err) for rc, out, err in results if rc != 0]
         assert not failed, (rnd, failed[0])
         # Exactly one new version per changed lineage, none for the others.

@@ -513,7 +513,7 @@ def test_vault_down_at_deploy_time_leaves_pending_mark(
     assert pdns.txt_records(CHALLENGE) == []
 
     # Vault is back (the same server, reached directly): the next push completes it.
-    r = kvault("push", *certbot_dirs.args(), env={**os.environ, **kv_env})
+    r = kvault("push", "-v", *certbot_dirs.args(), env={**os.environ, **kv_env})
     assert "pushed: lineage example.com" in r.stdout, r.stdout
     _assert_vault_holds_lineage(layout)
     assert not list(pending.iterdir())

@@ -292,7 +292,7 @@ def test_pulls_and_lists_through_a_standby_survive_sigkill_of_the_leader(
     conf["renew_before_expiry"] = "12 days"
     conf.write()
     before = kv_version(new, prefix, "certificates/calm")
-    out = kvault("push", *args, "calm", env=env).stdout
+    out = kvault("push", "-v", *args, "calm", env=env).stdout
     assert "pushed: lineage calm" in out, out
     assert kv_version(new, prefix, "certificates/calm") == before + 1
 

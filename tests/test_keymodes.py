@@ -80,7 +80,7 @@ def test_new_key_version_follows_the_previous_key(vault_env: dict[str, str], cer
 
     # Renewed elsewhere (a new key, version 2 in Vault), then pulled here.
     certbot("renew", "--force-renewal", "--cert-name", domain)
-    result = cli("push", "--config-dir", str(certbot_dirs.config_dir))
+    result = cli("push", "-v", "--config-dir", str(certbot_dirs.config_dir))
     assert result.exit_code == 0 and f"pushed: lineage {domain}" in result.output, \
         result.output
     _pull(root)

@@ -77,6 +77,28 @@ def account_id_for_key(private_key_json: str) -> str:
     return hashlib.md5(pem, usedforsecurity=False).hexdigest()
 
 
+def account_key_json(data: dict[str, Any], where: str) -> str:
+    """certbot's private_key.json from a JWK's fields, or one field: JWK JSON or PEM key."""
+    from josepy.jwk import JWK  # imported late, as above
+
+    if "kty" in data:
+        text = json.dumps(data)
+    else:
+        values = [v for v in data.values() if isinstance(v, str)]
+        text = values[0].strip() if len(values) == 1 else ""
+        if text.startswith("-----BEGIN"):
+            try:
+                return str(JWK.load(text.encode()).json_dumps())
+            except (ValueError, TypeError):
+                raise RecordError(f"{where}: its PEM is not a usable private key.") from None
+    try:
+        JWK.json_loads(text)
+    except Exception:  # noqa: BLE001 - josepy raises several kinds for one user error
+        raise RecordError(f"{where}: neither a JWK (certbot's private_key.json) nor a PEM "
+                          "private key.") from None
+    return text
+
+
 @dataclasses.dataclass
 class PemSet:
     """One archive version of a lineage."""

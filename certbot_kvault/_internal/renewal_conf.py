@@ -50,6 +50,19 @@ def portable_conf(name: str, conf: configobj.ConfigObj) -> str:
     return _conf_text(portable)
 
 
+def new_conf(name: str, params: dict[str, str]) -> str:
+    """A portable conf for a lineage that certbot never wrote here (an import): certbot's
+    top keys in its order, then ``params`` as ``[renewalparams]``."""
+    conf = configobj.ConfigObj(encoding="utf-8", default_encoding="utf-8")
+    conf["version"] = certbot.__version__
+    conf["archive_dir"] = f"archive/{name}"
+    for kind in ("cert", "privkey", "chain", "fullchain"):
+        conf[kind] = f"live/{name}/{kind}.pem"
+    conf["renewalparams"] = params
+    conf.comments["renewalparams"] = ["", "# Options used in the renewal process"]
+    return _conf_text(conf)
+
+
 def screened_conf(name: str, portable_text: str, *, archive_dir: str, live_dir: str,
                   dirs: dict[str, str], local: dict[str, Any],
                   trusted: bool) -> tuple[bytes, list[str]]:

@@ -180,7 +180,8 @@ def with_state(layout: Layout, name: str, entry: KVEntry, now: float,
 
 def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
                with_memory: Union[bool, Callable[[LineageStatus], bool]] = True,
-               now: Optional[float] = None) -> dict[str, LineageStatus]:
+               now: Optional[float] = None, progress: sync.Tick = None
+               ) -> dict[str, LineageStatus]:
     """Every named lineage's status (in parallel); lineages gone from Vault are left out.
 
     ``with_memory`` may be a test on the status without memory: only the
@@ -199,9 +200,11 @@ def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
         return with_state(layout, name, entry, when, denied)
 
     out = {}
-    for name, status in sync.parallel(names, one, workers):
+    for done, (name, status) in enumerate(sync.parallel(names, one, workers), 1):
         if status is not None:
             out[name] = status
+        if progress is not None:
+            progress(done, len(names))
     if denied:
         for status in out.values():
             if status.state is None and status.state_error is None:

@@ -1,16 +1,13 @@
 """Moving certbot state between the config dir and Vault.
 
-pull: Vault -> layout -> tree.  push: tree -> layout -> Vault.
+pull: Vault -> layout -> tree.  push: tree -> layout -> Vault. Both work lineage by
+lineage in a bounded thread pool over the client's kept-alive connections, holding at
+most a window of records in memory: 10 000 lineages cost time in proportion, not memory.
 
-Both work lineage by lineage in a bounded thread pool over the client's
-kept-alive connections, holding at most a window of records in memory, so
-a fleet of 10 000 lineages costs time in proportion but no more memory.
-
-A record that is bad (corrupt PEM, key/cert mismatch, hostile name, lost
-check-and-set race, denied path) fails alone and is reported; a Vault that is
-down, sealed or refuses our token stops the whole run at the first request.
-Nothing is ever half-written: a lineage is one Vault secret, and on disk its
-renewal conf is written last.
+A bad record (corrupt PEM, key/cert mismatch, hostile name, lost check-and-set race,
+denied path) fails alone and is reported; a Vault that is down, sealed or refuses our
+token stops the whole run at the first request. Nothing is ever half-written: a lineage
+is one Vault secret, and on disk its renewal conf is written last.
 """
 from __future__ import annotations
 
@@ -50,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+Tick = Optional[Callable[[int, int], None]]  # progress(done, total) after each lineage
 
 # Errors that mean "Vault as a whole is not usable": stop at once.
 FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsupported)
@@ -135,10 +133,13 @@ def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
     return report
 
 
-def _run(items: Iterable[str], work: Callable[[str], Report], workers: int) -> Report:
-    report = Report()
-    for _, part in parallel(items, work, workers):
+def _run(items: Iterable[str], work: Callable[[str], Report], workers: int,
+         progress: Tick = None) -> Report:
+    report, total = Report(), len(items) if isinstance(items, Collection) else 0
+    for done, (_, part) in enumerate(parallel(items, work, workers), 1):
         report.merge(part)
+        if progress is not None:
+            progress(done, total)
     return report
 
 
@@ -147,7 +148,7 @@ def _run(items: Iterable[str], work: Callable[[str], Report], workers: int) -> R
 
 def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          workers: int = DEFAULT_WORKERS, kvault_bin: Optional[str] = None,
-         accounts: bool = True, used_accounts_only: bool = False) -> Report:
+         accounts: bool = True, used_accounts_only: bool = False, progress: Tick = None) -> Report:
     """Rebuild the config dir from Vault: accounts, then the named (or all) lineages.
 
     ``used_accounts_only``: pull only the accounts the pulled lineages' renewal
@@ -164,7 +165,7 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     wanted = names if names is not None else layout.list_lineages()
     asking = renewal_conf.profile_asks()  # one warning for all lineages, not one each
     report.merge(_run(wanted, lambda name: _pull_lineage(tree, layout, name, asking),
-                      workers))
+                      workers, progress))
     if asking:
         report.warnings.append(renewal_conf.profiles_ignored_warning(asking))
     if accounts and used_accounts_only:
@@ -258,14 +259,13 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str,
 
 def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          workers: int = DEFAULT_WORKERS, accounts: bool = True,
-         expected: Optional[dict[str, int]] = None) -> Report:
+         expected: Optional[dict[str, int]] = None, progress: Tick = None) -> Report:
     """Write local accounts and the named (or all) lineages to Vault; only what changed.
 
-    ``expected`` (lineage -> KV version seen at pull time, ``Report.versions``)
-    fences those lineages: the write is a check-and-set against that version,
-    not against one read just before writing, so a renewer that lost its lock
-    cannot replace what the renewer that took over saved. Such a refusal is in
-    ``failed`` and ``fenced``.
+    ``expected`` (lineage -> KV version seen at pull time, ``Report.versions``) fences
+    those lineages: the write is a check-and-set against that version, not against one
+    read just before writing, so a renewer that lost its lock cannot replace what the
+    renewer that took over saved. Such a refusal is in ``failed`` and ``fenced``.
     """
     fence = expected or {}
     layout.vault.login()
@@ -277,7 +277,7 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
             lambda key: _push_account(tree, layout, urls, *key.split("\0")), workers))
     wanted = names if names is not None else tree.lineage_names()
     report.merge(_run(wanted, lambda name: _push_lineage(tree, layout, name, fence.get(name)),
-                      workers))
+                      workers, progress))
     for item in report.written + report.unchanged:
         if item.startswith("lineage "):
             pending.clear(tree, item[len("lineage "):])

@@ -5,11 +5,12 @@ The command modules beside this one import it; it imports none of them.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import click
 from certbot import errors
@@ -175,12 +176,35 @@ def note_pending(ctx: Context) -> list[str]:
     return names
 
 
+@contextlib.contextmanager
+def progress_bar(ctx: Context, label: str) -> Iterator[sync.Tick]:
+    """A ``progress(done, total)`` drawing click's bar on stderr when it is a terminal;
+    None (nothing drawn) for --json, -v (which prints per item) and pipes."""
+    if ctx.json or ctx.opts.get("verbose") or not sys.stderr.isatty():
+        yield None
+        return
+    bars: list[Any] = []  # made at the first tick, which knows the total
+
+    def tick(done: int, total: int) -> None:
+        if not bars:
+            bars.append(click.progressbar(length=max(total, done), label=label,
+                                          file=sys.stderr).__enter__())
+        bars[0].update(done - bars[0].pos)
+
+    try:
+        yield tick
+    finally:
+        for bar in bars:
+            bar.__exit__(None, None, None)
+
+
 def print_report(ctx: Context, report: sync.Report, verb: str) -> None:
     if ctx.json:
         click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:
-        for item in report.written:
-            click.echo(f"{verb}: {item}")
+        if ctx.opts.get("verbose"):  # a fleet's pull is one line, not one per lineage
+            for item in report.written:
+                click.echo(f"{verb}: {item}")
         click.echo(f"{len(report.written)} {verb}, {len(report.unchanged)} unchanged, "
                    f"{len(report.failed)} failed")
     for line in report.warnings:

@@ -13,7 +13,12 @@ import click
 
 from certbot_kvault._internal import export
 from certbot_kvault._internal import watch as watch_mod
-from certbot_kvault._internal.cli.common import Context, common_options, note_pending
+from certbot_kvault._internal.cli.common import (
+    Context,
+    common_options,
+    note_pending,
+    progress_bar,
+)
 from certbot_kvault._internal.records import LineageRecord, validate_name
 from certbot_kvault._internal.schedule import LineageStatus, read_fleet, with_state
 from certbot_kvault._internal.timefmt import floor_time
@@ -32,7 +37,8 @@ def list_(ctx: Context) -> None:
     note_pending(ctx)
     layout = ctx.layout
     rows: list[dict[str, Any]] = []
-    fleet = read_fleet(layout, layout.list_lineages(), ctx.workers)
+    with progress_bar(ctx, "list") as tick:
+        fleet = read_fleet(layout, layout.list_lineages(), ctx.workers, progress=tick)
     for name, status in sorted(fleet.items()):
         d = status.entry.data
         domains = d.get("domains") or []
