@@ -171,6 +171,8 @@ def main() -> int:
     ap.add_argument("--big", type=int, default=11000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--latency", type=float, default=10.0, help="ms added per request")
+    ap.add_argument("--before", metavar="REV",
+                    help="also measure the code of this git revision (side by side)")
     ap.add_argument("--tmp", default=TMPFS if os.path.isdir(TMPFS) else None,
                     help="where the trees go (default: tmpfs, so that a disk busy with other "
                          "jobs does not drown both sides in noise)")
@@ -200,13 +202,24 @@ def main() -> int:
         print(f"seeded {opts.big} + {opts.n} lineages in {time.perf_counter() - t0:.0f} s",
               flush=True)
         env = env_for(bao.addr, bao.token, prefix)
+        before_env = None
+        if opts.before:
+            # The console script's own dir comes first on sys.path, then PYTHONPATH:
+            # the old package there wins over the editable install.
+            old = work / "before"
+            old.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", opts.before,
+                                      "certbot_kvault"], check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+            before_env = {**env, "PYTHONPATH": str(old)}
         counter = iter(range(10**6))
 
         def fresh() -> Path:
             d = work / f"t{next(counter)}"
             return d
 
-        def kvault_pull(addr: str = bao.addr, keep: list[Path] | None = None) -> float:
+        def kvault_pull(addr: str = bao.addr, keep: list[Path] | None = None,
+                        env: dict[str, str] = env) -> float:
             d = fresh()
             t = run([KVAULT, "pull", "--config-dir", str(d / "config"), "--work-dir",
                      str(d / "work"), "--logs-dir", str(d / "logs")],
@@ -237,16 +250,32 @@ def main() -> int:
         for d in kept:
             shutil.rmtree(d.parent)
 
-        results: dict[str, tuple[float, float, str]] = {}
-        a, b = pair(opts.runs, kvault_pull, floor_pull)
-        results[f"pull {opts.n} / floor"] = (a, b, "s")
-        a, b = pair(opts.runs, lambda: run([KVAULT, "list"], env),
-                    lambda: run([sys.executable, str(BENCH / "floor.py"), "list", bao.addr,
-                                 bao.token, "secret", prefix], env))
-        results[f"list {opts.n} / floor"] = (a, b, "s")
-        a, b = pair(opts.runs, lambda: run([KVAULT, "--help"], env),
-                    lambda: run([sys.executable, "-c", "import hvac"], env))
-        results["--help / import hvac"] = (a, b, "s")
+        # Each figure: every side (this code; the --before code) and its reference,
+        # interleaved run by run; medians.
+        sides = {"after": env}
+        if before_env is not None:
+            sides["before"] = {**before_env, **{k: v for k, v in env.items()
+                                                if k != "PYTHONPATH"}}
+        rows: list[tuple[str, dict[str, float], float]] = []
+
+        def figure(label: str, side: Callable[[dict[str, str]], float],
+                   reference: Callable[[], float]) -> None:
+            times: dict[str, list[float]] = {k: [] for k in [*sides, "reference"]}
+            for _ in range(opts.runs):
+                for name, side_env in sides.items():
+                    times[name].append(side(side_env))
+                times["reference"].append(reference())
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append((label, {k: med[k] for k in sides}, med["reference"]))
+            print(f"  {label}: " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items()),
+                  flush=True)
+
+        figure(f"pull {opts.n} / floor", lambda e: kvault_pull(env=e), floor_pull)
+        figure(f"list {opts.n} / floor", lambda e: run([KVAULT, "list"], e),
+               lambda: run([sys.executable, str(BENCH / "floor.py"), "list", bao.addr,
+                            bao.token, "secret", prefix], env))
+        figure("--help / import hvac", lambda e: run([KVAULT, "--help"], e),
+               lambda: run([sys.executable, "-c", "import hvac"], env))
 
         port = free_port()
         proxy = subprocess.Popen(
@@ -254,19 +283,31 @@ def main() -> int:
              str(opts.latency)], stdout=subprocess.PIPE, text=True)
         assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
         slow = f"http://127.0.0.1:{port}"
-        a, b = pair(opts.runs, lambda: kvault_pull(slow), kvault_pull)
-        results[f"pull {opts.n} +{opts.latency:g} ms / loopback"] = (a, b, "s")
+        ratios = []
+        for name, side_env in sides.items():
+            a, b = pair(opts.runs, lambda: kvault_pull(slow, env=side_env),  # noqa: B023
+                        lambda: kvault_pull(env=side_env))  # noqa: B023
+            ratios.append((name, a, b))
+        rss = {}
+        for name, side_env in sides.items():
+            d = fresh()
+            rss[name] = peak_rss_kb(
+                [KVAULT, "pull", "--config-dir", str(d / "config"), "--work-dir",
+                 str(d / "work"), "--logs-dir", str(d / "logs")],
+                {**side_env, "KVAULT_PREFIX": big_prefix})
+            shutil.rmtree(d)
 
-        d = fresh()
-        rss = peak_rss_kb([KVAULT, "pull", "--config-dir", str(d / "config"), "--work-dir",
-                           str(d / "work"), "--logs-dir", str(d / "logs")],
-                          {**env, "KVAULT_PREFIX": big_prefix})
-        shutil.rmtree(d)
-        print(f"\n{opts.n} lineages, medians of {opts.runs} interleaved runs")
-        print(f"{'figure':34s} {'ratio':>6s}  {'a':>8s} {'b':>8s}")
-        for label, (ta, tb, _) in results.items():
-            print(f"{label:34s} {ta / tb:6.2f}  {ta:7.2f}s {tb:7.2f}s")
-        print(f"{'peak RSS, pull ' + str(opts.big):34s} {rss / 1024:6.1f} MB (goal <= 64 MB)")
+        print(f"\n{opts.n} lineages, medians of {opts.runs} interleaved runs; ratio = "
+              "side / reference")
+        print(f"{'figure':36s} " + " ".join(f"{k:>16s}" for k in sides) + "   reference")
+        for label, times, ref in rows:
+            print(f"{label:36s} " + " ".join(
+                f"{t / ref:6.2f} ({t:5.2f} s)" for t in times.values()) + f"   {ref:5.2f} s")
+        print(f"{f'pull {opts.n} +{opts.latency:g} ms / loopback':36s} " + " ".join(
+            f"{a / b:6.2f} ({a:5.2f} s)" for _, a, b in ratios)
+            + "   " + " / ".join(f"{b:5.2f} s" for _, _, b in ratios))
+        print(f"{f'peak RSS, pull {opts.big} (MB)':36s} " + " ".join(
+            f"{v / 1024:16.1f}" for v in rss.values()) + "   goal <= 64")
     finally:
         if proxy is not None:
             proxy.terminate()
