@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import random
 import re
 import shutil
 import stat
@@ -23,10 +22,10 @@ from certbot.compat import filesystem
 
 
 def _temp_file(directory: str) -> tuple[int, str]:
-    """A new private (0600) file named as mkstemp would (what ``_TEMP_RE`` matches), opened
-    for writing: mkstemp and a file object cost more than the write on a pull of a fleet."""
+    """A new private (0600) temp file (a name ``_TEMP_RE`` matches), opened for writing:
+    mkstemp and a file object cost more than the write itself in a pull of a fleet."""
     for _ in range(100):
-        tmp = os.path.join(directory, f".kvault-{''.join(_rng.choices(_TEMP_CHARS, k=8))}.tmp")
+        tmp = os.path.join(directory, f".kvault-{os.urandom(4).hex()}.tmp")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
         except FileExistsError:
@@ -74,10 +73,9 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 # Kernels, libcs or filesystems that cannot exchange: take the two-rename way.
 _NO_EXCHANGE = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
-# atomic_write's temp files: 8 random characters (as mkstemp's) between prefix and suffix.
+# atomic_write's temp files: 8 random characters between prefix and suffix (mkstemp's
+# alphabet, which older pulls used; ours are hex).
 _TEMP_RE = re.compile(r"^\.kvault-[a-z0-9_]{8}\.tmp$")
-_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
-_rng = random.Random()  # noqa: S311 - names, not secrets: O_EXCL makes them safe
 
 
 def _exchange(a: str, b: str) -> bool:
