@@ -45,7 +45,8 @@ def test_list_table_and_json(pushed):
     result = cli("list")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE"]
+    assert lines[0].split() == ["NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE", "NEXT_RENEWAL",
+                                "FAILURES"]
     assert [line.split()[0] for line in lines[1:]] == ["cli.example.com", "ec.cli.example.com"]
     assert lines[1].split()[1] == "cli.example.com" and lines[1].split()[3] == "yes"
     rows = json.loads(cli("list", "--json").output)
@@ -53,7 +54,8 @@ def test_list_table_and_json(pushed):
     assert rows[0]["domains"] == ["cli.example.com", "www.cli.example.com"]
     assert rows[0]["not_after"].endswith("Z") and rows[0]["auto_renewable"] is True
     assert set(rows[0]) == {"name", "subject", "domains", "not_after", "auto_renewable",
-                            "version"}
+                            "version", "due", "renewal_rule", "next_renewal", "in_backoff",
+                            "backoff_until", "state"}
 
 
 def test_show_never_prints_the_key(pushed):
