@@ -45,6 +45,7 @@ from certbot_kvault._internal import sync  # noqa: E402
 from certbot_kvault._internal.layout import Layout  # noqa: E402
 from certbot_kvault._internal.records import LineageRecord, PemSet  # noqa: E402
 from certbot_kvault._internal.state import RenewalState  # noqa: E402
+from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
 from certbot_kvault._internal.vault import VaultClient, VaultSettings  # noqa: E402
 
 KVAULT = str(Path(sys.executable).with_name("certbot-kvault"))
@@ -164,6 +165,58 @@ def peak_rss_kb(args: list[str], env: dict[str, str]) -> int:
     return int(out[0])
 
 
+def cpu_profile(bao_addr: str, token: str, prefix: str, work: Path) -> None:
+    """Where a pull's CPU goes, in-process with one worker (no thread switching), against
+    the floor's: process time per step, wrapped around the functions that do each step."""
+    import collections
+    import functools
+
+    sys.path.insert(0, str(BENCH))
+    import floor  # noqa: PLC0415 - bench/ is on the path only now
+
+    from certbot_kvault._internal import records as records_mod
+    from certbot_kvault._internal import tree as tree_mod
+    from certbot_kvault._internal import vault as vault_mod
+
+    spent: collections.Counter[str] = collections.Counter()
+
+    def wrap(owner: object, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            t0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] += time.process_time() - t0
+        setattr(owner, name, timed)
+
+    wrap(vault_mod.VaultClient, "read", "KV reads (HTTP + JSON)")
+    wrap(records_mod.LineageRecord, "check", "record checks (PEMs parse, key matches)")
+    wrap(tree_mod.Tree, "screened_conf", "renewal conf screened (configobj)")
+    wrap(tree_mod, "atomic_write", "atomic file writes")
+    wrap(tree_mod, "replace_links", "live/ links switched")
+    wrap(tree_mod.Tree, "write_lineage", "tree writes, all")
+    settings = VaultSettings.from_env({}, addr=bao_addr, token=token, mount="secret",
+                                      prefix=prefix)
+    layout = Layout(VaultClient(settings))
+    dest = work / "profile"
+    t0 = time.process_time()
+    report = sync.pull(Tree(Dirs(str(dest / "c"), str(dest / "w"), str(dest / "l"))), layout,
+                       workers=1, accounts=False)
+    total = time.process_time() - t0
+    t0 = time.process_time()
+    floor.pull(floor.Kv(bao_addr, token, "secret", prefix), str(work / "profile-floor"))
+    floor_total = time.process_time() - t0
+    n = len(report.written)
+    print(f"\nCPU of an in-process pull of {n} lineages, one worker (ms per lineage):")
+    for label, sec in spent.most_common():
+        print(f"  {label:44s} {sec * 1000 / n:6.3f}")
+    print(f"  {'whole pull (sync.pull)':44s} {total * 1000 / n:6.3f}")
+    print(f"  {'the floor, whole (floor.pull)':44s} {floor_total * 1000 / n:6.3f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smoke run: 100 / 400 lineages, 1 run")
@@ -171,6 +224,8 @@ def main() -> int:
     ap.add_argument("--big", type=int, default=11000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--latency", type=float, default=10.0, help="ms added per request")
+    ap.add_argument("--profile", action="store_true",
+                    help="also show where an in-process pull's CPU goes, step by step")
     ap.add_argument("--before", metavar="REV",
                     help="also measure the code of this git revision (side by side)")
     ap.add_argument("--tmp", default=TMPFS if os.path.isdir(TMPFS) else None,
@@ -308,6 +363,8 @@ def main() -> int:
             + "   " + " / ".join(f"{b:5.2f} s" for _, _, b in ratios))
         print(f"{f'peak RSS, pull {opts.big} (MB)':36s} " + " ".join(
             f"{v / 1024:16.1f}" for v in rss.values()) + "   goal <= 64")
+        if opts.profile:
+            cpu_profile(bao.addr, bao.token, prefix, work)
     finally:
         if proxy is not None:
             proxy.terminate()
