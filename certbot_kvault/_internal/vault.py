@@ -251,8 +251,7 @@ class VaultClient:
         mount = self.settings.mount
         try:
             v2 = self.kv_version == 2
-            # A plain answer comes the direct way (a pull's bulk reads); anything else
-            # is asked again through hvac, whose error mapping is below.
+            # A plain answer comes the direct way; anything else is asked again via hvac.
             got = self._call(lambda: self._direct.get(
                 f"/v1/{mount}/{'data/' if v2 else ''}{path}", self._hvac.token),
                 self.api_path(path), "read")
