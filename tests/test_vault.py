@@ -10,11 +10,16 @@ from typing import Callable, Iterator
 import pytest
 import requests
 import servers
-from helpers import cli
+from helpers import cli, token_with_policy
 from servers import Bao, free_port
 from stubs import Answer, HttpStub, Request
 
-from certbot_kvault._internal.errors import VaultError, VaultNotFound, VaultUnreachable
+from certbot_kvault._internal.errors import (
+    VaultError,
+    VaultNotFound,
+    VaultPermissionDenied,
+    VaultUnreachable,
+)
 from certbot_kvault._internal.settings import VaultSettings
 from certbot_kvault._internal.vault import VaultClient
 
@@ -253,3 +258,34 @@ def test_redirect_to_a_dead_leader_is_named(vault_env):
                            r", which does not answer, and no new leader answered within 1s "
                            r"\(KVAULT_HA_DEADLINE\)"):
             VaultClient(VaultSettings.from_env(addr=standby.url, ha_deadline=1.0)).login()
+
+
+def test_plain_reads_skip_requests_and_the_rest_is_mapped_as_before(bao, vault_env,
+                                                                   monkeypatch):
+    """A pull's bulk reads (a plain 200 or 404 from Vault) go straight to the kept-alive
+    pool; a read Vault refuses takes the full way and fails as before."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    client = VaultClient(VaultSettings.from_env())
+    client.write(f"{prefix}/a b%c", {"v": "1"})
+    client.write(f"{prefix}/gone", {"v": "2"})
+    client.delete(f"{prefix}/gone")
+    through_requests: list[str] = []
+    send = requests.Session.send
+
+    def counted(self, request, **kwargs):  # type: ignore[no-untyped-def]
+        through_requests.append(f"{request.method} {request.url}")
+        return send(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", counted)
+    entry = client.read(f"{prefix}/a b%c")  # quoted on the way, as hvac quotes
+    assert entry is not None and entry.data == {"v": "1"} and entry.version == 1
+    assert client.read(f"{prefix}/gone") is None  # deleted: 404 with its metadata
+    assert client.read(f"{prefix}/never") is None
+    assert through_requests == []
+
+    # A token that sees the mount but may not read x: Vault answers 403.
+    token = token_with_policy(
+        bao, f"{prefix}-other", f'path "secret/data/{prefix}/other" {{ capabilities = ["read"] }}')
+    with pytest.raises(VaultPermissionDenied, match=f"needs read on secret/data/{prefix}/x "):
+        VaultClient(VaultSettings.from_env(token=token)).read(f"{prefix}/x")
+    assert [r for r in through_requests if f"/v1/secret/data/{prefix}/x" in r]  # the full way

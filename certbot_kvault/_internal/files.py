@@ -15,22 +15,43 @@ import errno
 import os
 import re
 import shutil
-import tempfile
+import stat
 from typing import Optional
 
 from certbot.compat import filesystem
 
 
+def _temp_file(directory: str) -> tuple[int, str]:
+    """A new private (0600) temp file (a name ``_TEMP_RE`` matches), opened for writing:
+    mkstemp and a file object cost more than the write itself in a pull of a fleet."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".kvault-{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "No usable temporary file name found", directory)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) -> None:
     """Write via a temp file and a rename; ``like``: a private key to take the group and
     group/other bits from (certbot's rule for a new version of a key)."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kvault-", suffix=".tmp")
+    fd, tmp = _temp_file(os.path.dirname(path))
     try:
         # No fsync, as certbot's storage: the rename keeps readers from ever
         # seeing half a file, and the tree is a cache that `pull` rebuilds.
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            _write_all(fd, data)
+            if like is None:
+                os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
+        finally:
+            os.close(fd)
         if like is not None:
             # Before the rename, so the key never shows with other permissions.
             # Neither call touches the process umask (safe in worker threads).
@@ -39,9 +60,7 @@ def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) 
                     like, tmp, filesystem.compute_private_key_mode(like, mode),
                     copy_user=False, copy_group=True)
             except FileNotFoundError:
-                like = None  # removed meanwhile: nothing to follow
-        if like is None:
-            filesystem.chmod(tmp, mode)
+                os.chmod(tmp, mode)  # removed meanwhile: nothing to follow
         filesystem.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -54,7 +73,8 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 # Kernels, libcs or filesystems that cannot exchange: take the two-rename way.
 _NO_EXCHANGE = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
-# atomic_write's temp files: mkstemp's 8 random characters between prefix and suffix.
+# atomic_write's temp files: 8 random characters between prefix and suffix (mkstemp's
+# alphabet, which older pulls used; ours are hex).
 _TEMP_RE = re.compile(r"^\.kvault-[a-z0-9_]{8}\.tmp$")
 
 
@@ -98,9 +118,13 @@ def replace_dir(new: str, path: str, old: str) -> None:
 
 def remove_tree(path: str) -> None:
     """Remove a directory tree (or a file or link) if it exists."""
-    if os.path.isdir(path) and not os.path.islink(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(path)
-    elif os.path.lexists(path):
+    else:
         os.unlink(path)
 
 
@@ -127,7 +151,14 @@ def replace_links(path: str, targets: dict[str, str], new: str, old: str, readme
     for link, target in targets.items():
         os.symlink(target, os.path.join(new, link))
     if not os.path.lexists(os.path.join(new, "README")):
-        atomic_write(os.path.join(new, "README"), readme, file_mode)
+        # ``new`` is ours alone until it is swapped in: no temp file needed.
+        fd = os.open(os.path.join(new, "README"),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, readme)
+            os.fchmod(fd, file_mode)
+        finally:
+            os.close(fd)
     replace_dir(new, path, old)
 
 
@@ -172,8 +203,9 @@ def current_umask() -> int:
     return umask
 
 
-def make_dirs(path: str, mode: int) -> None:
-    """Create path and missing parents, each with exactly ``mode`` (as certbot's makedirs)."""
+def make_dirs(path: str, mode: int) -> bool:
+    """Create path and missing parents, each with exactly ``mode`` (as certbot's makedirs);
+    whether ``path`` itself was created here (so it is empty)."""
     missing = []
     p = path
     while not os.path.isdir(p):
@@ -182,12 +214,16 @@ def make_dirs(path: str, mode: int) -> None:
         if parent == p:
             break
         p = parent
+    created = False
     for d in reversed(missing):
         try:
             os.mkdir(d, mode)
         except FileExistsError:
+            created = False
             continue  # another worker made it
         os.chmod(d, mode)
+        created = True
+    return created
 
 
 def same_file(path: str, data: bytes, mode: Optional[int]) -> bool:

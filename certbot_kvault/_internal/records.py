@@ -130,6 +130,9 @@ def inspect_pems(pems: PemSet, where: str) -> CertInfo:
     except ValueError:
         raise RecordError(f"{where}: 'cert' is not a valid PEM certificate.") from None
     for kind in ("chain", "fullchain"):
+        if kind == "fullchain" and pems.cert.endswith("\n") \
+                and pems.fullchain == pems.cert + pems.chain:
+            continue  # certbot's fullchain: both its halves parsed already
         try:
             if not x509.load_pem_x509_certificates(getattr(pems, kind).encode()):
                 raise ValueError

@@ -124,11 +124,17 @@ class LineageStatus:
 
 
 def status_of(name: str, entry: KVEntry, now: float, state: Optional[RenewalState] = None,
-              state_error: Optional[str] = None) -> LineageStatus:
-    """A lineage's status from its raw record (and memory); never raises on bad data."""
+              state_error: Optional[str] = None,
+              settings: Optional[ConfSettings] = None) -> LineageStatus:
+    """A lineage's status from its raw record (and memory); never raises on bad data.
+
+    ``settings``: the record's conf settings when the caller has them already (parsing
+    the conf is most of the cost of a status).
+    """
     data = entry.data if isinstance(entry.data, dict) else {}
     renewal = data.get("renewal")
-    settings = conf_settings(renewal) if isinstance(renewal, str) else ConfSettings()
+    if settings is None:
+        settings = conf_settings(renewal) if isinstance(renewal, str) else ConfSettings()
     not_before = parse_time(data.get("not_before"))
     not_after = parse_time(data.get("not_after"))
     serial = data.get("serial") if isinstance(data.get("serial"), str) else None
@@ -161,7 +167,8 @@ def _from_pem(pem: object, serial: Optional[str]) -> tuple[Optional[float], Opti
 
 
 def with_state(layout: Layout, name: str, entry: KVEntry, now: float,
-               denied: Optional[list[str]] = None) -> LineageStatus:
+               denied: Optional[list[str]] = None,
+               settings: Optional[ConfSettings] = None) -> LineageStatus:
     """A lineage's status with its memory read from Vault, if this token may read it.
 
     ``denied`` collects the first permission denial, so that a reader token
@@ -169,13 +176,13 @@ def with_state(layout: Layout, name: str, entry: KVEntry, now: float,
     """
     denied = [] if denied is None else denied
     if denied:
-        return status_of(name, entry, now, None, denied[0])
+        return status_of(name, entry, now, None, denied[0], settings)
     try:
         state = layout.load_state(name)
     except VaultPermissionDenied as e:
         denied.append(str(e))
-        return status_of(name, entry, now, None, str(e))
-    return status_of(name, entry, now, state)
+        return status_of(name, entry, now, None, str(e), settings)
+    return status_of(name, entry, now, state, settings=settings)
 
 
 def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
@@ -197,7 +204,7 @@ def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
         bare = status_of(name, entry, when)
         if not (with_memory(bare) if callable(with_memory) else with_memory):
             return bare
-        return with_state(layout, name, entry, when, denied)
+        return with_state(layout, name, entry, when, denied, bare.settings)
 
     out = {}
     for done, (name, status) in enumerate(sync.parallel(names, one, workers), 1):

@@ -68,7 +68,7 @@ class VaultClient:
 
     def __init__(self, settings: VaultSettings, pool_size: int = 16) -> None:
         self.settings = settings
-        self._session = make_session(settings, pool_size)
+        self._session, self._direct = make_session(settings, pool_size)
         verify: Any = self._session.verify
         self._hvac = hvac.Client(
             url=settings.addr, namespace=settings.namespace, session=self._session,
@@ -250,8 +250,15 @@ class VaultClient:
         """
         mount = self.settings.mount
         try:
-            if self.kv_version == 2:
-                resp = self._call(
+            v2 = self.kv_version == 2
+            # A plain answer comes the direct way; anything else is asked again via hvac.
+            got = self._call(lambda: self._direct.get(
+                f"/v1/{mount}/{'data/' if v2 else ''}{path}", self._hvac.token),
+                self.api_path(path), "read")
+            if got is not None and got[0] == 404:
+                return None
+            if v2:
+                resp = got[1] if got is not None else self._call(
                     lambda: self._hvac.secrets.kv.v2.read_secret_version(
                         path=path, mount_point=mount, raise_on_deleted_version=False),
                     self.api_path(path), "read")
@@ -259,7 +266,7 @@ class VaultClient:
                 if data.get("data") is None:
                     return None
                 return KVEntry(dict(data["data"]), int(data["metadata"]["version"]))
-            resp = self._call(
+            resp = got[1] if got is not None else self._call(
                 lambda: self._hvac.secrets.kv.v1.read_secret(path=path, mount_point=mount),
                 self.api_path(path), "read")
             return KVEntry(dict(resp.get("data") or {}), None)
