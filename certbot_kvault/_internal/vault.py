@@ -2,10 +2,9 @@
 
 This is the only module that knows Vault's KV and sys HTTP routes. Its
 :class:`VaultClient` owns the request wrapper through which every call goes and
-that turns each failure into one :mod:`~certbot_kvault._internal.errors`
-class, and the KV operations everything else talks in (``read``/``write``/
-``list_keys``/``delete`` of a path below the mount), plus the few
-introspection calls of `status`. Settings come from
+that turns each failure into one :mod:`~certbot_kvault._internal.errors` class,
+and the KV operations everything else talks in (``read``/``write``/``list_keys``/
+``delete`` below the mount), plus the introspection calls of `status`. Settings come from
 :mod:`~certbot_kvault._internal.settings`, logins from
 :mod:`~certbot_kvault._internal.auth`, the HTTP session (TLS, retries, HA
 consistency) from :mod:`~certbot_kvault._internal.session`.
@@ -288,10 +287,8 @@ class VaultClient:
         try:
             resp = self._call(lambda: self._hvac.secrets.kv.v2.read_secret_metadata(
                 path=path, mount_point=mount), self.api_path(path, "metadata"), "read")
-        except VaultError as e:
-            if isinstance(e, VaultPathMissing):
-                return None
-            raise
+        except VaultPathMissing:
+            return None
         data = (resp or {}).get("data") or {}
         try:
             current = int(data.get("current_version") or 0) or None
