@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+DEFAULT_WORKERS = 8
+
 
 @dataclasses.dataclass
 class Report:

@@ -33,6 +33,7 @@ from certbot_kvault._internal.errors import (
     is_transient,
     lost_race,
 )
+from certbot_kvault._internal.jobs import DEFAULT_WORKERS as DEFAULT_WORKERS
 from certbot_kvault._internal.jobs import Report as Report
 from certbot_kvault._internal.jobs import parallel as parallel
 from certbot_kvault._internal.layout import Layout
@@ -60,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 # Errors that mean "Vault as a whole is not usable": stop at once.
 FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsupported)
-
-DEFAULT_WORKERS = 8
 
 
 def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
