@@ -222,9 +222,8 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          expected: Optional[dict[str, int]] = None) -> Report:
     """Write local accounts and the named (or all) lineages to Vault; only what changed.
 
-    What is as the last pull or push left it (synced.py) is not even read; the
-    rest is written with check-and-set against the KV version last synced, so
-    a change made in Vault since is a lost race, never overwritten unseen.
+    Unchanged since the last pull or push (synced.py): not even read. Changed: written
+    with check-and-set against the KV version last synced (so a change since loses).
 
     ``expected`` (lineage -> KV version seen at pull time, ``Report.versions``)
     fences those lineages: the write is a check-and-set against that version,
@@ -297,7 +296,7 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
         return True
 
     report = _outcome(f"account {account_id}", work)
-    manifest.note(ACCOUNTS, key, *agreed[0]) if agreed else manifest.forget(ACCOUNTS, key)
+    manifest.settle(ACCOUNTS, key, agreed[0] if agreed and report.ok else None)
     return report
 
 
@@ -307,6 +306,7 @@ def _push_lineage(tree: Tree, layout: Layout, name: str, expected: Optional[int]
     known = manifest.get(LINEAGES, name)
     fenced = False
     agreed: list[Optional[int]] = []  # the KV version once both sides are equal
+    mine: Optional[str] = None  # the fingerprint of what is pushed
 
     def refuse(now: str) -> RecordError:
         nonlocal fenced
@@ -315,11 +315,10 @@ def _push_lineage(tree: Tree, layout: Layout, name: str, expected: Optional[int]
                            f"run pulled its KV version {expected} (now {now}): not "
                            "overwriting it.")
 
-    # Taken before the lineage is read: a change made after it is never taken for
-    # what this push read.
-    mine = lineage_fingerprint(tree, validate_name(name))
-
     def work() -> bool:
+        nonlocal mine
+        # Before the lineage is read: a change made after it is never recorded as pushed.
+        mine = lineage_fingerprint(tree, validate_name(name))
         if known is not None and mine == known.fingerprint and listed(name):
             agreed.append(known.version)  # unchanged here since the last sync: no read
             return False
@@ -365,10 +364,7 @@ def _push_lineage(tree: Tree, layout: Layout, name: str, expected: Optional[int]
     report = _outcome(f"lineage {name}", work)
     if fenced:
         report.fenced.append(name)
-    if agreed and report.ok:
-        manifest.note(LINEAGES, name, agreed[0], mine)
-    else:  # the next push compares it with Vault
-        manifest.forget(LINEAGES, name)
+    manifest.settle(LINEAGES, name, (agreed[0], mine) if agreed and report.ok else None)
     return report
 
 

@@ -152,6 +152,15 @@ class Manifest:
                 self._entries[kind][key] = entry
                 self._changed = True
 
+    def settle(self, kind: str, key: str,
+               agreed: Optional[tuple[Optional[int], Optional[str]]]) -> None:
+        """After a push of ``key``: both sides equal at (version, fingerprint), or not
+        known to be (None: the next push compares it with Vault)."""
+        if agreed is None:
+            self.forget(kind, key)
+        else:
+            self.note(kind, key, *agreed)
+
     def forget(self, kind: str, key: str) -> None:
         with self._mutex:
             if self._entries[kind].pop(key, None) is not None:
