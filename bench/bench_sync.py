@@ -32,7 +32,8 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 from servers import free_port, start_openbao_dev  # noqa: E402
 
 from certbot_kvault._internal import sync  # noqa: E402
-from certbot_kvault._internal.layout import Layout, LineageRecord, PemSet  # noqa: E402
+from certbot_kvault._internal.layout import Layout  # noqa: E402
+from certbot_kvault._internal.records import LineageRecord, PemSet  # noqa: E402
 from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
 from certbot_kvault._internal.vault import VaultClient, VaultSettings  # noqa: E402
 

@@ -6,8 +6,9 @@ is not Vault (or answers with faults, or redirects), and a network that drops Va
 
 - ``HttpStub(answer)``: records every request and answers each with ``answer(request)``.
 - ``TcpFaultProxy(target)``: a byte pipe to a local port that can refuse connections
-  for a while. ``python stubs.py TARGET`` runs one as a process (it prints its port),
-  for a certbot hook that must cut Vault off by killing a PID.
+  for a while, and notes the request line of every HTTP request it passes on.
+  ``python stubs.py TARGET`` runs one as a process (it prints its port), for a
+  certbot hook that must cut Vault off by killing a PID.
 """
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ class TcpFaultProxy:
 
     ``refuse_for(seconds)`` is a Vault that blinks: open connections are cut,
     new ones refused (nothing listens), then it listens on the same port again.
+    ``seen``: ``"METHOD /path"`` of every HTTP request sent through it so far.
     """
 
     def __init__(self, target: int) -> None:
@@ -104,6 +106,7 @@ class TcpFaultProxy:
         self._conns: list[socket.socket] = []
         self._stopped = False
         self._timers: list[threading.Timer] = []
+        self.seen: list[str] = []
         self._srv = socket.socket()
         self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._srv.bind(("127.0.0.1", 0))
@@ -127,13 +130,16 @@ class TcpFaultProxy:
                 continue
             with self._mutex:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, seen in ((client, upstream, self.seen), (upstream, client, None)):
+                threading.Thread(target=self._pipe, args=(a, b, seen), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket, seen: Optional[list[str]]) -> None:
+        buf = bytearray()
         try:
             while data := a.recv(65536):
+                if seen is not None:
+                    buf += data
+                    self._note_requests(buf, seen)
                 b.sendall(data)
         except OSError:
             pass
@@ -144,6 +150,21 @@ class TcpFaultProxy:
                 except OSError:
                     pass
                 s.close()
+
+    def _note_requests(self, buf: bytearray, seen: list[str]) -> None:
+        """Take each whole request (head, then Content-Length bytes of body) off ``buf``."""
+        while (end := buf.find(b"\r\n\r\n")) >= 0:
+            head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            length = 0
+            for line in head[1:]:
+                key, _, value = line.partition(":")
+                if key.strip().lower() == "content-length":
+                    length = int(value)
+            if len(buf) < end + 4 + length:
+                return
+            with self._mutex:
+                seen.append(" ".join(head[0].split(" ")[:2]))
+            del buf[:end + 4 + length]
 
     def _close_all(self) -> None:
         with self._mutex:

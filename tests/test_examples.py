@@ -74,9 +74,16 @@ VENV_BIN = os.path.dirname(sys.executable)
 # ---- what the CLI offers ------------------------------------------------------------------
 
 
+def subcommands() -> dict[str, click.Command]:
+    """Every subcommand, loaded (the group imports a subcommand's module on first use)."""
+    ctx = click.Context(main)
+    return {name: cmd for name in main.list_commands(ctx)
+            if (cmd := main.get_command(ctx, name)) is not None}
+
+
 def known_env_vars() -> set[str]:
     names = set(VaultSettings().ENV.values())
-    for cmd in main.commands.values():
+    for cmd in subcommands().values():
         for p in cmd.params:
             env = getattr(p, "envvar", None)
             if isinstance(env, str):
@@ -115,7 +122,7 @@ def check_command(argv: list[str], absent_ok: frozenset[str] = frozenset()) -> s
     """Every option of ``argv`` exists; returns those of ``absent_ok`` that do not (yet)."""
     assert argv, "certbot-kvault without a subcommand"
     sub = argv[0]
-    assert sub in main.commands, f"no such subcommand: {sub}"
+    assert sub in subcommands(), f"no such subcommand: {sub}"
     allowed = options_of(sub)
     absent = set()
     for word in argv[1:]:

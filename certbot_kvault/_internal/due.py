@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import io
-from typing import Optional
+from typing import Any, Optional
 
 import configobj
-import parsedatetime
 
 ARI = "ari"
 BEFORE_EXPIRY = "renew_before_expiry"
@@ -39,7 +39,6 @@ LIFETIME = "lifetime"
 DISABLED = "autorenew off"
 
 _SHORT_LIFETIME = 10 * 86400
-_CALENDAR = parsedatetime.Calendar(version=parsedatetime.VERSION_CONTEXT_STYLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +102,7 @@ def add_interval(base: float, interval: str) -> float:
     if text.isdigit():
         text += " days"
     start = datetime.datetime.fromtimestamp(base, tz=datetime.timezone.utc)
-    result = _CALENDAR.parseDT(text, start, tzinfo=datetime.timezone.utc)[0]
+    result = _calendar().parseDT(text, start, tzinfo=datetime.timezone.utc)[0]
     return float(result.timestamp())
 
 
@@ -139,3 +138,11 @@ def decide(not_before: float, not_after: float, settings: ConfSettings, *,
     when, reason = min(candidates)
     return Decision(False, when, reason)
 
+
+@functools.cache
+def _calendar() -> Any:
+    """parsedatetime's calendar, made when a conf first sets renew_before_expiry: it
+    compiles a great many patterns, which `list` of a default fleet never needs."""
+    import parsedatetime
+
+    return parsedatetime.Calendar(version=parsedatetime.VERSION_CONTEXT_STYLE)

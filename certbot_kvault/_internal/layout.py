@@ -139,9 +139,9 @@ class Layout:
         return AccountRecord.from_kv(server_path, account_id, entry,
                                      self.where("accounts", server_path, account_id))
 
-    def save_account(self, record: AccountRecord, cas: Optional[int] = None) -> None:
+    def save_account(self, record: AccountRecord, cas: Optional[int] = None) -> Optional[int]:
         record.check(f"account {record.account_id}")
-        self.vault.write(self.path("accounts", record.server_path, record.account_id),
+        return self.vault.write(self.path("accounts", record.server_path, record.account_id),
                          record.to_kv(), cas=cas if self.vault.kv_version == 2 else None)
 
     # ---- DNS credentials ------------------------------------------------------

@@ -19,14 +19,13 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any, Optional
 
 from certbot import errors
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certbot_kvault._internal.settings import as_bool
 from certbot_kvault._internal.timefmt import floor_time
 
 if TYPE_CHECKING:  # only annotations: records sit below the Vault connection
+    from cryptography import x509
+
     from certbot_kvault._internal.vault import KVEntry
 
 PEM_KINDS = ("cert", "chain", "fullchain", "privkey")
@@ -68,6 +67,7 @@ def server_path_for_url(url: str) -> str:
 
 def account_id_for_key(private_key_json: str) -> str:
     """certbot's account id: MD5 of the PEM public key (certbot/_internal/account.py)."""
+    from cryptography.hazmat.primitives import serialization
     from josepy.jwk import JWK  # certbot's own dependency; imported late to keep startup fast
 
     key = JWK.json_loads(private_key_json)
@@ -125,6 +125,11 @@ class CertInfo:
 
 def inspect_pems(pems: PemSet, where: str) -> CertInfo:
     """Parse and cross-check one version: every PEM parses, the key matches the cert."""
+    # Here, not at the top: `list`, `--help` and the like never parse a PEM.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     try:
         cert = x509.load_pem_x509_certificate(pems.cert.encode())
     except ValueError:
@@ -172,6 +177,7 @@ def _cert_domains(cert: x509.Certificate) -> list[str]:
         # acme 2.7 lacks it, and certbot's get_names_from_cert (deprecated since)
         # lists DNS names only: IP SANs (RFC 8738 orders) are added here.
         from certbot.crypto_util import get_names_from_cert
+        from cryptography.hazmat.primitives import serialization
         pem = cert.public_bytes(serialization.Encoding.PEM)
         return get_names_from_cert(pem) + _ip_sans(cert)
     dns_names, ips = get_identifiers_from_x509(cert.subject, cert.extensions)
@@ -179,6 +185,8 @@ def _cert_domains(cert: x509.Certificate) -> list[str]:
 
 
 def _ip_sans(cert: x509.Certificate) -> list[str]:
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

@@ -187,3 +187,48 @@ def profiles_ignored_warning(asking: list[tuple[str, str, str]],
     return (f"warning: {len(asking)} lineage(s) ask for an ACME profile (e.g. {name}: "
             f"{key} = {value}); certbot {version} ignores profiles, they need certbot >= "
             f"{'.'.join(map(str, PROFILES_SINCE))} (Vault keeps them)")
+
+
+def has_paths(conf_text: bytes, *, archive_dir: str, live_dir: str) -> bool:
+    """Whether a conf on disk names exactly the ``archive_dir`` and ``live/`` links that
+    ``screened_conf`` gives it, read as plain text (no parsing: fast, and anything
+    unusual, such as a quoted or repeated path key, is simply not these paths)."""
+    want = {"archive_dir": archive_dir,
+            **{kind: os.path.join(live_dir, f"{kind}.pem") for kind in PEM_KINDS}}
+    seen: dict[str, str] = {}
+    for raw in conf_text.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            break
+        key, eq, value = line.partition("=")
+        if eq and key.strip() in want:
+            if key.strip() in seen:
+                return False
+            seen[key.strip()] = value.strip()
+    return seen == want
+
+
+def holds_untrusted(conf_text: bytes, trusted: bool) -> bool:
+    """Whether a conf's ``[renewalparams]`` holds a key that pull keeps from this
+    machine's own conf (trust.py), read as plain text; a subsection or anything it
+    cannot tell counts as one."""
+    inside = False
+    for raw in conf_text.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[["):
+            if inside:
+                return True
+            continue
+        if line.startswith("["):
+            inside = line == "[renewalparams]"
+            continue
+        key, eq, value = line.partition("=")
+        if inside and eq:
+            value = value.strip()
+            if value[:1] in ("'", '"'):
+                return True
+            if trust.untrusted(key.strip(), value, trusted):
+                return True
+    return False

@@ -27,7 +27,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
-from certbot_kvault._internal import sync
+from certbot_kvault._internal import jobs
 from certbot_kvault._internal.due import ConfSettings, Decision, conf_settings, decide
 from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
@@ -187,7 +187,7 @@ def with_state(layout: Layout, name: str, entry: KVEntry, now: float,
 
 def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
                with_memory: Union[bool, Callable[[LineageStatus], bool]] = True,
-               now: Optional[float] = None, progress: sync.Tick = None
+               now: Optional[float] = None, progress: jobs.Tick = None
                ) -> dict[str, LineageStatus]:
     """Every named lineage's status (in parallel); lineages gone from Vault are left out.
 
@@ -207,7 +207,7 @@ def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
         return with_state(layout, name, entry, when, denied, bare.settings)
 
     out = {}
-    for done, (name, status) in enumerate(sync.parallel(names, one, workers), 1):
+    for done, (name, status) in enumerate(jobs.parallel(names, one, workers), 1):
         if status is not None:
             out[name] = status
         if progress is not None:
@@ -280,7 +280,7 @@ def refresh_ari(fleet: dict[str, LineageStatus], layout: Layout, clients: AriCli
             unsaved.append(f"{st.name}: {e}")
         return status_of(st.name, st.entry, st.now, state)
 
-    for st, fresh in sync.parallel(todo, one, workers):
+    for st, fresh in jobs.parallel(todo, one, workers):
         if fresh is not None:
             fleet[st.name] = fresh
     lines = list(dict.fromkeys(clients.notes))
@@ -323,7 +323,7 @@ def remember(layout: Layout, fleet: dict[str, LineageStatus],
         return None
 
     problems = 0
-    for name, problem in sync.parallel(sorted(outcomes), one, workers):
+    for name, problem in jobs.parallel(sorted(outcomes), one, workers):
         if problem:
             problems += 1
             notify(f"warning: lineage {name}: its renewal memory was not saved "

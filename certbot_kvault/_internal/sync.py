@@ -11,11 +11,9 @@ is one Vault secret, and on disk its renewal conf is written last.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import logging
-from typing import Callable, Collection, Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Collection, Iterable, Optional
 
 import configobj
 from certbot import errors
@@ -32,6 +30,10 @@ from certbot_kvault._internal.errors import (
     is_transient,
     lost_race,
 )
+from certbot_kvault._internal.jobs import DEFAULT_WORKERS as DEFAULT_WORKERS
+from certbot_kvault._internal.jobs import Report as Report
+from certbot_kvault._internal.jobs import Tick as Tick
+from certbot_kvault._internal.jobs import parallel as parallel
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import (
     AccountRecord,
@@ -40,80 +42,23 @@ from certbot_kvault._internal.records import (
     server_path_for_url,
     validate_name,
 )
+from certbot_kvault._internal.synced import (
+    ACCOUNTS,
+    LINEAGES,
+    Listed,
+    Manifest,
+    account_fingerprint,
+    account_key,
+    check_and_set,
+    lineage_fingerprint,
+)
 from certbot_kvault._internal.tree import Tree, TreeError
 from certbot_kvault._internal.vault import KVEntry
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-Tick = Optional[Callable[[int, int], None]]  # progress(done, total) after each lineage
-
 # Errors that mean "Vault as a whole is not usable": stop at once.
 FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsupported)
-
-DEFAULT_WORKERS = 8
-
-
-@dataclasses.dataclass
-class Report:
-    """What a pull or push did, item by item (items are 'lineage NAME' / 'account ID')."""
-
-    # pull: the KV version of each lineage as pulled (KV v2), for a fenced push.
-    versions: dict[str, int] = dataclasses.field(default_factory=dict)
-    # push: lineages refused because Vault changed after the pull (also in failed).
-    fenced: list[str] = dataclasses.field(default_factory=list)
-    written: list[str] = dataclasses.field(default_factory=list)
-    unchanged: list[str] = dataclasses.field(default_factory=list)
-    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    # One line per lineage whose renewal conf from Vault was not used whole
-    # (trust.py); the caller prints them.
-    warnings: list[str] = dataclasses.field(default_factory=list)
-
-    def merge(self, other: Report) -> Report:
-        self.versions.update(other.versions)
-        self.fenced += other.fenced
-        self.written += other.written
-        self.unchanged += other.unchanged
-        self.failed += other.failed
-        self.warnings += other.warnings
-        return self
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def as_dict(self) -> dict[str, object]:
-        return {"written": self.written, "unchanged": self.unchanged,
-                "failed": [{"item": i, "error": e} for i, e in self.failed],
-                "warnings": self.warnings}
-
-
-def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R]]:
-    """fn over items in a pool, keeping at most 2*workers in flight (flat memory).
-
-    One worker runs inline: no thread can start while the interpreter exits,
-    which is when the plugin's exit handler pushes.
-    """
-    if workers <= 1:
-        for item in items:
-            yield item, fn(item)
-        return
-    window = max(1, workers) * 2
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: collections.deque[tuple[T, concurrent.futures.Future[R]]] = collections.deque()
-        try:
-            for item in items:
-                pending.append((item, pool.submit(fn, item)))
-                if len(pending) >= window:
-                    head, fut = pending.popleft()
-                    yield head, fut.result()
-            while pending:
-                head, fut = pending.popleft()
-                yield head, fut.result()
-        finally:
-            for _, fut in pending:
-                fut.cancel()
 
 
 def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
@@ -159,13 +104,15 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     tree.ensure_base()
     tree.remove_leftovers()  # before the workers, whose temp files it would take
     report = Report()
+    manifest = Manifest(tree, layout.vault.settings)
     if accounts and not used_accounts_only:
         report.merge(_run((f"{s}\0{i}" for s, i in layout.list_accounts()),
-                          lambda key: _pull_account(tree, layout, *key.split("\0")), workers))
+                          lambda key: _pull_account(tree, layout, *key.split("\0"),
+                                                    manifest=manifest), workers))
     wanted = names if names is not None else layout.list_lineages()
     asking = renewal_conf.profile_asks()  # one warning for all lineages, not one each
-    report.merge(_run(wanted, lambda name: _pull_lineage(tree, layout, name, asking),
-                      workers, progress))
+    report.merge(_run(wanted, lambda name: _noted(
+        tree, manifest, name, _pull_lineage(tree, layout, name, asking)), workers, progress))
     if asking:
         report.warnings.append(renewal_conf.profiles_ignored_warning(asking))
     if accounts and used_accounts_only:
@@ -177,10 +124,22 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
 
         def pull_used(key: str) -> Report:
             server_path, account_id, lineages = users[key]
-            return _pull_account(tree, layout, server_path, account_id, used_by=lineages)
+            return _pull_account(tree, layout, server_path, account_id, used_by=lineages,
+                                 manifest=manifest)
 
         report.merge(_run(sorted(users), pull_used, workers))
+    report.warnings += filter(None, [manifest.save()])
     tree.install_hook(kvault_bin)
+    return report
+
+
+def _noted(tree: Tree, manifest: Manifest, name: str, report: Report) -> Report:
+    """A lineage pulled whole is as Vault has it; any other is compared by the next push."""
+    if f"lineage {name}" in report.written and not report.warnings:
+        manifest.note(LINEAGES, name, report.versions.get(name),
+                      lineage_fingerprint(tree, name, pulled=True))
+    else:
+        manifest.forget(LINEAGES, name)
     return report
 
 
@@ -204,7 +163,7 @@ def _used_accounts(tree: Tree,
 
 
 def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str,
-                  *, used_by: Optional[list[str]] = None) -> Report:
+                  *, used_by: Optional[list[str]] = None, manifest: Manifest) -> Report:
     def work() -> bool:
         record = layout.load_account(server_path, account_id)
         where = layout.where('accounts', server_path, account_id)
@@ -214,6 +173,8 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str,
         if record is None:
             raise RecordError(f"{where} vanished while pulling.")
         tree.write_account(record)
+        manifest.note(ACCOUNTS, account_key(server_path, account_id), record.kv_version,
+                      account_fingerprint(record))
         return True
 
     return _outcome(f"account {account_id}", work)
@@ -262,22 +223,31 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          expected: Optional[dict[str, int]] = None, progress: Tick = None) -> Report:
     """Write local accounts and the named (or all) lineages to Vault; only what changed.
 
-    ``expected`` (lineage -> KV version seen at pull time, ``Report.versions``) fences
-    those lineages: the write is a check-and-set against that version, not against one
-    read just before writing, so a renewer that lost its lock cannot replace what the
-    renewer that took over saved. Such a refusal is in ``failed`` and ``fenced``.
+    Unchanged since the last pull or push (synced.py): not even read. Changed: written
+    with check-and-set against the KV version last synced (so a change since loses).
+
+    ``expected`` (lineage -> KV version seen at pull time, ``Report.versions``)
+    fences those lineages: the write is a check-and-set against that version,
+    not against one read just before writing, so a renewer that lost its lock
+    cannot replace what the renewer that took over saved. Such a refusal is in
+    ``failed`` and ``fenced``.
     """
     fence = expected or {}
     layout.vault.login()
     report = Report()
+    manifest = Manifest(tree, layout.vault.settings)
     if accounts:
         urls = tree.server_urls()
+        listed = Listed(lambda: (account_key(*a) for a in layout.list_accounts()))
         report.merge(_run(
             (f"{s}\0{i}" for s, i in tree.account_dirs()),
-            lambda key: _push_account(tree, layout, urls, *key.split("\0")), workers))
+            lambda key: _push_account(tree, layout, urls, *key.split("\0"),
+                                      synced=(manifest, listed)), workers))
     wanted = names if names is not None else tree.lineage_names()
-    report.merge(_run(wanted, lambda name: _push_lineage(tree, layout, name, fence.get(name)),
-                      workers, progress))
+    listed = Listed(layout.list_lineages)
+    report.merge(_run(wanted, lambda name: _push_lineage(
+        tree, layout, name, fence.get(name), synced=(manifest, listed)), workers, progress))
+    report.warnings += filter(None, [manifest.save()])
     for item in report.written + report.unchanged:
         if item.startswith("lineage "):
             pending.clear(tree, item[len("lineage "):])
@@ -285,21 +255,31 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
 
 
 def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path: str,
-                  account_id: str) -> Report:
+                  account_id: str, *, synced: tuple[Manifest, Listed]) -> Report:
+    manifest, listed = synced
+    key = account_key(server_path, account_id)
+    known = manifest.get(ACCOUNTS, key)
+    agreed: list[tuple[Optional[int], str]] = []  # (KV version, fingerprint) once equal
+
     def work() -> bool:
         url = urls.get(server_path) or f"https://{server_path}"
         local = tree.read_account(server_path, account_id, url)
+        mine = account_fingerprint(local)
+        if known is not None and known.fingerprint == mine and listed(key):
+            agreed.append((known.version, mine))
+            return False
         remote_entry = layout.vault.read(layout.path("accounts", server_path, account_id))
         if remote_entry is not None:
             try:
                 remote = AccountRecord.from_kv(server_path, account_id, remote_entry, "")
                 if remote.same_content(local):
+                    agreed.append((remote_entry.version, mine))
                     return False
             except RecordError:
                 pass  # a damaged record in Vault is replaced by the good local one
-        cas = remote_entry.version if remote_entry else 0
+        cas = check_and_set(known, remote_entry)
         try:
-            layout.save_account(local, cas=cas)
+            agreed.append((layout.save_account(local, cas=cas), mine))
         except VaultConflict:
             # Another pusher of the same account won: fine if it wrote what we hold.
             path = layout.path("accounts", server_path, account_id)
@@ -308,6 +288,7 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
                 try:
                     if AccountRecord.from_kv(server_path, account_id, winner, "") \
                             .same_content(local):
+                        agreed.append((winner.version, mine))
                         return False
                 except RecordError:
                     pass
@@ -315,12 +296,18 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
                             None if winner is None else winner.version) from None
         return True
 
-    return _outcome(f"account {account_id}", work)
+    report = _outcome(f"account {account_id}", work)
+    manifest.settle(ACCOUNTS, key, agreed[0] if agreed and report.ok else None)
+    return report
 
 
-def _push_lineage(tree: Tree, layout: Layout, name: str,
-                  expected: Optional[int] = None) -> Report:
+def _push_lineage(tree: Tree, layout: Layout, name: str, expected: Optional[int] = None,
+                  *, synced: tuple[Manifest, Listed]) -> Report:
+    manifest, listed = synced
+    known = manifest.get(LINEAGES, name)
     fenced = False
+    agreed: list[Optional[int]] = []  # the KV version once both sides are equal
+    mine: Optional[str] = None  # the fingerprint of what is pushed
 
     def refuse(now: str) -> RecordError:
         nonlocal fenced
@@ -330,7 +317,13 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
                            "overwriting it.")
 
     def work() -> bool:
-        local = tree.read_lineage(validate_name(name))
+        nonlocal mine
+        # Before the lineage is read: a change made after it is never recorded as pushed.
+        mine = lineage_fingerprint(tree, validate_name(name))
+        if known is not None and mine == known.fingerprint and listed(name):
+            agreed.append(known.version)  # unchanged here since the last sync: no read
+            return False
+        local = tree.read_lineage(name)
         entry = layout.read_lineage_raw(name)
         if entry is not None:
             try:
@@ -342,6 +335,7 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
                 local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
                     local.renewal, remote.renewal))
                 if remote.same_content(local) or as_pulled(tree, remote, local):
+                    agreed.append(entry.version)
                     return False
                 if expected is not None and entry.version != expected:
                     raise refuse(f"version {entry.version}")
@@ -349,15 +343,16 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
                     raise _newer(remote, local)
         if expected is not None and (entry is None or entry.version != expected):
             raise refuse(f"version {entry.version}" if entry is not None else "deleted")
-        cas = expected if expected is not None else entry.version if entry is not None else 0
+        cas = expected if expected is not None else check_and_set(known, entry)
         try:
-            layout.save_lineage(local, cas=cas)
+            agreed.append(layout.save_lineage(local, cas=cas))
         except VaultConflict:
             # A winner who saved exactly our lineage (updated_at aside) loses
             # nothing of ours, nor of a renewer that took over: fenced or not.
             winner = layout.winner(layout.path("certificates", name), cas)
             remote = _lineage_or_none(layout, name, winner)
             if remote is not None and remote.same_content(local):
+                agreed.append(remote.kv_version)
                 return False
             now = None if winner is None else winner.version
             if expected is not None:
@@ -370,6 +365,7 @@ def _push_lineage(tree: Tree, layout: Layout, name: str,
     report = _outcome(f"lineage {name}", work)
     if fenced:
         report.fenced.append(name)
+    manifest.settle(LINEAGES, name, (agreed[0], mine) if agreed and report.ok else None)
     return report
 
 

@@ -5,19 +5,72 @@ Errors are one line on stderr and exit 1; ``--json`` output is stable.
 :mod:`.common` holds the options and context every subcommand shares; each
 other module of this package holds the subcommands of one area, and this
 one puts them together under the group :func:`main`.
+
+A subcommand's module is imported only when that subcommand runs: ``--help``
+and ``list`` must not pay for certbot's ACME stack, cryptography or the renew
+machinery they never use (the listing's one-line helps are below, checked
+against the commands by the tests).
 """
 from __future__ import annotations
 
+import importlib
+from typing import Optional
+
 import click
 
-from certbot_kvault._internal.cli.consumer import export_, list_, rm, show
-from certbot_kvault._internal.cli.dns import dns_group
-from certbot_kvault._internal.cli.renew import renew, run_
-from certbot_kvault._internal.cli.status import status
-from certbot_kvault._internal.cli.sync_cmds import deploy_hook, import_, pull, push
+# name -> (module of this package, attribute, the first line of its help)
+COMMANDS = {
+    "deploy-hook": ("sync_cmds", "deploy_hook",
+                    "Push $RENEWED_LINEAGE to Vault (what certbot's deploy hook runs)."),
+    "dns": ("dns", "dns_group",
+            "DNS provider entries for the kvault authenticator (Vault: "
+            "<mount>/<prefix>/dns/NAME)."),
+    "export": ("consumer", "export_", "Write lineages from Vault for an app, or print env "
+               "lines or a Kubernetes Secret."),
+    "import": ("sync_cmds", "import_",
+               "Migrate a certbot config dir, or another tool's layout in Vault, into Vault."),
+    "list": ("consumer", "list_", "NAME  SUBJECT  EXPIRATION  AUTO_RENEWABLE  NEXT_RENEWAL  "
+             "FAILURES, from Vault alone."),
+    "pull": ("sync_cmds", "pull", "Rebuild the certbot config dir from Vault (all lineages, "
+             "or NAMES, and all accounts)."),
+    "push": ("sync_cmds", "push", "Write local lineages (all, or NAMES) and accounts to "
+             "Vault; only what changed."),
+    "renew": ("renew", "renew", "Decide what is due from Vault, lock, pull it, "
+              "`certbot renew`, push, unlock."),
+    "rm": ("consumer", "rm", "Delete a lineage and its renewal memory from Vault (all "
+           "versions with --purge)."),
+    "run": ("renew", "run_", "Pull, run certbot with CERTBOT-ARGS, push; fail unless Vault "
+            "then holds the result."),
+    "show": ("consumer", "show", "One lineage: subject, alt names, validity, serial, key "
+             "type (never the key)."),
+    "status": ("status", "status", "Can we reach Vault, who are we, which mount and KV "
+               "version, what may we do."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (see the module's doc)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute, _ = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        # A bare Command shortens a help exactly as the real one would.
+        rows = [(name, click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit))
+                for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="certbot-kvault")
 def main() -> None:
     """Keep certbot's state (accounts, certificates, renewal settings) in Vault.
@@ -26,20 +79,6 @@ def main() -> None:
     VAULT_TOKEN or ~/.vault-token, VAULT_NAMESPACE, VAULT_CACERT, ...), plus
     KVAULT_MOUNT and KVAULT_PREFIX. See `certbot-kvault COMMAND --help`.
     """
-
-
-main.add_command(pull)
-main.add_command(push)
-main.add_command(import_)
-main.add_command(deploy_hook)
-main.add_command(status)
-main.add_command(list_)
-main.add_command(show)
-main.add_command(export_)
-main.add_command(rm)
-main.add_command(dns_group)
-main.add_command(renew)
-main.add_command(run_)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m`

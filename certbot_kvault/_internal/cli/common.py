@@ -10,19 +10,21 @@ import functools
 import json
 import logging
 import sys
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
 import click
 from certbot import errors
 
-from certbot_kvault._internal import pending, sync
 from certbot_kvault._internal.errors import VaultError
+from certbot_kvault._internal.jobs import DEFAULT_WORKERS, Report, Tick
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import RecordError
 from certbot_kvault._internal.redact import one_line as _one_line
 from certbot_kvault._internal.settings import VAULT_OPTIONS, VaultSettings
-from certbot_kvault._internal.tree import Dirs, Tree
 from certbot_kvault._internal.vault import VaultClient
+
+if TYPE_CHECKING:  # the config dir's modules load when a command uses it: not for `list`
+    from certbot_kvault._internal.tree import Tree
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,7 +42,7 @@ class Context:
         if opts.get("skip_verify"):
             overrides["skip_verify"] = True
         self.settings = VaultSettings.from_env(**overrides)
-        self.workers: int = opts.get("workers") or sync.DEFAULT_WORKERS
+        self.workers: int = opts.get("workers") or DEFAULT_WORKERS
         self.json: bool = bool(opts.get("as_json"))
         self._vault: Optional[VaultClient] = None
 
@@ -62,13 +64,17 @@ class Context:
 
     @property
     def tree(self) -> Tree:
+        from certbot_kvault._internal.tree import Dirs, Tree
+
         return Tree(Dirs(config_dir=self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
                          work_dir=self.opts.get("work_dir") or DEFAULT_WORK_DIR,
                          logs_dir=self.opts.get("logs_dir") or DEFAULT_LOGS_DIR),
                     trust_vault_hooks=bool(self.opts.get("trust_vault_hooks")))
 
-    def finish_pending(self) -> sync.Report:
+    def finish_pending(self) -> Report:
         """Every command that touches the tree first completes what a hook left undone."""
+        from certbot_kvault._internal import sync
+
         report = sync.finish_pending(self.tree, self.layout, self.workers)
         for item, err in report.failed:
             click.echo(f"pending push of {item} still failing: {err}", err=True)
@@ -108,7 +114,7 @@ def common_options(tree: bool = True, json_opt: bool = False,
                                    default=False, help="Do not verify Vault's TLS certificate "
                                                        "[VAULT_SKIP_VERIFY]"))
         params.append(click.option("--workers", "o_workers", type=click.IntRange(1, 64),
-                                   default=sync.DEFAULT_WORKERS, show_default=True,
+                                   default=DEFAULT_WORKERS, show_default=True,
                                    help="Parallel Vault requests"))
         params.append(click.option("-v", "--verbose", "o_verbose", count=True,
                                    help="More logging (-vv for debug)"))
@@ -161,6 +167,8 @@ def note_pending(ctx: Context) -> list[str]:
 
     Read-only: the Vault-only commands say what is missing, they do not push.
     """
+    from certbot_kvault._internal import pending
+
     tree = ctx.tree
     try:
         names = pending.owed(tree)
@@ -177,7 +185,7 @@ def note_pending(ctx: Context) -> list[str]:
 
 
 @contextlib.contextmanager
-def progress_bar(ctx: Context, label: str) -> Iterator[sync.Tick]:
+def progress_bar(ctx: Context, label: str) -> Iterator[Tick]:
     """A ``progress(done, total)`` drawing click's bar on stderr when it is a terminal;
     None (nothing drawn) for --json, -v (which prints per item) and pipes."""
     if ctx.json or ctx.opts.get("verbose") or not sys.stderr.isatty():
@@ -198,7 +206,7 @@ def progress_bar(ctx: Context, label: str) -> Iterator[sync.Tick]:
             bar.__exit__(None, None, None)
 
 
-def print_report(ctx: Context, report: sync.Report, verb: str) -> None:
+def print_report(ctx: Context, report: Report, verb: str) -> None:
     if ctx.json:
         click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:

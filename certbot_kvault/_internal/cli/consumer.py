@@ -176,8 +176,10 @@ def _shape_options(fn: Any) -> Any:
 def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt: str,
             watch: bool, once: bool, interval: float, exec_cmd: Optional[str],
             **shape: Any) -> None:
-    """Write lineages from Vault for an app (init-container style), print env lines or a
-    Kubernetes Secret; with --watch keep the files current (sidecar style).
+    """Write lineages from Vault for an app, or print env lines or a Kubernetes Secret.
+
+    Init-container style by default (--once: as --watch writes, then exit);
+    with --watch the files are kept current (sidecar style).
 
     \b
     certbot-kvault export example.com --dir /certs
@@ -236,8 +238,10 @@ def _say(line: str, err: bool = False) -> None:
 @click.option("--purge", is_flag=True, help="Delete all versions and metadata (KV v2)")
 @common_options(tree=False)
 def rm(ctx: Context, name: str, purge: bool) -> None:
-    """Delete a lineage and its renewal memory from Vault (the latest version; all of
-    them with --purge)."""
+    """Delete a lineage and its renewal memory from Vault (all versions with --purge).
+
+    Without --purge the latest version is deleted (KV v2 keeps the others).
+    """
     layout = ctx.layout
     if layout.read_lineage_raw(validate_name(name)) is None and not purge:
         raise click.ClickException(f"No lineage {name} in Vault "

@@ -80,8 +80,11 @@ def push(ctx: Context, names: tuple[str, ...]) -> None:
 def import_(ctx: Context, source: Optional[str], path: Optional[str], server: str,
             dns_entry: Optional[str], account: Optional[str], dry_run: bool,
             force: bool) -> None:
-    """Migrate an existing certbot config dir (or, with --from, another tool's layout in
-    Vault) into Vault; a config dir also gets the deploy hook."""
+    """Migrate a certbot config dir, or another tool's layout in Vault, into Vault.
+
+    A config dir (--config-dir) is pushed and gets the deploy hook; with --from,
+    another tool's records are read (never changed) and written in our layout.
+    """
     if source is not None:
         _import_from(ctx, source, path or migrate.DEFAULT_PATHS[source],
                      migrate.Options(server=server, dns=dns_entry, account=account),

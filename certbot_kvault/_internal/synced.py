@@ -1,0 +1,219 @@
+"""What this config dir last synced with Vault: ``<config-dir>/kvault/synced.json``.
+
+So that a push of an unchanged fleet reads nothing back. For each lineage and
+account that a pull or push left equal on both sides, the manifest keeps the KV
+version Vault held then (KV v2; none on KV v1) and a SHA-256 fingerprint of the
+content as it was on disk. A push skips what still has that fingerprint, and
+writes what differs with check-and-set against the recorded version, so a
+change someone else made in Vault meanwhile is caught (sync.py).
+
+A lineage's fingerprint covers everything ``Tree.read_lineage`` reads: the
+renewal conf's bytes, the ``live/`` links' targets and every file of its
+archive dir (contents, never modification times). A conf whose paths are not
+the ones pull writes (``renewal_conf.has_paths``) has no fingerprint: the
+files it names could be anywhere, so that lineage is always read back. An
+account's is its record as push sends it.
+
+The file holds hashes and version numbers only (no key, no token), is written
+atomically with mode 0600, and belongs to one Vault address, namespace, mount
+and prefix (itself kept as a hash): a manifest that is missing, unreadable,
+malformed or of another Vault counts as empty, and push then reads every
+record back as it did before there was one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import threading
+from typing import Callable, Iterable, Optional
+
+from certbot_kvault._internal import renewal_conf
+from certbot_kvault._internal.errors import VaultPermissionDenied
+from certbot_kvault._internal.files import atomic_write, make_dirs
+from certbot_kvault._internal.records import AccountRecord
+from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.tree import Tree
+from certbot_kvault._internal.vault import KVEntry
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = os.path.join("kvault", "synced.json")
+FORMAT = 1
+LINEAGES, ACCOUNTS = "lineages", "accounts"
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One record as last synced: Vault's KV version then, and the local content's hash."""
+
+    version: Optional[int]
+    fingerprint: str
+
+
+def vault_id(settings: VaultSettings) -> str:
+    """Which KV tree a manifest is about (a hash: the address may hold a user name)."""
+    what = [settings.addr.rstrip("/"), settings.namespace or "", settings.mount,
+            settings.prefix]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+
+def account_key(server_path: str, account_id: str) -> str:
+    return f"{server_path}/{account_id}"
+
+
+def account_fingerprint(record: AccountRecord) -> str:
+    return hashlib.sha256(json.dumps(record.to_kv(), sort_keys=True).encode()).hexdigest()
+
+
+def check_and_set(known: Optional[Entry], read: Optional[KVEntry]) -> Optional[int]:
+    """What a push writes a changed record against: the KV version last synced while
+    Vault holds the record (so a change made there since is a lost race), else the
+    version just read (0: must not exist)."""
+    if read is None:
+        return 0
+    return known.version if known is not None and known.version is not None else read.version
+
+
+def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False) -> Optional[str]:
+    """The hash of a lineage as it is on disk now; None if it cannot be told from its
+    standard places (then it is never skipped).
+
+    ``pulled``: also None when its conf holds a setting that pull kept from this
+    machine's own conf (a hook, say): Vault lacks it, so the two sides differ and
+    the next push must compare them.
+    """
+    digest = hashlib.sha256()
+
+    def add(*parts: bytes) -> None:
+        for part in parts:  # length-prefixed: no two file sets hash alike
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+
+    archive, live = tree.archive_dir(name), tree.live_dir(name)
+    try:
+        with open(tree.renewal_conf_path(name), "rb") as f:
+            conf = f.read()
+        if not renewal_conf.has_paths(conf, archive_dir=archive, live_dir=live) or \
+                (pulled and renewal_conf.holds_untrusted(conf, tree.trust_vault_hooks)):
+            return None
+        add(b"conf", conf)
+        with os.scandir(live) as entries:
+            links = sorted((e.name, os.readlink(e.path)) for e in entries if e.is_symlink())
+        for link, target in links:
+            add(b"link", os.fsencode(link), os.fsencode(target))
+        with os.scandir(archive) as entries:
+            files = sorted((e.name, e.path) for e in entries if e.is_file())
+        for file, path in files:
+            with open(path, "rb") as f:
+                add(b"file", os.fsencode(file), f.read())
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+class Manifest:
+    """The manifest of one config dir for one Vault; safe to use from the push workers."""
+
+    def __init__(self, tree: Tree, settings: VaultSettings) -> None:
+        self.path = os.path.join(tree.config_dir, MANIFEST)
+        self.vault = vault_id(settings)
+        self._entries: dict[str, dict[str, Entry]] = {LINEAGES: {}, ACCOUNTS: {}}
+        self._changed = False
+        self._mutex = threading.Lock()
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                doc = json.load(f)
+            if isinstance(doc, dict) and doc.get("format") == FORMAT \
+                    and doc.get("vault") == self.vault:
+                for kind, entries in self._entries.items():
+                    entries.update(_entries(doc.get(kind)))
+        except (OSError, ValueError) as e:
+            if not isinstance(e, FileNotFoundError):
+                logger.debug("%s not used (%s): every record is read back", self.path, e)
+
+    def get(self, kind: str, key: str) -> Optional[Entry]:
+        with self._mutex:
+            return self._entries[kind].get(key)
+
+    def note(self, kind: str, key: str, version: Optional[int],
+             fingerprint: Optional[str]) -> None:
+        """``key`` is now equal on both sides (Vault at ``version``); no fingerprint:
+        forget it."""
+        if fingerprint is None:
+            self.forget(kind, key)
+            return
+        entry = Entry(version, fingerprint)
+        with self._mutex:
+            if self._entries[kind].get(key) != entry:
+                self._entries[kind][key] = entry
+                self._changed = True
+
+    def settle(self, kind: str, key: str,
+               agreed: Optional[tuple[Optional[int], Optional[str]]]) -> None:
+        """After a push of ``key``: both sides equal at (version, fingerprint), or not
+        known to be (None: the next push compares it with Vault)."""
+        if agreed is None:
+            self.forget(kind, key)
+        else:
+            self.note(kind, key, *agreed)
+
+    def forget(self, kind: str, key: str) -> None:
+        with self._mutex:
+            if self._entries[kind].pop(key, None) is not None:
+                self._changed = True
+
+    def save(self) -> Optional[str]:
+        """Write it if anything changed; a warning line if it could not be written."""
+        with self._mutex:
+            if not self._changed:
+                return None
+            doc = {"format": FORMAT, "vault": self.vault,
+                   **{kind: {k: [e.version, e.fingerprint] for k, e in sorted(entries.items())}
+                      for kind, entries in self._entries.items()}}
+            self._changed = False
+        try:
+            make_dirs(os.path.dirname(self.path), 0o700)
+            atomic_write(self.path, json.dumps(doc, indent=0).encode(), 0o600)
+        except OSError as e:
+            return (f"warning: could not record what was synced in {self.path} "
+                    f"({e.strerror or e}); the next push reads every record back.")
+        return None
+
+
+def _entries(raw: object) -> dict[str, Entry]:
+    """The well-formed entries of one kind; anything else is dropped (read back)."""
+    out: dict[str, Entry] = {}
+    if not isinstance(raw, dict):
+        return out
+    for key, value in raw.items():
+        if isinstance(key, str) and isinstance(value, list) and len(value) == 2:
+            version, fingerprint = value
+            if (version is None or (type(version) is int and version > 0)) \
+                    and isinstance(fingerprint, str) and len(fingerprint) == 64 \
+                    and set(fingerprint) <= _HEX:
+                out[key] = Entry(version, fingerprint)
+    return out
+
+
+class Listed:
+    """Whether Vault lists a key, asked once per run (one LIST for the whole fleet): a
+    record deleted from Vault, or a Vault rebuilt empty, gets this machine's copy again."""
+
+    def __init__(self, keys: Callable[[], Iterable[str]]) -> None:
+        self._keys = keys
+        self._known: Optional[frozenset[str]] = None
+        self._mutex = threading.Lock()
+
+    def __call__(self, key: str) -> bool:
+        with self._mutex:
+            if self._known is None:
+                try:
+                    self._known = frozenset(self._keys())
+                except VaultPermissionDenied:
+                    # A token that may not list: read each record back, as before.
+                    self._known = frozenset()
+            return key in self._known
