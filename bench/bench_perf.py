@@ -35,65 +35,27 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+from helpers import ThrowawayCA, renewal_conf  # noqa: E402
 from servers import free_port, start_openbao_dev  # noqa: E402
 
 from certbot_kvault._internal import sync  # noqa: E402
 from certbot_kvault._internal.layout import Layout  # noqa: E402
 from certbot_kvault._internal.records import LineageRecord, PemSet  # noqa: E402
+from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
 from certbot_kvault._internal.state import RenewalState  # noqa: E402
 from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient, VaultSettings  # noqa: E402
+from certbot_kvault._internal.vault import VaultClient  # noqa: E402
 
 KVAULT = str(Path(sys.executable).with_name("certbot-kvault"))
-RENEWAL = """version = 5.8.0
-archive_dir = archive/{name}
-cert = live/{name}/cert.pem
-privkey = live/{name}/privkey.pem
-chain = live/{name}/chain.pem
-fullchain = live/{name}/fullchain.pem
-
-[renewalparams]
-account = 0123456789abcdef0123456789abcdef
-authenticator = standalone
-server = https://acme.example/dir
-key_type = ecdsa
-"""
 TMPFS = "/dev/shm"  # noqa: S108 - mkdtemp makes a private dir in it
 DISTINCT = 64  # distinct key/certificate pairs, shared round-robin (the names differ)
 
 
 def pem_sets(count: int) -> list[PemSet]:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
-    ca = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=365))
-          .sign(ca_key, hashes.SHA256()))
-    chain = ca.public_bytes(serialization.Encoding.PEM).decode()
-    out = []
-    for i in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = f"host{i:05d}.example.com"
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                .issuer_name(ca.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=10))
-                .not_valid_after(now + datetime.timedelta(days=80))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]),
-                               critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        privkey = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()).decode()
-        out.append(PemSet(pem, chain, pem + chain, privkey))
-    return out
+    ca = ThrowawayCA("bench CA")
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)
+    return [ca.pems(f"host{i:05d}.example.com", start, datetime.timedelta(days=90))
+            for i in range(count)]
 
 
 def seed(layout: Layout, n: int, pems: list[PemSet]) -> None:
@@ -102,7 +64,7 @@ def seed(layout: Layout, n: int, pems: list[PemSet]) -> None:
         name = f"host{i:05d}.example.com"
         older = {1: pems[(i + 1) % len(pems)]} if i % 5 == 0 else {}
         record = LineageRecord(name=name, version=2 if older else 1, pems=pems[i % len(pems)],
-                               renewal=RENEWAL.format(name=name), auto_renewable=True,
+                               renewal=renewal_conf(name), auto_renewable=True,
                                archive=older)
         layout.save_lineage(record)
         if i % 10 == 0:
@@ -178,7 +140,7 @@ def cpu_profile(bao_addr: str, token: str, prefix: str, work: Path) -> None:
     from certbot_kvault._internal import tree as tree_mod
     from certbot_kvault._internal import vault as vault_mod
 
-    spent: collections.Counter[str] = collections.Counter()
+    spent: dict[str, float] = collections.defaultdict(float)
 
     def wrap(owner: object, name: str, label: str) -> None:
         fn = getattr(owner, name)
@@ -211,7 +173,7 @@ def cpu_profile(bao_addr: str, token: str, prefix: str, work: Path) -> None:
     floor_total = time.process_time() - t0
     n = len(report.written)
     print(f"\nCPU of an in-process pull of {n} lineages, one worker (ms per lineage):")
-    for label, sec in spent.most_common():
+    for label, sec in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {label:44s} {sec * 1000 / n:6.3f}")
     print(f"  {'whole pull (sync.pull)':44s} {total * 1000 / n:6.3f}")
     print(f"  {'the floor, whole (floor.pull)':44s} {floor_total * 1000 / n:6.3f}")

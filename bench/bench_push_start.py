@@ -34,7 +34,8 @@ from servers import start_openbao_dev  # noqa: E402
 
 from certbot_kvault._internal import sync  # noqa: E402
 from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient, VaultSettings  # noqa: E402
+from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
+from certbot_kvault._internal.vault import VaultClient  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 KVAULT = str(REPO / ".venv" / "bin" / "certbot-kvault")
@@ -47,7 +48,8 @@ PROBE = ("import atexit, sys; atexit.register(lambda: print(' '.join(sorted("
 
 def push_ratio(addr: str, token: str, work: Path, n: int, rounds: int) -> None:
     tree = make_tree(work, n)
-    first, second = [], []
+    first: list[float] = []
+    second: list[float] = []
     for _ in range(rounds):
         settings = VaultSettings.from_env({}, addr=addr, token=token, mount="secret",
                                           prefix=f"bench-push-{secrets.token_hex(4)}")

@@ -43,7 +43,15 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import ZONE, ThrowawayCA, dir_args, kvault, orders, scrubbed_env  # noqa: E402
+from helpers import (  # noqa: E402
+    ZONE,
+    ThrowawayCA,
+    dir_args,
+    kvault,
+    orders,
+    renewal_conf,
+    scrubbed_env,
+)
 from servers import (  # noqa: E402
     Bao,
     Pebble,
@@ -64,22 +72,6 @@ AGE_DUE = datetime.timedelta(days=70)    # past 2/3 of 90 days (60): due
 # What Pebble logs for each identifier it validates.
 VALIDATED = re.compile(r'Identifier\{Type:"dns", Value:"([^"]+)"\}')
 
-# Portable, as certbot-kvault keeps it in Vault; Tree.write_lineage localises it.
-RENEWAL = """version = 5.8.0
-archive_dir = archive/{name}
-cert = live/{name}/cert.pem
-privkey = live/{name}/privkey.pem
-chain = live/{name}/chain.pem
-fullchain = live/{name}/fullchain.pem
-
-# Options used in the renewal process
-[renewalparams]
-account = {account}
-authenticator = standalone
-server = {server}
-key_type = ecdsa
-http01_port = {http_port}
-"""
 
 
 class Fleet:
@@ -127,8 +119,8 @@ def make_fleet(work: Path, label: str, total: int, due: int, pebble: Pebble,
     tree = Tree(Dirs(str(root / "config"), str(root / "work"), str(root / "logs")))
     for name in names:
         age = AGE_DUE if name in due_names else AGE_CALM
-        renewal = RENEWAL.format(name=name, account=account, server=pebble.directory_url,
-                                 http_port=pebble.http_port)
+        renewal = renewal_conf(name, account=account, server=pebble.directory_url,
+                               http_port=pebble.http_port)
         tree.write_lineage(ca.lineage(name, name, now - age, LIFETIME, renewal))
     prefix = f"bench-renew-{label}-{secrets.token_hex(3)}"
     kvault("push", *dir_args(root), env=kv_env(prefix), timeout=3600)

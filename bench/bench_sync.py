@@ -25,64 +25,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+from helpers import ThrowawayCA, renewal_conf  # noqa: E402
 from servers import free_port, start_openbao_dev  # noqa: E402
 
 from certbot_kvault._internal import sync  # noqa: E402
 from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.records import LineageRecord, PemSet  # noqa: E402
+from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
 from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient, VaultSettings  # noqa: E402
-
-RENEWAL = """version = 5.8.0
-archive_dir = archive/{name}
-cert = live/{name}/cert.pem
-privkey = live/{name}/privkey.pem
-chain = live/{name}/chain.pem
-fullchain = live/{name}/fullchain.pem
-
-[renewalparams]
-account = 0123456789abcdef0123456789abcdef
-authenticator = standalone
-server = https://acme.example/dir
-key_type = ecdsa
-"""
-
-
-def make_record(name: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
-                ) -> LineageRecord:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    chain = ca.public_bytes(serialization.Encoding.PEM).decode()
-    privkey = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return LineageRecord(name=name, version=1, pems=PemSet(pem, chain, pem + chain, privkey),
-                         renewal=RENEWAL.format(name=name), auto_renewable=True)
+from certbot_kvault._internal.vault import VaultClient  # noqa: E402
 
 
 def make_tree(root: Path, n: int) -> Tree:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    """N fresh 90-day lineages written as certbot would, by the tree writer itself."""
+    ca = ThrowawayCA("bench CA")
     now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
-    ca = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=365))
-          .sign(ca_key, hashes.SHA256()))
     tree = Tree(Dirs(str(root / "config"), str(root / "work"), str(root / "logs")))
     for i in range(n):
-        tree.write_lineage(make_record(f"host{i:05d}.example.com", ca_key, ca))
+        name = f"host{i:05d}.example.com"
+        tree.write_lineage(ca.lineage(name, name, now, datetime.timedelta(days=90),
+                                      renewal_conf(name)))
     return tree
 
 

@@ -398,6 +398,20 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def renewal_conf(name: str, *, account: str = "0123456789abcdef0123456789abcdef",
+                 server: str = "https://acme.example/dir", http_port: Optional[int] = None,
+                 top: str = "", extra: str = "", version: str = "5.8.0") -> str:
+    """A renewal conf as certbot-kvault keeps it in Vault (portable paths; pull makes them
+    this machine's): standalone http-01, ECDSA. ``top``/``extra``: more lines above the
+    paths (e.g. ``renew_before_expiry``) and at the end of ``[renewalparams]``."""
+    port = "" if http_port is None else f"http01_port = {http_port}\n"
+    return (f"{top}version = {version}\narchive_dir = archive/{name}\n"
+            + "".join(f"{kind} = live/{name}/{kind}.pem\n"
+                      for kind in ("cert", "privkey", "chain", "fullchain"))
+            + f"\n[renewalparams]\naccount = {account}\nauthenticator = standalone\n"
+              f"server = {server}\nkey_type = ecdsa\n{port}{extra}")
+
+
 class ThrowawayCA:
     """A CA of the test's own, for lineages with chosen dates: certbot renews a lineage
     from its names and renewal conf, whoever signed the certificate it holds."""
@@ -414,10 +428,9 @@ class ThrowawayCA:
                                     critical=True)
                      .sign(self.key, hashes.SHA256()))
 
-    def lineage(self, name: str, domain: str, not_before: datetime.datetime,
-                lifetime: datetime.timedelta, renewal: str,
-                auto_renewable: bool = True) -> LineageRecord:
-        """A lineage as ``push`` would store it (version 1), valid from ``not_before``."""
+    def pems(self, domain: str, not_before: datetime.datetime,
+             lifetime: datetime.timedelta) -> PemSet:
+        """A new key and a certificate for ``domain`` valid from ``not_before``."""
         key = ec.generate_private_key(ec.SECP256R1())
         # Whole seconds: certificates carry no fractions, and certbot's 2/3 point is
         # computed from what the certificate says.
@@ -434,6 +447,11 @@ class ThrowawayCA:
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
         chain = _pem(self.cert)
-        return LineageRecord(name=name, version=1,
-                             pems=PemSet(_pem(cert), chain, _pem(cert) + chain, privkey),
+        return PemSet(_pem(cert), chain, _pem(cert) + chain, privkey)
+
+    def lineage(self, name: str, domain: str, not_before: datetime.datetime,
+                lifetime: datetime.timedelta, renewal: str,
+                auto_renewable: bool = True) -> LineageRecord:
+        """A lineage as ``push`` would store it (version 1), valid from ``not_before``."""
+        return LineageRecord(name=name, version=1, pems=self.pems(domain, not_before, lifetime),
                              renewal=renewal, auto_renewable=auto_renewable)

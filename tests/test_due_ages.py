@@ -40,6 +40,7 @@ from helpers import (
     pdns_entry,
     pebble_log_mark,
     record,
+    renewal_conf,
     resolver_opt,
     scrubbed_env,
     validated_names,
@@ -91,31 +92,14 @@ def _cases() -> list[Case]:
 
 CASES = _cases()
 
-RENEWAL = """{top}version = {version}
-archive_dir = archive/{name}
-cert = live/{name}/cert.pem
-privkey = live/{name}/privkey.pem
-chain = live/{name}/chain.pem
-fullchain = live/{name}/fullchain.pem
-
-[renewalparams]
-account = {account}
-authenticator = standalone
-server = {server}
-key_type = ecdsa
-http01_port = {http_port}
-{extra}"""
-
-
 def synthetic_lineage(case: Case, ca: ThrowawayCA, *, account: str, pebble: Pebble,
                       now: float) -> LineageRecord:
     """A lineage as ``push`` would store it, its certificate signed by the test CA."""
-    renewal = RENEWAL.format(
+    renewal = renewal_conf(
+        case.name, account=account, server=pebble.directory_url, http_port=pebble.http_port,
         top=(f"renew_before_expiry = {case.renew_before_expiry}\n"
              if case.renew_before_expiry else ""),
-        version=certbot.__version__, name=case.name, account=account,
-        server=pebble.directory_url, http_port=pebble.http_port,
-        extra="" if case.autorenew else "autorenew = False\n")
+        extra="" if case.autorenew else "autorenew = False\n", version=certbot.__version__)
     not_before = datetime.datetime.fromtimestamp(now - case.age, datetime.timezone.utc)
     return ca.lineage(case.name, case.domain, not_before,
                       datetime.timedelta(days=case.lifetime_days), renewal,

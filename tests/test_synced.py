@@ -52,14 +52,14 @@ def test_second_push_reads_no_certificate_record(bao: Bao, golden: Golden,
     proxy = TcpFaultProxy(bao.port)
     env = golden_env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}")
     try:
-        first = kvault("push", *args, env=env)
+        first = kvault("push", "-v", *args, env=env)
         assert all(f"pushed: lineage {n}\n" in first.stdout for n in NAMES), first.stdout
         accounts = first.stdout.count("pushed: account ")
         assert accounts and _tally(first.stdout) == (3 + accounts, 0, 0)
         assert _reads(proxy, prefix) == sorted(NAMES), proxy.seen
         proxy.seen.clear()
 
-        second = kvault("push", *args, env=env)
+        second = kvault("push", "-v", *args, env=env)
         assert _tally(second.stdout) == (0, 3 + accounts, 0), second.stdout
         assert _reads(proxy, prefix) == [], proxy.seen
         assert not [r for r in proxy.seen if r.startswith(("POST", "PUT"))
@@ -68,7 +68,7 @@ def test_second_push_reads_no_certificate_record(bao: Bao, golden: Golden,
         # A record gone from Vault (purged, or a Vault rebuilt empty) is pushed again.
         bao.api("DELETE", f"secret/metadata/{prefix}/certificates/calm")
         proxy.seen.clear()
-        third = kvault("push", *args, env=env)
+        third = kvault("push", "-v", *args, env=env)
         assert "pushed: lineage calm\n" in third.stdout, third.stdout
         assert _tally(third.stdout) == (1, 2 + accounts, 0), third.stdout
         assert _reads(proxy, prefix) == ["calm"]
@@ -91,7 +91,7 @@ def test_pull_then_push_reads_nothing(bao: Bao, golden: Golden, vault_env: dict[
     try:
         kvault("pull", *args, env=env)
         proxy.seen.clear()
-        pushed = kvault("push", *args, env=env)
+        pushed = kvault("push", "-v", *args, env=env)
         assert _tally(pushed.stdout)[::2] == (0, 0), pushed.stdout
         assert "lineage" not in pushed.stdout
         assert _reads(proxy, prefix) == [], proxy.seen
@@ -118,7 +118,7 @@ def test_change_in_vault_after_the_pull_loses_the_race(bao: Bao, golden: Golden,
     assert r.status_code == 200, r.text
     _bump(root / "config", "calm", 11)
 
-    proc = kvault("push", *args, env=env, check=False)
+    proc = kvault("push", "-v", *args, env=env, check=False)
     assert proc.returncode == 1, proc.stdout
     assert (f"error: lineage calm: secret/{prefix}/certificates/calm changed in Vault while "
             "we were writing it: we wrote on top of KV version 1, Vault now holds KV "
@@ -128,7 +128,7 @@ def test_change_in_vault_after_the_pull_loses_the_race(bao: Bao, golden: Golden,
     assert kv_version(bao, prefix, "certificates/calm") == 2
 
     # Told, the operator runs it again: compared with what Vault holds now, as always.
-    again = kvault("push", *args, env=env)
+    again = kvault("push", "-v", *args, env=env)
     assert "pushed: lineage calm\n" in again.stdout, again.stdout
     assert kv_version(bao, prefix, "certificates/calm") == 3
 
@@ -158,7 +158,7 @@ def test_corrupt_or_missing_manifest_reads_back(bao: Bao, golden: Golden,
     env = golden_env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}")
     try:
         manifest.write_text("{not json")
-        pushed = kvault("push", *args, env=env)
+        pushed = kvault("push", "-v", *args, env=env)
         assert _tally(pushed.stdout)[::2] == (1, 0), pushed.stdout
         assert "pushed: lineage calm\n" in pushed.stdout
         assert _reads(proxy, prefix) == sorted(NAMES)  # read back, as without a manifest
@@ -169,17 +169,17 @@ def test_corrupt_or_missing_manifest_reads_back(bao: Bao, golden: Golden,
         doc["lineages"]["due"] = "nonsense"
         manifest.write_text(json.dumps(doc))
         proxy.seen.clear()
-        again = kvault("push", *args, env=env)
+        again = kvault("push", "-v", *args, env=env)
         assert _tally(again.stdout)[::2] == (0, 0), again.stdout
         assert _reads(proxy, prefix) == sorted(NAMES)
 
         manifest.unlink()
         proxy.seen.clear()
-        kvault("push", *args, env=env)
+        kvault("push", "-v", *args, env=env)
         assert _reads(proxy, prefix) == sorted(NAMES)
         # Each of those pushes left a good manifest behind: now nothing is read.
         proxy.seen.clear()
-        kvault("push", *args, env=env)
+        kvault("push", "-v", *args, env=env)
         assert _reads(proxy, prefix) == []
     finally:
         proxy.stop()
@@ -201,14 +201,14 @@ def test_kv_v1_skips_unchanged_too(bao: Bao, golden: Golden, kv1_mount: str,
     env = golden_env(bao, golden, prefix, VAULT_ADDR=f"http://127.0.0.1:{proxy.port}",
                      KVAULT_MOUNT=kv1_mount)
     try:
-        kvault("push", *args, env=env)
+        kvault("push", "-v", *args, env=env)
         _bump(root / "config", "calm", 12)
         proxy.seen.clear()
-        pushed = kvault("push", *args, env=env)
+        pushed = kvault("push", "-v", *args, env=env)
         assert "pushed: lineage calm\n" in pushed.stdout and _tally(pushed.stdout)[0] == 1
         assert _reads(proxy, prefix, kv1_mount) == ["calm"]
         proxy.seen.clear()
-        again = kvault("push", *args, env=env)
+        again = kvault("push", "-v", *args, env=env)
         assert _tally(again.stdout)[::2] == (0, 0), again.stdout
         assert _reads(proxy, prefix, kv1_mount) == []
     finally:
