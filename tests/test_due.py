@@ -107,6 +107,13 @@ def test_one_line_errors_carry_no_secret_and_no_newline() -> None:
     assert "\n" not in line and "s3cret" not in line and len(line) <= 300
 
 
+def test_an_error_from_vault_puts_no_terminal_escape_on_screen() -> None:
+    """A Vault writer plants an escape sequence in state/<name>'s last_error."""
+    st = RenewalState.from_kv({"consecutive_failures": 1, "last_error": "\x1b]0;pwned\x07 bad"})
+    assert st.last_error == "\\x1b]0;pwned\\x07 bad"
+    assert st.last_error.isprintable()
+
+
 @pytest.mark.parametrize("data", [
     {"consecutive_failures": "lots", "next_attempt": "tomorrow"},
     {"consecutive_failures": -4, "last_error": 7, "ari_renewal_time": ["x"]},

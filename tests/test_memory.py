@@ -310,3 +310,19 @@ def test_dry_run_tries_every_lineage_and_remembers_nothing(
     assert {n: kv_version(bao, prefix, f"certificates/{n}") for n in versions} == versions
     assert kv_version(bao, prefix, "state/due") == state_version
     assert record(bao, prefix, "state/calm") is None
+
+
+def test_list_and_show_print_no_terminal_escape_from_vault(
+        bao: Bao, golden: Golden, vault_env: dict[str, str]) -> None:
+    """Whoever may write a record plants escapes in its domains and in the memory's error."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm"])
+    data = record(bao, prefix, "certificates/calm")
+    assert data is not None
+    _write(bao, prefix, "calm", {**data, "domains": ["\x1b]0;pwned\x07calm.example.com"]})
+    bao.api("POST", f"secret/data/{prefix}/state/calm",
+            json={"data": {"consecutive_failures": 1, "last_error": "\x1b[2J wiped"}})
+    env = golden_env(bao, golden, prefix)
+    shown = kvault("list", env=env).stdout + kvault("show", "calm", env=env).stdout
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "\\x1b]0;pwned\\x07calm.example.com" in shown and "\\x1b[2J wiped" in shown

@@ -44,8 +44,13 @@ def backoff_seconds(failures: int, lifetime: Optional[float]) -> float:
 
 
 def one_line(text: str) -> str:
-    """An error as one short, secret-free line."""
+    """An error as one short, secret-free line, safe to print.
+
+    It is read back from Vault, where anyone who may write could plant terminal
+    escapes: characters that are not printable are shown escaped.
+    """
     line = redact(" ".join(str(text).split()))
+    line = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line)
     return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 1] + "…"
 
 

@@ -54,12 +54,20 @@ def list_(ctx: Context) -> None:
     table = [("NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE", "NEXT_RENEWAL", "FAILURES")]
     for r in rows:
         status = fleet[r["name"]]
-        table.append((r["name"], r["subject"] or "-", r["not_after"] or "-",
+        # SUBJECT and EXPIRATION are a record's fields: whoever may write it could plant
+        # terminal escapes, shown escaped here (--json escapes them itself).
+        table.append((r["name"], _printable(r["subject"] or "-"),
+                      _printable(r["not_after"] or "-"),
                       "yes" if r["auto_renewable"] else "no", _next(status),
                       "?" if status.state_error else str(status.failures)))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for line in table:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+
+
+def _printable(value: object) -> str:
+    text = str(value)
+    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 def _next(status: LineageStatus) -> str:
