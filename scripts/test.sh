@@ -20,46 +20,25 @@ echo "[test] mypy (the package; bench/ strict too, since its ratios are the perf
 .venv/bin/mypy
 .venv/bin/mypy --strict --python-version 3.10 bench
 
+echo "[test] pytest -q $* ($(.venv/bin/python -V))"
+.venv/bin/pytest -q "$@"
+
 # The lowest supported Python and versions (scripts/min-versions.txt): every
 # module imported, then the tests that drive certbot itself, the trust tests
 # (hostile records, key modes, diagnostics, fencing, profiles), the renewal
 # memory and ARI with an acme that cannot read it, run again against certbot 2.7.
-# It runs beside the main suite (own servers on free ports, own temp dir): both
-# spend much of their time waiting on leases, renewals and outages they stage,
-# so on 2 cores the two together take little longer than the main suite alone.
+# After the main suite, not beside it: a renewal's http-01 port is free between
+# renewals, and a second test session's servers may take it meanwhile.
 # KVAULT_SKIP_MIN=1 skips it.
-min_pid=""
-min_log=""
 if [ "$run_min" = 1 ]; then
-    min_log="$(mktemp -t kvault-min-XXXXXX.log)"
-    min_tmp="$(mktemp -d -t kvault-min-XXXXXX)"
-    (
-        set -e
-        echo "[test] lowest supported versions (.venv-min: $(.venv-min/bin/python -V))"
-        # The subset below does not import every module; a 3.10+ construct at import
-        # time anywhere in the package fails here.
-        .venv-min/bin/python -c 'import importlib, pkgutil, certbot_kvault as p
+    echo "[test] lowest supported versions (.venv-min: $(.venv-min/bin/python -V))"
+    # The subset below does not import every module; a 3.10+ construct at import
+    # time anywhere in the package fails here.
+    .venv-min/bin/python -c 'import importlib, pkgutil, certbot_kvault as p
 for m in pkgutil.walk_packages(p.__path__, p.__name__ + "."): importlib.import_module(m.name)'
-        .venv-min/bin/python -m pytest -q -p no:cacheprovider --basetemp "$min_tmp/t" \
-            tests/test_roundtrip.py tests/test_installer.py tests/test_errors.py \
-            tests/test_dns.py tests/test_cli.py tests/test_hostile.py tests/test_keymodes.py \
-            tests/test_diagnostics.py tests/test_fencing.py tests/test_ari.py \
-            tests/test_due.py tests/test_memory.py tests/test_profiles.py
-    ) > "$min_log" 2>&1 &
-    min_pid=$!
-fi
-
-echo "[test] pytest -q $* ($(.venv/bin/python -V))"
-main_rc=0
-.venv/bin/pytest -q "$@" || main_rc=$?
-
-min_rc=0
-if [ -n "$min_pid" ]; then
-    wait "$min_pid" || min_rc=$?
-    cat "$min_log"
-    rm -rf "$min_log" "$min_tmp"
-fi
-if [ "$main_rc" != 0 ] || [ "$min_rc" != 0 ]; then
-    echo "[test] FAILED: main suite exit $main_rc, lowest versions exit $min_rc"
-    exit 1
+    .venv-min/bin/python -m pytest -q -p no:cacheprovider tests/test_roundtrip.py \
+        tests/test_installer.py tests/test_errors.py tests/test_dns.py tests/test_cli.py \
+        tests/test_hostile.py tests/test_keymodes.py tests/test_diagnostics.py \
+        tests/test_fencing.py tests/test_ari.py tests/test_due.py tests/test_memory.py \
+        tests/test_profiles.py
 fi
