@@ -1,4 +1,4 @@
-"""pull and list at fleet scale, as ratios to the floors of bench/floor.py.
+"""Every performance figure of certbot-kvault, as ratios, with one command.
 
 One OpenBao dev server on loopback (tests/servers.py), N synthetic lineages
 (ECDSA certificates from a throw-away CA, renewal memory for every tenth one)
@@ -6,8 +6,15 @@ written straight into Vault, then, each a whole command in its own process:
 
   * pull N:      `certbot-kvault pull` into an empty dir / `floor.py pull` (same tree);
   * list N:      `certbot-kvault list` / `floor.py list` (the same reads and table);
+  * --help:      `certbot-kvault --help` / `python -c "import hvac"`;
+  * seed way:    `certbot-kvault pull` / `seed_way.py` (one `bao kv get -field`
+                 process per field, as the seed scripts did), that one timed over
+                 the first SEED lineages and scaled to N;
   * latency:     `certbot-kvault pull` through bench/latency_proxy.py (+10 ms per
                  request) / the same pull on loopback;
+  * workers:     `certbot-kvault pull --workers 1, 4, 16` / `--workers 8` (the default);
+  * second push: `sync.push` of an unchanged fleet / the first push of it (in-process,
+                 bench_push_start.push_times);
   * peak RSS:    maximum resident size of `certbot-kvault pull` of BIG lineages
                  (getrusage(RUSAGE_CHILDREN) of a wrapper that runs only it).
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import shutil
 import statistics
@@ -34,7 +42,9 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(BENCH))
 
+from bench_push_start import push_times  # noqa: E402
 from helpers import ThrowawayCA, renewal_conf  # noqa: E402
 from servers import free_port, start_openbao_dev  # noqa: E402
 
@@ -47,6 +57,7 @@ from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
 from certbot_kvault._internal.vault import VaultClient  # noqa: E402
 
 KVAULT = str(Path(sys.executable).with_name("certbot-kvault"))
+BAO = str(Path(sys.executable).with_name("bao"))
 TMPFS = "/dev/shm"  # noqa: S108 - mkdtemp makes a private dir in it
 DISTINCT = 64  # distinct key/certificate pairs, shared round-robin (the names differ)
 
@@ -89,15 +100,6 @@ def run(args: list[str], env: dict[str, str]) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(args[:3])}...: {proc.stderr.strip()[-500:]}")
     return elapsed
-
-
-def pair(runs: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float]:
-    """Interleaved a, b, a, b, ...: medians (a shared machine's noise hits both sides)."""
-    ta, tb = [], []
-    for _ in range(runs):
-        ta.append(a())
-        tb.append(b())
-    return statistics.median(ta), statistics.median(tb)
 
 
 def tree_of(root: Path) -> dict[str, tuple[int, str]]:
@@ -186,6 +188,8 @@ def main() -> int:
     ap.add_argument("--big", type=int, default=11000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--latency", type=float, default=10.0, help="ms added per request")
+    ap.add_argument("--seed", type=int, default=20,
+                    help="lineages the seed scripts' way is timed over (then scaled to N)")
     ap.add_argument("--profile", action="store_true",
                     help="also show where an in-process pull's CPU goes, step by step")
     ap.add_argument("--before", metavar="REV",
@@ -195,7 +199,7 @@ def main() -> int:
                          "jobs does not drown both sides in noise)")
     opts = ap.parse_args()
     if opts.quick:
-        opts.n, opts.big, opts.runs = 100, 400, 1
+        opts.n, opts.big, opts.runs, opts.seed = 100, 400, 1, 5
     work = Path(tempfile.mkdtemp(prefix="kvault-perf-", dir=opts.tmp))
     bao = start_openbao_dev(work)
     proxy = None
@@ -236,11 +240,11 @@ def main() -> int:
             return d
 
         def kvault_pull(addr: str = bao.addr, keep: list[Path] | None = None,
-                        env: dict[str, str] = env) -> float:
+                        env: dict[str, str] = env, workers: int = 8) -> float:
             d = fresh()
-            t = run([KVAULT, "pull", "--config-dir", str(d / "config"), "--work-dir",
-                     str(d / "work"), "--logs-dir", str(d / "logs")],
-                    {**env, "VAULT_ADDR": addr})
+            t = run([KVAULT, "pull", "--workers", str(workers), "--config-dir",
+                     str(d / "config"), "--work-dir", str(d / "work"), "--logs-dir",
+                     str(d / "logs")], {**env, "VAULT_ADDR": addr})
             if keep is not None:
                 keep.append(d / "config")
             else:
@@ -273,26 +277,53 @@ def main() -> int:
         if before_env is not None:
             sides["before"] = {**before_env, **{k: v for k, v in env.items()
                                                 if k != "PYTHONPATH"}}
-        rows: list[tuple[str, dict[str, float], float]] = []
+        # label -> side -> (side's median, its reference's median)
+        rows: list[tuple[str, dict[str, tuple[float, float]]]] = []
 
         def figure(label: str, side: Callable[[dict[str, str]], float],
-                   reference: Callable[[], float]) -> None:
-            times: dict[str, list[float]] = {k: [] for k in [*sides, "reference"]}
+                   reference: Callable[[dict[str, str]], float], own: bool = False) -> None:
+            """``own``: each side against the reference run with its own code (a pull
+            through the slow proxy against the same code's loopback pull); else one
+            reference for all sides."""
+            times: dict[str, list[float]] = {k: [] for k in sides}
+            refs: dict[str, list[float]] = {k: [] for k in sides}
             for _ in range(opts.runs):
                 for name, side_env in sides.items():
                     times[name].append(side(side_env))
-                times["reference"].append(reference())
-            med = {k: statistics.median(v) for k, v in times.items()}
-            rows.append((label, {k: med[k] for k in sides}, med["reference"]))
-            print(f"  {label}: " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items()),
-                  flush=True)
+                    if own:
+                        refs[name].append(reference(side_env))
+                if not own:
+                    ref = reference(env)
+                    for k in sides:
+                        refs[k].append(ref)
+            med = {k: (statistics.median(times[k]), statistics.median(refs[k])) for k in sides}
+            rows.append((label, med))
+            print(f"  {label}: " + ", ".join(f"{k} {t:.2f} s (reference {r:.2f} s)"
+                                             for k, (t, r) in med.items()), flush=True)
 
-        figure(f"pull {opts.n} / floor", lambda e: kvault_pull(env=e), floor_pull)
+        figure(f"pull {opts.n} / floor", lambda e: kvault_pull(env=e), lambda _: floor_pull())
         figure(f"list {opts.n} / floor", lambda e: run([KVAULT, "list"], e),
-               lambda: run([sys.executable, str(BENCH / "floor.py"), "list", bao.addr,
-                            bao.token, "secret", prefix], env))
+               lambda _: run([sys.executable, str(BENCH / "floor.py"), "list", bao.addr,
+                              bao.token, "secret", prefix], env))
         figure("--help / import hvac", lambda e: run([KVAULT, "--help"], e),
-               lambda: run([sys.executable, "-c", "import hvac"], env))
+               lambda _: run([sys.executable, "-c", "import hvac"], env))
+
+        def workers_pull(e: dict[str, str], workers: int) -> float:
+            return kvault_pull(env=e, workers=workers)
+
+        # The seed scripts' way takes about half a second per lineage: timed over the
+        # first few, scaled to N (the per-lineage cost is flat: one process per field).
+        seed_n = min(opts.seed, opts.n)
+
+        def seed_way(_: dict[str, str]) -> float:
+            d = fresh()
+            t = run([sys.executable, str(BENCH / "seed_way.py"), BAO, bao.addr, bao.token,
+                     "secret", prefix, str(d / "config"), str(seed_n)], env)
+            shutil.rmtree(d)
+            return float(t * opts.n / seed_n)
+
+        figure(f"pull {opts.n} / seed scripts' way (x{opts.n / seed_n:g} of {seed_n})",
+               lambda e: kvault_pull(env=e), seed_way)
 
         port = free_port()
         proxy = subprocess.Popen(
@@ -300,11 +331,18 @@ def main() -> int:
              str(opts.latency)], stdout=subprocess.PIPE, text=True)
         assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
         slow = f"http://127.0.0.1:{port}"
-        ratios = []
-        for name, side_env in sides.items():
-            a, b = pair(opts.runs, lambda: kvault_pull(slow, env=side_env),  # noqa: B023
-                        lambda: kvault_pull(env=side_env))  # noqa: B023
-            ratios.append((name, a, b))
+        figure(f"pull {opts.n} +{opts.latency:g} ms / loopback",
+               lambda e: kvault_pull(slow, env=e), lambda e: kvault_pull(env=e), own=True)
+        for workers in (1, 4, 16):
+            figure(f"pull {opts.n} --workers {workers} / --workers 8",
+                   functools.partial(workers_pull, workers=workers),
+                   lambda e: kvault_pull(env=e), own=True)
+        if not opts.before:
+            first, second = push_times(bao.addr, bao.token, work / "push", opts.n, opts.runs)
+            rows.append((f"second push {opts.n} (unchanged) / first",
+                         {"after": (second, first)}))
+            print(f"  second push: after {second:.2f} s, reference (first) {first:.2f} s",
+                  flush=True)
         rss = {}
         for name, side_env in sides.items():
             d = fresh()
@@ -316,14 +354,11 @@ def main() -> int:
 
         print(f"\n{opts.n} lineages, medians of {opts.runs} interleaved runs; ratio = "
               "side / reference")
-        print(f"{'figure':36s} " + " ".join(f"{k:>16s}" for k in sides) + "   reference")
-        for label, times, ref in rows:
-            print(f"{label:36s} " + " ".join(
-                f"{t / ref:6.2f} ({t:5.2f} s)" for t in times.values()) + f"   {ref:5.2f} s")
-        print(f"{f'pull {opts.n} +{opts.latency:g} ms / loopback':36s} " + " ".join(
-            f"{a / b:6.2f} ({a:5.2f} s)" for _, a, b in ratios)
-            + "   " + " / ".join(f"{b:5.2f} s" for _, _, b in ratios))
-        print(f"{f'peak RSS, pull {opts.big} (MB)':36s} " + " ".join(
+        print(f"{'figure':52s} " + " ".join(f"{k:>22s}" for k in sides))
+        for label, med in rows:
+            print(f"{label:52s} " + " ".join(
+                f"{t / r:6.3g} ({t:5.2f}/{r:5.2f} s)" for t, r in med.values()))
+        print(f"{f'peak RSS, pull {opts.big} (MB)':52s} " + " ".join(
             f"{v / 1024:16.1f}" for v in rss.values()) + "   goal <= 64")
         if opts.profile:
             cpu_profile(bao.addr, bao.token, prefix, work)

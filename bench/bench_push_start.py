@@ -46,7 +46,9 @@ PROBE = ("import atexit, sys; atexit.register(lambda: print(' '.join(sorted("
          "m for m in sys.modules if m in %r)), file=open(%r, 'w')))")
 
 
-def push_ratio(addr: str, token: str, work: Path, n: int, rounds: int) -> None:
+def push_times(addr: str, token: str, work: Path, n: int, rounds: int) -> tuple[float, float]:
+    """Medians of the first push of N lineages into a fresh prefix and of the second,
+    unchanged, push (which must write nothing)."""
     tree = make_tree(work, n)
     first: list[float] = []
     second: list[float] = []
@@ -60,7 +62,11 @@ def push_ratio(addr: str, token: str, work: Path, n: int, rounds: int) -> None:
             times.append(time.perf_counter() - t0)
             assert report.ok, report.failed
         assert len(report.unchanged) == n and not report.written, "second push wrote"
-    a, b = statistics.median(first), statistics.median(second)
+    return statistics.median(first), statistics.median(second)
+
+
+def push_ratio(addr: str, token: str, work: Path, n: int, rounds: int) -> None:
+    a, b = push_times(addr, token, work, n, rounds)
     print(f"push of {n} lineages ({rounds} rounds, medians): first {a:.2f} s, "
           f"second (unchanged) {b:.2f} s")
     print(f"  second push / first push:   {b / a:.3f}")

@@ -68,6 +68,58 @@ def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) 
         raise
 
 
+def create_file(path: str, data: bytes, mode: int) -> None:
+    """Write a new file in place (it must not exist), private until its ``mode`` is set:
+    for a directory no reader knows of yet, where a temp file and a rename buy nothing."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+# certbot's storage.py: what a new live/ dir holds besides the links, and the name of
+# an archive file (kind and version).
+LIVE_README = (
+    "This directory contains your keys and certificates.\n\n"
+    "`{prefix}privkey.pem`  : the private key for your certificate.\n"
+    "`{prefix}fullchain.pem`: the certificate file used in most server software.\n"
+    "`{prefix}chain.pem`    : used for OCSP stapling in Nginx >=1.3.7.\n"
+    "`{prefix}cert.pem`     : will break many server configurations, and "
+    "should not be used\n"
+    "                 without reading further documentation (see link below).\n\n"
+    "WARNING: DO NOT MOVE OR RENAME THESE FILES!\n"
+    "         Certbot expects these files to remain in this location in order\n"
+    "         to function properly!\n\n"
+    "We recommend not moving these files. For more information, see the Certbot\n"
+    "User Guide at https://certbot.eff.org/docs/using.html#where-are-my-"
+    "certificates.\n")
+
+ARCHIVE_FILE_RE = re.compile(r"^(cert|chain|fullchain|privkey)(\d+)\.pem$")
+
+
+def key_to_follow(archive: str, version: int) -> Optional[str]:
+    """The private key whose group and group/other bits ``privkey<version>.pem`` takes.
+
+    As certbot's ``save_successor``: the previous version's key. The file
+    itself when it is being rewritten, else the nearest earlier version on
+    disk; None (plain 0600) when there is none.
+    """
+    try:
+        entries = os.listdir(archive)
+    except OSError:
+        return None
+    found = []
+    for entry in entries:
+        m = ARCHIVE_FILE_RE.match(entry)
+        if m and m.group(1) == "privkey" and int(m.group(2)) <= version:
+            found.append((int(m.group(2)), entry))
+    if not found:
+        return None
+    return os.path.join(archive, max(found)[1])
+
+
 # renameat2(2) flags and the "relative to the cwd" dir fd (linux/fs.h, fcntl.h).
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -152,13 +204,7 @@ def replace_links(path: str, targets: dict[str, str], new: str, old: str, readme
         os.symlink(target, os.path.join(new, link))
     if not os.path.lexists(os.path.join(new, "README")):
         # ``new`` is ours alone until it is swapped in: no temp file needed.
-        fd = os.open(os.path.join(new, "README"),
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, readme)
-            os.fchmod(fd, file_mode)
-        finally:
-            os.close(fd)
+        create_file(os.path.join(new, "README"), readme, file_mode)
     replace_dir(new, path, old)
 
 

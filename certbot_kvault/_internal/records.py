@@ -11,6 +11,7 @@ Where a record lives in Vault is layout.py's business; on disk, tree.py's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -112,15 +113,29 @@ class PemSet:
         return dataclasses.asdict(self)
 
 
-@dataclasses.dataclass
 class CertInfo:
-    """What we tell about a certificate without opening the key."""
+    """What we tell about a certificate without opening the key; each read from the
+    certificate when first asked (a pull checks every record and tells nothing)."""
 
-    domains: list[str]
-    not_before: str
-    not_after: str
-    serial: str
-    key_type: str
+    def __init__(self, cert: x509.Certificate, key_type: str) -> None:
+        self._cert = cert
+        self.key_type = key_type
+
+    @functools.cached_property
+    def domains(self) -> list[str]:
+        return _cert_domains(self._cert)
+
+    @functools.cached_property
+    def not_before(self) -> str:
+        return floor_time(self._cert.not_valid_before_utc.timestamp())
+
+    @functools.cached_property
+    def not_after(self) -> str:
+        return floor_time(self._cert.not_valid_after_utc.timestamp())
+
+    @functools.cached_property
+    def serial(self) -> str:
+        return format(self._cert.serial_number, "x")
 
 
 def inspect_pems(pems: PemSet, where: str) -> CertInfo:
@@ -161,12 +176,7 @@ def inspect_pems(pems: PemSet, where: str) -> CertInfo:
         key_type = "ecdsa"
     else:
         key_type = type(key).__name__
-    return CertInfo(
-        domains=_cert_domains(cert),
-        not_before=floor_time(cert.not_valid_before_utc.timestamp()),
-        not_after=floor_time(cert.not_valid_after_utc.timestamp()),
-        serial=format(cert.serial_number, "x"),
-        key_type=key_type)
+    return CertInfo(cert, key_type)
 
 
 def _cert_domains(cert: x509.Certificate) -> list[str]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 from certbot_kvault._internal import jobs
 from certbot_kvault._internal.due import ConfSettings, Decision, conf_settings, decide
@@ -174,15 +174,20 @@ def with_state(layout: Layout, name: str, entry: KVEntry, now: float,
     ``denied`` collects the first permission denial, so that a reader token
     is told once rather than asked for every lineage.
     """
-    denied = [] if denied is None else denied
+    state, error = _memory(layout, name, [] if denied is None else denied)
+    return status_of(name, entry, now, state, error, settings)
+
+
+def _memory(layout: Layout, name: str,
+            denied: list[str]) -> tuple[Optional[RenewalState], Optional[str]]:
+    """A lineage's memory, or why this token cannot read it (asked once: see with_state)."""
     if denied:
-        return status_of(name, entry, now, None, denied[0], settings)
+        return None, denied[0]
     try:
-        state = layout.load_state(name)
+        return layout.load_state(name), None
     except VaultPermissionDenied as e:
         denied.append(str(e))
-        return status_of(name, entry, now, None, str(e), settings)
-    return status_of(name, entry, now, state, settings=settings)
+        return None, str(e)
 
 
 def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
@@ -206,12 +211,33 @@ def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
             return bare
         return with_state(layout, name, entry, when, denied, bare.settings)
 
+    def reads(name: str) -> tuple[Optional[KVEntry], Optional[RenewalState], Optional[str]]:
+        entry = layout.read_lineage_raw(name)
+        if entry is None or not with_memory:
+            return entry, None, None
+        return (entry, *_memory(layout, name, denied))
+
+    def from_reads(name: str, fetched: jobs.Fetched[tuple[Optional[KVEntry],
+                   Optional[RenewalState], Optional[str]]]) -> Optional[LineageStatus]:
+        entry, state, error = fetched.get()
+        return None if entry is None else status_of(name, entry, when, state, error)
+
     out = {}
-    for done, (name, status) in enumerate(jobs.parallel(names, one, workers), 1):
-        if status is not None:
-            out[name] = status
-        if progress is not None:
-            progress(done, len(names))
+
+    def collect(statuses: Iterator[tuple[str, Optional[LineageStatus]]]) -> None:
+        for done, (name, status) in enumerate(statuses, 1):
+            if status is not None:
+                out[name] = status
+            if progress is not None:
+                progress(done, len(names))
+
+    if callable(with_memory):
+        collect(jobs.parallel(names, one, workers))
+    else:
+        # Whether the memory is read known up front: the reads in the pool, the
+        # statuses (conf parsing: the CPU) in this thread (jobs.prefetched).
+        with jobs.prefetched(names, reads, workers) as results:
+            collect((name, from_reads(name, fetched)) for name, fetched in results)
     if denied:
         for status in out.values():
             if status.state is None and status.state_error is None:

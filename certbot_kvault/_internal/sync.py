@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable, Collection, Iterable, Optional
+from typing import Callable, Collection, Optional
 
 import configobj
 from certbot import errors
@@ -31,6 +31,7 @@ from certbot_kvault._internal.errors import (
     lost_race,
 )
 from certbot_kvault._internal.jobs import DEFAULT_WORKERS as DEFAULT_WORKERS
+from certbot_kvault._internal.jobs import Fetched, run_reports, run_reports_fetched
 from certbot_kvault._internal.jobs import Report as Report
 from certbot_kvault._internal.jobs import Tick as Tick
 from certbot_kvault._internal.jobs import parallel as parallel
@@ -52,7 +53,7 @@ from certbot_kvault._internal.synced import (
     check_and_set,
     lineage_fingerprint,
 )
-from certbot_kvault._internal.tree import Tree, TreeError
+from certbot_kvault._internal.tree import Tree, TreeError, Written
 from certbot_kvault._internal.vault import KVEntry
 
 logger = logging.getLogger(__name__)
@@ -78,16 +79,6 @@ def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
     return report
 
 
-def _run(items: Iterable[str], work: Callable[[str], Report], workers: int,
-         progress: Tick = None) -> Report:
-    report, total = Report(), len(items) if isinstance(items, Collection) else 0
-    for done, (_, part) in enumerate(parallel(items, work, workers), 1):
-        report.merge(part)
-        if progress is not None:
-            progress(done, total)
-    return report
-
-
 # ---- pull ------------------------------------------------------------------
 
 
@@ -106,13 +97,15 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     report = Report()
     manifest = Manifest(tree, layout.vault.settings)
     if accounts and not used_accounts_only:
-        report.merge(_run((f"{s}\0{i}" for s, i in layout.list_accounts()),
+        report.merge(run_reports((f"{s}\0{i}" for s, i in layout.list_accounts()),
                           lambda key: _pull_account(tree, layout, *key.split("\0"),
                                                     manifest=manifest), workers))
     wanted = names if names is not None else layout.list_lineages()
     asking = renewal_conf.profile_asks()  # one warning for all lineages, not one each
-    report.merge(_run(wanted, lambda name: _noted(
-        tree, manifest, name, _pull_lineage(tree, layout, name, asking)), workers, progress))
+    report.merge(run_reports_fetched(
+        wanted, layout.read_lineage_raw,
+        lambda name, entry: _pull_lineage(tree, layout, name, entry, manifest, asking),
+        workers, progress))
     if asking:
         report.warnings.append(renewal_conf.profiles_ignored_warning(asking))
     if accounts and used_accounts_only:
@@ -127,19 +120,9 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
             return _pull_account(tree, layout, server_path, account_id, used_by=lineages,
                                  manifest=manifest)
 
-        report.merge(_run(sorted(users), pull_used, workers))
+        report.merge(run_reports(sorted(users), pull_used, workers))
     report.warnings += filter(None, [manifest.save()])
     tree.install_hook(kvault_bin)
-    return report
-
-
-def _noted(tree: Tree, manifest: Manifest, name: str, report: Report) -> Report:
-    """A lineage pulled whole is as Vault has it; any other is compared by the next push."""
-    if f"lineage {name}" in report.written and not report.warnings:
-        manifest.note(LINEAGES, name, report.versions.get(name),
-                      lineage_fingerprint(tree, name, pulled=True))
-    else:
-        manifest.forget(LINEAGES, name)
     return report
 
 
@@ -180,15 +163,16 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str,
     return _outcome(f"account {account_id}", work)
 
 
-def _pull_lineage(tree: Tree, layout: Layout, name: str,
+def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Optional[KVEntry]],
+                  manifest: Manifest,
                   asking: Optional[list[tuple[str, str, str]]] = None) -> Report:
     warnings: list[str] = []
     kv_version: Optional[int] = None
+    written: Optional[Written] = None
 
     def work() -> bool:
-        nonlocal kv_version
-        validate_name(name)
-        entry = layout.read_lineage_raw(name)
+        nonlocal kv_version, written
+        entry = fetched.get()
         record = None if entry is None else \
             LineageRecord.from_kv(name, entry, layout.where("certificates", name))
         if record is None or entry is None:
@@ -200,9 +184,9 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str,
             # Pulling would point live/ back at the old certificate.
             raise RecordError(f"Lineage {name} is at version {local} here but {record.version} "
                               f"in Vault: run `certbot-kvault push {name}` first.")
-        ignored = tree.write_lineage(record)
-        if ignored:
-            warnings.append(trust.warning(name, ignored))
+        written = tree.write_lineage(record)
+        if written.ignored:
+            warnings.append(trust.warning(name, written.ignored))
         if asking is not None and (profile := renewal_conf.profile_asked(record.renewal)):
             asking.append((name, *profile))
         kv_version = entry.version
@@ -212,6 +196,12 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str,
     report.warnings += warnings
     if kv_version is not None:
         report.versions[name] = kv_version
+    # A lineage pulled whole is as Vault has it; any other is compared by the next push.
+    if written is not None and not warnings:
+        manifest.note(LINEAGES, name, kv_version,
+                      lineage_fingerprint(tree, name, pulled=True, written=written))
+    else:
+        manifest.forget(LINEAGES, name)
     return report
 
 
@@ -239,13 +229,13 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     if accounts:
         urls = tree.server_urls()
         listed = Listed(lambda: (account_key(*a) for a in layout.list_accounts()))
-        report.merge(_run(
+        report.merge(run_reports(
             (f"{s}\0{i}" for s, i in tree.account_dirs()),
             lambda key: _push_account(tree, layout, urls, *key.split("\0"),
                                       synced=(manifest, listed)), workers))
     wanted = names if names is not None else tree.lineage_names()
     listed = Listed(layout.list_lineages)
-    report.merge(_run(wanted, lambda name: _push_lineage(
+    report.merge(run_reports(wanted, lambda name: _push_lineage(
         tree, layout, name, fence.get(name), synced=(manifest, listed)), workers, progress))
     report.warnings += filter(None, [manifest.save()])
     for item in report.written + report.unchanged:

@@ -35,7 +35,7 @@ from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.files import atomic_write, make_dirs
 from certbot_kvault._internal.records import AccountRecord
 from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.tree import Tree
+from certbot_kvault._internal.tree import Tree, Written
 from certbot_kvault._internal.vault import KVEntry
 
 logger = logging.getLogger(__name__)
@@ -78,14 +78,41 @@ def check_and_set(known: Optional[Entry], read: Optional[KVEntry]) -> Optional[i
     return known.version if known is not None and known.version is not None else read.version
 
 
-def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False) -> Optional[str]:
+def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False,
+                        written: Optional[Written] = None) -> Optional[str]:
     """The hash of a lineage as it is on disk now; None if it cannot be told from its
     standard places (then it is never skipped).
 
     ``pulled``: also None when its conf holds a setting that pull kept from this
     machine's own conf (a hook, say): Vault lacks it, so the two sides differ and
-    the next push must compare them.
+    the next push must compare them. ``written``: what ``Tree.write_lineage`` just
+    wrote; when that is the whole lineage (a new archive dir), it is hashed instead of
+    read back. Should the disk hold more (an admin's link in live/), the hashes differ
+    and the next push compares: a needless read, never a wrong skip.
     """
+    archive, live = tree.archive_dir(name), tree.live_dir(name)
+    try:
+        if written is not None and written.files is not None:
+            conf = written.conf
+            links = sorted(written.links.items())
+            files = sorted(written.files.items())
+        else:
+            with open(tree.renewal_conf_path(name), "rb") as f:
+                conf = f.read()
+            with os.scandir(live) as entries:
+                links = sorted((e.name, os.readlink(e.path)) for e in entries
+                               if e.is_symlink())
+            with os.scandir(archive) as entries:
+                paths = sorted((e.name, e.path) for e in entries if e.is_file())
+            files = []
+            for file, path in paths:
+                with open(path, "rb") as f:
+                    files.append((file, f.read()))
+    except OSError:
+        return None
+    if not renewal_conf.has_paths(conf, archive_dir=archive, live_dir=live) or \
+            (pulled and renewal_conf.holds_untrusted(conf, tree.trust_vault_hooks)):
+        return None
     digest = hashlib.sha256()
 
     def add(*parts: bytes) -> None:
@@ -93,25 +120,11 @@ def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False) -> Optional
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
 
-    archive, live = tree.archive_dir(name), tree.live_dir(name)
-    try:
-        with open(tree.renewal_conf_path(name), "rb") as f:
-            conf = f.read()
-        if not renewal_conf.has_paths(conf, archive_dir=archive, live_dir=live) or \
-                (pulled and renewal_conf.holds_untrusted(conf, tree.trust_vault_hooks)):
-            return None
-        add(b"conf", conf)
-        with os.scandir(live) as entries:
-            links = sorted((e.name, os.readlink(e.path)) for e in entries if e.is_symlink())
-        for link, target in links:
-            add(b"link", os.fsencode(link), os.fsencode(target))
-        with os.scandir(archive) as entries:
-            files = sorted((e.name, e.path) for e in entries if e.is_file())
-        for file, path in files:
-            with open(path, "rb") as f:
-                add(b"file", os.fsencode(file), f.read())
-    except OSError:
-        return None
+    add(b"conf", conf)
+    for link, target in links:
+        add(b"link", os.fsencode(link), os.fsencode(target))
+    for file, data in files:
+        add(b"file", os.fsencode(file), data)
     return digest.hexdigest()
 
 

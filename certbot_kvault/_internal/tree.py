@@ -25,8 +25,12 @@ from certbot import errors
 
 from certbot_kvault._internal import renewal_conf
 from certbot_kvault._internal.files import (
+    ARCHIVE_FILE_RE,
+    LIVE_README,
     atomic_write,
+    create_file,
     current_umask,
+    key_to_follow,
     make_dirs,
     remove_temp_files,
     remove_tree,
@@ -48,25 +52,9 @@ from certbot_kvault._internal.settings import as_bool
 # storage.py's values
 BASE_PRIVKEY_MODE = 0o600
 ACCOUNT_KEY_MODE = 0o400
-LIVE_README = (
-    "This directory contains your keys and certificates.\n\n"
-    "`{prefix}privkey.pem`  : the private key for your certificate.\n"
-    "`{prefix}fullchain.pem`: the certificate file used in most server software.\n"
-    "`{prefix}chain.pem`    : used for OCSP stapling in Nginx >=1.3.7.\n"
-    "`{prefix}cert.pem`     : will break many server configurations, and "
-    "should not be used\n"
-    "                 without reading further documentation (see link below).\n\n"
-    "WARNING: DO NOT MOVE OR RENAME THESE FILES!\n"
-    "         Certbot expects these files to remain in this location in order\n"
-    "         to function properly!\n\n"
-    "We recommend not moving these files. For more information, see the Certbot\n"
-    "User Guide at https://certbot.eff.org/docs/using.html#where-are-my-"
-    "certificates.\n")
-
 HOOK_NAME = "00-update-vault.sh"
 HOOK_SOURCE = os.path.join(os.path.dirname(__file__), "hooks", HOOK_NAME)
 
-_VERSION_RE = re.compile(r"^(cert|chain|fullchain|privkey)(\d+)\.pem$")
 _SWITCH_DIR_RE = re.compile(r"^\..+\.\.kvault-(new|old)$")
 
 
@@ -89,6 +77,18 @@ def _read_text(path: str, where: str) -> str:
         raise TreeError(f"Cannot read {path} ({e.strerror}) for {where}.") from None
 
 
+@dataclasses.dataclass
+class Written:
+    """What ``write_lineage`` did: the keys of Vault's conf it ignored, and what it wrote
+    (the conf; the live links; the archive files, only when the archive dir was new, so
+    that they are all it holds): a caller can fingerprint it without reading it back."""
+
+    ignored: list[str]
+    conf: bytes
+    links: dict[str, str]
+    files: Optional[dict[str, bytes]]
+
+
 class Tree:
     """One certbot config dir."""
 
@@ -101,6 +101,7 @@ class Tree:
         # What certbot gets from open() and os.mkdir() under this umask.
         self.file_mode = 0o666 & ~umask
         self.dir_mode = 0o777 & ~umask
+        self._base_made = False
 
     # ---- paths --------------------------------------------------------------
 
@@ -157,7 +158,7 @@ class Tree:
             if not os.path.islink(link):
                 raise TreeError(f"{link} is not a symlink into the archive; {where} is damaged "
                                 "(try `certbot update_symlinks`).")
-            m = _VERSION_RE.match(os.path.basename(os.readlink(link)))
+            m = ARCHIVE_FILE_RE.match(os.path.basename(os.readlink(link)))
             if not m:
                 raise TreeError(f"{link} points at an unexpected file; {where} is damaged.")
             version = int(m.group(2))
@@ -197,7 +198,7 @@ class Tree:
             return []
         seen: dict[int, set[str]] = {}
         for entry in entries:
-            m = _VERSION_RE.match(entry)
+            m = ARCHIVE_FILE_RE.match(entry)
             if m:
                 seen.setdefault(int(m.group(2)), set()).add(m.group(1))
         return sorted(n for n, kinds in seen.items() if kinds == set(PEM_KINDS))
@@ -244,46 +245,52 @@ class Tree:
         link = os.path.join(self.live_dir(name), "cert.pem")
         if not os.path.islink(link):
             return None
-        m = _VERSION_RE.match(os.path.basename(os.readlink(link)))
+        m = ARCHIVE_FILE_RE.match(os.path.basename(os.readlink(link)))
         return int(m.group(2)) if m else None
 
-    def write_lineage(self, record: LineageRecord) -> list[str]:
-        """Write a (validated) lineage as certbot would, conf last; the keys of Vault's
-        conf it ignored (judged against this machine's conf before it is replaced)."""
+    def write_lineage(self, record: LineageRecord) -> Written:
+        """Write a (validated) lineage as certbot would, conf last; with the keys of
+        Vault's conf it ignored (judged against this machine's conf before it is
+        replaced)."""
         name = validate_name(record.name)
         conf_bytes, ignored = self.screened_conf(name, record.renewal)
         switch_dirs = self._switch_dirs(name)
         self.ensure_base()
         archive = self.archive_dir(name)
         live = self.live_dir(name)
-        make_dirs(archive, self.dir_mode)
-        remove_temp_files(archive)
+        # A new archive dir is empty, and nothing points into it until live/ is
+        # switched and the conf written: its files are written in place.
+        fresh = make_dirs(archive, self.dir_mode)
+        if not fresh:
+            remove_temp_files(archive)
         versions = {**record.archive, record.version: record.pems}
         file_mode = self.file_mode
+        files: Optional[dict[str, bytes]] = {} if fresh else None
         for n, pems in sorted(versions.items()):
             for kind in PEM_KINDS:
                 path = os.path.join(archive, f"{kind}{n}.pem")
                 data = getattr(pems, kind).encode("utf-8")
-                if kind == "privkey":
+                if files is not None:
+                    files[f"{kind}{n}.pem"] = data
+                    create_file(path, data, BASE_PRIVKEY_MODE if kind == "privkey" else file_mode)
+                elif kind == "privkey":
                     # Whoever reads the key (nginx, postfix through group
                     # ssl-cert) keeps reading it: a right key is left as the
                     # admin set it, a new one follows the one before it.
                     if not same_file(path, data, None):
                         atomic_write(path, data, BASE_PRIVKEY_MODE,
-                                      like=_key_to_follow(archive, n))
-                    continue
-                if same_file(path, data, file_mode):
-                    continue
-                atomic_write(path, data, file_mode)
+                                      like=key_to_follow(archive, n))
+                elif not same_file(path, data, file_mode):
+                    atomic_write(path, data, file_mode)
         # All four at once: switched one by one, a kill could pair a cert with another key.
-        replace_links(live, {f"{kind}.pem": os.path.relpath(
-            os.path.join(archive, f"{kind}{record.version}.pem"), live) for kind in PEM_KINDS},
-            *switch_dirs, readme=LIVE_README.format(prefix="").encode(),
-            dir_mode=self.dir_mode, file_mode=file_mode)
+        links = {f"{kind}.pem": os.path.relpath(
+            os.path.join(archive, f"{kind}{record.version}.pem"), live) for kind in PEM_KINDS}
+        replace_links(live, links, *switch_dirs, readme=LIVE_README.format(prefix="").encode(),
+                      dir_mode=self.dir_mode, file_mode=file_mode)
         conf_path = self.renewal_conf_path(name)
         if not same_file(conf_path, conf_bytes, None):
             atomic_write(conf_path, conf_bytes, file_mode)
-        return ignored
+        return Written(ignored=ignored, conf=conf_bytes, links=links, files=files)
 
     def _switch_dirs(self, name: str) -> tuple[str, str]:
         """Where ``live/NAME`` is rebuilt and swapped from (certbot finds lineages by their
@@ -305,7 +312,10 @@ class Tree:
                 remove_tree(self._p("live", entry))
 
     def ensure_base(self) -> None:
-        """The dirs certbot makes on first run, with certbot's modes."""
+        """The dirs certbot makes on first run, with certbot's modes (checked once per
+        Tree: a pull of a fleet writes many lineages into the same base)."""
+        if self._base_made:
+            return
         make_dirs(self.config_dir, 0o755)
         make_dirs(self._p("renewal"), self.dir_mode)
         for sub in ("archive", "live", "accounts"):
@@ -316,6 +326,7 @@ class Tree:
                          self.file_mode)
         for hook_dir in ("pre", "deploy", "post"):
             make_dirs(self._p("renewal-hooks", hook_dir), self.dir_mode)
+        self._base_made = True
 
     # ---- accounts ------------------------------------------------------------
 
@@ -396,24 +407,3 @@ class Tree:
         if not same_file(path, data, 0o755):
             atomic_write(path, data, 0o755)
         return path
-
-
-def _key_to_follow(archive: str, version: int) -> Optional[str]:
-    """The private key whose group and group/other bits ``privkey<version>.pem`` takes.
-
-    As certbot's ``save_successor``: the previous version's key. The file
-    itself when it is being rewritten, else the nearest earlier version on
-    disk; None (plain 0600) when there is none.
-    """
-    try:
-        entries = os.listdir(archive)
-    except OSError:
-        return None
-    found = []
-    for entry in entries:
-        m = _VERSION_RE.match(entry)
-        if m and m.group(1) == "privkey" and int(m.group(2)) <= version:
-            found.append((int(m.group(2)), entry))
-    if not found:
-        return None
-    return os.path.join(archive, max(found)[1])

@@ -27,7 +27,7 @@ COMMANDS = {
             "<mount>/<prefix>/dns/NAME)."),
     "export": ("consumer", "export_", "Write lineages from Vault for an app, or print env "
                "lines or a Kubernetes Secret."),
-    "import": ("sync_cmds", "import_",
+    "import": ("migrate_cmd", "import_",
                "Migrate a certbot config dir, or another tool's layout in Vault, into Vault."),
     "list": ("consumer", "list_", "NAME  SUBJECT  EXPIRATION  AUTO_RENEWABLE  NEXT_RENEWAL  "
              "FAILURES, from Vault alone."),
