@@ -12,7 +12,7 @@ written straight into Vault, then, each a whole command in its own process:
                  the first SEED lineages and scaled to N;
   * latency:     `certbot-kvault pull` through bench/latency_proxy.py (+10 ms per
                  request) / the same pull on loopback;
-  * workers:     `certbot-kvault pull --workers 1, 4, 16` / `--workers 8` (the default);
+  * workers:     `certbot-kvault pull --workers 1, 4, 8, 32` / the default (16);
   * second push: `sync.push` of an unchanged fleet / the first push of it (in-process,
                  bench_push_start.push_times);
   * peak RSS:    maximum resident size of `certbot-kvault pull` of BIG lineages
@@ -240,11 +240,11 @@ def main() -> int:
             return d
 
         def kvault_pull(addr: str = bao.addr, keep: list[Path] | None = None,
-                        env: dict[str, str] = env, workers: int = 8) -> float:
+                        env: dict[str, str] = env, workers: int | None = None) -> float:
             d = fresh()
-            t = run([KVAULT, "pull", "--workers", str(workers), "--config-dir",
-                     str(d / "config"), "--work-dir", str(d / "work"), "--logs-dir",
-                     str(d / "logs")], {**env, "VAULT_ADDR": addr})
+            t = run([KVAULT, "pull", *(["--workers", str(workers)] if workers else []),
+                     "--config-dir", str(d / "config"), "--work-dir", str(d / "work"),
+                     "--logs-dir", str(d / "logs")], {**env, "VAULT_ADDR": addr})
             if keep is not None:
                 keep.append(d / "config")
             else:
@@ -333,16 +333,15 @@ def main() -> int:
         slow = f"http://127.0.0.1:{port}"
         figure(f"pull {opts.n} +{opts.latency:g} ms / loopback",
                lambda e: kvault_pull(slow, env=e), lambda e: kvault_pull(env=e), own=True)
-        for workers in (1, 4, 16):
-            figure(f"pull {opts.n} --workers {workers} / --workers 8",
+        for workers in (1, 4, 8, 32):
+            figure(f"pull {opts.n} --workers {workers} / default (16)",
                    functools.partial(workers_pull, workers=workers),
                    lambda e: kvault_pull(env=e), own=True)
-        if not opts.before:
-            first, second = push_times(bao.addr, bao.token, work / "push", opts.n, opts.runs)
-            rows.append((f"second push {opts.n} (unchanged) / first",
-                         {"after": (second, first)}))
-            print(f"  second push: after {second:.2f} s, reference (first) {first:.2f} s",
-                  flush=True)
+        # In-process, this code only (the --before side shows "-").
+        first, second = push_times(bao.addr, bao.token, work / "push", opts.n, opts.runs)
+        rows.append((f"second push {opts.n} (unchanged) / first", {"after": (second, first)}))
+        print(f"  second push: after {second:.2f} s, reference (first) {first:.2f} s",
+              flush=True)
         rss = {}
         for name, side_env in sides.items():
             d = fresh()
@@ -357,7 +356,8 @@ def main() -> int:
         print(f"{'figure':52s} " + " ".join(f"{k:>22s}" for k in sides))
         for label, med in rows:
             print(f"{label:52s} " + " ".join(
-                f"{t / r:6.3g} ({t:5.2f}/{r:5.2f} s)" for t, r in med.values()))
+                f"{med[k][0] / med[k][1]:6.3g} ({med[k][0]:5.2f}/{med[k][1]:5.2f} s)"
+                if k in med else f"{'-':>22s}" for k in sides))
         print(f"{f'peak RSS, pull {opts.big} (MB)':52s} " + " ".join(
             f"{v / 1024:16.1f}" for v in rss.values()) + "   goal <= 64")
         if opts.profile:

@@ -18,7 +18,11 @@ from typing import Callable, Collection, Generator, Generic, Iterable, Iterator,
 T = TypeVar("T")
 R = TypeVar("R")
 
-DEFAULT_WORKERS = 8
+# Enough requests in flight to hide a remote Vault's round trips (+10 ms each: a
+# pull of 1000 lineages took 1.4x its loopback time with 8, 1.1x with 16); since
+# pull and list read in the pool and work in one thread, 16 cost nothing on
+# loopback there (push, whose workers still do the file work, pays ~10%).
+DEFAULT_WORKERS = 16
 
 Tick = Optional[Callable[[int, int], None]]  # progress(done, total) after each item
 
