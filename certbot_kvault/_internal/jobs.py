@@ -19,10 +19,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # Enough requests in flight to hide a remote Vault's round trips (+10 ms each: a
-# pull of 1000 lineages took 1.4x its loopback time with 8, 1.1x with 16); since
-# pull and list read in the pool and work in one thread, 16 cost nothing on
-# loopback there (push, whose workers still do the file work, pays ~13% on
-# loopback and gains ~28% at +10 ms).
+# pull of 1000 lineages took 1.4x its loopback time with 8, 1.1x with 16; a push
+# 1.7x and 1.1x). Since pull, list and push do their CPU and file work in one
+# thread and only the Vault requests in the pool, 16 cost nothing on loopback.
 DEFAULT_WORKERS = 16
 
 Tick = Optional[Callable[[int, int], None]]  # progress(done, total) after each item
@@ -133,10 +132,17 @@ def parallel(items: Iterable[T], fn: Callable[[T], R],
                 fut.cancel()
 
 
-def run_reports(items: Iterable[str], work: Callable[[str], Report], workers: int,
-                progress: Tick = None) -> Report:
-    """work over items in the pool (parallel), each item's report merged into one."""
-    report, total = Report(), len(items) if isinstance(items, Collection) else 0
+def run_reports(items: Iterable[T], work: Callable[[T], Report], workers: int,
+                progress: Tick = None, total: Optional[int] = None) -> Report:
+    """work over items in the pool (parallel), each item's report merged into one.
+
+    ``items`` is iterated in the caller's thread, as the pool takes them: a
+    generator that does an item's local (CPU and file) work there keeps it out
+    of the workers (see prefetched). ``total``: for the progress of such one.
+    """
+    if total is None:
+        total = len(items) if isinstance(items, Collection) else 0
+    report = Report()
     for done, (_, part) in enumerate(parallel(items, work, workers), 1):
         report.merge(part)
         if progress is not None:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import configobj
 from certbot import errors
 
-from certbot_kvault._internal import pending, sync
+from certbot_kvault._internal import pending, sync, synced
 from certbot_kvault._internal.errors import is_transient
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
@@ -366,7 +366,7 @@ def verify(tree: Tree, layout: Layout, workers: int) -> list[str]:
             return f"lineage {name}: {e}"
         if remote is None:
             return f"lineage {name}: not in Vault ({layout.where('certificates', name)})"
-        if not (remote.same_content(local) or sync.as_pulled(tree, remote, local)):
+        if not (remote.same_content(local) or synced.as_pulled(tree, remote, local)):
             return (f"lineage {name}: Vault holds version {remote.version}, this machine "
                     f"{local.version} (or other content)")
         return None

@@ -50,6 +50,7 @@ from certbot_kvault._internal.synced import (
     Manifest,
     account_fingerprint,
     account_key,
+    as_pulled,
     check_and_set,
     lineage_fingerprint,
 )
@@ -235,8 +236,11 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
                                       synced=(manifest, listed)), workers))
     wanted = names if names is not None else tree.lineage_names()
     listed = Listed(layout.list_lineages)
-    report.merge(run_reports(wanted, lambda name: _push_lineage(
-        tree, layout, name, fence.get(name), synced=(manifest, listed)), workers, progress))
+    # Each lineage's local half (fingerprint, reading and checking its files) runs
+    # here as the pool takes it, its Vault half in a worker (jobs.run_reports).
+    report.merge(run_reports(
+        (_LineagePush(tree, layout, name, fence.get(name), (manifest, listed)).local_half()
+         for name in wanted), _LineagePush.vault_half, workers, progress, total=len(wanted)))
     report.warnings += filter(None, [manifest.save()])
     for item in report.written + report.unchanged:
         if item.startswith("lineage "):
@@ -291,29 +295,57 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
     return report
 
 
-def _push_lineage(tree: Tree, layout: Layout, name: str, expected: Optional[int] = None,
-                  *, synced: tuple[Manifest, Listed]) -> Report:
-    manifest, listed = synced
-    known = manifest.get(LINEAGES, name)
-    fenced = False
-    agreed: list[Optional[int]] = []  # the KV version once both sides are equal
-    mine: Optional[str] = None  # the fingerprint of what is pushed
+class _LineagePush:
+    """One lineage's push: ``local_half`` in the caller's thread, then ``vault_half``."""
 
-    def refuse(now: str) -> RecordError:
-        nonlocal fenced
-        fenced = True
-        return RecordError(f"{layout.where('certificates', name)} changed in Vault after this "
-                           f"run pulled its KV version {expected} (now {now}): not "
-                           "overwriting it.")
+    def __init__(self, tree: Tree, layout: Layout, name: str, expected: Optional[int],
+                 synced: tuple[Manifest, Listed]) -> None:
+        self.tree, self.layout, self.name, self.expected = tree, layout, name, expected
+        self.manifest, self.listed = synced
+        self.known = self.manifest.get(LINEAGES, name)
+        self.fenced = False
+        self.agreed: list[Optional[int]] = []  # the KV version once both sides are equal
+        self.mine: Optional[str] = None  # the fingerprint of what is pushed
+        self.local: Optional[LineageRecord] = None
+        self.done: Optional[Report] = None  # set when the local half decided it all
 
-    def work() -> bool:
-        nonlocal mine
-        # Before the lineage is read: a change made after it is never recorded as pushed.
-        mine = lineage_fingerprint(tree, validate_name(name))
-        if known is not None and mine == known.fingerprint and listed(name):
-            agreed.append(known.version)  # unchanged here since the last sync: no read
-            return False
-        local = tree.read_lineage(name)
+    def local_half(self) -> _LineagePush:
+        def work() -> bool:
+            # Before the lineage is read: a change made after it is never recorded as pushed.
+            self.mine = lineage_fingerprint(self.tree, validate_name(self.name))
+            known = self.known
+            if known is not None and self.mine == known.fingerprint and self.listed(self.name):
+                self.agreed.append(known.version)  # unchanged here since the last sync: no read
+                return False
+            self.local = self.tree.read_lineage(self.name)
+            return False  # not told yet: the Vault half decides
+
+        report = _outcome(f"lineage {self.name}", work)
+        if self.local is None:  # unchanged, or failed here: nothing to ask Vault
+            self.done = self._settled(report)
+        return self
+
+    def vault_half(self) -> Report:
+        if self.done is not None:
+            return self.done
+        return self._settled(_outcome(f"lineage {self.name}", self._write))
+
+    def _settled(self, report: Report) -> Report:
+        if self.fenced:
+            report.fenced.append(self.name)
+        self.manifest.settle(LINEAGES, self.name, (self.agreed[0], self.mine)
+                             if self.agreed and report.ok else None)
+        return report
+
+    def _refuse(self, now: str) -> RecordError:
+        self.fenced = True
+        return RecordError(f"{self.layout.where('certificates', self.name)} changed in Vault "
+                           f"after this run pulled its KV version {self.expected} (now {now}): "
+                           "not overwriting it.")
+
+    def _write(self) -> bool:
+        layout, name, expected, local = self.layout, self.name, self.expected, self.local
+        assert local is not None
         entry = layout.read_lineage_raw(name)
         if entry is not None:
             try:
@@ -324,39 +356,33 @@ def _push_lineage(tree: Tree, layout: Layout, name: str, expected: Optional[int]
             if remote is not None:
                 local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
                     local.renewal, remote.renewal))
-                if remote.same_content(local) or as_pulled(tree, remote, local):
-                    agreed.append(entry.version)
+                if remote.same_content(local) or as_pulled(self.tree, remote, local):
+                    self.agreed.append(entry.version)
                     return False
                 if expected is not None and entry.version != expected:
-                    raise refuse(f"version {entry.version}")
+                    raise self._refuse(f"version {entry.version}")
                 if remote.version > local.version:
                     raise _newer(remote, local)
         if expected is not None and (entry is None or entry.version != expected):
-            raise refuse(f"version {entry.version}" if entry is not None else "deleted")
-        cas = expected if expected is not None else check_and_set(known, entry)
+            raise self._refuse(f"version {entry.version}" if entry is not None else "deleted")
+        cas = expected if expected is not None else check_and_set(self.known, entry)
         try:
-            agreed.append(layout.save_lineage(local, cas=cas))
+            self.agreed.append(layout.save_lineage(local, cas=cas))
         except VaultConflict:
             # A winner who saved exactly our lineage (updated_at aside) loses
             # nothing of ours, nor of a renewer that took over: fenced or not.
             winner = layout.winner(layout.path("certificates", name), cas)
             remote = _lineage_or_none(layout, name, winner)
             if remote is not None and remote.same_content(local):
-                agreed.append(remote.kv_version)
+                self.agreed.append(remote.kv_version)
                 return False
             now = None if winner is None else winner.version
             if expected is not None:
-                raise refuse(f"version {now}" if now is not None else "deleted") from None
+                raise self._refuse(f"version {now}" if now is not None else "deleted") from None
             if remote is not None and remote.version > local.version:
                 raise _newer(remote, local) from None
             raise lost_race(layout.where("certificates", name), cas, now) from None
         return True
-
-    report = _outcome(f"lineage {name}", work)
-    if fenced:
-        report.fenced.append(name)
-    manifest.settle(LINEAGES, name, (agreed[0], mine) if agreed and report.ok else None)
-    return report
 
 
 def _lineage_or_none(layout: Layout, name: str,
@@ -373,23 +399,6 @@ def _newer(remote: LineageRecord, local: LineageRecord) -> RecordError:
     return RecordError(
         f"Vault holds version {remote.version} of {local.name}, newer than this machine's "
         f"{local.version}: run `certbot-kvault pull {local.name}` instead of pushing.")
-
-
-def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
-    """Whether the local lineage is exactly what pulling ``remote`` gives here, with
-    no setting of this machine's own.
-
-    Then only keys that pull does not take from Vault (trust.py) differ, and
-    pushing would just erase them from Vault for the machines that trust them.
-    """
-    if not remote.same_content(dataclasses.replace(local, renewal=remote.renewal)):
-        return False
-    try:
-        with open(tree.renewal_conf_path(remote.name), "rb") as f:
-            on_disk = f.read()
-        return on_disk == tree.screened_conf(remote.name, remote.renewal, keep_local=False)[0]
-    except (OSError, RecordError):
-        return False
 
 
 # ---- pending marks -----------------------------------------------------------

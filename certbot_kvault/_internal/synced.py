@@ -12,7 +12,8 @@ renewal conf's bytes, the ``live/`` links' targets and every file of its
 archive dir (contents, never modification times). A conf whose paths are not
 the ones pull writes (``renewal_conf.has_paths``) has no fingerprint: the
 files it names could be anywhere, so that lineage is always read back. An
-account's is its record as push sends it.
+account's is its record as push sends it. ``as_pulled`` tells a lineage that
+differs from Vault's only by what pull keeps from this machine (trust.py).
 
 The file holds hashes and version numbers only (no key, no token), is written
 atomically with mode 0600, and belongs to one Vault address, namespace, mount
@@ -33,7 +34,7 @@ from typing import Callable, Iterable, Optional
 from certbot_kvault._internal import renewal_conf
 from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.files import atomic_write, make_dirs
-from certbot_kvault._internal.records import AccountRecord
+from certbot_kvault._internal.records import AccountRecord, LineageRecord, RecordError
 from certbot_kvault._internal.settings import VaultSettings
 from certbot_kvault._internal.tree import Tree, Written
 from certbot_kvault._internal.vault import KVEntry
@@ -126,6 +127,23 @@ def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False,
     for file, data in files:
         add(b"file", os.fsencode(file), data)
     return digest.hexdigest()
+
+
+def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
+    """Whether the local lineage is exactly what pulling ``remote`` gives here, with
+    no setting of this machine's own.
+
+    Then only keys that pull does not take from Vault (trust.py) differ, and
+    pushing would just erase them from Vault for the machines that trust them.
+    """
+    if not remote.same_content(dataclasses.replace(local, renewal=remote.renewal)):
+        return False
+    try:
+        with open(tree.renewal_conf_path(remote.name), "rb") as f:
+            on_disk = f.read()
+        return on_disk == tree.screened_conf(remote.name, remote.renewal, keep_local=False)[0]
+    except (OSError, RecordError):
+        return False
 
 
 class Manifest:
