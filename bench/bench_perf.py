@@ -161,6 +161,8 @@ def cpu_profile(bao_addr: str, token: str, prefix: str, work: Path) -> None:
     wrap(tree_mod.Tree, "screened_conf", "renewal conf screened (configobj)")
     wrap(tree_mod, "atomic_write", "atomic file writes")
     wrap(tree_mod, "replace_links", "live/ links switched")
+    wrap(tree_mod, "create_file", "files written in place (new archive dir)")
+    wrap(sync, "lineage_fingerprint", "manifest fingerprint")
     wrap(tree_mod.Tree, "write_lineage", "tree writes, all")
     settings = VaultSettings.from_env({}, addr=bao_addr, token=token, mount="secret",
                                       prefix=prefix)
