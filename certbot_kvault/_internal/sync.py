@@ -99,8 +99,8 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     manifest = Manifest(tree, layout.vault.settings)
     if accounts and not used_accounts_only:
         report.merge(run_reports((f"{s}\0{i}" for s, i in layout.list_accounts()),
-                          lambda key: _pull_account(tree, layout, *key.split("\0"),
-                                                    manifest=manifest), workers))
+                                 lambda key: _pull_account(tree, layout, *key.split("\0"),
+                                                           manifest=manifest), workers))
     wanted = names if names is not None else layout.list_lineages()
     asking = renewal_conf.profile_asks()  # one warning for all lineages, not one each
     report.merge(run_reports_fetched(
