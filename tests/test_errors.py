@@ -118,6 +118,42 @@ def test_corrupt_pem_in_vault(vault_env, bao, tree, tmp_path):
     assert not (target / "archive" / "one.example.com").exists()
 
 
+def test_cert_with_unparsable_extension_in_vault(vault_env, bao, tree, tmp_path):
+    """A certificate that loads but whose alt names cannot be parsed (certbot reads them
+    on every renewal): refused at pull with one line, like a corrupt PEM."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    _push(tree)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "one.example.com")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    bad = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+           .public_key(key.public_key()).serial_number(7).not_valid_before(now)
+           .not_valid_after(now + datetime.timedelta(days=30))
+           .add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+                                                     b"\x30\x03\x82\x05x"), critical=False)
+           .sign(key, hashes.SHA256()))
+    cert = bad.public_bytes(serialization.Encoding.PEM).decode()
+    chain = (tree / "live" / "one.example.com" / "chain.pem").read_text()
+    _patch_record(bao, vault_env["KVAULT_PREFIX"], "one.example.com", cert=cert,
+                  fullchain=cert + chain, privkey=key.private_bytes(
+                      serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                      serialization.NoEncryption()).decode())
+    target = tmp_path / "pulled"
+    proc = kvault("pull", "--config-dir", str(target), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert ("certificates/one.example.com: 'cert' is not a valid PEM certificate (or one of "
+            "its extensions cannot be parsed)") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (target / "renewal" / "two.example.com.conf").exists()
+    assert not (target / "archive" / "one.example.com").exists()
+
+
 def test_key_not_matching_cert(vault_env, bao, tree, tmp_path):
     _push(tree)
     other_key = (tree / "live" / "two.example.com" / "privkey.pem").read_text()

@@ -147,8 +147,12 @@ def inspect_pems(pems: PemSet, where: str) -> CertInfo:
 
     try:
         cert = x509.load_pem_x509_certificate(pems.cert.encode())
+        # Parsed now, though only CertInfo reads them: certbot reads the names of
+        # every certificate it renews, and would choke on this one later.
+        len(cert.extensions)
     except ValueError:
-        raise RecordError(f"{where}: 'cert' is not a valid PEM certificate.") from None
+        raise RecordError(f"{where}: 'cert' is not a valid PEM certificate (or one of its "
+                          "extensions cannot be parsed).") from None
     for kind in ("chain", "fullchain"):
         if kind == "fullchain" and pems.cert.endswith("\n") \
                 and pems.fullchain == pems.cert + pems.chain:
