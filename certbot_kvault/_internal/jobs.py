@@ -142,22 +142,22 @@ def run_reports(items: Iterable[T], work: Callable[[T], Report], workers: int,
     """
     if total is None:
         total = len(items) if isinstance(items, Collection) else 0
+    return _merged((part for _, part in parallel(items, work, workers)), progress, total)
+
+
+def run_reports_fetched(items: Iterable[T], fetch: Callable[[T], R],
+                        apply: Callable[[T, Fetched[R]], Report], workers: int,
+                        progress: Tick = None) -> Report:
+    """As run_reports, the reads in the pool and the rest in this thread (prefetched)."""
+    total = len(items) if isinstance(items, Collection) else 0
+    with prefetched(items, fetch, workers) as results:
+        return _merged((apply(item, fetched) for item, fetched in results), progress, total)
+
+
+def _merged(parts: Iterable[Report], progress: Tick, total: int) -> Report:
     report = Report()
-    for done, (_, part) in enumerate(parallel(items, work, workers), 1):
+    for done, part in enumerate(parts, 1):
         report.merge(part)
         if progress is not None:
             progress(done, total)
-    return report
-
-
-def run_reports_fetched(items: Iterable[str], fetch: Callable[[str], R],
-                        apply: Callable[[str, Fetched[R]], Report], workers: int,
-                        progress: Tick = None) -> Report:
-    """As run_reports, the reads in the pool and the rest in this thread (prefetched)."""
-    report, total = Report(), len(items) if isinstance(items, Collection) else 0
-    with prefetched(items, fetch, workers) as results:
-        for done, (item, fetched) in enumerate(results, 1):
-            report.merge(apply(item, fetched))
-            if progress is not None:
-                progress(done, total)
     return report

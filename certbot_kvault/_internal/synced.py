@@ -92,14 +92,20 @@ def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False,
     and the next push compares: a needless read, never a wrong skip.
     """
     archive, live = tree.archive_dir(name), tree.live_dir(name)
+    whole = written if written is not None and written.files is not None else None
     try:
-        if written is not None and written.files is not None:
-            conf = written.conf
-            links = sorted(written.links.items())
-            files = sorted(written.files.items())
+        if whole is not None:
+            conf = whole.conf
         else:
             with open(tree.renewal_conf_path(name), "rb") as f:
                 conf = f.read()
+        if not renewal_conf.has_paths(conf, archive_dir=archive, live_dir=live) or \
+                (pulled and renewal_conf.holds_untrusted(conf, tree.trust_vault_hooks)):
+            return None
+        if whole is not None and whole.files is not None:
+            links = sorted(whole.links.items())
+            files = sorted(whole.files.items())
+        else:
             with os.scandir(live) as entries:
                 links = sorted((e.name, os.readlink(e.path)) for e in entries
                                if e.is_symlink())
@@ -110,9 +116,6 @@ def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False,
                 with open(path, "rb") as f:
                     files.append((file, f.read()))
     except OSError:
-        return None
-    if not renewal_conf.has_paths(conf, archive_dir=archive, live_dir=live) or \
-            (pulled and renewal_conf.holds_untrusted(conf, tree.trust_vault_hooks)):
         return None
     digest = hashlib.sha256()
 
