@@ -9,8 +9,9 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, TypeVar
 
 import click
 from certbot import errors
@@ -100,6 +101,8 @@ def common_options(tree: bool = True, json_opt: bool = False,
                 return fn(ctx, **kwargs)
             except (errors.Error, VaultError, RecordError) as e:
                 raise click.ClickException(_one_line(e)) from None
+            except BrokenPipeError:
+                reader_gone()
             except OSError as e:
                 raise click.ClickException(
                     f"{e.strerror or e}: {e.filename or ''}".strip(": ")) from None
@@ -140,6 +143,17 @@ def common_options(tree: bool = True, json_opt: bool = False,
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def reader_gone() -> NoReturn:
+    """stdout's reader went away (``| head``): not an error; nothing more is written."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # not a real file (a test's runner): nothing is flushed at exit
+    sys.exit(0)
 
 
 def trust_option(fn: F) -> F:
