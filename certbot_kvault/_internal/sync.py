@@ -110,7 +110,8 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     if asking:
         report.warnings.append(renewal_conf.profiles_ignored_warning(asking))
     if accounts and used_accounts_only:
-        pulled = [i[len("lineage "):] for i in report.written if i.startswith("lineage ")]
+        pulled = [i[len("lineage "):] for i in report.written + report.unchanged
+                  if i.startswith("lineage ")]
         used = _used_accounts(tree, pulled)
         if used is None:  # a lineage without account/server: certbot may need any of them
             used = {(s, i): [] for s, i in layout.list_accounts()}
@@ -156,10 +157,10 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str,
                               f"which is not in Vault ({where}); its renewal will fail.")
         if record is None:
             raise RecordError(f"{where} vanished while pulling.")
-        tree.write_account(record)
+        changed = tree.write_account(record)
         manifest.note(ACCOUNTS, account_key(server_path, account_id), record.kv_version,
                       account_fingerprint(record))
-        return True
+        return changed
 
     return _outcome(f"account {account_id}", work)
 
@@ -191,7 +192,7 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Option
         if asking is not None and (profile := renewal_conf.profile_asked(record.renewal)):
             asking.append((name, *profile))
         kv_version = entry.version
-        return True
+        return written.changed
 
     report = _outcome(f"lineage {name}", work)
     report.warnings += warnings
