@@ -365,8 +365,8 @@ def apply(layout: Layout, plan: Plan, *, force: bool = False, dry_run: bool = Fa
 
 def _apply_one(layout: Layout, item: Item, force: bool, dry_run: bool) -> bool:
     rec = item.record
-    refuse = RecordError(f"{item.where} exists with other content; --force replaces it "
-                         "(a lineage as its next version).")
+    how = " (a lineage as its next version)" if isinstance(rec, LineageRecord) else ""
+    refuse = RecordError(f"{item.where} exists with other content; --force replaces it{how}.")
     if isinstance(rec, dict):
         name = item.item.split(" ", 1)[1]
         ours_dns = layout.load_dns(name)
