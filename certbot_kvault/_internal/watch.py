@@ -111,12 +111,13 @@ def _links_right(directory: str, names: list[str]) -> bool:
                and os.readlink(os.path.join(directory, n)) == f"{DATA}/{n}" for n in names)
 
 
-def write_set(directory: str, files: list[FileSpec]) -> tuple[bool, bool]:
+def write_set(directory: str, files: list[FileSpec],
+              key_group: Optional[int] = None) -> tuple[bool, bool]:
     """Make ``directory`` hold exactly ``files``; returns (changed, held a set before).
 
     Already right: nothing is touched. Otherwise the new set is switched in
     whole (see the module docstring); a failure leaves the previous set as it
-    was, and what this call made is removed.
+    was, and what this call made is removed. ``key_group``: the key files' group.
     """
     directory = os.path.abspath(directory)
     want = {name: (text.encode("utf-8"), mode) for name, text, mode in files}
@@ -129,15 +130,18 @@ def write_set(directory: str, files: list[FileSpec]) -> tuple[bool, bool]:
     before = current_set(directory)
     if before is None and _adopt_plain_files(directory, list(want)):
         before = current_set(directory)
-    if before == want and _links_right(directory, list(want)):
+    # The files that hold the key are the only ones others may not read (export.py).
+    keys = [name for name, (_, mode) in want.items() if mode & 0o007 == 0]
+    if before == want and _links_right(directory, list(want)) and (key_group is None or all(
+            os.stat(os.path.join(directory, DATA, k)).st_gid == key_group for k in keys)):
         _clean(directory)
         return False, True
     new = _version_dir(directory)
     try:
-        # Certificates first and the key last, each created with its mode before a
-        # byte is in it: a key is never readable with another file's permissions.
-        for name, (data, mode) in sorted(want.items(), key=lambda kv: kv[1][1] & 0o077 == 0):
-            _create(os.path.join(new, name), data, mode)
+        # Certificates first and the key last, each created with its mode (and group)
+        # before a byte is in it: a key is never readable with another file's permissions.
+        for name, (data, mode) in sorted(want.items(), key=lambda kv: kv[0] in keys):
+            _create(os.path.join(new, name), data, mode, key_group if name in keys else None)
         _switch(directory, os.path.basename(new))
     except BaseException:
         remove_tree(new)
@@ -156,10 +160,12 @@ def _version_dir(directory: str) -> str:
     return new
 
 
-def _create(path: str, data: bytes, mode: int) -> None:
+def _create(path: str, data: bytes, mode: int, group: Optional[int] = None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                 mode)
+                 mode & 0o700)
     with os.fdopen(fd, "wb") as f:
+        if group is not None:
+            os.fchown(fd, -1, group)
         os.fchmod(fd, mode)  # the exact mode whatever the umask, while the file is empty
         f.write(data)
 
@@ -248,7 +254,7 @@ class Watcher:
     def __init__(self, layout: Layout, targets: dict[str, str],
                  files: Callable[[LineageRecord], list[FileSpec]], say: Say,
                  exec_argv: Optional[list[str]] = None, interval: float = DEFAULT_INTERVAL,
-                 stop: Optional[Stop] = None) -> None:
+                 stop: Optional[Stop] = None, key_group: Optional[int] = None) -> None:
         self.layout = layout
         self.targets = [Target(n, d) for n, d in targets.items()]
         self.files = files
@@ -256,6 +262,7 @@ class Watcher:
         self.exec_argv = exec_argv
         self.interval = interval
         self.stop = stop or Stop()
+        self.key_group = key_group            # the group of the files that hold the key
         self.down: Optional[str] = None       # Vault's transient failure, said once
         self.cheap = True                     # metadata reads allowed (KV v2)
 
@@ -349,9 +356,11 @@ class Watcher:
             record.version, record.info.serial if record.info else "")
         if mark in (t.seen, t.bad):
             return None
-        changed, had_set = write_set(t.directory, self.files(record))
+        changed, had_set = write_set(t.directory, self.files(record), self.key_group)
         t.seen = mark
-        version = str(record.kv_version or record.version)
+        # The certificate's version (archive number N, certbot's certN.pem), as show, list,
+        # env lines and the Secret say; the KV version only tells when to read again.
+        version = str(record.version)
         where_to = os.path.abspath(t.directory)
         if not changed:
             self.say(f"current: {t.name} version {version} in {where_to}")

@@ -98,14 +98,22 @@ def show(ctx: Context, name: str) -> None:
            "domains": info.domains, "not_before": info.not_before,
            "not_after": info.not_after, "serial": info.serial, "key_type": info.key_type,
            "auto_renewable": record.auto_renewable, "version": record.version,
-           "updated_at": record.updated_at, **status.as_json()}
+           "kv_version": record.kv_version, "updated_at": record.updated_at,
+           **status.as_json()}
     if ctx.json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
+    # Two numbers: users mean the first (export, env lines, the Secret, KVAULT_VERSION).
+    notes = {"version": f" (the certificate's: certbot's cert{record.version}.pem)",
+             "kv_version": " (Vault's version of the record: a renewal conf pushed alone "
+                           "adds one too)"}
     for key in ("name", "subject", "domains", "not_before", "not_after", "serial", "key_type",
-                "auto_renewable", "version", "updated_at"):
+                "auto_renewable", "version", "kv_version", "updated_at"):
         value = out[key]
-        click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+        if key == "kv_version" and value is None:
+            continue  # KV v1 keeps no versions
+        click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}"
+                   f"{notes.get(key, '')}")
     for key, value in _renewal_lines(status):
         click.echo(f"{key}: {value}")
 
@@ -151,6 +159,12 @@ def _shape_options(fn: Any) -> Any:
                                            "made a valid Kubernetes name]"),
         click.option("--namespace", help="k8s-secret: the Secret's namespace [kubectl's]"),
         click.option("--ca-crt", is_flag=True, help="k8s-secret: add ca.crt (the chain)"),
+        click.option("--key-mode", metavar="MODE",
+                     help="pem, bundle: the octal mode of the file(s) holding the key, e.g. "
+                          "0640 for an app that reads it as a group [0600]"),
+        click.option("--key-group", metavar="GROUP",
+                     help="pem, bundle: the group (name or id) of the file(s) holding the key "
+                          "[the user's]"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -204,6 +218,9 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
     options.check(fmt)
     if fmt not in ("env", "k8s-secret") and not directory:
         raise click.ClickException(f"--format {fmt} writes files: pass --dir DIR.")
+    if fmt in ("env", "k8s-secret") and directory and not (watch or once):
+        raise click.ClickException(f"--dir does not apply to --format {fmt}, which prints to "
+                                   "stdout (redirect it to a file).")
     if fmt in ("env", "k8s-secret") and (watch or once):
         raise click.ClickException("--watch and --once write files: use --format pem or "
                                    "bundle with --dir DIR.")
@@ -217,7 +234,8 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
             raise click.ClickException("--exec is empty: pass the command to run.")
         watcher = watch_mod.Watcher(ctx.layout, dirs,
                                     lambda r: export.file_set(r, fmt, options), _say, argv,
-                                    interval, None if once else watch_mod.stop_on_signals())
+                                    interval, None if once else watch_mod.stop_on_signals(),
+                                    key_group=options.key_gid)
         sys.exit(watcher.once() if once else watcher.run())
     for name in names:
         record = ctx.layout.load_lineage(validate_name(name))
