@@ -256,3 +256,39 @@ def test_second_pull_reports_unchanged_and_writes_nothing(bao: Bao, golden: Gold
     # (the manifest: the push and this pull saw a new KV version of calm)
     assert {p for p in after if after[p] != before.get(p)} == {"renewal/calm.conf",
                                                                "kvault/synced.json"}
+
+
+def test_push_force_repairs_a_record_corrupted_in_vault(bao: Bao, golden: Golden,
+                                                        vault_env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    """A record damaged in Vault, good files here: `push` trusts the manifest and says
+    unchanged; `push --force NAME` compares and rewrites it, with check-and-set against
+    the version it read."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm", "due"])
+    env = golden_env(bao, golden, prefix)
+    _, args = fresh_dirs(tmp_path)
+    kvault("pull", *args, env=env)
+    good = record(bao, prefix, "certificates/calm")
+    assert good is not None
+    damaged = {**good, "cert": good["cert"].replace("MII", "XXX", 1)}
+    assert bao.api("POST", f"secret/data/{prefix}/certificates/calm",
+                   json={"data": damaged}).status_code == 200
+    broken = kv_version(bao, prefix, "certificates/calm")
+    assert kvault("show", "calm", env=env, check=False).returncode == 1
+
+    plain = json.loads(kvault("push", "--json", *args, "calm", env=env).stdout)
+    assert "lineage calm" in plain["unchanged"] and plain["written"] == []
+    assert kv_version(bao, prefix, "certificates/calm") == broken
+
+    due = kv_version(bao, prefix, "certificates/due")
+    forced = json.loads(kvault("push", "--json", "--force", *args, "calm", env=env).stdout)
+    assert forced["written"] == ["lineage calm"] and forced["failed"] == [], forced
+    assert kv_version(bao, prefix, "certificates/calm") == broken + 1
+    repaired = record(bao, prefix, "certificates/calm")
+    assert repaired is not None and repaired["cert"] == good["cert"]
+    assert kvault("show", "calm", env=env).returncode == 0
+    assert kv_version(bao, prefix, "certificates/due") == due  # not named: not touched
+    # Again: Vault holds this machine's lineage now, nothing to write.
+    again = json.loads(kvault("push", "--json", "--force", *args, "calm", env=env).stdout)
+    assert again["written"] == [] and "lineage calm" in again["unchanged"]

@@ -212,11 +212,14 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Option
 
 def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          workers: int = DEFAULT_WORKERS, accounts: bool = True,
-         expected: Optional[dict[str, int]] = None, progress: Tick = None) -> Report:
+         expected: Optional[dict[str, int]] = None, progress: Tick = None,
+         force: bool = False) -> Report:
     """Write local accounts and the named (or all) lineages to Vault; only what changed.
 
     Unchanged since the last pull or push (synced.py): not even read. Changed: written
     with check-and-set against the KV version last synced (so a change since loses).
+    ``force``: the manifest is not asked; every record is read and, where Vault's differs
+    or is damaged, written with check-and-set against the version just read (a repair).
 
     ``expected`` (lineage -> KV version seen at pull time, ``Report.versions``)
     fences those lineages: the write is a check-and-set against that version,
@@ -227,7 +230,7 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     fence = expected or {}
     layout.vault.login()
     report = Report()
-    manifest = Manifest(tree, layout.vault.settings)
+    manifest = Manifest(tree, layout.vault.settings, ignored=force)
     if accounts:
         urls = tree.server_urls()
         listed = Listed(lambda: (account_key(*a) for a in layout.list_accounts()))
