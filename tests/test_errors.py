@@ -118,6 +118,37 @@ def test_corrupt_pem_in_vault(vault_env, bao, tree, tmp_path):
     assert not (target / "archive" / "one.example.com").exists()
 
 
+def test_list_flags_what_show_export_and_pull_refuse(vault_env, bao, tree, tmp_path):
+    """A corrupt certificate and a key of another lineage: `list` no longer shows them as
+    fine while show, export and pull refuse them."""
+    _push(tree)
+    prefix = vault_env["KVAULT_PREFIX"]
+    where = f"secret/{prefix}/certificates"
+    other = _raw_client(bao).secrets.kv.v2.read_secret_version(
+        f"{prefix}/certificates/two.example.com", mount_point="secret",
+        raise_on_deleted_version=False)["data"]["data"]
+    _patch_record(bao, prefix, "one.example.com",
+                  cert="-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    proc = kvault("list", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert rows["one.example.com"][4] == "CORRUPT" and rows["two.example.com"][4] != "CORRUPT"
+    flagged = f"error: lineage one.example.com: {where}/one.example.com: 'cert' is not a " \
+              "valid PEM certificate"
+    assert proc.stderr.startswith(flagged) and len(proc.stderr.splitlines()) == 1, proc.stderr
+    show = one_line_error(kvault("show", "one.example.com", check=False))
+    assert show.startswith(f"error: {where}/one.example.com: 'cert' is not a valid PEM")
+    # A key that does not match: found too, with --json.
+    _patch_record(bao, prefix, "one.example.com", cert=other["cert"],
+                  fullchain=other["cert"] + other["chain"])
+    proc = kvault("list", "--json", check=False)
+    assert proc.returncode == 1
+    errors = {r["name"]: r["error"] for r in json.loads(proc.stdout)}
+    assert errors == {"one.example.com": f"{where}/one.example.com: 'privkey' does not match "
+                                         "the certificate's public key.",
+                      "two.example.com": None}
+
+
 def test_cert_with_unparsable_extension_in_vault(vault_env, bao, tree, tmp_path):
     """A certificate that loads but whose alt names cannot be parsed (certbot reads them
     on every renewal): refused at pull with one line, like a corrupt PEM."""

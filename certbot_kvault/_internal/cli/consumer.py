@@ -32,7 +32,9 @@ def list_(ctx: Context) -> None:
     NEXT_RENEWAL is when certbot's rule makes the lineage due (`now` when it
     is; the end of a failure backoff when that is later); FAILURES counts the
     renewals that failed in a row (`?` when this token may not read the
-    renewal memory, e.g. with the reader policy).
+    renewal memory, e.g. with the reader policy). A record that show, export
+    and pull would refuse (a corrupt certificate, a key that does not match it)
+    says `CORRUPT` there, with one line on stderr, and the exit status is 1.
     """
     note_pending(ctx)
     layout = ctx.layout
@@ -45,12 +47,27 @@ def list_(ctx: Context) -> None:
         row = {"name": name, "subject": domains[0] if domains else None,
                "domains": domains, "not_after": d.get("not_after"),
                "auto_renewable": bool(d.get("auto_renewable", True)),
-               "version": d.get("version")}
+               "version": d.get("version"),
+               "error": LineageRecord.flaw(name, status.entry,
+                                           layout.where("certificates", name))}
         row.update(status.as_json())
         rows.append(row)
     if ctx.json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
-        return
+    else:
+        _table(rows, fleet)
+    for r in rows:
+        if r["error"]:
+            click.echo(f"error: lineage {r['name']}: {r['error']}", err=True)
+    denied = next((s.state_error for s in fleet.values() if s.state_error), None)
+    if denied and not ctx.json:  # --json has it per lineage (state_error)
+        click.echo(f"note: FAILURES is ? because this token may not read the renewal "
+                   f"memory ({denied})", err=True)
+    if any(r["error"] for r in rows):
+        sys.exit(1)
+
+
+def _table(rows: list[dict[str, Any]], fleet: dict[str, LineageStatus]) -> None:
     table = [("NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE", "NEXT_RENEWAL", "FAILURES")]
     for r in rows:
         status = fleet[r["name"]]
@@ -58,7 +75,8 @@ def list_(ctx: Context) -> None:
         # terminal escapes, shown escaped here (--json escapes them itself).
         table.append((r["name"], _printable(r["subject"] or "-"),
                       _printable(r["not_after"] or "-"),
-                      "yes" if r["auto_renewable"] else "no", _next(status),
+                      "yes" if r["auto_renewable"] else "no",
+                      "CORRUPT" if r["error"] else _next(status),
                       "?" if status.state_error else str(status.failures)))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for line in table:
