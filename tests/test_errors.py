@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import hvac
@@ -76,8 +77,18 @@ def test_token_without_permission(vault_env, bao, tree, monkeypatch):
 def test_invalid_and_expired_token(vault_env, bao, tree, monkeypatch):
     monkeypatch.setenv("VAULT_TOKEN", "s.not-a-token")
     err = one_line_error(kvault("push", "--config-dir", str(tree), check=False))
-    assert "rejected the token: it is invalid or expired" in err
+    assert err == (f"error: Vault at {bao.addr} does not know the token in VAULT_TOKEN: it was "
+                   "never issued, was revoked, or has expired (Vault keeps nothing of an "
+                   "expired token, so it cannot say which); set VAULT_TOKEN to a valid token "
+                   "(or unset it and run `vault login`).")
     assert "s.not-a-token" not in err
+    # One that expired: the same answer from Vault, so the same words.
+    r = bao.api("POST", "auth/token/create", {"ttl": "1s", "renewable": False})
+    expired = r.json()["auth"]["client_token"]
+    time.sleep(2)
+    monkeypatch.setenv("VAULT_TOKEN", expired)
+    assert one_line_error(kvault("push", "--config-dir", str(tree), check=False)) == err
+    assert expired not in err
     monkeypatch.delenv("VAULT_TOKEN")
     err = one_line_error(kvault("status", check=False))
     assert "No Vault credentials" in err and "VAULT_TOKEN" in err
