@@ -83,3 +83,14 @@ def test_closed_stdout_is_not_an_error(bao: Bao, golden: Golden,
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_import_names_the_config_dir_it_was_given(clean_env: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "VAULT_ADDR": "http://127.0.0.1:1", "VAULT_TOKEN": "t"}
+    missing = tmp_path / "nonexistent"
+    err = one_line_error(kvault("import", "--config-dir", str(missing), env=env, check=False))
+    assert err == (f"error: --config-dir {missing} does not exist: it is certbot's config dir "
+                   "to import.")
+    err = one_line_error(kvault("import", env={**env, "KVAULT_CONFIG_DIR": str(missing)},
+                                check=False))
+    assert err.startswith(f"error: KVAULT_CONFIG_DIR={missing} does not exist")

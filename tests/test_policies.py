@@ -149,3 +149,12 @@ def test_reader_token_status_and_list_explain_themselves(bao: Bao, golden: Golde
         "note: FAILURES is ? because this token may not read the renewal memory (permission "
         f"denied: needs read on secret/data/{prefix}/state/calm ({'Vault at ' + bao.addr}); "
         "grant it in the token's policy (see policies/ in the certbot-kvault docs).)"]
+    # rm is an operator's: what the reader lacks for it is delete, not read.
+    versions = kv_version(bao, prefix, "certificates/calm")
+    err = kvault("rm", "calm", env=env, check=False)
+    assert err.returncode == 1 and err.stderr == (
+        f"error: permission denied: rm needs delete on secret/data/{prefix}/state/calm and "
+        f"secret/data/{prefix}/certificates/calm (and read on the first) (Vault at {bao.addr})"
+        "; policies/reader.hcl and renewer.hcl grant no delete: use an operator's token.\n")
+    assert kv_version(bao, prefix, "certificates/calm") == versions
+    assert record(bao, prefix, "certificates/calm") is not None

@@ -19,6 +19,7 @@ from certbot_kvault._internal.cli.common import (
     note_pending,
     progress_bar,
 )
+from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.records import LineageRecord, validate_name
 from certbot_kvault._internal.schedule import LineageStatus, read_fleet, with_state
 from certbot_kvault._internal.timefmt import floor_time
@@ -292,7 +293,17 @@ def rm(ctx: Context, name: str, purge: bool) -> None:
                                    f"({layout.where('certificates', name)}).")
     # The memory first: a token that may not delete it stops before the certificate
     # goes, and a lineage issued again later under this name starts with no failures.
-    had_state = layout.load_state(name) is not None
+    try:
+        had_state = layout.load_state(name) is not None
+    except VaultPermissionDenied:
+        # An application's token (reader.hcl): what it lacks for rm is delete.
+        kind = "metadata" if purge else "data"
+        paths = " and ".join(layout.vault.api_path(layout.path(area, name), kind)
+                             for area in ("state", "certificates"))
+        raise click.ClickException(
+            f"permission denied: rm needs delete on {paths} (and read on the first) "
+            f"({layout.vault.settings.where}); policies/reader.hcl and renewer.hcl grant no "
+            "delete: use an operator's token.") from None
     layout.delete_state(name, purge=purge)
     layout.delete_lineage(name, purge=purge)
     suffix = " (all versions)" if purge else ""
