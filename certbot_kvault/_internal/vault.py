@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import Any, Callable, ContextManager, Mapping, Optional, TypeVar
 
 import hvac
 import hvac.exceptions
@@ -78,6 +78,12 @@ class VaultClient:
     def login(self) -> None:
         """Log in with the configured method (no-op once logged in)."""
         self._auth.login()
+
+    def at_leader(self) -> ContextManager[None]:
+        """Inside, this thread's requests are answered by the HA cluster's active node
+        (a standby that would answer a read from its own copy forwards it): what the
+        lease locks read and check-and-set against (see session.py)."""
+        return self._session.index.at_leader()
 
     # ---- the request wrapper: every Vault call goes through here ---------
 
