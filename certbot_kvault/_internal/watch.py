@@ -13,7 +13,10 @@ never holds a new cert next to an old key (an app that opens the cert before a
 switch and the key after it still gets two versions: it reads them again on
 the reload that follows).
 Plain files an earlier ``export --dir`` wrote are adopted first (hard-linked
-into a version dir), so turning them into links changes no content.
+into a version dir), so turning them into links changes no content. A
+directory belongs to one lineage (``export.claim_dir``): a watch into
+another lineage's is refused before anything of it is switched away, so two
+watchers never fight over one directory.
 
 What runs ``--exec`` (a reload): a write that changed the files of a
 directory that already held a set. Not the first write into an empty
@@ -39,13 +42,14 @@ from typing import Callable, Optional, Union
 from certbot import errors
 
 from certbot_kvault._internal.errors import VaultError, VaultPermissionDenied, is_transient
+from certbot_kvault._internal.export import DATA_LINK, ExportError, claim_dir
 from certbot_kvault._internal.files import make_dirs, remove_tree
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import LineageRecord, RecordError
 from certbot_kvault._internal.redact import one_line
 
 DEFAULT_INTERVAL = 300.0
-DATA = "..data"
+DATA = DATA_LINK
 _DATA_TMP = "..data_tmp"
 # The version dirs and links this module makes, so cleaning up never touches an app's own.
 _OURS = re.compile(r"^\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.[A-Za-z0-9_]+$")
@@ -111,12 +115,14 @@ def _links_right(directory: str, names: list[str]) -> bool:
                and os.readlink(os.path.join(directory, n)) == f"{DATA}/{n}" for n in names)
 
 
-def write_set(directory: str, files: list[FileSpec]) -> tuple[bool, bool]:
+def write_set(directory: str, files: list[FileSpec],
+              owner: Optional[str] = None) -> tuple[bool, bool]:
     """Make ``directory`` hold exactly ``files``; returns (changed, held a set before).
 
     Already right: nothing is touched. Otherwise the new set is switched in
     whole (see the module docstring); a failure leaves the previous set as it
-    was, and what this call made is removed.
+    was, and what this call made is removed. With ``owner``, the directory must
+    be (or become) that lineage's first (``export.claim_dir``).
     """
     directory = os.path.abspath(directory)
     want = {name: (text.encode("utf-8"), mode) for name, text, mode in files}
@@ -126,6 +132,9 @@ def write_set(directory: str, files: list[FileSpec]) -> tuple[bool, bool]:
         if os.path.isdir(path) and not os.path.islink(path):
             raise WatchError(f"{path} is a directory, not a file of lineage certificates; "
                              "remove it or choose another --dir.")
+    if owner is not None:
+        # Another lineage's directory is refused before anything of it is switched away.
+        claim_dir(directory, owner, [(name, data) for name, (data, _) in want.items()])
     before = current_set(directory)
     if before is None and _adopt_plain_files(directory, list(want)):
         before = current_set(directory)
@@ -309,7 +318,7 @@ class Watcher:
                     break
                 self._problem(t, one_line(e))
                 failed.append(t.name)
-            except (RecordError, WatchError) as e:
+            except (RecordError, WatchError, ExportError) as e:
                 self._problem(t, one_line(e))
                 failed.append(t.name)
             except OSError as e:
@@ -349,7 +358,7 @@ class Watcher:
             record.version, record.info.serial if record.info else "")
         if mark in (t.seen, t.bad):
             return None
-        changed, had_set = write_set(t.directory, self.files(record))
+        changed, had_set = write_set(t.directory, self.files(record), owner=t.name)
         t.seen = mark
         version = str(record.kv_version or record.version)
         where_to = os.path.abspath(t.directory)
