@@ -453,3 +453,34 @@ def test_a_directory_belongs_to_one_lineage(bao: Bao, golden: Golden,
             if p.poll() is None:
                 p.terminate()
             p.communicate(timeout=WAIT)
+
+
+def test_exec_gets_no_vault_credentials(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                        tmp_path: Path) -> None:
+    """--exec's command runs without VAULT_TOKEN and every other Vault setting or login
+    credential (VAULT_*, BAO_*, KVAULT_*) in its environment; --exec-env passes one on;
+    the app's own variables stay."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    secrets_ = {"VAULT_SECRET_ID": "s.secret-id", "VAULT_ROLE_ID": "", "KVAULT_JWT": "a.jwt.x",
+                "BAO_TOKEN": "s.bao", "VAULT_CLIENT_KEY": "/keys/client.key"}
+    env = {**golden_env(bao, golden, prefix), **secrets_, "APP_SETTING": "kept"}
+    assert env["VAULT_TOKEN"]
+    d, dump = tmp_path / "certs", tmp_path / "env"
+    kvault("export", "due", "--dir", str(d), "--once", env=env)
+    calm = record(bao, golden.prefix, "certificates/calm")
+    assert calm
+    _put(bao, prefix, "due", calm)  # a new version: --exec runs
+    kvault("export", "due", "--dir", str(d), "--once", "--exec-env", "VAULT_ADDR",
+           "--exec", f"sh -c 'env > {dump}'", env=env)
+    seen = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
+    leaked = sorted(k for k in seen if k.startswith(("VAULT_", "BAO_", "KVAULT_"))
+                    and k not in ("VAULT_ADDR", "KVAULT_LINEAGE", "KVAULT_VERSION",
+                                  "KVAULT_DIR"))
+    assert not leaked, leaked
+    assert "VAULT_TOKEN" not in seen and "s.secret-id" not in dump.read_text()
+    assert (seen["VAULT_ADDR"], seen["APP_SETTING"]) == (env["VAULT_ADDR"], "kept")
+    assert (seen["KVAULT_LINEAGE"], seen["KVAULT_DIR"]) == ("due", str(d))
+    assert one_line_error(kvault("export", "due", "--dir", str(d), "--once", "--exec-env",
+                                 "VAULT_ADDR", env=env, check=False)) == (
+        "Error: --exec-env names what --exec's command gets: add --exec CMD.")

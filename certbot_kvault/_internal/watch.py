@@ -19,7 +19,9 @@ another lineage's is refused before anything of it is switched away, so two
 watchers never fight over one directory.
 
 What runs ``--exec`` (a reload): a write that changed the files of a
-directory that already held a set. Not the first write into an empty
+directory that already held a set. The command's environment is ours
+without the Vault settings and credentials (``settings.without_vault_env``;
+``--exec-env NAME`` passes one on). Not the first write into an empty
 directory (the app reads the files when it starts), not a new KV version
 whose files are the same (a renewal conf pushed alone); the directory's
 own content is the memory, so a restarted watcher does not reload again.
@@ -37,7 +39,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 from certbot import errors
 
@@ -47,6 +49,7 @@ from certbot_kvault._internal.files import make_dirs, remove_tree
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import LineageRecord, RecordError
 from certbot_kvault._internal.redact import one_line
+from certbot_kvault._internal.settings import without_vault_env
 
 DEFAULT_INTERVAL = 300.0
 DATA = DATA_LINK
@@ -257,12 +260,13 @@ class Watcher:
     def __init__(self, layout: Layout, targets: dict[str, str],
                  files: Callable[[LineageRecord], list[FileSpec]], say: Say,
                  exec_argv: Optional[list[str]] = None, interval: float = DEFAULT_INTERVAL,
-                 stop: Optional[Stop] = None) -> None:
+                 stop: Optional[Stop] = None, exec_env: Sequence[str] = ()) -> None:
         self.layout = layout
         self.targets = [Target(n, d) for n, d in targets.items()]
         self.files = files
         self.say = say
         self.exec_argv = exec_argv
+        self.exec_env = tuple(exec_env)
         self.interval = interval
         self.stop = stop or Stop()
         self.down: Optional[str] = None       # Vault's transient failure, said once
@@ -388,8 +392,10 @@ class Watcher:
 
     def _reload(self, t: Target, version: str) -> None:
         assert self.exec_argv is not None
-        env = dict(os.environ, KVAULT_LINEAGE=t.name, KVAULT_VERSION=version,
-                   KVAULT_DIR=os.path.abspath(t.directory))
+        # The app's command gets no Vault credential nor setting (it has the files),
+        # unless named with --exec-env.
+        env = dict(without_vault_env(os.environ, self.exec_env), KVAULT_LINEAGE=t.name,
+                   KVAULT_VERSION=version, KVAULT_DIR=os.path.abspath(t.directory))
         try:
             rc = subprocess.run(self.exec_argv, env=env, stdin=subprocess.DEVNULL,
                                 check=False).returncode
