@@ -18,6 +18,7 @@ from helpers import Golden, kvault, one_line_error, record, seed
 from servers import Bao
 
 from certbot_kvault._internal import export
+from certbot_kvault._internal.dir_owner import OWNER_FILE
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def files_in(directory: Path) -> dict[str, str]:
     """The files an app finds in ``directory`` (not the lineage mark export keeps there)."""
     if not directory.exists():
         return {}
-    return {p.name: p.read_text() for p in directory.iterdir() if p.name != export.OWNER_FILE}
+    return {p.name: p.read_text() for p in directory.iterdir() if p.name != OWNER_FILE}
 
 
 def b64(text: str) -> str:
@@ -155,7 +156,7 @@ def test_a_directory_holds_one_lineage(vault: dict[str, Any], tmp_path: Path) ->
     kvault("export", "calm", "--dir", str(out))
     before = {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in out.iterdir()}
     line = one_line_error(run("shop-1.example.com", "--dir", str(out), "--format", "bundle"))
-    assert line == (f"Error: {out} holds the files of lineage calm (its {export.OWNER_FILE} "
+    assert line == (f"Error: {out} holds the files of lineage calm (its {OWNER_FILE} "
                     "says so); not writing shop-1.example.com over them: give "
                     "shop-1.example.com a directory of its own (--dir; --dir '/certs/{name}' "
                     "for several), or remove that directory if calm no longer uses it.")

@@ -35,6 +35,7 @@ from servers import Bao
 from stubs import TcpFaultProxy
 
 from certbot_kvault._internal import export
+from certbot_kvault._internal.dir_owner import OWNER_FILE
 from certbot_kvault._internal.watch import DATA, Watcher, write_set
 
 WAIT = 30.0  # only how long a wait may take before the test fails; nothing asserts timing
@@ -254,7 +255,7 @@ def test_once_and_bad_input(bao: Bao, golden: Golden, vault_env: dict[str, str],
     # A plain export's files are adopted: same content, now links through ..data.
     d = tmp_path / "due"
     kvault("export", "due", "--dir", str(d), env=env)
-    plain = {n: (d / n).read_text() for n in os.listdir(d) if n != export.OWNER_FILE}
+    plain = {n: (d / n).read_text() for n in os.listdir(d) if n != OWNER_FILE}
     proc = kvault("export", "due", "calm", "--dir", str(tmp_path / "{name}"), "--once",
                   "--exec", f"touch {tmp_path / 'reloaded'}", env=env)
     assert proc.stdout.splitlines() == [
@@ -397,8 +398,8 @@ def test_a_directory_belongs_to_one_lineage(bao: Bao, golden: Golden,
            "--fullchain-file", "")
     kvault("export", "due", "--dir", str(shared), "--once", *own, env=env)
     first = snapshot(shared)
-    assert (shared / export.OWNER_FILE).read_text() == "due\n"
-    refusal = (f"{shared} holds the files of lineage due (its {export.OWNER_FILE} says so); "
+    assert (shared / OWNER_FILE).read_text() == "due\n"
+    refusal = (f"{shared} holds the files of lineage due (its {OWNER_FILE} says so); "
                "not writing calm over them: give calm a directory of its own (--dir; "
                "--dir '/certs/{name}' for several), or remove that directory if due no "
                "longer uses it.")
@@ -417,16 +418,16 @@ def test_a_directory_belongs_to_one_lineage(bao: Bao, golden: Golden,
     # Written by an older certbot-kvault: no mark.
     legacy = tmp_path / "legacy"
     kvault("export", "due", "--dir", str(legacy), "--once", env=env)
-    (legacy / export.OWNER_FILE).unlink()
+    (legacy / OWNER_FILE).unlink()
     before = snapshot(legacy)
     line = one_line_error(kvault("export", "calm", "--dir", str(legacy), "--once", env=env,
                                  check=False))
     assert line.startswith(f"error: {legacy}/"), line
     assert "holds a certificate for www.example.com, not for calm's names" in line, line
-    assert f"not for calm's names, and {legacy} has no {export.OWNER_FILE}" in line, line
+    assert f"not for calm's names, and {legacy} has no {OWNER_FILE}" in line, line
     assert snapshot(legacy) == before
     kvault("export", "due", "--dir", str(legacy), "--once", env=env)
-    assert (legacy / export.OWNER_FILE).read_text() == "due\n"
+    assert (legacy / OWNER_FILE).read_text() == "due\n"
 
     # Two watchers on one directory: one owns it, the other stops with the line above.
     both = tmp_path / "both"
@@ -439,7 +440,7 @@ def test_a_directory_belongs_to_one_lineage(bao: Bao, golden: Golden,
         time.sleep(2)  # two more polls of the one left: it keeps the directory
         [stopped] = [p for p in procs if p.poll() is not None]
         [running] = [p for p in procs if p.poll() is None]
-        owner = (both / export.OWNER_FILE).read_text().strip()
+        owner = (both / OWNER_FILE).read_text().strip()
         other = "calm" if owner == "due" else "due"
         assert running is procs[("due", "calm").index(owner)]
         assert stopped.returncode == 1

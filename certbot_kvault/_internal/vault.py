@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, ContextManager, Mapping, Optional, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import hvac
 import hvac.exceptions
 import requests
-import requests.adapters
-import requests.utils
 
 from certbot_kvault._internal import redact  # noqa: F401 - installs the URL log filter
 from certbot_kvault._internal.auth import Auth, forbidden_verdict
@@ -68,6 +66,8 @@ class VaultClient:
     def __init__(self, settings: VaultSettings, pool_size: int = 16) -> None:
         self.settings = settings
         self._session, self._direct = make_session(settings, pool_size)
+        # `with at_leader():` this thread's requests go to the active node (the locks').
+        self.at_leader = self._session.index.at_leader
         verify: Any = self._session.verify
         self._hvac = hvac.Client(
             url=settings.addr, namespace=settings.namespace, session=self._session,
@@ -78,12 +78,6 @@ class VaultClient:
     def login(self) -> None:
         """Log in with the configured method (no-op once logged in)."""
         self._auth.login()
-
-    def at_leader(self) -> ContextManager[None]:
-        """Inside, this thread's requests are answered by the HA cluster's active node
-        (a standby that would answer a read from its own copy forwards it): what the
-        lease locks read and check-and-set against (see session.py)."""
-        return self._session.index.at_leader()
 
     # ---- the request wrapper: every Vault call goes through here ---------
 

@@ -14,7 +14,7 @@ switch and the key after it still gets two versions: it reads them again on
 the reload that follows).
 Plain files an earlier ``export --dir`` wrote are adopted first (hard-linked
 into a version dir), so turning them into links changes no content. A
-directory belongs to one lineage (``export.claim_dir``): a watch into
+directory belongs to one lineage (dir_owner.py): a watch into
 another lineage's is refused before anything of it is switched away, so two
 watchers never fight over one directory.
 
@@ -43,8 +43,8 @@ from typing import Callable, Optional, Sequence, Union
 
 from certbot import errors
 
+from certbot_kvault._internal.dir_owner import DATA_LINK, DirTaken, claim
 from certbot_kvault._internal.errors import VaultError, VaultPermissionDenied, is_transient
-from certbot_kvault._internal.export import DATA_LINK, ExportError, claim_dir
 from certbot_kvault._internal.files import make_dirs, remove_tree
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import LineageRecord, RecordError
@@ -125,7 +125,7 @@ def write_set(directory: str, files: list[FileSpec],
     Already right: nothing is touched. Otherwise the new set is switched in
     whole (see the module docstring); a failure leaves the previous set as it
     was, and what this call made is removed. With ``owner``, the directory must
-    be (or become) that lineage's first (``export.claim_dir``).
+    be (or become) that lineage's first (``dir_owner.claim``).
     """
     directory = os.path.abspath(directory)
     want = {name: (text.encode("utf-8"), mode) for name, text, mode in files}
@@ -137,7 +137,7 @@ def write_set(directory: str, files: list[FileSpec],
                              "remove it or choose another --dir.")
     if owner is not None:
         # Another lineage's directory is refused before anything of it is switched away.
-        claim_dir(directory, owner, [(name, data) for name, (data, _) in want.items()])
+        claim(directory, owner, [(name, data) for name, (data, _) in want.items()])
     before = current_set(directory)
     if before is None and _adopt_plain_files(directory, list(want)):
         before = current_set(directory)
@@ -322,7 +322,7 @@ class Watcher:
                     break
                 self._problem(t, one_line(e))
                 failed.append(t.name)
-            except (RecordError, WatchError, ExportError) as e:
+            except (RecordError, WatchError, DirTaken) as e:
                 self._problem(t, one_line(e))
                 failed.append(t.name)
             except OSError as e:
