@@ -1,4 +1,4 @@
-"""Which lineage an export directory belongs to: ``D/.kvault-lineage``.
+"""Which lineage an export directory belongs to: ``D/..kvault-lineage``.
 
 ``export --dir`` (plain, ``--once``, ``--watch``) writes one lineage's files;
 a second lineage exported into the same directory would replace them, or
@@ -23,7 +23,8 @@ class DirTaken(errors.Error):
 
 
 # The lineage whose files a directory holds, one line, written by the first export there.
-OWNER_FILE = ".kvault-lineage"
+# '..' first, as the `..data` link and its version dirs: not a file of the app's.
+OWNER_FILE = "..kvault-lineage"
 DATA_LINK = "..data"  # the link to the current file set of `export --watch` (watch.py)
 _MAX_READ = 1 << 20   # a marker or certificate file larger than this is not ours
 
