@@ -68,11 +68,14 @@ def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) 
         raise
 
 
-def create_file(path: str, data: bytes, mode: int) -> None:
-    """Write a new file in place (it must not exist), private until its ``mode`` is set:
-    for a directory no reader knows of yet, where a temp file and a rename buy nothing."""
+def create_file(path: str, data: bytes, mode: int, group: Optional[int] = None) -> None:
+    """Write a new file in place (it must not exist), private until its ``mode`` (and
+    ``group``) is set: for a directory no reader knows of yet, where a temp file and a
+    rename buy nothing."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
+        if group is not None:
+            os.fchown(fd, -1, group)
         _write_all(fd, data)
         os.fchmod(fd, mode)
     finally:
