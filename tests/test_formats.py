@@ -168,7 +168,7 @@ def test_a_directory_holds_one_lineage(vault: dict[str, Any], tmp_path: Path) ->
     kvault("export", "calm", "--dir", str(out))
     before = {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in out.iterdir()}
     line = one_line_error(run("shop-1.example.com", "--dir", str(out), "--format", "bundle"))
-    assert line == (f"Error: {out} holds the files of lineage calm (its {OWNER_FILE} "
+    assert line == (f"error: {out} holds the files of lineage calm (its {OWNER_FILE} "
                     "says so); not writing shop-1.example.com over them: give "
                     "shop-1.example.com a directory of its own (--dir; --dir '/certs/{name}' "
                     "for several), or remove that directory if calm no longer uses it.")

@@ -409,7 +409,7 @@ def test_a_directory_belongs_to_one_lineage(bao: Bao, golden: Golden,
         assert one_line_error(proc) == f"error: {refusal}", mode
         assert snapshot(shared) == first
     assert one_line_error(kvault("export", "calm", "--dir", str(shared), env=env,
-                                 check=False)) == f"Error: {refusal}"
+                                 check=False)) == f"error: {refusal}"
     assert snapshot(shared) == first
     proc = kvault("export", "due", "--dir", str(shared), "--once", *own, env=env)
     assert proc.stdout.startswith("current: due version 1 in ")
@@ -484,4 +484,4 @@ def test_exec_gets_no_vault_credentials(bao: Bao, golden: Golden, vault_env: dic
     assert (seen["KVAULT_LINEAGE"], seen["KVAULT_DIR"]) == ("due", str(d))
     assert one_line_error(kvault("export", "due", "--dir", str(d), "--once", "--exec-env",
                                  "VAULT_ADDR", env=env, check=False)) == (
-        "Error: --exec-env names what --exec's command gets: add --exec CMD.")
+        "error: --exec-env names what --exec's command gets: add --exec CMD.")
