@@ -266,3 +266,22 @@ def certbot(certbot_dirs: CertbotDirs, pebble: Pebble) -> CertbotRunner:
             logs_dir=certbot_dirs.logs_dir, pebble=pebble, env=env, check=check, **kw)
 
     return run
+
+
+# --------------------------------------------------------------------------- report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The image tests by name, outcome and time, even under -q: the record that this run
+    built the image and ran it (scripts/test.sh runs the suite quietly)."""
+    reports = [r for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+               for r in terminalreporter.stats.get(outcome, [])
+               if getattr(r, "nodeid", "").startswith("tests/test_image.py::")
+               and (r.when == "call" or r.outcome != "passed")]
+    if not reports:
+        return
+    terminalreporter.section("the image (tests/test_image.py)")
+    for r in sorted(reports, key=lambda r: r.nodeid):
+        outcome = r.outcome.upper() if r.when == "call" else f"ERROR at {r.when}"
+        terminalreporter.write_line(f"{outcome:8} {r.nodeid.split('::', 1)[1]} "
+                                    f"({r.duration:.1f} s)")

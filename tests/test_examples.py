@@ -35,6 +35,7 @@ from helpers import (
     TokenReviewStub,
     approle,
     enable_auth,
+    kubernetes_role,
     kv_version,
     load_policy,
     locks_held,
@@ -394,16 +395,7 @@ def _kubernetes_env(bao: Bao, token_review: TokenReviewStub, policy: str,
     the projected token at the manifest's path under ``root``."""
     env = {e["name"]: str(e["value"]) for e in container["env"]}
     mount = enable_auth(bao, "kubernetes")
-    r = bao.api("POST", f"auth/{mount}/config", json={
-        "kubernetes_host": token_review.url, "kubernetes_ca_cert": token_review.ca.read_text(),
-        "token_reviewer_jwt": token_review.service_account_token("kube-system", "reviewer"),
-        "disable_local_ca_jwt": True})
-    assert r.status_code == 204, r.text
-    r = bao.api("POST", f"auth/{mount}/role/{env['KVAULT_K8S_ROLE']}", json={
-        "bound_service_account_names": [sa["name"]],
-        "bound_service_account_namespaces": [sa["namespace"]],
-        "audience": "vault", "token_policies": [policy], "token_ttl": "30m"})
-    assert r.status_code == 204, r.text
+    kubernetes_role(bao, token_review, mount, env["KVAULT_K8S_ROLE"], sa, policy)
     token_path = root / env["KVAULT_K8S_TOKEN_PATH"].lstrip("/")
     token_path.parent.mkdir(parents=True)
     token_path.write_text(token_review.service_account_token(sa["namespace"], sa["name"],
