@@ -18,11 +18,12 @@ re-signs TLS (these machines), pip then works in the chroot and in ``podman buil
 
 Podman keeps its images in storage of its own under the cache dir
 (``KVAULT_IMAGE_CACHE``, default ``~/.cache/certbot-kvault``), so other users of
-podman on the machine are not disturbed. The stand-in stays there between runs,
-keyed by the certbot version and ``RECIPE``; each test session builds the Dockerfile
-once into a tag of its own and removes it at the end. A file lock serialises the
-builds of concurrent sessions; their containers share the storage, which podman locks
-itself.
+podman on the machine are not disturbed. The stand-in stays there between runs (its
+root filesystem as a tar beside it), keyed by the certbot version and ``RECIPE``;
+made from nothing it takes about a minute (more on a busy machine). Each test
+session builds the Dockerfile once into a tag of its own and removes it at the end. A
+file lock serialises the builds of concurrent sessions; their containers share the
+storage, which podman locks itself.
 
 Storage driver: overlay where the kernel mounts it (a container starts in a fraction
 of a second), else vfs (every container copies the whole image: seconds);
@@ -201,14 +202,29 @@ def _run(argv: Sequence[str], what: str, timeout: float = 900,
 
 
 def standin(p: Podman, version: str) -> tuple[str, float]:
-    """``localhost/certbot-standin:vVERSION``, built unless cached; (tag, seconds spent)."""
+    """``localhost/certbot-standin:vVERSION`` in ``p``'s storage; (tag, seconds spent).
+
+    Its root filesystem is kept as a tar in the cache dir too, so another storage
+    (the other driver, or a storage wiped) imports it again without a debootstrap.
+    """
     tag = f"localhost/certbot-standin:v{version}"
     if p.image_exists(tag):
         labels = p.inspect(tag).get("Labels") or {}
         if isinstance(labels, dict) and labels.get(RECIPE_LABEL) == RECIPE:
             return tag, 0.0
     t0 = time.monotonic()
-    log(f"making {tag}: debootstrap bookworm, then pip install certbot=={version}")
+    tar = CACHE / f"standin-{version}-r{RECIPE}.tar"
+    if not tar.exists():
+        make_standin_tar(version, tar)
+    changes = [*STANDIN_CHANGES, f"LABEL {RECIPE_LABEL}={RECIPE}"]
+    p("import", *[a for c in changes for a in ("--change", c)], str(tar), tag)
+    return tag, time.monotonic() - t0
+
+
+def make_standin_tar(version: str, tar: Path) -> None:
+    """The stand-in's root filesystem: Debian's minimal bootstrap, certbot in a venv."""
+    log(f"making the certbot {version} stand-in: debootstrap bookworm, then pip install "
+        f"certbot=={version}")
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="standin-") as tmp:
         root = Path(tmp, "root")
         _run(["debootstrap", "--variant=minbase",
@@ -225,11 +241,9 @@ def standin(p: Podman, version: str) -> tuple[str, float]:
         for junk in ("var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
                      "usr/share/locale", "usr/share/info"):
             shutil.rmtree(root / junk, ignore_errors=True)
-        tar = Path(tmp, "root.tar")
-        _run(["tar", "-C", str(root), "-cf", str(tar), "."], "tar")
-        changes = [*STANDIN_CHANGES, f"LABEL {RECIPE_LABEL}={RECIPE}"]
-        p("import", *[a for c in changes for a in ("--change", c)], str(tar), tag)
-    return tag, time.monotonic() - t0
+        partial = Path(tmp, "root.tar")
+        _run(["tar", "-C", str(root), "-cf", str(partial), "."], "tar")
+        os.replace(partial, tar)
 
 
 def remove_stale(p: Podman) -> None:
@@ -295,6 +309,7 @@ def build(tag: Optional[str] = None) -> Image:
         (p.home / sub).mkdir(parents=True, exist_ok=True)
     tag = tag or f"{TEST_REPO}:{os.getpid()}-{secrets.token_hex(3)}"
     with build_lock():
+        previous = str(p.inspect(tag)["Id"]) if p.image_exists(tag) else None
         remove_stale(p)
         base, standin_seconds = standin(p, certbot_version())
         t0 = time.monotonic()
@@ -303,6 +318,8 @@ def build(tag: Optional[str] = None) -> Image:
         p("build", "--layers=false", "--isolation", "chroot", "--network", "host",
           "--build-arg", f"CERTBOT_IMAGE={base}", "-f", str(DOCKERFILE), "-t", tag, str(REPO))
         build_seconds = time.monotonic() - t0
+        if previous and previous != p.inspect(tag)["Id"]:
+            p("rmi", previous, check=False)  # the image this tag named before, now untagged
     return Image(p, tag, base, standin_seconds, build_seconds)
 
 

@@ -305,6 +305,38 @@ def test_kubernetes_manifest_is_valid() -> None:
     check_command(args[1:])
 
 
+def test_kubernetes_examples_are_hardened() -> None:
+    """Every container of the certbot-kvault image runs as the image does in
+    test_image.py: non-root, read-only root, no capabilities, no privilege escalation,
+    and what it writes on emptyDir volumes (certbot's three dirs too for a renewer)."""
+    seen = 0
+    for path in (K8S, K8S_APP, K8S_SECRET):
+        for doc in manifest(path).values():
+            spec = doc.get("spec", {})
+            pod = (spec.get("jobTemplate", {}).get("spec", spec).get("template", {})
+                   .get("spec", {}))
+            if not pod:
+                continue
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            for c in pod.get("initContainers", []) + pod.get("containers", []):
+                if "certbot-kvault" not in str(c["image"]):
+                    continue
+                seen += 1
+                psc, csc = pod["securityContext"], c["securityContext"]
+                assert psc["runAsNonRoot"] is True and psc["runAsUser"] > 0, (path, psc)
+                assert csc["readOnlyRootFilesystem"] is True, (path, c["name"])
+                assert csc["allowPrivilegeEscalation"] is False, (path, c["name"])
+                assert csc["capabilities"]["drop"] == ["ALL"], (path, c["name"])
+                writable = {m["mountPath"] for m in c["volumeMounts"]
+                            if "emptyDir" in volumes[m["name"]] and not m.get("readOnly")}
+                needed = {"/tmp"}
+                if kvault_argv(c)[0] in ("renew", "run"):
+                    needed |= {"/etc/letsencrypt", "/var/lib/letsencrypt",
+                               "/var/log/letsencrypt"}
+                assert needed <= writable, (path, c["name"], needed - writable)
+    assert seen == 4  # renew; export in the Secret's CronJob; the app's init and watcher
+
+
 def test_gitlab_job_is_valid() -> None:
     job = gitlab_job()
     assert job["image"]["entrypoint"] == [""]  # GitLab runs `script`, not our entrypoint
