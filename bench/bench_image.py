@@ -69,7 +69,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-image-"))
     bao = start_openbao_dev(work / "bao")
     try:
-        size, base = image.size(), int(image.podman.inspect(image.base)["Size"])  # type: ignore[call-overload]
+        size, base = image.size(), int(str(image.podman.inspect(image.base)["Size"]))
         print(f"image {image.tag} ({image.podman.driver} storage; built in "
               f"{image.build_seconds:.1f} s): {mb(size)}; the stand-in base {mb(base)}; "
               f"certbot-kvault adds {mb(size - base)}")

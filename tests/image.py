@@ -295,7 +295,7 @@ class Image:
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     def size(self) -> int:
-        return int(self.podman.inspect(self.tag)["Size"])  # type: ignore[call-overload]
+        return int(str(self.podman.inspect(self.tag)["Size"]))
 
     def remove(self) -> None:
         self.podman("rmi", "--force", self.tag, check=False)
