@@ -44,6 +44,10 @@ from servers import Bao, Pebble, PowerDNS
 K8S = image_mod.REPO / "examples" / "kubernetes" / "cronjob.yaml"
 # Where the containers find the Pebbles' CA (Pebble's listener is the test rig's own).
 PEBBLE_CA = "/etc/kvault-test/pebble-ca.pem"
+# The hardened `docker run` of README.md and docker/Dockerfile: read-only root, no
+# capabilities, the base image's two volumes and tmpfs for the rest.
+HARDENED = ("--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--tmpfs", "/var/log/letsencrypt", "--tmpfs", "/tmp")
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +141,8 @@ def test_image_default_command_renews_statelessly(image: image_mod.Image, bao: B
 def test_image_certonly_then_list_from_a_fresh_container(
         image: image_mod.Image, bao: Bao, golden: Golden, pebble: Pebble, pdns: PowerDNS,
         vault_env: dict[str, str]) -> None:
-    """`docker run IMAGE certonly -a kvault ...`: pull (the account), certbot, push."""
+    """`docker run IMAGE certonly -a kvault ...` (hardened): pull (the account), certbot,
+    push."""
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, [])  # the accounts only
     layout_from_env().save_dns("pdns", pdns_entry(pdns))
@@ -148,7 +153,7 @@ def test_image_certonly_then_list_from_a_fresh_container(
         "certonly", "-a", "kvault", "--kvault-dns", "pdns", "--kvault-dns-resolver",
         resolver_opt(pdns), "-d", domain, "--server", pebble.directory_url,
         "--agree-tos", "--register-unsafely-without-email", "--non-interactive",
-        env=vault_vars(bao, golden, prefix), volumes=[ca_mount(golden)]))
+        env=vault_vars(bao, golden, prefix), volumes=[ca_mount(golden)], flags=HARDENED))
     assert orders(pebble) == before + 1
     saved = record(bao, prefix, f"certificates/{domain}")
     assert saved is not None, proc.stdout + proc.stderr
