@@ -320,6 +320,9 @@ def build(tag: Optional[str] = None) -> Image:
         build_seconds = time.monotonic() - t0
         if previous and previous != p.inspect(tag)["Id"]:
             p("rmi", previous, check=False)  # the image this tag named before, now untagged
+        # The build stage's image (the empty dir), and any other untagged leftover: no
+        # build runs meanwhile (the lock), and a tagged image's parents are kept.
+        p("image", "prune", "--force", check=False)
     return Image(p, tag, base, standin_seconds, build_seconds)
 
 
