@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import image as built_images  # noqa: E402
 import servers  # noqa: E402
 from helpers import (  # noqa: E402
     SCRUB_NAMES,
@@ -281,6 +282,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not reports:
         return
     terminalreporter.section("the image (tests/test_image.py)")
+    for built in built_images.BUILT:
+        terminalreporter.write_line(f"built {built.describe()}")
     for r in sorted(reports, key=lambda r: r.nodeid):
         outcome = r.outcome.upper() if r.when == "call" else f"ERROR at {r.when}"
         terminalreporter.write_line(f"{outcome:8} {r.nodeid.split('::', 1)[1]} "

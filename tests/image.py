@@ -300,6 +300,16 @@ class Image:
     def remove(self) -> None:
         self.podman("rmi", "--force", self.tag, check=False)
 
+    def describe(self) -> str:
+        standin = (f"made in {self.standin_seconds:.0f} s" if self.standin_seconds
+                   else "cached")
+        return (f"{self.tag} on {self.base} ({standin}), podman build "
+                f"{self.build_seconds:.1f} s, {self.podman.driver} storage")
+
+
+# The images this process built (the test summary names them).
+BUILT: list[Image] = []
+
 
 def build(tag: Optional[str] = None) -> Image:
     """The stand-in (cached) and an image of this tree on it, under the build lock."""
@@ -323,7 +333,9 @@ def build(tag: Optional[str] = None) -> Image:
         # The build stage's image (the empty dir), and any other untagged leftover: no
         # build runs meanwhile (the lock), and a tagged image's parents are kept.
         p("image", "prune", "--force", check=False)
-    return Image(p, tag, base, standin_seconds, build_seconds)
+    image = Image(p, tag, base, standin_seconds, build_seconds)
+    BUILT.append(image)
+    return image
 
 
 def main() -> int:
@@ -332,8 +344,7 @@ def main() -> int:
     except ImageError as e:
         print(e, file=sys.stderr)
         return 1
-    print(f"{image.tag} on {image.base} (podman storage: {image.podman.driver}; "
-          f"stand-in {image.standin_seconds:.1f} s, build {image.build_seconds:.1f} s)")
+    print(image.describe())
     print("run it with:", " ".join(image.podman.argv("run", "--rm", *RUN_FLAGS, image.tag)))
     return 0
 

@@ -60,9 +60,6 @@ def image() -> Iterator[image_mod.Image]:
         error = str(e)
     if error:
         pytest.fail(error, pytrace=False)
-    print(f"\n[measure] image {built.tag} ({built.podman.driver} storage): stand-in "
-          f"{'cached' if not built.standin_seconds else f'{built.standin_seconds:.1f} s'}, "
-          f"podman build {built.build_seconds:.1f} s")
     try:
         yield built
     finally:
