@@ -66,7 +66,7 @@ def image() -> Iterator[image_mod.Image]:
         built.remove()
 
 
-def vault_vars(bao: Bao, golden: Golden, prefix: str, **extra: str) -> dict[str, str]:
+def vault_vars(bao: Bao, prefix: str, **extra: str) -> dict[str, str]:
     """The container's environment for the session Vault, as `docker run -e` gives it."""
     return {"VAULT_ADDR": bao.addr, "VAULT_TOKEN": bao.token, "KVAULT_PREFIX": prefix,
             "REQUESTS_CA_BUNDLE": PEBBLE_CA, **extra}
@@ -120,7 +120,7 @@ def test_image_default_command_renews_statelessly(image: image_mod.Image, bao: B
     seed(bao, golden, prefix, ["calm"])
     calm = kv_version(bao, prefix, "certificates/calm")
     # Nothing due: one line, exit 0, nothing written.
-    proc = ok(image.run(env=vault_vars(bao, golden, prefix), volumes=[ca_mount(golden)]))
+    proc = ok(image.run(env=vault_vars(bao, prefix), volumes=[ca_mount(golden)]))
     (line,) = lines(proc)
     assert "nothing is due" in line, line
     assert kv_version(bao, prefix, "certificates/calm") == calm
@@ -128,7 +128,7 @@ def test_image_default_command_renews_statelessly(image: image_mod.Image, bao: B
     # Due: renewed by a container that starts empty, and saved as the next version.
     seed(bao, golden, prefix, ["due"])
     due = kv_version(bao, prefix, "certificates/due")
-    proc = ok(image.run(env=vault_vars(bao, golden, prefix), volumes=[ca_mount(golden)]))
+    proc = ok(image.run(env=vault_vars(bao, prefix), volumes=[ca_mount(golden)]))
     assert "renewed: due" in proc.stdout, proc.stdout
     assert kv_version(bao, prefix, "certificates/due") == due + 1
     assert kv_version(bao, prefix, "certificates/calm") == calm
@@ -150,7 +150,7 @@ def test_image_certonly_then_list_from_a_fresh_container(
         "certonly", "-a", "kvault", "--kvault-dns", "pdns", "--kvault-dns-resolver",
         resolver_opt(pdns), "-d", domain, "--server", pebble.directory_url,
         "--agree-tos", "--register-unsafely-without-email", "--non-interactive",
-        env=vault_vars(bao, golden, prefix), volumes=[ca_mount(golden)], flags=HARDENED))
+        env=vault_vars(bao, prefix), volumes=[ca_mount(golden)], flags=HARDENED))
     assert orders(pebble) == before + 1
     saved = record(bao, prefix, f"certificates/{domain}")
     assert saved is not None, proc.stdout + proc.stderr
@@ -160,7 +160,7 @@ def test_image_certonly_then_list_from_a_fresh_container(
         "keys"] == accounts
 
     # Another container, empty again, lists what Vault holds.
-    proc = ok(image.run("certbot-kvault", "list", env=vault_vars(bao, golden, prefix)))
+    proc = ok(image.run("certbot-kvault", "list", env=vault_vars(bao, prefix)))
     assert domain in proc.stdout, proc.stdout
 
 
@@ -173,7 +173,7 @@ def test_image_approle_login_leaves_no_token(image: image_mod.Image, bao: Bao,
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["calm"])
     creds = approle(bao, load_policy(bao, "renewer", prefix), secret_id_num_uses=5)
-    env = vault_vars(bao, golden, prefix, **creds)
+    env = vault_vars(bao, prefix, **creds)
     del env["VAULT_TOKEN"]
     proc = ok(image.run(env=env, volumes=[ca_mount(golden)]))
     assert "nothing is due" in proc.stdout
@@ -181,8 +181,7 @@ def test_image_approle_login_leaves_no_token(image: image_mod.Image, bao: Bao,
     assert live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0  # and revoked it
 
 
-def test_image_unreachable_vault_is_one_line(image: image_mod.Image, bao: Bao,
-                                            golden: Golden) -> None:
+def test_image_unreachable_vault_is_one_line(image: image_mod.Image, bao: Bao) -> None:
     addr = f"http://127.0.0.1:{servers.free_port()}"
     proc = image.run(env={"VAULT_ADDR": addr, "VAULT_TOKEN": bao.token})
     assert proc.returncode != 0
@@ -322,7 +321,7 @@ def test_image_stop_mid_renewal_saves_to_vault(image: image_mod.Image, bao: Bao,
     before = kv_version(bao, prefix, "certificates/due")
     signal_dir = writable_dir(tmp_path / "signal")
     name = f"ckt-stop-{secrets.token_hex(4)}"
-    env = vault_vars(bao, golden, prefix)
+    env = vault_vars(bao, prefix)
     argv = image.run_argv(
         "certbot-kvault", "renew", "--", "--force-renewal",
         "--deploy-hook", "touch /signal/renewed; sleep 3",
