@@ -339,9 +339,11 @@ def test_alias_mode_issues_renews_and_records_how(bao: Bao, vault_env: dict[str,
     issuer = token(bao, "alias-issuer", ["root"])
     marks = val.log_mark(), front.log_mark()
     proc = certonly(ca, tmp_path / "issue", env_for(vault_env, ca, issuer), "-d", name,
-                    "--kvault-dns-resolver", resolver(front))
+                    "--kvault-dns-resolver", resolver(front), "--kvault-dns-check")
     assert "Traceback" not in proc.stderr
-    assert patches(val, marks[0]) == [f"{VAL_ZONE}."] * 2  # create, delete
+    assert f"kvault dns check: alias: _acme-challenge.{name} -> {target} (CNAME)" in proc.stdout
+    # The check's record, then the challenge's: each created and deleted, in val's zone.
+    assert patches(val, marks[0]) == [f"{VAL_ZONE}."] * 4
     assert patches(front, marks[1]) == []  # example.com never written
     assert val.txt_records(target) == [] and front.txt_records(f"_acme-challenge.{name}") == []
     record = layout.read_lineage_raw(name)
@@ -371,7 +373,8 @@ def test_alias_mode_issues_renews_and_records_how(bao: Bao, vault_env: dict[str,
     marks = val.log_mark(), front.log_mark()
     proc = kvault("renew", *args, "--due-within", "3650", env=env_for(vault_env, ca, renewer))
     assert f"renewed: {name}" in proc.stdout, proc.stdout + proc.stderr
-    assert patches(val, marks[0]) == [f"{VAL_ZONE}."] * 2 and patches(front, marks[1]) == []
+    # --kvault-dns-check came with the renewal conf: checked again, then renewed.
+    assert patches(val, marks[0]) == [f"{VAL_ZONE}."] * 4 and patches(front, marks[1]) == []
     assert val.txt_records(target) == []
     renewed = layout.read_lineage_raw(name)
     assert renewed is not None and int(renewed.data["version"]) == 2
