@@ -45,7 +45,7 @@ from helpers import (
 from servers import Bao, Pebble, PowerDNS
 
 from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import propagation
+from certbot_kvault._internal import dns01, propagation
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import clean_issued
 
@@ -423,26 +423,58 @@ def test_one_order_two_zones_two_entries(bao: Bao, vault_env: dict[str, str], va
                                          front: PowerDNS, ca: Pebble, layout: Layout,
                                          tmp_path: Path) -> None:
     """a.example.com (front's entry) and b.example.org (val's entry) in one order, no
-    --kvault-dns; --kvault-dns-check runs first, then each TXT goes through its own key."""
+    --kvault-dns; --kvault-dns-check runs first, then each TXT goes through its own key.
+    c.example.com rides along through --kvault-dns-alias into the validation zone. A
+    stateless renew from Vault does it all again with no flag."""
     tag = secrets.token_hex(3)
-    a, b = f"a-{tag}.example.com", f"b-{tag}.example.org"
+    a, b, c = f"a-{tag}.example.com", f"b-{tag}.example.org", f"c-{tag}.example.com"
+    c_target = f"c-{tag}.{VAL_ZONE}"
+    rrset(front, "example.com", f"_acme-challenge.{c}", "CNAME", c_target + ".")  # for the CA
     layout.save_dns("com", entry(front, "example.com"))
     layout.save_dns("org", entry(val, "example.org"))
+    layout.save_dns("validation", entry(val, VAL_ZONE))
     marks = val.log_mark(), front.log_mark()
     proc = certonly(ca, tmp_path / "issue", env_for(vault_env, ca, bao.token), "-d", a,
-                    "-d", b, "--kvault-dns-resolver", resolver(front), "--kvault-dns-check")
+                    "-d", b, "-d", c, "--kvault-dns-resolver", resolver(front),
+                    "--kvault-dns-check", "--kvault-dns-alias", f"{c}={c_target}")
     out = proc.stdout + proc.stderr
     assert f"kvault dns check: created: TXT _acme-challenge.{a} with " \
            f"{layout.where('dns', 'com')}" in out
-    # Each server's API (each key) changed its own zone only: check + real, create + delete.
+    assert f"_acme-challenge.{c} -> {c_target} (--kvault-dns-alias)" in out
+    # Each server's API (each key) changed its own zones only: check + real, create + delete.
+    expected_val = sorted(["example.org."] * 4 + [f"{VAL_ZONE}."] * 4)
     assert patches(front, marks[1]) == ["example.com."] * 4
-    assert patches(val, marks[0]) == ["example.org."] * 4
+    assert sorted(patches(val, marks[0])) == expected_val
     assert [n for n in txt_anywhere(val, front) if tag in n] == []
     record = layout.read_lineage_raw(a)
-    assert record is not None and sorted(record.data["domains"]) == sorted([a, b])
+    assert record is not None and sorted(record.data["domains"]) == sorted([a, b, c])
     assert "kvault_dns_check = True" in record.data["renewal"]
-    used = {d["domain"]: d["entry"] for d in record.data["issued"]["dns"]}
-    assert used == {a: "com", b: "org"}
+    assert f"kvault_dns_alias = {c}={c_target}" in record.data["renewal"]
+    used = {d["domain"]: (d["entry"], d["txt"]) for d in record.data["issued"]["dns"]}
+    assert used == {a: ("com", f"_acme-challenge.{a}"), b: ("org", f"_acme-challenge.{b}"),
+                    c: ("validation", c_target)}
+
+    # A stateless renew from Vault, no flag: the same entries and alias again.
+    _, args = fresh_dirs(tmp_path, "renewer")
+    marks = val.log_mark(), front.log_mark()
+    proc = kvault("renew", *args, "--due-within", "3650",
+                  env=env_for(vault_env, ca, bao.token))
+    assert f"renewed: {a}" in proc.stdout, proc.stdout + proc.stderr
+    assert patches(front, marks[1]) == ["example.com."] * 4
+    assert sorted(patches(val, marks[0])) == expected_val
+    renewed = layout.read_lineage_raw(a)
+    assert renewed is not None and int(renewed.data["version"]) == 2
+    assert {d["domain"]: (d["entry"], d["txt"]) for d in renewed.data["issued"]["dns"]} == used
+
+
+def test_parse_aliases() -> None:
+    assert dns01.parse_aliases("www.Example.com=x.acme.example.net., *.b.com=y.c.net") == {
+        "_acme-challenge.www.example.com": "x.acme.example.net",
+        "_acme-challenge.b.com": "y.c.net"}
+    assert dns01.parse_aliases(None) == {}
+    for bad in ("www.example.com", "www.example.com=bad target", "=x.net"):
+        with pytest.raises(kvault_dns.DNSError, match="--kvault-dns-alias"):
+            dns01.parse_aliases(bad)
 
 
 def test_dns_check_first_keeps_bad_credentials_from_the_ca(vault_env: dict[str, str],
@@ -487,7 +519,8 @@ def test_issued_stays_with_its_version_and_works_on_kv1(bao: Bao, golden: Any, k
     first = record(bao, prefix, "certificates/calm")
     assert first is not None and first["issued"]["challenge"] == "http-01"
     assert first["issued"]["authenticator"] == "standalone"
-    env = golden_env(bao, golden, prefix)
+    # Another token pushes the conf change: a record made anew would name it.
+    env = golden_env(bao, golden, prefix, token(bao, "conf-pusher", ["root"]))
     root, args = fresh_dirs(tmp_path)
     kvault("pull", *args, env=env)
     conf = root / "config" / "renewal" / "calm.conf"
@@ -496,7 +529,9 @@ def test_issued_stays_with_its_version_and_works_on_kv1(bao: Bao, golden: Any, k
     assert "1 pushed" in kvault("push", *args, env=env).stdout
     after = record(bao, prefix, "certificates/calm")
     assert after is not None and "kvault_dns_check = True" in after["renewal"]
-    assert after["issued"] == first["issued"] and after["version"] == first["version"]
+    assert after["version"] == first["version"]
+    assert after["issued"] == first["issued"]
+    assert first["issued"]["vault_display_name"] != "token-conf-pusher"
 
     pusher = token(bao, "v1-pusher", ["root"])
     v1 = golden_env(bao, golden, prefix, pusher, KVAULT_MOUNT=kv1_mount)
