@@ -545,3 +545,22 @@ def test_issued_stays_with_its_version_and_works_on_kv1(bao: Bao, golden: Any, k
     shown = kvault("show", "calm", env=v1).stdout
     assert "challenge: http-01" in shown and "vault_token: token-v1-pusher" in shown
     assert bao.token not in shown and pusher not in shown
+
+
+def test_notes_newest_per_name_and_a_day_at_most(tmp_path: Path) -> None:
+    """What the plugin notes in the config dir and the push reads back (a fake clock)."""
+    from certbot_kvault._internal import issued
+
+    config = str(tmp_path)
+    old = issued.note(config, [{"domain": "a.example.com", "entry": "old", "txt": "t1"}])
+    assert old is not None
+    new = issued.note(config, [{"domain": "A.example.com", "entry": "new", "txt": "t2"},
+                               {"domain": "b.example.com", "entry": "b", "secret": "x"}])
+    assert new is not None and os.stat(new).st_mode & 0o777 == 0o600
+    found, host = issued.dns_for(config, ["a.example.com", "b.example.com", "c.example.com"])
+    assert [(d["domain"], d["entry"]) for d in found] == [("A.example.com", "new"),
+                                                          ("b.example.com", "b")]
+    assert host and "secret" not in found[1]
+    later = json.loads(Path(new).read_text())["at"] + issued.NOTE_MAX_AGE + 1
+    assert issued.dns_for(config, ["a.example.com"], now=later) == ([], None)
+    assert not os.path.exists(old) and not os.path.exists(new)

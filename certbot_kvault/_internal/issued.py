@@ -81,37 +81,59 @@ def note(config_dir: str, dns: Sequence[dict[str, str]]) -> Optional[str]:
 
 def dns_for(config_dir: str, domains: Sequence[str], now: Optional[float] = None,
             ) -> tuple[list[dict[str, str]], Optional[str]]:
-    """The newest noted DNS-01 target of each of ``domains`` and the host that noted it;
-    notes older than a day are removed."""
-    now = time.time() if now is None else now
-    directory = _notes_dir(config_dir)
-    try:
-        names = sorted(os.listdir(directory), reverse=True)[:MAX_NOTES]
-    except OSError:
-        return [], None
+    """The newest noted DNS-01 target of each of ``domains`` and the host that noted it."""
     wanted = {d.lower() for d in domains}
     found: dict[str, dict[str, str]] = {}
     host: Optional[str] = None
-    for name in names:
-        path = os.path.join(directory, name)
-        body = _read_note(path)
-        at = body.get("at") if body else None
-        if body is None or not isinstance(at, (int, float)) or now - at > NOTE_MAX_AGE:
-            _remove(path)
-            continue
-        cleaned = clean_issued({"dns": body.get("dns")}) or {}
-        for item in cleaned.get("dns", []):
+    for note_host, items in _notes(config_dir, time.time() if now is None else now):
+        for item in items:
             domain = item.get("domain", "").lower()
             if domain in wanted and domain not in found:
                 found[domain] = item
-                if host is None and isinstance(body.get("host"), str):
-                    host = body["host"][:255]
+                host = host or note_host
     return [found[d] for d in sorted(found)], host
 
 
+Notes = list[tuple[str, float, Optional[str], list[dict[str, str]]]]  # file, at, host, names
+_notes_cache: dict[str, tuple[list[str], Notes]] = {}
+_notes_lock = threading.Lock()
+
+
+def _notes(config_dir: str, now: float) -> list[tuple[Optional[str], list[dict[str, str]]]]:
+    """(host, names) of each note under a day old, newest first; older ones are removed.
+    Each note is read once: a push of a fleet stamps many versions."""
+    directory = _notes_dir(config_dir)
+    with _notes_lock:
+        try:
+            # Not a temp file another process is writing (files.atomic_write).
+            names = sorted((n for n in os.listdir(directory) if n.endswith(".json")),
+                           reverse=True)[:MAX_NOTES]
+        except OSError:
+            return []
+        cached = _notes_cache.get(directory)
+        if cached is None or cached[0] != names:
+            parsed: Notes = []
+            for name in names:
+                body = _read_note(os.path.join(directory, name))
+                at = body.get("at") if body else None
+                if body is None or not isinstance(at, (int, float)):
+                    _remove(os.path.join(directory, name))
+                    continue
+                host = body.get("host")
+                items = (clean_issued({"dns": body.get("dns")}) or {}).get("dns", [])
+                parsed.append((name, float(at),
+                               host[:255] if isinstance(host, str) else None, items))
+            cached = _notes_cache[directory] = (names, parsed)
+        out = []
+        for name, at, host, items in cached[1]:
+            if now - at > NOTE_MAX_AGE:
+                _remove(os.path.join(directory, name))
+            else:
+                out.append((host, items))
+        return out
+
+
 def _read_note(path: str) -> Optional[dict[str, Any]]:
-    if not path.endswith(".json"):
-        return None
     try:
         with open(path, "rb") as f:
             body = json.loads(f.read(MAX_NOTE_BYTES + 1)[:MAX_NOTE_BYTES])
@@ -213,7 +235,7 @@ def lines(issued: Optional[dict[str, Any]]) -> list[tuple[str, str]]:
         text = str(value)
         return text if text.isprintable() else ascii(text)
 
-    out = [("issued_on_host", issued.get("host", "-")), ("issued_pushed_at", issued.get("at", "-"))]
+    out = [("issued_host", issued.get("host", "-")), ("issued_pushed_at", issued.get("at", "-"))]
     for key in ("acme_server", "account", "profile", "challenge", "authenticator"):
         out.append((key, issued.get(key) or "-"))
     for item in issued.get("dns", []):
