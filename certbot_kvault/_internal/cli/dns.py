@@ -179,8 +179,9 @@ def dns_check(ctx: Context, name: str, domains: tuple[str, ...], aliases: Option
     entries = kvault_dns.EntrySet(default=entry, zoned=[entry] if entry.zones else [],
                                   where=ctx.layout.where("dns"))
     try:
-        took = dns01.check(entries, list(domains), dns01.Lookup(resolver),
-                           dns01.parse_aliases(aliases), float(timeout), click.echo)
+        lookup, alias_map = dns01.Lookup(resolver), dns01.parse_aliases(aliases)
+        took = dns01.check(entries, list(domains), lookup, alias_map, float(timeout),
+                           click.echo)
     except kvault_dns.DNSError as e:
         # The same sentences as the authenticator's, with this command's options.
         text = str(e)
