@@ -190,7 +190,9 @@ def describe(renewal: str, dns: list[dict[str, str]], host: Optional[str],
     out: dict[str, Any] = {
         "acme_server": text(params.get("server")),
         "account": text(params.get("account")),
+        # What the conf asked for: a preferred profile is used only if the CA offers it.
         "profile": profile[1] if profile else "",
+        "profile_asked_as": profile[0] if profile else "",
         "authenticator": authenticator,
         "challenge": challenge,
         "certbot": text(conf.get("version")) or certbot.__version__,
@@ -236,8 +238,13 @@ def lines(issued: Optional[dict[str, Any]]) -> list[tuple[str, str]]:
         return text if text.isprintable() else ascii(text)
 
     out = [("issued_host", issued.get("host", "-")), ("issued_pushed_at", issued.get("at", "-"))]
-    for key in ("acme_server", "account", "profile", "challenge", "authenticator"):
-        out.append((key, issued.get(key) or "-"))
+    profile = issued.get("profile") or "-"
+    if issued.get("profile") and issued.get("profile_asked_as"):
+        profile += f" (asked as {issued['profile_asked_as']})"
+    out += [("acme_server", issued.get("acme_server") or "-"),
+            ("account", issued.get("account") or "-"), ("profile", profile),
+            ("challenge", issued.get("challenge") or "-"),
+            ("authenticator", issued.get("authenticator") or "-")]
     for item in issued.get("dns", []):
         alias = (f" -> {item['txt']} ({item.get('via') or 'alias'})"
                  if item.get("txt") and item["txt"] != item.get("validation") else "")

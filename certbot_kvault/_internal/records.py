@@ -208,7 +208,8 @@ def _ip_sans(cert: x509.Certificate) -> list[str]:
     return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
-ISSUED_KEYS = frozenset({"acme_server", "account", "profile", "authenticator", "challenge",
+ISSUED_KEYS = frozenset({"acme_server", "account", "profile", "profile_asked_as",
+                         "authenticator", "challenge",
                          "certbot", "certbot_kvault", "host", "at", "vault_display_name",
                          "vault_entity_id"})
 ISSUED_DNS_KEYS = frozenset({"domain", "validation", "txt", "via", "zone", "entry"})
