@@ -8,8 +8,7 @@
   (:class:`EntrySet`), :func:`check_provider` / :func:`check_options` refuse
   names lexicon does not know, and :func:`lexicon_config` turns an entry into
   the ``ConfigResolver`` a lexicon ``Client`` takes.
-* **Glue.** :func:`achall_domain` and :func:`detached` bridge certbot versions
-  and certbot's error handling.
+* **Glue.** :func:`achall_domain` bridges certbot versions.
 
 Where each TXT goes and writing it is dns01.py; the active propagation check
 and the CNAME lookups, plain DNS without lexicon or Vault, are propagation.py.
@@ -387,10 +386,3 @@ def achall_domain(achall: achallenges.AnnotatedChallenge) -> str:
     if identifier is not None:
         return str(identifier.value)
     return str(getattr(achall, "domain"))  # noqa: B009 - absent from newer stubs
-
-
-def detached(err: errors.PluginError) -> errors.PluginError:
-    """certbot raises the returned error while handling the provider's: without this,
-    its traceback (log file, -v) would print that one, URL and API key included."""
-    err.__suppress_context__ = True
-    return err
