@@ -260,8 +260,8 @@ def test_dns_add_zones(vault_env: dict[str, str], val: PowerDNS, layout: Layout)
     listed = kvault("dns", "list").stdout.splitlines()
     assert listed[1].split() == ["val", "powerdns", f"{VAL_ZONE},example.org",
                                  "auth_token,pdns_server"]
-    proc = kvault("dns", "add", "bad", "--provider", "powerdns", "--option", "auth_token=x",
-                  "--zone", "bad zone", check=False)
+    proc = kvault("dns", "add", "bad", "--provider", "powerdns", "--option",
+                  f"pdns_server={val.api_url}", "--zone", "bad zone", check=False)
     assert "is not a DNS name" in one_line_error(proc)
     assert layout.load_dns("bad") is None
 
