@@ -146,10 +146,13 @@ def token_with_policy(bao: Bao, name: str, policy: str, ttl: str = "5m") -> str:
     return token
 
 
-def load_policy(bao: Bao, kind: str, prefix: str) -> str:
-    """policies/<kind>.hcl for this test's prefix, loaded into OpenBao; returns its name."""
+def load_policy(bao: Bao, kind: str, prefix: str, entry: Optional[str] = None) -> str:
+    """policies/<kind>.hcl for this test's prefix (and DNS ``entry``, for dns-entry.hcl's
+    ENTRY), loaded into OpenBao; returns its name."""
     text = (POLICIES / f"{kind}.hcl").read_text().replace("/certbot/", f"/{prefix}/")
-    name = f"{kind}-{prefix}"
+    if entry is not None:
+        text = text.replace("ENTRY", entry)
+    name = f"{kind}-{prefix}" + (f"-{entry}" if entry else "")
     r = bao.api("PUT", f"sys/policies/acl/{name}", json={"policy": text})
     assert r.status_code == 204, r.text
     return name
