@@ -22,7 +22,6 @@ from helpers import (
     kv_version,
     kvault,
     locks_held,
-    orders,
     record,
     seed,
     signal_tree,
@@ -33,6 +32,7 @@ from stubs import TcpFaultProxy
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import Locks
 from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.stopping import PREPARE, SAVE, StopNow, Stopping
 from certbot_kvault._internal.vault import VaultClient
 
 
@@ -119,12 +119,12 @@ def test_sigterm_after_certbot_renewed_saves_both(bao: Bao, golden: Golden,
 def test_sigterm_while_certbot_runs(bao: Bao, golden: Golden, vault_env: dict[str, str],
                                     tmp_path: Path) -> None:
     """SIGTERM while certbot sits in a slow deploy hook after renewing the first lineage:
-    certbot and its hook get it (certbot may finish what it does: the SIGKILL follows a
-    few seconds later), and every lineage it renewed is saved, no other."""
+    certbot and its hook get it (certbot 5.8 goes on with the next lineage until the
+    SIGINT that follows), and every lineage it renewed is saved, no other; one it did
+    not finish is not counted as failed."""
     prefix = vault_env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["calm", "due"])
     before = {n: kv_version(bao, prefix, f"certificates/{n}") for n in ("calm", "due")}
-    orders_before = orders(golden.pebble)
     root, args = fresh_dirs(tmp_path)
     in_hook, hook_pid = tmp_path / "in-hook", tmp_path / "hook-pid"
     hook = _hook(tmp_path, "calm", f"echo $$ > {hook_pid}; touch {in_hook}; exec sleep 300")
@@ -143,7 +143,6 @@ def test_sigterm_while_certbot_runs(bao: Bao, golden: Golden, vault_env: dict[st
     renewed = [n for n in ("calm", "due")
                if os.readlink(root / "config" / "live" / n / "cert.pem").endswith("2.pem")]
     assert "calm" in renewed
-    assert orders(golden.pebble) == orders_before + len(renewed)
     for name in ("calm", "due"):
         saved = record(bao, prefix, f"certificates/{name}")
         assert saved is not None
@@ -315,3 +314,54 @@ def test_help_documents_stop_options() -> None:
                               check=True).stdout
         for flag in ("--stop-grace", "KVAULT_STOP_GRACE", "--timeout", "KVAULT_TIMEOUT"):
             assert flag in text, (command, flag)
+
+
+# ---- the stop itself, in this process (real signals to ourselves, real timer) -----------
+
+
+def test_a_stop_unwinds_only_where_nothing_is_to_save() -> None:
+    """Before certbot (PREPARE) a signal unwinds at once; while saving (SAVE) it does not,
+    and the grace running out does (SIGALRM), once; the handlers are put back after."""
+    before = signal.getsignal(signal.SIGTERM)
+    stop = Stopping(grace=0.5, timeout=3600)
+    with stop.handling():
+        with pytest.raises(StopNow), stop.phase(PREPARE):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+    assert stop.exit_code == 128 + signal.SIGTERM and not stop.urgent
+
+    stop = Stopping(grace=0.5, timeout=3600)
+    with stop.handling():
+        t0 = time.monotonic()
+        with pytest.raises(StopNow), stop.phase(SAVE):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.1)  # the first signal: the save goes on
+            assert stop.stopping and not stop.urgent and 0 < stop.remaining() <= 0.5
+            time.sleep(30)   # until the grace runs out
+        took = time.monotonic() - t0
+        os.kill(os.getpid(), signal.SIGHUP)  # after the unwinding: recorded, not raised
+        time.sleep(0.05)
+    assert took < 10
+    assert stop.urgent and stop.grace_ran_out and stop.exit_code == 128 + signal.SIGHUP
+    assert "--stop-grace 0.5s (KVAULT_STOP_GRACE) ran out" in stop.not_saved_reason()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_second_signal_while_saving_unwinds() -> None:
+    stop = Stopping(grace=60, timeout=3600)
+    with stop.handling(), pytest.raises(StopNow), stop.phase(SAVE):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+    assert stop.urgent and not stop.grace_ran_out
+    assert stop.not_saved_reason() == ("stopped by SIGINT; a second signal ended the run "
+                                       "before it was saved")
+
+
+def test_the_timeout_stops_a_run_like_a_signal() -> None:
+    stop = Stopping(grace=5, timeout=0.3)
+    with stop.handling(), pytest.raises(StopNow), stop.phase(PREPARE):
+        time.sleep(30)
+    assert stop.timed_out and stop.signum is None and stop.exit_code == 124
+    assert stop.why() == "stopped: --timeout 0.3s (KVAULT_TIMEOUT) ran out"

@@ -4,9 +4,9 @@ SIGTERM (``docker stop``, a pod evicted, a node drained), SIGINT and SIGHUP
 must not unwind a run at once: certbot may have renewed certificates that
 exist nowhere else yet (a container's disk goes with it). So the first one,
 or the run's ``--timeout``, is recorded and passed on to certbot (SIGTERM for
-a timeout), which gets SIGKILL if it has not exited a few seconds later; the
-flow then saves what certbot renewed, fenced as always, within
-``--stop-grace`` seconds of the stop, and ends non-zero. Before certbot
+a timeout), which gets SIGINT if it still runs a moment later and SIGKILL a
+few seconds later; the flow then saves what certbot renewed, fenced as
+always, within ``--stop-grace`` seconds of the stop, and ends non-zero. Before certbot
 starts (locks, plan, pull) there is nothing to save: the stop unwinds there
 and then (:class:`StopNow`). A second signal, or the grace running out, is
 urgent: certbot is killed and the save is abandoned (:class:`StopNow` in
@@ -16,7 +16,7 @@ The flow says where it is with :meth:`Stopping.phase`; the handlers run in
 the main thread (where the flow runs), between two bytecodes, so a blocked
 read, sleep or wait is interrupted, and raise only in the phase that wants
 it. One timer (SIGALRM, ``setitimer``) serves the run's deadline, certbot's
-SIGKILL and the grace. Nothing here prints.
+SIGINT and SIGKILL, and the grace. Nothing here prints.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from typing import Callable, Iterator, Optional
 
 DEFAULT_GRACE = 8            # docker stop waits 10 s before its SIGKILL
 DEFAULT_TIMEOUT = 2 * 3600
-KILL_AFTER = 5.0             # certbot's time to exit after our SIGTERM (at most grace/2)
+KILL_AFTER = 5.0             # certbot's time to exit after the signal (at most grace/2);
+                             # SIGINT halfway
 TIMEOUT_EXIT = 124           # what timeout(1) exits with
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -61,6 +62,7 @@ class Stopping:
         self._clock = clock
         self._run_deadline = math.inf
         self._save_by = math.inf
+        self._nudge_at = math.inf
         self._kill_at = math.inf
         self._phase: Optional[str] = None
         self._child: Optional[subprocess.Popen[str]] = None
@@ -143,7 +145,7 @@ class Stopping:
 
     def detach(self) -> None:
         self._child = None
-        self._kill_at = math.inf
+        self._nudge_at = self._kill_at = math.inf
         self._arm()
 
     # ---- the handlers ----------------------------------------------------------------
@@ -161,6 +163,8 @@ class Stopping:
             self.timed_out = True
             self._begin()
             return
+        if now >= self._nudge_at:
+            self._nudge()
         if now >= self._kill_at:
             self._kill()
         if self.stopping and not self.urgent and now >= self._save_by:
@@ -206,11 +210,24 @@ class Stopping:
             # certbot shares our process group only when it may talk to a terminal,
             # and a terminal's Ctrl-C or hangup reaches the whole group already.
             proc.send_signal(sig)
-        self._kill_at = self._clock() + min(KILL_AFTER, self.grace / 2)
+        kill_after = min(KILL_AFTER, self.grace / 2)
+        self._kill_at = self._clock() + kill_after
+        if sig != signal.SIGINT:
+            self._nudge_at = self._clock() + kill_after / 2
+
+    def _nudge(self) -> None:
+        """SIGINT to a certbot still running halfway to its SIGKILL. certbot's own handler
+        for SIGTERM and SIGHUP (error_handler.py) can stay installed after a renewal and
+        swallow the signal (measured with certbot 5.8: it went on to the next lineage);
+        SIGINT's KeyboardInterrupt ends its renewal loop, its clean-up included."""
+        proc = self._child
+        self._nudge_at = math.inf
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
 
     def _kill(self) -> None:
         proc = self._child
-        self._kill_at = math.inf
+        self._nudge_at = self._kill_at = math.inf
         if proc is None or proc.poll() is not None:
             return
         if self._own_group:
@@ -219,8 +236,9 @@ class Stopping:
             proc.kill()
 
     def _arm(self) -> None:
-        """The timer to the next of: the run's deadline, certbot's SIGKILL, the grace."""
-        nxt = self._kill_at
+        """The timer to the next of: the run's deadline, certbot's SIGINT and SIGKILL, the
+        grace."""
+        nxt = min(self._nudge_at, self._kill_at)
         if not self.stopping:
             nxt = min(nxt, self._run_deadline)
         elif not self.urgent:

@@ -66,10 +66,10 @@ def _stop_options(fn: F) -> F:
     fn = click.option(
         "--timeout", type=click.FloatRange(min=1), default=stopping.DEFAULT_TIMEOUT,
         show_default=True, envvar="KVAULT_TIMEOUT", metavar="SECONDS",
-        help="Stop the run after this long, as on SIGTERM: certbot gets SIGTERM (SIGKILL "
-             f"after half of --stop-grace, at most {stopping.KILL_AFTER:g}s), what it renewed "
-             f"is saved within --stop-grace, exit {stopping.TIMEOUT_EXIT}. Keep it below the "
-             "scheduler's own deadline [KVAULT_TIMEOUT]")(fn)
+        help="Stop the run after this long, as on SIGTERM: certbot gets SIGTERM (then "
+             f"SIGINT, and SIGKILL after half of --stop-grace, at most {stopping.KILL_AFTER:g}s), "
+             f"what it renewed is saved within --stop-grace, exit {stopping.TIMEOUT_EXIT}. Keep "
+             "it below the scheduler's own deadline [KVAULT_TIMEOUT]")(fn)
     return click.option(
         "--stop-grace", type=click.FloatRange(min=0), default=stopping.DEFAULT_GRACE,
         show_default=True, envvar="KVAULT_STOP_GRACE", metavar="SECONDS",
