@@ -31,6 +31,7 @@ from stubs import TcpFaultProxy
 
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import Locks
+from certbot_kvault._internal.runner import certbot_failures
 from certbot_kvault._internal.settings import VaultSettings
 from certbot_kvault._internal.stopping import PREPARE, SAVE, StopNow, Stopping
 from certbot_kvault._internal.vault import VaultClient
@@ -155,6 +156,37 @@ def test_sigterm_while_certbot_runs(bao: Bao, golden: Golden, vault_env: dict[st
             assert record(bao, prefix, f"state/{name}") is None
     assert f"renew: {len(renewed)} renewed, 0 failed, 2 due, 2 checked" in stdout
     assert f"{len(renewed)} renewed and saved to Vault, 0 renewed and NOT saved" in stderr
+    assert not locks_held(bao, prefix)
+    assert _pending(root) == []
+
+
+def test_sigterm_during_an_order_is_not_a_failure(bao: Bao, golden: Golden,
+                                                  vault_env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    """SIGTERM while certbot waits for its (manual) auth hook: certbot breaks the order
+    off; nothing to save, and the lineage gets no failure nor backoff in Vault."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    before = record(bao, prefix, "certificates/due")
+    root, args = fresh_dirs(tmp_path)
+    in_hook = tmp_path / "in-hook"
+    hook = tmp_path / "auth-hook.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {in_hook}\nexec sleep 300\n")
+    hook.chmod(0o755)
+    with _background(["renew", *args, "--", "--authenticator", "manual",
+                      "--manual-auth-hook", str(hook), "--preferred-challenges", "http"],
+                     golden_env(bao, golden, prefix), tmp_path) as (proc, out, err):
+        _wait_for(in_hook, proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, (stdout, stderr)
+    assert "Traceback" not in stderr
+    assert "renew: 0 renewed, 0 failed, 1 due, 1 checked" in stdout, (stdout, stderr)
+    assert "0 renewed and saved to Vault, 0 renewed and NOT saved" in stderr
+    assert record(bao, prefix, "certificates/due") == before
+    assert record(bao, prefix, "state/due") is None
+    assert os.readlink(root / "config" / "live" / "due" / "cert.pem").endswith("1.pem")
     assert not locks_held(bao, prefix)
     assert _pending(root) == []
 
@@ -365,3 +397,20 @@ def test_the_timeout_stops_a_run_like_a_signal() -> None:
         time.sleep(30)
     assert stop.timed_out and stop.signum is None and stop.exit_code == 124
     assert stop.why() == "stopped: --timeout 0.3s (KVAULT_TIMEOUT) ran out"
+
+
+def test_a_stopped_certbot_fails_only_what_it_said_failed() -> None:
+    """After a stop, certbot's summary is unreliable (it may never come, and calls a
+    lineage its own signal handler broke off a failure): its reasoned failure lines
+    count, and with one certbot per lineage every certbot before the last."""
+    output = ("Failed to renew certificate a with error: the CA said no\n"
+              "Failed to renew certificate b with error: \n"
+              "  /etc/letsencrypt/live/b/fullchain.pem (failure)\n")
+    asked = ["a", "b", "c"]
+    assert certbot_failures(-15, {}, output, asked, set(), stopped=True) == {"a"}
+    # Not stopped: the summary is what counts.
+    assert certbot_failures(1, {}, output, asked, set(), stopped=False) == {"b"}
+    # Not stopped and nothing named: every lineage not renewed counts.
+    assert certbot_failures(1, {}, "", asked, {"a"}) == {"b", "c"}
+    assert certbot_failures(-15, {"a": 1, "b": 0, "c": -15}, "", asked, set(),
+                            stopped=True) == {"a"}

@@ -150,17 +150,24 @@ def certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[
     for all exits 0 only if every renewal it attempted worked; otherwise its
     summary names the failures (on stdout or stderr), and when it names none
     (it stopped before its summary) no lineage it did not renew is known to be
-    fine, so each counts as failed. ``stopped``: we stopped certbot (a signal, the
-    timeout), so only the failures it names count: the rest were not tried.
+    fine, so each counts as failed.
+
+    ``stopped``: we stopped certbot (a signal, the timeout). Then only what failed
+    before the stop counts: the lineages certbot logged a failure with a reason for
+    (its summary may never come, and names a lineage its own signal handler broke
+    off as a failure too, with an empty reason), and with one certbot per lineage,
+    those before the last (which ran into the stop).
     """
-    named = set(_FAILURE_RE.findall(output)) | set(_PARSEFAIL_RE.findall(output))
-    named &= set(asked)
     if stopped:
-        return named - renewed
+        named = set(failure_reasons(output)) | set(_PARSEFAIL_RE.findall(output))
+        named |= {n for n, one_rc in list(rcs.items())[:-1] if one_rc != 0}
+        return (named & set(asked)) - renewed
     if rcs:
         return {n for n, one_rc in rcs.items() if one_rc != 0 and n not in renewed}
     if rc == 0:
         return set()
+    named = set(_FAILURE_RE.findall(output)) | set(_PARSEFAIL_RE.findall(output))
+    named &= set(asked)
     return named or set(asked) - renewed
 
 
