@@ -83,7 +83,7 @@ class Stopping:
         """What stopped the run, in the words of its one line."""
         if self.signum is not None:
             return f"stopped by {signal.Signals(self.signum).name}"
-        return (f"stopped: --timeout {self.timeout:g}s (KVAULT_TIMEOUT) ran out")
+        return f"stopped: --timeout {self.timeout:g}s (KVAULT_TIMEOUT) ran out"
 
     @property
     def exit_code(self) -> int:
