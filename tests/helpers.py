@@ -243,6 +243,23 @@ def record(bao: Bao, prefix: str, path: str) -> Optional[dict[str, Any]]:
     return data
 
 
+def signal_tree(pid: int, sig: int) -> None:
+    """``sig`` to a certbot-kvault's process group (it runs with ``start_new_session``) and
+    to its children's: without a terminal, it runs certbot in a process group of its own."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        pass  # already gone
+    for group in [pid, *children]:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            pass
+
+
 def locks_held(bao: Bao, prefix: str) -> list[str]:
     """Lock records below ``prefix`` that have an owner (a released lock has none)."""
     return sorted(p for p in walk(bao, f"{prefix}/locks")
