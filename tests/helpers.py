@@ -199,10 +199,10 @@ def live_login_tokens(bao: Bao, mount: str) -> int:
 
 
 def kubernetes_role(bao: Bao, token_review: TokenReviewStub, mount: str, role: str,
-                    sa: Mapping[str, Any], policy: str) -> None:
+                    sa: Mapping[str, Any], *policies: str) -> None:
     """Vault's kubernetes auth at ``mount`` (enabled) as the examples' headers set it up:
     the TokenReview API of ``token_review``, and ``role`` for the service account ``sa``
-    (metadata: name, namespace), audience vault, holding ``policy``."""
+    (metadata: name, namespace), audience vault, holding ``policies``."""
     r = bao.api("POST", f"auth/{mount}/config", json={
         "kubernetes_host": token_review.url, "kubernetes_ca_cert": token_review.ca.read_text(),
         "token_reviewer_jwt": token_review.service_account_token("kube-system", "reviewer"),
@@ -211,7 +211,7 @@ def kubernetes_role(bao: Bao, token_review: TokenReviewStub, mount: str, role: s
     r = bao.api("POST", f"auth/{mount}/role/{role}", json={
         "bound_service_account_names": [sa["name"]],
         "bound_service_account_namespaces": [sa["namespace"]],
-        "audience": "vault", "token_policies": [policy], "token_ttl": "30m"})
+        "audience": "vault", "token_policies": list(policies), "token_ttl": "30m"})
     assert r.status_code == 204, r.text
 
 

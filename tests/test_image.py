@@ -238,14 +238,15 @@ def test_image_runs_the_cronjob_example_hardened(
     assert "command" not in container  # the image's entrypoint runs the args
     env = {e["name"]: str(e["value"]) for e in container["env"]}
 
-    # Vault as the manifest's header sets it up: the renewer policy, the kubernetes auth
-    # method at its default path, the role bound to the service account.
+    # Vault as the manifest's header sets it up: the renewer and DNS policies, the
+    # kubernetes auth method at its default path, the role bound to the service account.
     prefix = env["KVAULT_PREFIX"]
     seed(bao, golden, prefix, ["due", "calm"], target=tls_bao)
     r = tls_bao.api("POST", "sys/auth/kubernetes", json={"type": "kubernetes"})
     assert r.status_code == 204, r.text
     kubernetes_role(tls_bao, token_review, "kubernetes", env["KVAULT_K8S_ROLE"], sa,
-                    load_policy(tls_bao, "renewer", prefix))
+                    load_policy(tls_bao, "renewer", prefix),
+                    load_policy(tls_bao, "dns-all", prefix))
     due = kv_version(tls_bao, prefix, "certificates/due")
     calm = kv_version(tls_bao, prefix, "certificates/calm")
 
