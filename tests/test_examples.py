@@ -48,6 +48,7 @@ from stubs import Answer, HttpStub, Request
 
 from certbot_kvault._internal.cli import main
 from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.stopping import DEFAULT_GRACE
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "examples"
@@ -303,6 +304,12 @@ def test_kubernetes_manifest_is_valid() -> None:
     args = [str(a) for a in container["args"]]
     assert args[:2] == ["certbot-kvault", "renew"]
     check_command(args[1:])
+    # The run's own deadline (and its stop grace) ends before Kubernetes' kills the pod,
+    # so what certbot renewed is saved first.
+    timeout = float(args[args.index("--timeout") + 1])
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    assert timeout + DEFAULT_GRACE < spec["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    assert grace > DEFAULT_GRACE
 
 
 def test_kubernetes_examples_are_hardened() -> None:
