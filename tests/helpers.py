@@ -146,10 +146,13 @@ def token_with_policy(bao: Bao, name: str, policy: str, ttl: str = "5m") -> str:
     return token
 
 
-def load_policy(bao: Bao, kind: str, prefix: str) -> str:
-    """policies/<kind>.hcl for this test's prefix, loaded into OpenBao; returns its name."""
+def load_policy(bao: Bao, kind: str, prefix: str, entry: Optional[str] = None) -> str:
+    """policies/<kind>.hcl for this test's prefix (and DNS ``entry``, for dns-entry.hcl's
+    ENTRY), loaded into OpenBao; returns its name."""
     text = (POLICIES / f"{kind}.hcl").read_text().replace("/certbot/", f"/{prefix}/")
-    name = f"{kind}-{prefix}"
+    if entry is not None:
+        text = text.replace("ENTRY", entry)
+    name = f"{kind}-{prefix}" + (f"-{entry}" if entry else "")
     r = bao.api("PUT", f"sys/policies/acl/{name}", json={"policy": text})
     assert r.status_code == 204, r.text
     return name
@@ -173,6 +176,43 @@ def approle(bao: Bao, policy: str, **role: Any) -> dict[str, str]:
         "secret_id"]
     return {"VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id,
             "KVAULT_APPROLE_MOUNT": mount}
+
+
+def secret_id_uses_left(bao: Bao, creds: dict[str, str]) -> int:
+    """Logins the AppRole secret id of ``creds`` (from ``approle``) still allows."""
+    r = bao.api("POST", f"auth/{creds['KVAULT_APPROLE_MOUNT']}/role/renewer/secret-id/lookup",
+                {"secret_id": creds["VAULT_SECRET_ID"]})
+    assert r.status_code == 200, r.text
+    return int(r.json()["data"]["secret_id_num_uses"])
+
+
+def live_login_tokens(bao: Bao, mount: str) -> int:
+    """Tokens alive right now that a login on auth/<mount> issued (asked with root)."""
+    r = bao.api("LIST", "auth/token/accessors")
+    assert r.status_code == 200, r.text
+    live = 0
+    for accessor in r.json()["data"]["keys"]:
+        info = bao.api("POST", "auth/token/lookup-accessor", {"accessor": accessor})
+        if info.status_code == 200 and info.json()["data"].get("path") == f"auth/{mount}/login":
+            live += 1
+    return live
+
+
+def kubernetes_role(bao: Bao, token_review: TokenReviewStub, mount: str, role: str,
+                    sa: Mapping[str, Any], *policies: str) -> None:
+    """Vault's kubernetes auth at ``mount`` (enabled) as the examples' headers set it up:
+    the TokenReview API of ``token_review``, and ``role`` for the service account ``sa``
+    (metadata: name, namespace), audience vault, holding ``policies``."""
+    r = bao.api("POST", f"auth/{mount}/config", json={
+        "kubernetes_host": token_review.url, "kubernetes_ca_cert": token_review.ca.read_text(),
+        "token_reviewer_jwt": token_review.service_account_token("kube-system", "reviewer"),
+        "disable_local_ca_jwt": True})
+    assert r.status_code == 204, r.text
+    r = bao.api("POST", f"auth/{mount}/role/{role}", json={
+        "bound_service_account_names": [sa["name"]],
+        "bound_service_account_namespaces": [sa["namespace"]],
+        "audience": "vault", "token_policies": list(policies), "token_ttl": "30m"})
+    assert r.status_code == 204, r.text
 
 
 def pub_pem(key: rsa.RSAPrivateKey) -> str:
@@ -238,6 +278,23 @@ def record(bao: Bao, prefix: str, path: str) -> Optional[dict[str, Any]]:
     assert r.status_code == 200, r.text
     data: dict[str, Any] = r.json()["data"]["data"]
     return data
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """``sig`` to a certbot-kvault's process group (it runs with ``start_new_session``) and
+    to its children's: without a terminal, it runs certbot in a process group of its own."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        pass  # already gone
+    for group in [pid, *children]:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            pass
 
 
 def locks_held(bao: Bao, prefix: str) -> list[str]:

@@ -118,7 +118,7 @@ def show(ctx: Context, name: str) -> None:
            "not_after": info.not_after, "serial": info.serial, "key_type": info.key_type,
            "auto_renewable": record.auto_renewable, "version": record.version,
            "kv_version": record.kv_version, "updated_at": record.updated_at,
-           **status.as_json()}
+           **status.as_json(), "issued": record.issued}
     if ctx.json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
@@ -133,7 +133,9 @@ def show(ctx: Context, name: str) -> None:
             continue  # KV v1 keeps no versions
         click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}"
                    f"{notes.get(key, '')}")
-    for key, value in _renewal_lines(status):
+    from certbot_kvault._internal import issued  # show's alone: `list` never needs it
+
+    for key, value in _renewal_lines(status) + issued.lines(record.issued):
         click.echo(f"{key}: {value}")
 
 
