@@ -43,6 +43,8 @@ _NEXT_MESSAGE_RE = re.compile(
     r"Renewing |Saving debug log|Ask for help|\d+ renew failure|Congratulations|"
     r"Hook |Running |Waiting |Cleaning up)")
 _REASON_LINES = 8
+# A line of certbot's renewal summary ("  .../fullchain.pem (failure)"): not an error's.
+_SUMMARY_RE = re.compile(r"\.(pem|conf) \((success|failure|skipped|parsefail)\)$")
 
 
 class CertbotNotFound(errors.Error):
@@ -189,7 +191,7 @@ def failure_reasons(output: str) -> dict[str, str]:
             continue
         parts = [found.group(2)]
         for more in lines[i + 1:i + 1 + _REASON_LINES]:
-            if _NEXT_MESSAGE_RE.match(more.strip()):
+            if _NEXT_MESSAGE_RE.match(more.strip()) or _SUMMARY_RE.search(more.strip()):
                 break
             parts.append(more)
         reason = " ".join(" ".join(parts).split())
