@@ -35,10 +35,9 @@ import random
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
-import configobj
 from certbot import errors
 
-from certbot_kvault._internal import pending, sync, synced
+from certbot_kvault._internal import confs, pending, sync, synced
 from certbot_kvault._internal.errors import is_transient
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
@@ -76,9 +75,8 @@ def _state(tree: Tree, name: str) -> State:
     """(archive version, renewal conf without the ARI hint) of a local lineage."""
     version = tree.current_version(name)
     try:
-        conf = configobj.ConfigObj(tree.renewal_conf_path(name), encoding="utf-8",
-                                   file_error=True)
-    except (OSError, configobj.ConfigObjError):
+        conf = confs.parse_file(tree.renewal_conf_path(name))
+    except (OSError, confs.ConfError):
         return version, None
     conf.pop("acme_renewal_info", None)
     return version, json.dumps(conf.dict(), sort_keys=True, default=str)

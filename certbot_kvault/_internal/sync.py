@@ -15,10 +15,10 @@ import dataclasses
 import logging
 from typing import Callable, Collection, Optional
 
-import configobj
+import requests
 from certbot import errors
 
-from certbot_kvault._internal import pending, renewal_conf, trust
+from certbot_kvault._internal import confs, pending, renewal_conf, trust
 from certbot_kvault._internal.errors import (
     VaultAuthError,
     VaultConflict,
@@ -30,6 +30,7 @@ from certbot_kvault._internal.errors import (
     is_transient,
     lost_race,
 )
+from certbot_kvault._internal.files import describe
 from certbot_kvault._internal.jobs import DEFAULT_WORKERS as DEFAULT_WORKERS
 from certbot_kvault._internal.jobs import Fetched, run_reports, run_reports_fetched
 from certbot_kvault._internal.jobs import Report as Report
@@ -70,11 +71,12 @@ def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
         changed = fn()
     except FATAL:
         raise
-    except (RecordError, TreeError, VaultError, errors.PluginError) as e:
-        if is_transient(e):
+    except (RecordError, TreeError, VaultError, errors.PluginError, OSError) as e:
+        if is_transient(e) or isinstance(e, requests.RequestException):
             raise  # Vault itself answers 5xx: as FATAL, for the caller to retry
         logger.debug("%s failed: %s", item, e)
-        report.failed.append((item, str(e)))
+        # A fault of this machine (ENOSPC, EROFS, EACCES, ENOTDIR...) is the item's alone.
+        report.failed.append((item, describe(e) if isinstance(e, OSError) else str(e)))
         return report
     (report.written if changed else report.unchanged).append(item)
     return report
@@ -134,14 +136,13 @@ def _used_accounts(tree: Tree,
     used: dict[tuple[str, str], list[str]] = {}
     for name in sorted(names):
         try:
-            conf = configobj.ConfigObj(tree.renewal_conf_path(name), encoding="utf-8",
-                                       file_error=True)
+            conf = confs.parse_file(tree.renewal_conf_path(name))
             params = conf.get("renewalparams", {})
             account, server = params.get("account"), params.get("server")
             if not account or not server:
                 return None
             used.setdefault((server_path_for_url(server), account), []).append(name)
-        except (OSError, configobj.ConfigObjError, RecordError):
+        except (OSError, confs.ConfError, RecordError):
             return None
     return used
 
@@ -185,7 +186,7 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Option
             # Pulling would point live/ back at the old certificate.
             raise RecordError(f"Lineage {name} is at version {local} here but {record.version} "
                               f"in Vault: run `certbot-kvault push {name}` first.")
-        written = tree.write_lineage(record)
+        written = tree.write_lineage(record, layout.where("certificates", name))
         if written.ignored:
             warnings.append(trust.warning(name, written.ignored))
         if asking is not None and (profile := renewal_conf.profile_asked(record.renewal)):

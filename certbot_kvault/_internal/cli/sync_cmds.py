@@ -11,7 +11,7 @@ import sys
 import click
 from certbot import errors
 
-from certbot_kvault._internal import pending, sync
+from certbot_kvault._internal import confs, pending, sync
 from certbot_kvault._internal.cli.common import (
     DEFAULT_CONFIG_DIR,
     Context,
@@ -101,12 +101,12 @@ def deploy_hook(ctx: Context) -> None:
 
 def _apply_renewal_settings(ctx: Context, tree: Tree, name: str) -> None:
     """--kvault-* options saved in the lineage's renewal conf, where the env is silent."""
-    path = tree.renewal_conf_path(name)
-    if not os.path.exists(path):
+    try:
+        params = confs.parse_file(tree.renewal_conf_path(name)).get("renewalparams", {})
+    except (OSError, confs.ConfError):
+        return  # the push reads it again, and says what is wrong
+    if not isinstance(params, dict):
         return
-    import configobj
-
-    params = configobj.ConfigObj(path, encoding="utf-8").get("renewalparams", {})
     overrides = {}
     for option, field in SETTING_OPTIONS.items():
         value = params.get(f"kvault_{option.replace('-', '_')}")
