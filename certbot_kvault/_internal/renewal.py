@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from certbot import errors
 
 from certbot_kvault._internal import confs, pending, sync, synced
+from certbot_kvault._internal.dirlock import DirLock
 from certbot_kvault._internal.errors import is_transient
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
@@ -94,13 +95,15 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
           finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
           say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify] = None,
           push_retry_for: float = DEFAULT_PUSH_RETRY_FOR,
-          ari: Optional[AriClients] = None) -> int:
+          ari: Optional[AriClients] = None, dir_lock: Optional[DirLock] = None) -> int:
     """Decide, lock, pull, ``certbot renew ARGS``, push, remember, unlock; the exit status.
 
     Metrics go to ``metrics_file`` (if any) however the run ends.
     ``finish_pending`` completes what a deploy hook left undone (under the lock).
     ``stream_err`` gets certbot's stderr as it comes (else certbot writes it itself).
     ``ari`` asks the CAs' ARI (ari.py) before the decision; None: never asked.
+    ``dir_lock``: certbot's lock on the config dir, taken before the tree is touched
+    and handed to certbot while it runs (the caller releases it).
     """
     metrics = Metrics(started=time.time())
 
@@ -113,7 +116,7 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
         with sigterm_unwinds():
             code = _renew(layout, tree, args, workers, lock_wait, lock_ttl, rules, metrics,
                           finish_pending, kvault_bin, say, notify, stream, stream_err,
-                          push_retry_for, read)
+                          push_retry_for, read, dir_lock or DirLock(None))
     finally:
         metrics.exit_code = code
         if metrics_file:
@@ -125,7 +128,8 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
            lock_ttl: int, rules: Rules, metrics: Metrics,
            finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
-           push_retry_for: float, read: Callable[[], dict[str, LineageStatus]]) -> int:
+           push_retry_for: float, read: Callable[[], dict[str, LineageStatus]],
+           dir_lock: DirLock) -> int:
     with Locks(layout, ttl=lock_ttl) as locks:
         each = rules.lineage_locks or rules.due_within is not None
         plan = (plan_each if each else plan_all)(layout, locks, lock_wait, workers, notify,
@@ -139,11 +143,13 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
                 return 0
             # Nothing due, and this run holds the global lock: a good time to
             # save what an earlier deploy hook on this machine could not.
+            dir_lock.acquire()
             finished = finish_pending()
             for item, err in finished.failed:
                 notify(f"error: {item}: {err}")
             return 0 if finished.ok else 1
 
+        dir_lock.acquire()
         finished = finish_pending()
         pulled = sync.pull(tree, layout, plan.names, workers=workers, kvault_bin=kvault_bin,
                            used_accounts_only=True)
@@ -166,16 +172,17 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         rcs: dict[str, int] = {}
         output = ""
         base = ["renew", "--no-random-sleep-on-renew", *dir_args(tree), *args, *force]
-        if allowed and set(allowed) == set(local):
-            rc, output = run_certbot(base, stream, stream_err)
-        else:
-            # The dir holds lineages this renewer may not touch (kept from
-            # earlier runs, or held by other renewers): one certbot each.
-            for name in allowed:
-                rcs[name], one_out = run_certbot([*base, "--cert-name", name], stream,
-                                                 stream_err)
-                rc = rc or rcs[name]
-                output += one_out
+        with dir_lock.released():  # certbot takes it itself
+            if allowed and set(allowed) == set(local):
+                rc, output = run_certbot(base, stream, stream_err)
+            else:
+                # The dir holds lineages this renewer may not touch (kept from
+                # earlier runs, or held by other renewers): one certbot each.
+                for name in allowed:
+                    rcs[name], one_out = run_certbot([*base, "--cert-name", name], stream,
+                                                     stream_err)
+                    rc = rc or rcs[name]
+                    output += one_out
         after = _states(tree)
         changed = [n for n in sorted(after) if before.get(n) != after[n]]
         grew = {n for n in changed
@@ -306,12 +313,16 @@ def _not_saved(tree: Tree, layout: Layout, report: sync.Report, names: list[str]
 def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
         finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
         say: Notify, notify: Notify, stream: Notify,
-        push_retry_for: float = DEFAULT_PUSH_RETRY_FOR) -> int:
+        push_retry_for: float = DEFAULT_PUSH_RETRY_FOR,
+        dir_lock: Optional[DirLock] = None) -> int:
     """Pull, certbot ARGS, push, read back; the exit status.
 
     Raises PullFailed (certbot not run) if any record could not be pulled.
+    ``dir_lock``: as for ``renew``.
     """
+    dir_lock = dir_lock or DirLock(None)
     with sigterm_unwinds():
+        dir_lock.acquire()
         finished = finish_pending()
         pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
         for line in pulled.warnings:
@@ -328,7 +339,8 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
             # Without a TTY certbot would sleep up to 8 minutes first.
             extra.append("--no-random-sleep-on-renew")
         before = _states(tree)
-        rc, _ = run_certbot([*args, *extra, *dir_args(tree)], stream)
+        with dir_lock.released():  # certbot takes it itself
+            rc, _ = run_certbot([*args, *extra, *dir_args(tree)], stream)
         after = _states(tree)
         changed = [n for n in sorted(after) if before.get(n) != after[n]]
         pushed = push_until_saved(

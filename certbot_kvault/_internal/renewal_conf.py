@@ -98,8 +98,9 @@ def screened_conf(name: str, portable_text: str, *, archive_dir: str, live_dir: 
     # Named as trust.py names the keys it drops: those of [renewalparams] bare.
     ignored = [".".join(p[1:] if p[0] == "renewalparams" else p) + trust.TEMPLATE_MARK
                for p in templates]
-    return _conf_text(conf).encode("utf-8"), ignored + _screen(
-        conf, local, trusted, [p[1] for p in templates if p[0] == "renewalparams" and len(p) == 2])
+    ignored += _screen(conf, local, trusted,
+                       [p[1] for p in templates if p[0] == "renewalparams" and len(p) == 2])
+    return _conf_text(conf).encode("utf-8"), ignored
 
 
 def _screen(conf: configobj.ConfigObj, local: dict[str, Any], trusted: bool,

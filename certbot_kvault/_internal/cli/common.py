@@ -24,6 +24,7 @@ from certbot_kvault._internal.settings import VAULT_OPTIONS, VaultSettings
 from certbot_kvault._internal.vault import VaultClient
 
 if TYPE_CHECKING:  # the config dir's modules load when a command uses it: not for `list`
+    from certbot_kvault._internal.dirlock import DirLock
     from certbot_kvault._internal.tree import Tree
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,6 +71,16 @@ class Context:
                          work_dir=self.opts.get("work_dir") or DEFAULT_WORK_DIR,
                          logs_dir=self.opts.get("logs_dir") or DEFAULT_LOGS_DIR),
                     trust_vault_hooks=bool(self.opts.get("trust_vault_hooks")))
+
+    def dir_lock(self, create: bool = False) -> DirLock:
+        """certbot's lock on the config dir (dirlock.py), not taken yet; ``create``: make
+        the dir to lock it (pull, renew, run)."""
+        from certbot_kvault._internal.dirlock import DEFAULT_WAIT, DirLock
+
+        wait = self.opts.get("dir_lock_wait")
+        return DirLock(self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
+                       DEFAULT_WAIT if wait is None else wait,
+                       notify=lambda line: click.echo(line, err=True), create=create)
 
     def finish_pending(self) -> Report:
         """Every command that touches the tree first completes what a hook left undone."""
@@ -140,6 +151,16 @@ def common_options(tree: bool = True, json_opt: bool = False,
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def dir_lock_option(fn: F) -> F:
+    """--dir-lock-wait, for the commands that take certbot's lock on the config dir."""
+    return click.option(
+        "--dir-lock-wait", "o_dir_lock_wait", type=click.FloatRange(min=0), default=10.0,
+        show_default=True, envvar="KVAULT_DIR_LOCK_WAIT", metavar="SECONDS",
+        help="How long to wait for certbot's lock on the config dir (<config-dir>/"
+             ".certbot.lock: a certbot or certbot-kvault working there) before giving up "
+             "[KVAULT_DIR_LOCK_WAIT]")(fn)
 
 
 def trust_option(fn: F) -> F:

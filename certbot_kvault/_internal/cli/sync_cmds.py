@@ -16,6 +16,7 @@ from certbot_kvault._internal.cli.common import (
     DEFAULT_CONFIG_DIR,
     Context,
     common_options,
+    dir_lock_option,
     print_report,
     progress_bar,
     trust_option,
@@ -31,29 +32,41 @@ from certbot_kvault._internal.tree import Tree
 @click.command()
 @click.argument("names", nargs=-1)
 @trust_option
+@dir_lock_option
 @common_options(json_opt=True)
 def pull(ctx: Context, names: tuple[str, ...]) -> None:
-    """Rebuild the certbot config dir from Vault (all lineages, or NAMES, and all accounts)."""
+    """Rebuild the certbot config dir from Vault (all lineages, or NAMES, and all accounts).
+
+    Holds certbot's lock on the config dir meanwhile, as certbot does.
+    """
     for n in names:
         validate_name(n)
-    ctx.finish_pending()
-    with progress_bar(ctx, "pull") as tick:
-        report = sync.pull(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
-                           kvault_bin=kvault_bin(), progress=tick)
+    with ctx.dir_lock(create=True) as lock:
+        lock.acquire()
+        ctx.finish_pending()
+        with progress_bar(ctx, "pull") as tick:
+            report = sync.pull(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
+                               kvault_bin=kvault_bin(), progress=tick)
     print_report(ctx, report, "pulled")
 
 
 @click.command()
 @click.argument("names", nargs=-1)
+@dir_lock_option
 @common_options(json_opt=True)
 def push(ctx: Context, names: tuple[str, ...]) -> None:
-    """Write local lineages (all, or NAMES) and accounts to Vault; only what changed."""
+    """Write local lineages (all, or NAMES) and accounts to Vault; only what changed.
+
+    Holds certbot's lock on the config dir meanwhile, as certbot does.
+    """
     for n in names:
         validate_name(n)
-    report = ctx.finish_pending()
-    with progress_bar(ctx, "push") as tick:
-        report.merge(sync.push(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
-                               progress=tick))
+    with ctx.dir_lock() as lock:
+        lock.acquire()
+        report = ctx.finish_pending()
+        with progress_bar(ctx, "push") as tick:
+            report.merge(sync.push(ctx.tree, ctx.layout, list(names) or None,
+                                   workers=ctx.workers, progress=tick))
     print_report(ctx, report, "pushed")
 
 
