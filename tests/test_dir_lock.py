@@ -126,11 +126,10 @@ def test_two_pulls_into_one_dir_both_succeed(bao: Bao, golden: Golden,
         data = record(bao, prefix, f"certificates/{NAMES[i % 3]}")
         r = bao.api("POST", f"secret/data/{prefix}/certificates/{name}", json={"data": data})
         assert r.status_code == 200, r.text
-    env = golden_env(bao, golden, prefix)
+    env = golden_env(bao, golden, prefix, KVAULT_DIR_LOCK_WAIT="120")
     for round_ in range(3):
         root, args = fresh_dirs(tmp_path, f"round{round_}")
-        procs = [subprocess.Popen([KVAULT, "pull", "--workers", "4", *args,
-                                   "--dir-lock-wait", "120"], env=env, text=True,
+        procs = [subprocess.Popen([KVAULT, "pull", "--workers", "4", *args], env=env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                  for _ in range(2)]
         outs = [p.communicate(timeout=300) for p in procs]
