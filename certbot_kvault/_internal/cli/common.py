@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 import click
 from certbot import errors
 
+from certbot_kvault._internal.cli import META_LOGS_DIR, META_VERBOSE
 from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.jobs import DEFAULT_WORKERS, Report, Tick
 from certbot_kvault._internal.layout import Layout
@@ -107,11 +108,17 @@ def common_options(tree: bool = True, json_opt: bool = False,
             opts = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("o_")}
             ctx = Context({k[2:]: v for k, v in opts.items()})
             _setup_logging(ctx.opts.get("verbose", 0))
+            # For the group's last net (cli/__init__.py): where a traceback goes.
+            meta = click.get_current_context().meta
+            meta[META_LOGS_DIR] = ctx.opts.get("logs_dir")
+            meta[META_VERBOSE] = ctx.opts.get("verbose", 0)
             try:
                 return fn(ctx, **kwargs)
             except (errors.Error, VaultError, RecordError) as e:
                 raise click.ClickException(_one_line(e)) from None
             except OSError as e:
+                if isinstance(e, BrokenPipeError):
+                    raise  # the reader went away: the group's net (cli/__init__.py)
                 raise click.ClickException(
                     f"{e.strerror or e}: {e.filename or ''}".strip(": ")) from None
             finally:
