@@ -98,7 +98,7 @@ def deploy_hook(ctx: Context) -> None:
         report = ctx.finish_pending()
         report.merge(sync.push(tree, ctx.layout, [name], workers=ctx.workers))
         failures = report.failed
-    except (errors.Error, VaultError) as e:
+    except (errors.Error, VaultError, OSError) as e:
         failures = [(f"lineage {name}", _one_line(e))]
     if failures:
         reason = "; ".join(f"{i}: {e}" for i, e in failures)
