@@ -322,6 +322,7 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
     """
     dir_lock = dir_lock or DirLock(None)
     with sigterm_unwinds():
+        layout.vault.login()  # before the config dir is made to lock it
         dir_lock.acquire()
         finished = finish_pending()
         pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)

@@ -41,6 +41,7 @@ def pull(ctx: Context, names: tuple[str, ...]) -> None:
     """
     for n in names:
         validate_name(n)
+    ctx.vault.login()  # a Vault that refuses us leaves no config dir behind
     with ctx.dir_lock(create=True) as lock:
         lock.acquire()
         ctx.finish_pending()
