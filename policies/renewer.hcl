@@ -10,12 +10,14 @@
 # renewal locks. It can never delete a certificate or an account
 # (`certbot-kvault rm` is for an operator's token).
 
-# Lineages: read, create, update (check-and-set writes); list them.
+# Lineages: read, create, update (check-and-set writes); list them, and read one's
+# version numbers (metadata, no PEM): how a push tells a Vault restored from an
+# older snapshot.
 path "secret/data/certbot/certificates/*" {
   capabilities = ["create", "read", "update"]
 }
 path "secret/metadata/certbot/certificates/*" {
-  capabilities = ["list"]
+  capabilities = ["list", "read"]
 }
 
 # ACME accounts (nested: accounts/<host>/<path>/<id>).

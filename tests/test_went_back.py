@@ -18,7 +18,17 @@ import configobj
 import pytest
 import requests
 import servers
-from helpers import Golden, fresh_dirs, golden_env, kv_version, kvault, record, seed
+from helpers import (
+    POLICIES,
+    Golden,
+    fresh_dirs,
+    golden_env,
+    kv_version,
+    kvault,
+    record,
+    seed,
+    token_with_policy,
+)
 from servers import Bao, RaftCluster
 
 
@@ -61,8 +71,12 @@ def test_push_writes_back_what_vault_lost(bao: Bao, golden: Golden, vault_env: d
     kvault("push", *args, env=env)
     assert kv_version(bao, prefix, "certificates/calm") == 2
     _rewind(bao, prefix, "calm", old)
+    # A renewer's token (policies/renewer.hcl) may read the version it compares.
+    renewer = golden_env(bao, golden, prefix, token_with_policy(
+        bao, f"renewer-{prefix}", (POLICIES / "renewer.hcl").read_text().replace(
+            "/certbot/", f"/{prefix}/")))
 
-    proc = kvault("push", "-v", *args, env=env)
+    proc = kvault("push", "-v", *args, env=renewer)
 
     assert "pushed: lineage calm\n" in proc.stdout, proc.stdout
     assert _lines(proc.stderr) == [
