@@ -85,7 +85,8 @@ def test_pull_fault_fails_one_lineage(bao: Bao, golden: Golden, vault_env: dict[
 def test_push_and_import_fault_fails_one_lineage(bao: Bao, golden: Golden,
                                                  vault_env: dict[str, str],
                                                  tmp_path: Path) -> None:
-    """A conf that is not UTF-8, one with duplicate keys: one line each, the rest pushed."""
+    """A conf that is not UTF-8, one with duplicate keys, a name too long for our files:
+    one line each, the rest pushed."""
     source = f"{vault_env['KVAULT_PREFIX']}-src"
     seed(bao, golden, source, NAMES)
     root, args = fresh_dirs(tmp_path)
@@ -95,6 +96,7 @@ def test_push_and_import_fault_fails_one_lineage(bao: Bao, golden: Golden,
     calm = (renewal / "calm.conf").read_text()
     (renewal / "calm.conf").write_text(calm.replace("[renewalparams]\n",
                                                     "[renewalparams]\nkey_type = rsa\n"))
+    (renewal / f"{LONG}.conf").write_text((renewal / "short.conf").read_text())
     prefix = vault_env["KVAULT_PREFIX"]
     env = golden_env(bao, golden, prefix)
 
@@ -102,11 +104,12 @@ def test_push_and_import_fault_fails_one_lineage(bao: Bao, golden: Golden,
         proc = kvault(command, *args, env=env, check=False)
         assert proc.returncode == 1, proc.stdout
         lines = _lines(proc.stderr)
-        assert len(lines) == 2, proc.stderr
+        assert len(lines) == 3, proc.stderr
         assert lines[0].startswith(f"error: lineage calm: Renewal conf {renewal / 'calm.conf'} "
                                    "cannot be parsed (Duplicate keyword name at line "), lines
         assert lines[1].startswith(f"error: lineage due: Renewal conf {renewal / 'due.conf'} "
                                    "cannot be parsed (not UTF-8"), lines
+        assert lines[2].startswith(f"error: lineage {LONG}: Invalid lineage name"), lines
         assert kv_version(bao, prefix, "certificates/short") == 1
         assert kv_version(bao, prefix, "certificates/due") == 0
     assert set(_synced(root / "config")["lineages"]) == {"short"}

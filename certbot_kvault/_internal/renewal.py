@@ -74,9 +74,11 @@ class PullFailed(errors.Error):
 
 def _state(tree: Tree, name: str) -> State:
     """(archive version, renewal conf without the ARI hint) of a local lineage."""
-    version = tree.current_version(name)
     try:
+        version = tree.current_version(name)
         conf = confs.parse_file(tree.renewal_conf_path(name))
+    except RecordError:  # not a lineage name certbot-kvault takes: nothing to compare
+        return None, None
     except (OSError, confs.ConfError):
         return version, None
     conf.pop("acme_renewal_info", None)

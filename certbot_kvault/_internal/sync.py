@@ -139,7 +139,7 @@ def _used_accounts(tree: Tree,
             conf = confs.parse_file(tree.renewal_conf_path(name))
             params = conf.get("renewalparams", {})
             account, server = params.get("account"), params.get("server")
-            if not account or not server:
+            if not (account and server and isinstance(account, str) and isinstance(server, str)):
                 return None
             used.setdefault((server_path_for_url(server), account), []).append(name)
         except (OSError, confs.ConfError, RecordError):

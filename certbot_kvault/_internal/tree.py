@@ -156,7 +156,7 @@ class Tree:
         current = None
         for kind in PEM_KINDS:
             link = conf[kind]
-            if not os.path.islink(link):
+            if not isinstance(link, str) or not os.path.islink(link):
                 raise TreeError(f"{link} is not a symlink into the archive; {where} is damaged "
                                 "(try `certbot update_symlinks`).")
             m = ARCHIVE_FILE_RE.match(os.path.basename(os.readlink(link)))
@@ -169,6 +169,8 @@ class Tree:
             current = version
         assert current is not None
         archive = conf["archive_dir"]
+        if not isinstance(archive, str):
+            raise TreeError(f"{where}: its renewal conf's archive_dir is not one path.")
 
         def pem_set(n: int) -> PemSet:
             return PemSet(**{k: _read_text(os.path.join(archive, f"{k}{n}.pem"), where)
@@ -385,9 +387,9 @@ class Tree:
         for name in self.lineage_names():
             try:
                 server = self._load_conf(name).get("renewalparams", {}).get("server")
-            except TreeError:
+            except (TreeError, RecordError):  # RecordError: not a valid lineage name
                 continue
-            if server:
+            if isinstance(server, str) and server:
                 try:
                     urls[server_path_for_url(server)] = server
                 except RecordError:
