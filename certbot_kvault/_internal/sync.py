@@ -11,7 +11,6 @@ is one Vault secret, and on disk its renewal conf is written last.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Callable, Collection, Optional
 
@@ -65,8 +64,7 @@ FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsu
 
 
 def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
-    """Run one item's work: True written, False unchanged; record-level errors are kept,
-    and so are this machine's faults (an OSError: ENOSPC, EROFS, EACCES, ENOTDIR...)."""
+    """One item's work: True written, False unchanged; a bad record or a local OSError fails it."""
     report = Report()
     try:
         changed = fn()
@@ -359,8 +357,7 @@ class _LineagePush:
             except RecordError:
                 remote = None  # replaced by the good local one
             if remote is not None:
-                local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
-                    local.renewal, remote.renewal))
+                local.renewal = renewal_conf.kept_profiles(local.renewal, remote.renewal)
                 if remote.same_content(local) or as_pulled(self.tree, remote, local):
                     self.agreed.append(entry.version)
                     return False

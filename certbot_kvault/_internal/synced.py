@@ -224,17 +224,20 @@ class Manifest:
 
     def note(self, kind: str, key: str, version: Optional[int],
              fingerprint: Optional[str], made: object = None) -> None:
-        """``key`` is now equal on both sides (Vault at ``version``, made at ``made``, a
-        timestamp or a record's ``updated_at``, if known); no fingerprint: forget it."""
+        """``key`` is now equal on both sides (Vault at ``version``, made at ``made``: a
+        timestamp, or a record's ``updated_at``, if known); no fingerprint: forget it."""
         when = made if isinstance(made, float) else _when(made)
         with self._mutex:
             newest = self._newest
-            if kind == LINEAGES and version is not None and (
-                    (when is not None and (newest is None or when >= newest[2]))
-                    or (newest is not None and newest[0] == key and newest[1] != version)):
-                # Another version of the newest one, made at an unknown time: none known.
-                self._newest = None if when is None else (key, version, when)
-                self._changed = True
+            # The latest made; of two made in the same second, the last by name.
+            later = when is not None and (newest is None
+                                          or (when, key) >= (newest[2], newest[0]))
+            # Another version of the newest one, made at an unknown time: none is known.
+            moved = newest is not None and newest[0] == key and newest[1] != version
+            if kind == LINEAGES and version is not None and (later or moved):
+                new = None if when is None else (key, version, when)
+                self._changed = self._changed or new != newest
+                self._newest = new
         if fingerprint is None:
             self.forget(kind, key)
             return
@@ -249,7 +252,8 @@ class Manifest:
                wrote: bool = False) -> None:
         """After a push of ``key``: both sides equal at (version, fingerprint), or not
         known to be (None: the next push compares it with Vault); ``wrote``: this push
-        made that version (now)."""
+        made that version, just now (to the fraction of a second: later than whatever
+        this dir pulled, which records carry in whole seconds)."""
         if agreed is None:
             self.forget(kind, key)
         else:
