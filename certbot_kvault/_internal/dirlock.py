@@ -197,8 +197,9 @@ class DirLock:
             os.close(fd)
 
     @contextlib.contextmanager
-    def released(self) -> Iterator[None]:
-        """Let certbot (a child, which takes this lock itself) have it, then take it back."""
+    def released(self, hurry: Callable[[], bool] = lambda: False) -> Iterator[None]:
+        """Let certbot (a child, which takes this lock itself) have it, then take it back;
+        ``hurry()`` true then (a run being stopped): only if it is free at once."""
         if self._fd is None:
             yield
             return
@@ -211,7 +212,7 @@ class DirLock:
                 self.acquire(0)
             raise
         try:
-            self.acquire(max(self.wait, RETAKE_WAIT))
+            self.acquire(0 if hurry() else max(self.wait, RETAKE_WAIT))
         except DirLockBusy:
             if self.notify is not None:
                 self.notify(f"warning: {self.path} stayed held by another process after "

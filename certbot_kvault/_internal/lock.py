@@ -23,6 +23,13 @@ lock exactly one wins:
   never free someone else's lock. The next taker overwrites the released
   record with ``cas`` = its version, as it does a stale one.
 
+Every read and write of a lock goes to the HA cluster's active node
+(``VaultClient.at_leader``): a standby that answers reads itself (OpenBao's
+default) would show a lock as it was a moment ago, so a renewer could miss
+a lock another one just took through another node, or name a former
+holder as the winner of a race it lost. Writes reach the active node anyway
+(standbys forward them), so check-and-set is decided there.
+
 The design follows caddy-vault-storage: ``cas=0`` to create, an expiry
 inside the entry, a loser that retries after a pause. Clocks: ``expires_at``
 is compared with this machine's clock, so renewers' clocks must agree to
@@ -36,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import posixpath
 import random
 import secrets
 import socket
@@ -152,13 +160,21 @@ class Locks:
 
     def _read_any(self, name: str) -> Optional[LockInfo]:
         """The lock record, a released one included (its version is what a taker CASes on)."""
-        entry = self.vault.read(self.path(name))
+        with self.vault.at_leader():
+            entry = self.vault.read(self.path(name))
         if entry is None:
             return None
         return LockInfo(name=name, path=self.where(name), owner=str(entry.data.get("owner") or ""),
                         expires_at=parse_time(entry.data.get("expires_at")),
                         version=entry.version,
                         acquired_at=parse_time(entry.data.get("acquired_at")))
+
+    def names(self) -> list[str]:
+        """The names of the lock records in Vault (released ones included)."""
+        folder = posixpath.dirname(self.path(GLOBAL_LOCK))
+        with self.vault.at_leader():
+            keys = self.vault.list_keys(folder)
+        return [k for k in keys if not k.endswith("/")]
 
     def held_by_other(self, name: str) -> Optional[LockInfo]:
         """The lock if someone else holds it (not expired), else None."""
@@ -175,6 +191,10 @@ class Locks:
 
     def try_acquire(self, name: str) -> Optional[LockInfo]:
         """Take ``name`` if free or stale. None on success, else who holds it."""
+        with self.vault.at_leader():
+            return self._try_acquire(name)
+
+    def _try_acquire(self, name: str) -> Optional[LockInfo]:
         path = self.path(name)
         now = self._clock()
         info = self._read_any(name)
@@ -208,9 +228,10 @@ class Locks:
         return None
 
     def _winner(self, name: str) -> LockInfo:
-        """Who beat us to the lock. A standby may not have the winner's record
-        yet (a lost check-and-set answer carries no X-Vault-Index to wait for),
-        so look again for a moment before calling the holder unknown."""
+        """Who beat us to the lock. Where reads cannot be sent to the active node
+        (see session.py), a standby may not have the winner's record yet (a lost
+        check-and-set answer carries no X-Vault-Index to wait for), so look again
+        for a moment before calling the holder unknown."""
         deadline = time.monotonic() + 2.0
         while True:
             info = self.read(name)
@@ -298,7 +319,7 @@ class Locks:
 
     def renew(self, name: str) -> bool:
         """Push ``name``'s expiry out by one TTL (check-and-set). False if it was lost."""
-        with self._io:
+        with self._io, self.vault.at_leader():
             return self._renew(name)
 
     def _renew(self, name: str) -> bool:
@@ -348,7 +369,7 @@ class Locks:
 
     def release(self, name: str) -> bool:
         """Mark ``name`` released if we still hold it (check-and-set). True if released."""
-        with self._io:
+        with self._io, self.vault.at_leader():
             return self._release(name)
 
     def _release(self, name: str) -> bool:

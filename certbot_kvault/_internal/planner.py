@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import posixpath
 import random
 import time
 from typing import Callable, Optional, Sequence
@@ -138,9 +137,7 @@ def read_all(layout: Layout, names: Sequence[str], workers: int) -> dict[str, KV
 
 def busy_lineages(locks: Locks, workers: int) -> dict[str, LockInfo]:
     """Lineages whose lineage-<name> lock another renewer holds right now."""
-    folder = posixpath.dirname(locks.path(GLOBAL_LOCK))
-    keys = [k for k in locks.vault.list_keys(folder)
-            if k.startswith(LINEAGE_LOCK_PREFIX) and not k.endswith("/")]
+    keys = [k for k in locks.names() if k.startswith(LINEAGE_LOCK_PREFIX)]
     busy = {}
     for key, info in sync.parallel(keys, locks.held_by_other, workers):
         if info is not None:

@@ -219,6 +219,39 @@ def _ip_sans(cert: x509.Certificate) -> list[str]:
     return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
+ISSUED_KEYS = frozenset({"acme_server", "account", "profile", "profile_asked_as",
+                         "authenticator", "challenge",
+                         "certbot", "certbot_kvault", "host", "at", "vault_display_name",
+                         "vault_entity_id"})
+ISSUED_DNS_KEYS = frozenset({"domain", "validation", "txt", "via", "zone", "entry"})
+MAX_ISSUED_TEXT = 255
+MAX_ISSUED_NAMES = 100
+
+
+def clean_issued(raw: Any) -> Optional[dict[str, Any]]:
+    """A record's ``issued`` field as data: known keys with short strings only (it comes
+    from Vault, and ``show`` prints it); None when nothing usable is left."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)  # KV v1 through some tools stores it as text
+        except ValueError:
+            return None
+    if not isinstance(raw, dict):
+        return None
+
+    def short(d: dict[Any, Any], keys: frozenset[str]) -> dict[str, str]:
+        return {k: v[:MAX_ISSUED_TEXT] for k, v in d.items()
+                if k in keys and isinstance(v, str) and v}
+
+    out: dict[str, Any] = short(raw, ISSUED_KEYS)
+    names = raw.get("dns")
+    if isinstance(names, list):
+        dns = [short(n, ISSUED_DNS_KEYS) for n in names[:MAX_ISSUED_NAMES] if isinstance(n, dict)]
+        if any(dns):
+            out["dns"] = [n for n in dns if n]
+    return out or None
+
+
 @dataclasses.dataclass
 class LineageRecord:
     """certificates/<name>: the current version, its renewal conf and the earlier versions."""
@@ -232,6 +265,7 @@ class LineageRecord:
     info: Optional[CertInfo] = None
     updated_at: Optional[str] = None
     kv_version: Optional[int] = None
+    issued: Optional[dict[str, Any]] = None  # how this version was issued (issued.py)
 
     def check(self, where: str) -> CertInfo:
         validate_name(self.name)
@@ -261,6 +295,7 @@ class LineageRecord:
             "auto_renewable": self.auto_renewable,
             "updated_at": self.updated_at or floor_time(time.time()),
             "archive": {str(n): p.as_dict() for n, p in sorted(self.archive.items())},
+            **({"issued": self.issued} if self.issued else {}),
         }
 
     @classmethod
@@ -284,12 +319,13 @@ class LineageRecord:
             pems=PemSet(**{k: str(d[k]) for k in PEM_KINDS}),
             renewal=str(d["renewal"]),
             auto_renewable=as_bool(d.get("auto_renewable", True)),
-            archive=archive, updated_at=d.get("updated_at"), kv_version=entry.version)
+            archive=archive, updated_at=d.get("updated_at"), kv_version=entry.version,
+            issued=clean_issued(d.get("issued")))
         record.check(where)
         return record
 
     def same_content(self, other: LineageRecord) -> bool:
-        """Equal for push's "only what changed" (updated_at does not count)."""
+        """Equal for push's "only what changed" (updated_at and issued do not count)."""
         return (self.version == other.version and self.pems == other.pems
                 and self.renewal == other.renewal and self.archive == other.archive
                 and self.auto_renewable == other.auto_renewable)

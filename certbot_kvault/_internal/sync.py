@@ -11,13 +11,14 @@ is one Vault secret, and on disk its renewal conf is written last.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, Collection, Optional
 
 import requests
 from certbot import errors
 
-from certbot_kvault._internal import confs, pending, renewal_conf, trust
+from certbot_kvault._internal import confs, issued, pending, renewal_conf, trust
 from certbot_kvault._internal.errors import (
     VaultAuthError,
     VaultConflict,
@@ -350,14 +351,15 @@ class _LineagePush:
         assert local is not None
         entry = layout.read_lineage_raw(name)
         self.manifest.gone_back(name, self.known, entry)
+        remote: Optional[LineageRecord] = None
         if entry is not None:
             try:
-                remote: Optional[LineageRecord] = LineageRecord.from_kv(
-                    name, entry, layout.where("certificates", name))
+                remote = LineageRecord.from_kv(name, entry, layout.where("certificates", name))
             except RecordError:
-                remote = None  # replaced by the good local one
+                pass  # replaced by the good local one
             if remote is not None:
-                local.renewal = renewal_conf.kept_profiles(local.renewal, remote.renewal)
+                local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
+                    local.renewal, remote.renewal))
                 if remote.same_content(local) or as_pulled(self.tree, remote, local):
                     self.agreed.append(entry.version)
                     return False
@@ -368,6 +370,7 @@ class _LineagePush:
         if expected is not None and (entry is None or entry.version != expected):
             raise self._refuse(f"version {entry.version}" if entry is not None else "deleted")
         cas = expected if expected is not None else check_and_set(self.known, entry)
+        local = issued.stamp(self.tree.config_dir, layout.vault, local, remote)
         try:
             self.agreed.append(layout.save_lineage(local, cas=cas))
         except VaultConflict:
