@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import configobj
 from certbot import errors
 
+from certbot_kvault._internal import confs
 from certbot_kvault._internal.records import RecordError, server_path_for_url
 from certbot_kvault._internal.tree import Tree
 
@@ -61,9 +61,8 @@ def conf_account(tree: Tree, name: str) -> tuple[Optional[str], Optional[str]]:
     """(server, account) that a local lineage's renewal conf names (None where it names none
     or cannot be read)."""
     try:
-        conf = configobj.ConfigObj(tree.renewal_conf_path(name), encoding="utf-8",
-                                   file_error=True)
-    except (OSError, configobj.ConfigObjError, RecordError):
+        conf = confs.parse_file(tree.renewal_conf_path(name))
+    except (OSError, confs.ConfError, RecordError):
         return None, None
     params = conf.get("renewalparams", {})
     server, account = params.get("server"), params.get("account")

@@ -34,6 +34,9 @@ INVALID = "invalid"
 
 TRUSTED_WITH_OPT_IN = (CODE, MACHINE)
 
+# How the screen (renewal_conf.py) names a key dropped for holding a %(...) template.
+TEMPLATE_MARK = " (template)"
+
 # certbot's renewal.py CONFIG_ITEMS without the hooks, installer, authenticator and
 # the dirs (rewritten from this machine's settings, see renewal_conf.DIR_PARAMS): what
 # certbot restores for every lineage and that only shapes the order.
@@ -120,6 +123,10 @@ def untrusted(key: str, value: Any, trust_vault_hooks: bool) -> bool:
 def warning(name: str, ignored: list[str]) -> str:
     """The one line that tells the operator what of a lineage's conf was not used."""
     # Key names come from Vault too: no terminal escapes reach the operator's screen.
+    if all(k.endswith(TEMPLATE_MARK) for k in ignored):
+        ignored = [k[:-len(TEMPLATE_MARK)] for k in ignored]
+        why = "a %(...) template: certbot would expand it"
+    else:
+        why = "hooks and paths run only with --trust-vault-hooks; Vault settings never"
     keys = ", ".join(k if k.isprintable() else ascii(k) for k in ignored)
-    return (f"warning: lineage {name}: ignored from Vault's renewal conf: {keys} "
-            "(hooks and paths run only with --trust-vault-hooks; Vault settings never)")
+    return f"warning: lineage {name}: ignored from Vault's renewal conf: {keys} ({why})"

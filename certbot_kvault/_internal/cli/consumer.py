@@ -45,6 +45,12 @@ def list_(ctx: Context) -> None:
     for name, status in sorted(fleet.items()):
         d = status.entry.data
         domains = d.get("domains") or []
+        if not isinstance(domains, list) or not all(isinstance(n, str) for n in domains):
+            # A record's fields are data anyone who may write it chose: this one is not
+            # what push writes (the PEM has the names: `show` reads them from there).
+            click.echo(f"warning: lineage {name}: {layout.where('certificates', name)}: "
+                       "'domains' is not a list of names; shown without them", err=True)
+            domains = []
         row = {"name": name, "subject": domains[0] if domains else None,
                "domains": domains, "not_after": d.get("not_after"),
                "auto_renewable": bool(d.get("auto_renewable", True)),

@@ -12,7 +12,13 @@ import click
 from click.core import ParameterSource
 
 from certbot_kvault._internal import migrate, sync
-from certbot_kvault._internal.cli.common import Context, common_options, print_report, progress_bar
+from certbot_kvault._internal.cli.common import (
+    Context,
+    common_options,
+    dir_lock_option,
+    print_report,
+    progress_bar,
+)
 from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.vault import VaultClient
 
@@ -33,6 +39,7 @@ from certbot_kvault._internal.vault import VaultClient
                    "--server)")
 @click.option("--dry-run", is_flag=True, help="Say what would be written; write nothing")
 @click.option("--force", is_flag=True, help="Replace records of ours that differ")
+@dir_lock_option
 @common_options(json_opt=True)
 def import_(ctx: Context, source: Optional[str], path: Optional[str], server: str,
             dns_entry: Optional[str], account: Optional[str], dry_run: bool,
@@ -60,9 +67,11 @@ def import_(ctx: Context, source: Optional[str], path: Optional[str], server: st
             f"{given}{tree.config_dir} does not exist: it is certbot's config dir to import."
             if given else f"{tree.config_dir} (the default) does not exist; pass --config-dir "
                           "(certbot's config dir to import).")
-    with progress_bar(ctx, "import") as tick:
-        report = sync.push(tree, ctx.layout, workers=ctx.workers, progress=tick)
-    hook = tree.install_hook(kvault_bin())
+    with ctx.dir_lock() as lock:
+        lock.acquire()
+        with progress_bar(ctx, "import") as tick:
+            report = sync.push(tree, ctx.layout, workers=ctx.workers, progress=tick)
+        hook = tree.install_hook(kvault_bin())
     if not ctx.json:
         click.echo(f"deploy hook: {hook}")
     print_report(ctx, report, "imported")
