@@ -35,10 +35,11 @@ from cryptography import x509
 from josepy.errors import DeserializationError
 
 from certbot_kvault._internal.redact import one_line, redact
+from certbot_kvault._internal.state import ARI_MAX_RETRY
 
 DEFAULT_RETRY = 6 * 3600.0   # RFC 9773 §4.3 (and certbot): no usable Retry-After, or an error
 MIN_RETRY = 60.0             # RFC 9773 §4.3: a Retry-After is clamped to [1 minute, 1 day]
-MAX_RETRY = 86400.0
+MAX_RETRY = ARI_MAX_RETRY    # (state.py holds it: a remembered next check beyond it is refused)
 PY_VERSION = platform.python_version()
 # Older acme (2.7, certbot 2.7's) cannot read ARI answers: then nobody is asked.
 _RENEWAL_INFO: Any = getattr(messages, "RenewalInfo", None)

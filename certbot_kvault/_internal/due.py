@@ -128,7 +128,8 @@ def decide(not_before: float, not_after: float, settings: ConfSettings, *,
     if rbe is not None:
         when = not_after - (add_interval(now, rbe) - now)
         if now > when:  # i.e. not_after < now + interval, certbot's test
-            return Decision(True, when, BEFORE_EXPIRY)
+            # An interval longer than the lifetime (``100 years``): due since issuance.
+            return Decision(True, max(when, not_before), BEFORE_EXPIRY)
         candidates.append((when, BEFORE_EXPIRY))
     elif ari_time is None:
         when = default_renewal_time(not_before, not_after)

@@ -7,8 +7,10 @@ arguments ``--force-renewal`` or ``--dry-run`` make every lineage a candidate
 (as they do for certbot) unless ``--due-within`` is given, ``--cert-name``
 narrows to one. A due lineage in
 failure backoff (state.py) is skipped with one line, unless ``--retry-now``
-names it (or all). Only what is left is pulled and renewed; when nothing is
-left, certbot is not started at all.
+names it (or all). A lineage renewed less than a tenth of its lifetime ago
+(the storm guard, schedule.py) is skipped with one line, unless certbot's
+``--force-renewal`` is given. Only what is left is pulled and renewed; when
+nothing is left, certbot is not started at all.
 
 Then the locks (lock.py):
 
@@ -91,6 +93,7 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
     """(lineages to renew, lineages skipped in backoff, the line to say when none)."""
     names: list[str] = []
     backoff: list[str] = []
+    guarded: list[str] = []
     considered = [st for n, st in sorted(fleet.items())
                   if n not in (excluded or ()) and rules.cert_name in (None, n)]
     for st in considered:
@@ -102,6 +105,11 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
         else:
             wanted = st.due
         if not wanted:
+            continue
+        if not rules.every and st.guarded_until is not None:
+            # The storm guard (schedule.py): only certbot's --force-renewal lifts it.
+            notify(st.guard_line())
+            guarded.append(st.name)
             continue
         if st.in_backoff() and not rules.dry_run and not rules.retries(st.name):
             notify(st.backoff_line())
@@ -116,8 +124,13 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
         what = f"nothing expires within {rules.due_within:g} days"
     else:
         what = "nothing is due"
+    held = []
     if backoff:
-        what += f" outside failure backoff ({len(backoff)} in backoff)"
+        held.append(f"failure backoff ({len(backoff)} in backoff)")
+    if guarded:
+        held.append(f"the storm guard ({len(guarded)} renewed too recently)")
+    if held:
+        what += " outside " + " and ".join(held)
     upcoming = [(st.next_renewal, st.name) for st in considered
                 if st.next_renewal is not None and st.name not in backoff]
     nxt = ""

@@ -35,6 +35,25 @@ PEM_KINDS = ("cert", "chain", "fullchain", "privkey")
 # naming archive files the filesystem refuses (one bad record must fail alone).
 MAX_VERSION = 10**6
 
+# What certbot and a CA ever produce, with room to spare; every record is held to it
+# before anything in it is parsed, so a small record cannot cost minutes of CPU:
+# - a certificate with a CA's 100 names of 253 characters is about 36 KB of PEM;
+#   chains hold 2 to 4 certificates; an 8192-bit RSA key is 6.4 KB of PEM;
+# - certbot writes a renewal conf of about 1 KB;
+# - archive versions: one per renewal; a 6-day certificate renewed every 3 days
+#   for 8 years makes about 1000 (Vault's raft storage refuses an entry over
+#   1 MiB by default long before that);
+# - the whole record: Vault's own default request limit (max_request_size, 32 MiB).
+MAX_PEM_CHARS = {"cert": 64 * 1024, "chain": 256 * 1024, "fullchain": 320 * 1024,
+                 "privkey": 16 * 1024}
+MAX_CONF_CHARS = 64 * 1024
+MAX_ARCHIVE_VERSIONS = 1000
+MAX_RECORD_CHARS = 32 * 1024 * 1024
+# certbot generates RSA keys of at least 2048 bits (crypto_util.make_key) and only the
+# NIST curves (--elliptic-curve): keys beyond are refused, and with them their cost.
+MAX_RSA_BITS = 8192
+EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
@@ -138,21 +157,32 @@ class CertInfo:
         return format(self._cert.serial_number, "x")
 
 
-def inspect_pems(pems: PemSet, where: str) -> CertInfo:
-    """Parse and cross-check one version: every PEM parses, the key matches the cert."""
+def inspect_pems(pems: PemSet, where: str,
+                 keys: Optional[dict[str, tuple[bytes, str]]] = None) -> CertInfo:
+    """Parse and cross-check one version: every PEM parses, the key matches the cert.
+
+    ``keys`` remembers each private key text checked already (its public key and
+    type), so a key kept across archive versions (``reuse_key``) is loaded once.
+    """
     # Here, not at the top: `list`, `--help` and the like never parse a PEM.
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+    for kind, limit in MAX_PEM_CHARS.items():
+        if len(getattr(pems, kind)) > limit:
+            raise RecordError(f"{where}: '{kind}' is longer than any certbot writes "
+                              f"({limit // 1024} KiB at most).")
     try:
         cert = x509.load_pem_x509_certificate(pems.cert.encode())
         # Parsed now, though only CertInfo reads them: certbot reads the names of
         # every certificate it renews, and would choke on this one later.
         len(cert.extensions)
-    except ValueError:
+        public = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
         raise RecordError(f"{where}: 'cert' is not a valid PEM certificate (or one of its "
                           "extensions cannot be parsed).") from None
+    _check_key_size(public, where)
     for kind in ("chain", "fullchain"):
         if kind == "fullchain" and pems.cert.endswith("\n") \
                 and pems.fullchain == pems.cert + pems.chain:
@@ -163,24 +193,58 @@ def inspect_pems(pems: PemSet, where: str) -> CertInfo:
         except ValueError:
             raise RecordError(f"{where}: '{kind}' is not a valid PEM certificate chain.") \
                 from None
-    try:
-        key = serialization.load_pem_private_key(pems.privkey.encode(), password=None)
-    except (ValueError, TypeError):
-        raise RecordError(f"{where}: 'privkey' is not a valid unencrypted PEM private key.") \
-            from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+    known = keys.get(pems.privkey) if keys is not None else None
+    if known is None:
+        known = _private_key(pems.privkey, where)
+        if keys is not None:
+            keys[pems.privkey] = known
+    key_der, key_type = known
+    if key_der != public.public_bytes(der, spki):
         raise RecordError(f"{where}: 'privkey' does not match the certificate's public key.")
     if not pems.fullchain.startswith(pems.cert.strip()):
         raise RecordError(f"{where}: 'fullchain' does not start with 'cert'.")
+    return CertInfo(cert, key_type)
+
+
+def _check_key_size(public: Any, where: str) -> None:
+    """Refuse the keys certbot never makes, before anything costly is done with one."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size > MAX_RSA_BITS:
+        raise RecordError(f"{where}: its RSA key has {public.key_size} bits; certbot makes "
+                          f"keys of at most {MAX_RSA_BITS}.")
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in EC_CURVES:
+        raise RecordError(f"{where}: its EC key is on curve {public.curve.name}; certbot "
+                          f"uses {', '.join(EC_CURVES)}.")
+
+
+def _private_key(text: str, where: str) -> tuple[bytes, str]:
+    """(public key as SubjectPublicKeyInfo DER, key type) of a PEM private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        # The RSA consistency check (OpenSSL's RSA_check_key) costs seconds for an
+        # 8192-bit key and proves nothing the match with the certificate does not: a
+        # key that matches the certificate's public key is the lineage's key.
+        key = serialization.load_pem_private_key(text.encode(), password=None,
+                                                 unsafe_skip_rsa_key_validation=True)
+    except (ValueError, TypeError):
+        raise RecordError(f"{where}: 'privkey' is not a valid unencrypted PEM private key.") \
+            from None
+    public = key.public_key()
+    _check_key_size(public, where)
     if isinstance(key, rsa.RSAPrivateKey):
         key_type = "rsa"
     elif isinstance(key, ec.EllipticCurvePrivateKey):
         key_type = "ecdsa"
     else:
         key_type = type(key).__name__
-    return CertInfo(cert, key_type)
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der, key_type
 
 
 def _cert_domains(cert: x509.Certificate) -> list[str]:
@@ -229,11 +293,18 @@ class LineageRecord:
                               f"{MAX_VERSION}.")
         if not self.renewal.strip():
             raise RecordError(f"{where}: 'renewal' (the lineage's renewal conf) is empty.")
+        if len(self.renewal) > MAX_CONF_CHARS:
+            raise RecordError(f"{where}: 'renewal' is longer than any renewal conf certbot "
+                              f"writes ({MAX_CONF_CHARS // 1024} KiB at most).")
+        if len(self.archive) > MAX_ARCHIVE_VERSIONS:
+            raise RecordError(f"{where}: it holds {len(self.archive)} archive versions; at most "
+                              f"{MAX_ARCHIVE_VERSIONS} are kept.")
+        keys: dict[str, tuple[bytes, str]] = {}
         for n, pems in self.archive.items():
             if n < 1 or n >= self.version:
                 raise RecordError(f"{where}: archive version {n} is not below {self.version}.")
-            inspect_pems(pems, f"{where} (archive version {n})")
-        self.info = inspect_pems(self.pems, where)
+            inspect_pems(pems, f"{where} (archive version {n})", keys)
+        self.info = inspect_pems(self.pems, where, keys)
         return self.info
 
     def to_kv(self) -> dict[str, Any]:
@@ -259,19 +330,29 @@ class LineageRecord:
         if missing:
             raise RecordError(f"{where} is missing {', '.join(missing)}; push the lineage "
                               "again from a machine that has it.")
+        if _too_big(d, MAX_RECORD_CHARS):
+            raise RecordError(f"{where} is larger than any lineage certbot makes "
+                              f"({MAX_RECORD_CHARS // 2**20} MiB at most).")
         try:
-            version = int(d["version"])
+            version = _archive_number(d["version"])
+        except ValueError:
+            raise RecordError(f"{where}: 'version' must be an archive number from 1 to "
+                              f"{MAX_VERSION}.") from None
+        try:
             archive_raw = d.get("archive") or {}
             if isinstance(archive_raw, str):
                 archive_raw = json.loads(archive_raw)
-            archive = {int(n): PemSet(**{k: str(p[k]) for k in PEM_KINDS})
+            if len(archive_raw) > MAX_ARCHIVE_VERSIONS:
+                raise RecordError(f"{where}: it holds {len(archive_raw)} archive versions; at "
+                                  f"most {MAX_ARCHIVE_VERSIONS} are kept.")
+            archive = {_archive_number(n): PemSet(**{k: _text(p[k]) for k in PEM_KINDS})
                        for n, p in archive_raw.items()}
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             raise RecordError(f"{where}: 'version' or 'archive' is malformed.") from None
         record = cls(
             name=name, version=version,
-            pems=PemSet(**{k: str(d[k]) for k in PEM_KINDS}),
-            renewal=str(d["renewal"]),
+            pems=PemSet(**{k: _field(d, k, where) for k in PEM_KINDS}),
+            renewal=_field(d, "renewal", where),
             auto_renewable=as_bool(d.get("auto_renewable", True)),
             archive=archive, updated_at=d.get("updated_at"), kv_version=entry.version)
         record.check(where)
@@ -341,6 +422,50 @@ class AccountRecord:
 
     def same_content(self, other: AccountRecord) -> bool:
         return self.to_kv() == other.to_kv()
+
+
+def _field(data: dict[str, Any], key: str, where: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise RecordError(f"{where}: '{key}' is not text.")
+    return value
+
+
+def _archive_number(value: Any) -> int:
+    """An archive number as Vault may hold it (int or digits); ValueError for others, before
+    int() could spend long on a huge digit string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit() and len(value) <= len(str(MAX_VERSION)):
+        return int(value)
+    raise ValueError(value)
+
+
+def _text(value: Any) -> str:
+    """A PEM field: text (a number or a list is no PEM, whatever str() makes of it)."""
+    if not isinstance(value, str):
+        raise TypeError(type(value).__name__)
+    return value
+
+
+def _too_big(value: Any, budget: int) -> bool:
+    """Whether the texts in a JSON value (keys included) exceed ``budget`` characters;
+    stops counting as soon as they do."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            budget -= len(item)
+        elif isinstance(item, dict):
+            budget -= sum(len(k) for k in item if isinstance(k, str))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            budget -= 8
+        if budget < 0:
+            return True
+    return False
 
 
 def _json_text(value: Any) -> str:

@@ -128,7 +128,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
            finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
            push_retry_for: float, read: Callable[[], dict[str, LineageStatus]]) -> int:
-    with Locks(layout, ttl=lock_ttl) as locks:
+    with Locks(layout, ttl=lock_ttl, notify=notify) as locks:
         each = rules.lineage_locks or rules.due_within is not None
         plan = (plan_each if each else plan_all)(layout, locks, lock_wait, workers, notify,
                                                  rules, read)

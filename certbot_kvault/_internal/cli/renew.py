@@ -15,7 +15,7 @@ import click
 from certbot_kvault._internal import renewal, runner
 from certbot_kvault._internal.cli.common import Context, common_options, trust_option
 from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.lock import DEFAULT_TTL, MIN_TTL
+from certbot_kvault._internal.lock import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from certbot_kvault._internal.planner import ALL, Rules
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,7 +66,7 @@ def _push_retry_option() -> Callable[[F], F]:
               envvar="KVAULT_LOCK_WAIT", metavar="SECONDS",
               help="How long to wait for another renewer's lock before giving up (exit 0) "
                    "[KVAULT_LOCK_WAIT]")
-@click.option("--lock-ttl", type=click.IntRange(min=MIN_TTL), default=DEFAULT_TTL,
+@click.option("--lock-ttl", type=click.IntRange(min=MIN_TTL, max=MAX_TTL), default=DEFAULT_TTL,
               show_default=True, envvar="KVAULT_LOCK_TTL", metavar="SECONDS",
               help="Lease of the Vault lock; renewed every TTL/3 while we run, taken over "
                    "by others this long after we die [KVAULT_LOCK_TTL]")
