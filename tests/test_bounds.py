@@ -47,8 +47,8 @@ from helpers import (
 from servers import Bao
 
 from certbot_kvault._internal import trust
+from certbot_kvault._internal.limits import MAX_ARCHIVE_VERSIONS
 from certbot_kvault._internal.records import (
-    MAX_ARCHIVE_VERSIONS,
     LineageRecord,
     PemSet,
     RecordError,
@@ -284,7 +284,7 @@ def test_storm_guard_renews_once_then_says_why_not(
         assert "renew: nothing is due outside the storm guard (1 renewed too recently) (1 " \
             "lineages checked; next: due at " in proc.stdout, proc.stdout + proc.stderr
         why = [ln for ln in proc.stderr.splitlines() if ln.startswith("renew: skipping due")]
-        assert len(why) == 1 and "less than a tenth of its certificate's lifetime" in why[0] \
+        assert len(why) == 1 and "less than a tenth of its lifetime" in why[0] \
             and "it may renew from " in why[0] and "--force-renewal" in why[0], proc.stderr
     assert kv_version(bao, prefix, "certificates/due") == version
     assert orders(golden.pebble) == ordered

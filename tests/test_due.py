@@ -12,10 +12,11 @@ from certbot_kvault._internal.state import (
     backoff_seconds,
     one_line,
 )
-from certbot_kvault._internal.timefmt import CLOCK_SKEW, format_time
+from certbot_kvault._internal.timefmt import CLOCK_SKEW, floor_time, format_time, parse_time
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
+CRAFTED_TIME = "9999-12-31T23:59:59-23:59"
 
 
 def _decide(lifetime_days: float, age_days: float, *, rbe: str | None = None,
@@ -161,3 +162,21 @@ def test_state_times_are_bounded_by_what_a_renewer_writes() -> None:
     assert read(ari_next_check=ts(DAY)).ari_next_check == NOW + DAY
     with pytest.raises(MalformedState, match="ari_next_check"):
         read(ari_next_check=ts(7 * DAY))
+
+
+def test_times_from_vault_are_total() -> None:
+    """Reading answers None for anything but an RFC 3339 time from 1970 to 9000 (the crafted
+    one of the issue parses in Python and lies in the year 10000); formatting clamps."""
+    assert parse_time("2027-01-15T08:00:00+01:00") == parse_time("2027-01-15T07:00:00Z")
+    for text in (CRAFTED_TIME, "0001-01-01T00:00:00+23:59", "1969-12-31T23:59:59Z",
+                 "9000-01-01T00:00:01Z", "x" * 10_000, 1_800_000_000, ["2027-01-01"]):
+        assert parse_time(text) is None, text
+    assert floor_time(1e300) == "9000-01-01T00:00:00Z" and format_time(-1e12) == \
+        "1970-01-01T00:00:00Z" and floor_time(float("nan")) == "1970-01-01T00:00:00Z"
+
+
+def test_interval_longer_than_the_lifetime_is_due_since_issuance() -> None:
+    """`renew_before_expiry = 5000 years` (certbot parses it): due, and its time printable."""
+    d = _decide(90, 10, rbe="5000 years")
+    assert d.due and d.when == NOW - 10 * DAY
+    floor_time(d.when or 0)

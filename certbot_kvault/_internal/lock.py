@@ -28,12 +28,9 @@ inside the entry, a loser that retries after a pause. Clocks: ``expires_at``
 is compared with this machine's clock, so renewers' clocks must agree to
 well within the TTL (NTP does that).
 
-A lock is data from Vault like any record: no holder writes an ``expires_at``
-more than ``MAX_TTL`` ahead (the longest ``--lock-ttl``), so one further out
-than that plus ``CLOCK_SKEW``, or one that is not an RFC 3339 time from 1970 to
-9000, is stale: it may be taken over at once, and the renewer says so in one
-warning line naming the lock and its owner (a planted ``9999-12-31`` must not
-stop every renewal while each run exits 0).
+No holder writes an ``expires_at`` more than ``MAX_TTL`` (the longest
+``--lock-ttl``) ahead: a lock further out (plus ``CLOCK_SKEW``) or with no time
+at all is stale, taken over at once with one warning naming it and its owner.
 
 KV v1 has no check-and-set: locking there would be a race, so :class:`Locks`
 refuses it with a sentence saying locking needs KV v2.
@@ -52,14 +49,8 @@ from typing import Callable, Optional
 
 from certbot_kvault._internal.errors import VaultConflict, VaultError, VaultUnsupported
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.timefmt import (
-    CLOCK_SKEW,
-    BadTime,
-    floor_time,
-    format_time,
-    parse_time,
-    read_time,
-)
+from certbot_kvault._internal.redact import printable
+from certbot_kvault._internal.timefmt import CLOCK_SKEW, floor_time, format_time, parse_time
 from certbot_kvault._internal.vault import VaultClient
 
 logger = logging.getLogger(__name__)
@@ -68,9 +59,7 @@ GLOBAL_LOCK = "renew"
 LINEAGE_LOCK_PREFIX = "lineage-"
 DEFAULT_TTL = 300
 MIN_TTL = 2
-# The longest lease a holder may take: the keeper renews it every TTL/3, so a longer
-# one would only make the fleet wait longer after a holder dies.
-MAX_TTL = 3600
+MAX_TTL = 3600  # renewed every TTL/3: a longer lease only stalls the fleet after a crash
 
 _PROCESS_OWNER: Optional[str] = None
 # What a released lock holds: no owner, an expiry long past.
@@ -113,31 +102,19 @@ class LockInfo:
         return self.expires_at is None or self.expires_at <= when or self.implausible(when)
 
     def implausible(self, now: float) -> bool:
-        """Held (owner set) with an expiry no holder writes: beyond the longest lease
-        ahead, or not a time. Stale, but worth a warning: a clock far off, or a plant."""
-        if self.released:
-            return False
-        if self.expires_at is None:
-            return self.bad_expiry is not None
-        return self.expires_at > now + MAX_TTL + CLOCK_SKEW
+        """Held, with an expiry no holder writes: beyond the longest lease, or no time."""
+        return not self.released and (self.bad_expiry is not None if self.expires_at is None
+                                       else self.expires_at > now + MAX_TTL + CLOCK_SKEW)
 
     def stale_line(self) -> str:
-        """The one warning line about an implausible lock (see ``implausible``)."""
-        until = _shown(self.bad_expiry) if self.bad_expiry is not None \
-            else format_time(self.expires_at or 0)
-        return (f"warning: lock {self.name} ({self.path}) held by {_shown(self.owner)} expires "
-                f"at {until}, more than the longest lock lease ({MAX_TTL} s) ahead or no "
-                "time at all: taken as stale (a clock far off, or a planted lock)")
+        until = printable(self.bad_expiry or format_time(self.expires_at or 0), 64)
+        return (f"warning: lock {self.name} ({self.path}) held by {printable(self.owner, 100)} "
+                f"expires at {until}, more than the longest lock lease ({MAX_TTL} s) ahead or "
+                "no time at all: taken as stale (a clock far off, or a planted lock)")
 
     def describe(self) -> str:
         until = format_time(self.expires_at) if self.expires_at is not None else "?"
-        return f"held by {_shown(self.owner) or '?'} until {until} ({self.path})"
-
-
-def _shown(text: str) -> str:
-    """A value from a lock record as safe to print: escaped, at most 100 characters."""
-    shown = text if text.isprintable() else ascii(text)[1:-1]
-    return shown if len(shown) <= 100 else shown[:99] + "…"
+        return f"held by {printable(self.owner, 100) or '?'} until {until} ({self.path})"
 
 
 @dataclasses.dataclass
@@ -169,9 +146,7 @@ class Locks:
         self.ttl = float(ttl)
         self.owner = owner or process_owner()
         self._clock = clock
-        # Where the warning about an implausible lock goes (once per lock and owner).
-        self._notify = notify or (lambda line: logger.warning("%s", line))
-        self._warned: set[tuple[str, str]] = set()
+        self._notify = notify or (lambda line: logger.warning("%s", line))  # stale_line()
         self._held: dict[str, _Held] = {}
         self._lost: dict[str, str] = {}
         self._mutex = threading.Lock()
@@ -202,25 +177,17 @@ class Locks:
         if entry is None:
             return None
         raw = entry.data.get("expires_at")
-        bad = None
-        try:
-            expires_at = read_time(raw)
-        except BadTime:
-            expires_at, bad = None, str(raw)
-        owner = entry.data.get("owner")
-        return LockInfo(name=name, path=self.where(name),
-                        owner=owner if isinstance(owner, str) else str(owner or ""),
+        expires_at = parse_time(raw)
+        return LockInfo(name=name, path=self.where(name), owner=str(entry.data.get("owner") or ""),
                         expires_at=expires_at, version=entry.version,
-                        acquired_at=parse_time(entry.data.get("acquired_at")), bad_expiry=bad)
+                        acquired_at=parse_time(entry.data.get("acquired_at")),
+                        bad_expiry=None if expires_at is not None or not raw else str(raw))
 
     def _stale(self, info: LockInfo, now: float) -> bool:
-        """Whether another's lock may be taken over now; says once why an implausible one may."""
-        if not info.expired(now):
-            return False
-        if info.implausible(now) and (info.name, info.owner) not in self._warned:
-            self._warned.add((info.name, info.owner))
+        """Whether another's lock may be taken over now (an implausible one is said)."""
+        if info.implausible(now):
             self._notify(info.stale_line())
-        return True
+        return info.expired(now)
 
     def held_by_other(self, name: str) -> Optional[LockInfo]:
         """The lock if someone else holds it (not expired), else None."""

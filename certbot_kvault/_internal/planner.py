@@ -108,7 +108,7 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
             continue
         if not rules.every and st.guarded_until is not None:
             # The storm guard (schedule.py): only certbot's --force-renewal lifts it.
-            notify(st.guard_line())
+            notify(_guard_line(st))
             guarded.append(st.name)
             continue
         if st.in_backoff() and not rules.dry_run and not rules.retries(st.name):
@@ -138,6 +138,16 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
         when, name = min(upcoming)
         nxt = f"; next: {name} at {floor_time(when)}"
     return [], backoff, f"renew: {what} ({len(considered)} lineages checked{nxt})."
+
+
+def _guard_line(st: LineageStatus) -> str:
+    """The one line a renewer prints when the storm guard holds ``st`` back."""
+    assert st.guarded_until is not None and st.not_before is not None and st.lifetime
+    return (f"renew: skipping {st.name}: renewed at {floor_time(st.not_before)} (its "
+            f"certificate's start), less than a tenth of its lifetime "
+            f"({st.lifetime / 86400:.4g} days) ago, although {st.decision.describe()}; it may "
+            f"renew from {floor_time(st.guarded_until)} (`certbot-kvault renew -- "
+            f"--force-renewal --cert-name {st.name}` renews it now)")
 
 
 def read_all(layout: Layout, names: Sequence[str], workers: int) -> dict[str, KVEntry]:

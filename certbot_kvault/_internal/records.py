@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from certbot import errors
 
+from certbot_kvault._internal import limits
 from certbot_kvault._internal.settings import as_bool
 from certbot_kvault._internal.timefmt import floor_time
 
@@ -30,29 +31,6 @@ if TYPE_CHECKING:  # only annotations: records sit below the Vault connection
     from certbot_kvault._internal.vault import KVEntry
 
 PEM_KINDS = ("cert", "chain", "fullchain", "privkey")
-
-# Far above any real lineage's renewals; a bound keeps a hostile record from
-# naming archive files the filesystem refuses (one bad record must fail alone).
-MAX_VERSION = 10**6
-
-# What certbot and a CA ever produce, with room to spare; every record is held to it
-# before anything in it is parsed, so a small record cannot cost minutes of CPU:
-# - a certificate with a CA's 100 names of 253 characters is about 36 KB of PEM;
-#   chains hold 2 to 4 certificates; an 8192-bit RSA key is 6.4 KB of PEM;
-# - certbot writes a renewal conf of about 1 KB;
-# - archive versions: one per renewal; a 6-day certificate renewed every 3 days
-#   for 8 years makes about 1000 (Vault's raft storage refuses an entry over
-#   1 MiB by default long before that);
-# - the whole record: Vault's own default request limit (max_request_size, 32 MiB).
-MAX_PEM_CHARS = {"cert": 64 * 1024, "chain": 256 * 1024, "fullchain": 320 * 1024,
-                 "privkey": 16 * 1024}
-MAX_CONF_CHARS = 64 * 1024
-MAX_ARCHIVE_VERSIONS = 1000
-MAX_RECORD_CHARS = 32 * 1024 * 1024
-# certbot generates RSA keys of at least 2048 bits (crypto_util.make_key) and only the
-# NIST curves (--elliptic-curve): keys beyond are refused, and with them their cost.
-MAX_RSA_BITS = 8192
-EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -169,7 +147,7 @@ def inspect_pems(pems: PemSet, where: str,
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
-    for kind, limit in MAX_PEM_CHARS.items():
+    for kind, limit in limits.MAX_PEM_CHARS.items():
         if len(getattr(pems, kind)) > limit:
             raise RecordError(f"{where}: '{kind}' is longer than any certbot writes "
                               f"({limit // 1024} KiB at most).")
@@ -182,7 +160,9 @@ def inspect_pems(pems: PemSet, where: str,
     except (ValueError, UnsupportedAlgorithm):
         raise RecordError(f"{where}: 'cert' is not a valid PEM certificate (or one of its "
                           "extensions cannot be parsed).") from None
-    _check_key_size(public, where)
+    problem = limits.key_problem(public)  # before anything costly is done with such a key
+    if problem is not None:
+        raise RecordError(f"{where}: {problem}.")
     for kind in ("chain", "fullchain"):
         if kind == "fullchain" and pems.cert.endswith("\n") \
                 and pems.fullchain == pems.cert + pems.chain:
@@ -208,18 +188,6 @@ def inspect_pems(pems: PemSet, where: str,
     return CertInfo(cert, key_type)
 
 
-def _check_key_size(public: Any, where: str) -> None:
-    """Refuse the keys certbot never makes, before anything costly is done with one."""
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-    if isinstance(public, rsa.RSAPublicKey) and public.key_size > MAX_RSA_BITS:
-        raise RecordError(f"{where}: its RSA key has {public.key_size} bits; certbot makes "
-                          f"keys of at most {MAX_RSA_BITS}.")
-    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in EC_CURVES:
-        raise RecordError(f"{where}: its EC key is on curve {public.curve.name}; certbot "
-                          f"uses {', '.join(EC_CURVES)}.")
-
-
 def _private_key(text: str, where: str) -> tuple[bytes, str]:
     """(public key as SubjectPublicKeyInfo DER, key type) of a PEM private key."""
     from cryptography.hazmat.primitives import serialization
@@ -235,7 +203,6 @@ def _private_key(text: str, where: str) -> tuple[bytes, str]:
         raise RecordError(f"{where}: 'privkey' is not a valid unencrypted PEM private key.") \
             from None
     public = key.public_key()
-    _check_key_size(public, where)
     if isinstance(key, rsa.RSAPrivateKey):
         key_type = "rsa"
     elif isinstance(key, ec.EllipticCurvePrivateKey):
@@ -288,17 +255,17 @@ class LineageRecord:
 
     def check(self, where: str) -> CertInfo:
         validate_name(self.name)
-        if not 1 <= self.version <= MAX_VERSION:
+        if not 1 <= self.version <= limits.MAX_VERSION:
             raise RecordError(f"{where}: 'version' must be an archive number from 1 to "
-                              f"{MAX_VERSION}.")
+                              f"{limits.MAX_VERSION}.")
         if not self.renewal.strip():
             raise RecordError(f"{where}: 'renewal' (the lineage's renewal conf) is empty.")
-        if len(self.renewal) > MAX_CONF_CHARS:
+        if len(self.renewal) > limits.MAX_CONF_CHARS:
             raise RecordError(f"{where}: 'renewal' is longer than any renewal conf certbot "
-                              f"writes ({MAX_CONF_CHARS // 1024} KiB at most).")
-        if len(self.archive) > MAX_ARCHIVE_VERSIONS:
+                              f"writes ({limits.MAX_CONF_CHARS // 1024} KiB at most).")
+        if len(self.archive) > limits.MAX_ARCHIVE_VERSIONS:
             raise RecordError(f"{where}: it holds {len(self.archive)} archive versions; at most "
-                              f"{MAX_ARCHIVE_VERSIONS} are kept.")
+                              f"{limits.MAX_ARCHIVE_VERSIONS} are kept.")
         keys: dict[str, tuple[bytes, str]] = {}
         for n, pems in self.archive.items():
             if n < 1 or n >= self.version:
@@ -330,22 +297,22 @@ class LineageRecord:
         if missing:
             raise RecordError(f"{where} is missing {', '.join(missing)}; push the lineage "
                               "again from a machine that has it.")
-        if _too_big(d, MAX_RECORD_CHARS):
+        if limits.too_big(d, limits.MAX_RECORD_CHARS):
             raise RecordError(f"{where} is larger than any lineage certbot makes "
-                              f"({MAX_RECORD_CHARS // 2**20} MiB at most).")
+                              f"({limits.MAX_RECORD_CHARS // 2**20} MiB at most).")
         try:
-            version = _archive_number(d["version"])
+            version = limits.archive_number(d["version"])
         except ValueError:
             raise RecordError(f"{where}: 'version' must be an archive number from 1 to "
-                              f"{MAX_VERSION}.") from None
+                              f"{limits.MAX_VERSION}.") from None
         try:
             archive_raw = d.get("archive") or {}
             if isinstance(archive_raw, str):
                 archive_raw = json.loads(archive_raw)
-            if len(archive_raw) > MAX_ARCHIVE_VERSIONS:
+            if len(archive_raw) > limits.MAX_ARCHIVE_VERSIONS:
                 raise RecordError(f"{where}: it holds {len(archive_raw)} archive versions; at "
-                                  f"most {MAX_ARCHIVE_VERSIONS} are kept.")
-            archive = {_archive_number(n): PemSet(**{k: _text(p[k]) for k in PEM_KINDS})
+                                  f"most {limits.MAX_ARCHIVE_VERSIONS} are kept.")
+            archive = {limits.archive_number(n): PemSet(**{k: _pem_text(p[k]) for k in PEM_KINDS})
                        for n, p in archive_raw.items()}
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             raise RecordError(f"{where}: 'version' or 'archive' is malformed.") from None
@@ -431,41 +398,11 @@ def _field(data: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _archive_number(value: Any) -> int:
-    """An archive number as Vault may hold it (int or digits); ValueError for others, before
-    int() could spend long on a huge digit string."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit() and len(value) <= len(str(MAX_VERSION)):
-        return int(value)
-    raise ValueError(value)
-
-
-def _text(value: Any) -> str:
+def _pem_text(value: Any) -> str:
     """A PEM field: text (a number or a list is no PEM, whatever str() makes of it)."""
     if not isinstance(value, str):
         raise TypeError(type(value).__name__)
     return value
-
-
-def _too_big(value: Any, budget: int) -> bool:
-    """Whether the texts in a JSON value (keys included) exceed ``budget`` characters;
-    stops counting as soon as they do."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            budget -= len(item)
-        elif isinstance(item, dict):
-            budget -= sum(len(k) for k in item if isinstance(k, str))
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        else:
-            budget -= 8
-        if budget < 0:
-            return True
-    return False
 
 
 def _json_text(value: Any) -> str:

@@ -21,6 +21,7 @@ import certbot
 import configobj
 
 from certbot_kvault._internal import trust
+from certbot_kvault._internal.limits import MAX_VAULT_WAIT
 from certbot_kvault._internal.records import PEM_KINDS, RecordError
 
 # Keys of a renewal conf that hold this machine's paths, and how Vault keeps
@@ -111,7 +112,7 @@ def _screen(conf: configobj.ConfigObj, local: dict[str, Any], trusted: bool) -> 
     # A wait from Vault is capped, unless this machine's own conf waits longer.
     for key in [k for k in params if trust.is_wait(k) and k not in dropped]:
         wait = trust.seconds(params[key])
-        limit = max(trust.MAX_VAULT_WAIT, trust.seconds(local.get(key)) or 0)
+        limit = max(MAX_VAULT_WAIT, trust.seconds(local.get(key)) or 0)
         if wait is not None and wait > limit:
             params[key] = str(limit)
             ignored.append(trust.capped(key, limit))

@@ -13,15 +13,7 @@ answers. One :class:`LineageStatus` per lineage joins three things:
   memory that cannot be trusted is named in one warning and left out;
 - certbot's rule (due.py) applied to both, the ARI answer included when it is
   about the current certificate, and never later than the lifetime rule's
-  point (a remembered ARI time is data from Vault).
-
-The storm guard: a lineage whose certificate came from a renewal (its archive
-version is above 1, or the memory's last success is at or after the
-certificate's not_before) is held back until a tenth of that certificate's
-lifetime has passed since its not_before, whatever ARI, ``renew_before_expiry``
-or a conf in Vault say (``planner.choose`` says so and skips it; certbot's
-``--force-renewal`` lifts it). A certificate with 9/10 of its lifetime left
-cannot expire while held back.
+  point (a remembered ARI time is data from Vault); and due.py's storm guard.
 
 ``refresh_ari`` asks the CA (ari.py) about the certificates whose last
 answer's Retry-After has passed, and keeps the answer in the memory: one
@@ -45,10 +37,11 @@ from certbot_kvault._internal.due import (
     conf_settings,
     decide,
     default_renewal_time,
+    storm_guard,
 )
 from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import MAX_CONF_CHARS, MAX_PEM_CHARS, MAX_VERSION
+from certbot_kvault._internal.limits import MAX_CONF_CHARS, MAX_PEM_CHARS, archive_number
 from certbot_kvault._internal.state import MalformedState, RenewalState
 
 if TYPE_CHECKING:  # ari.py imports acme's client: only `renew` needs it, loaded there
@@ -57,8 +50,6 @@ from certbot_kvault._internal.timefmt import CLOCK_SKEW, floor_time, parse_time
 from certbot_kvault._internal.vault import KVEntry
 
 UNREADABLE = "unreadable record"
-# The storm guard: no renewal sooner than this share of a certificate's lifetime.
-STORM_GUARD_SHARE = 0.1
 
 
 @dataclasses.dataclass
@@ -106,35 +97,13 @@ class LineageStatus:
         return self.state.next_attempt if self.state is not None and self.in_backoff() else None
 
     @property
-    def renewed_at(self) -> Optional[float]:
-        """When the current certificate was renewed (its not_before), if it came from a
-        renewal: its archive version is above 1, or the memory's last success is at or
-        after its not_before (None: a first issuance, or no date to tell)."""
-        if self.not_before is None:
+    def guarded_until(self) -> Optional[float]:
+        """Until when the storm guard (due.py) holds the lineage back (None: it does not)."""
+        if self.not_before is None or self.not_after is None:
             return None
         last = self.state.last_success if self.state is not None else None
-        if self.version >= 2 or (last is not None and last >= self.not_before - CLOCK_SKEW):
-            return self.not_before
-        return None
-
-    @property
-    def guarded_until(self) -> Optional[float]:
-        """Until when the storm guard holds the lineage back (None: it does not)."""
-        renewed, lifetime = self.renewed_at, self.lifetime
-        if renewed is None or lifetime is None or lifetime <= 0:
-            return None
-        until = renewed + lifetime * STORM_GUARD_SHARE
-        return until if self.now < until else None
-
-    def guard_line(self) -> str:
-        """The one line a renewer prints when the storm guard holds this lineage back."""
-        until = self.guarded_until
-        assert until is not None and self.renewed_at is not None and self.lifetime
-        return (f"renew: skipping {self.name}: renewed at {floor_time(self.renewed_at)}, less "
-                f"than a tenth of its certificate's lifetime ({self.lifetime / 86400:.4g} days)"
-                f" ago, although {self.decision.describe()}; it may renew from "
-                f"{floor_time(until)} (`certbot-kvault renew -- --force-renewal --cert-name "
-                f"{self.name}` renews it now)")
+        renewed = self.version >= 2 or (last is not None and last >= self.not_before - CLOCK_SKEW)
+        return storm_guard(self.not_before, self.not_after, renewed=renewed, now=self.now)
 
     @property
     def next_renewal(self) -> Optional[float]:
@@ -241,11 +210,10 @@ def _from_pem(pem: object) -> tuple[Optional[float], Optional[float], Optional[s
 
 def _version(value: object) -> int:
     """The record's archive version (0 when it is not one)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if 1 <= value <= MAX_VERSION else 0
-    if isinstance(value, str) and value.isdigit() and len(value) <= len(str(MAX_VERSION)):
-        return int(value)
-    return 0
+    try:
+        return archive_number(value)
+    except ValueError:
+        return 0
 
 
 def with_state(layout: Layout, name: str, entry: KVEntry, now: float,

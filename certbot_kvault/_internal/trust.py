@@ -23,7 +23,7 @@ its paths as files to read and write. So the keys of a pulled conf's
 with them (``--trust-vault-hooks``); ``connection`` and ``invalid`` keys never.
 
 Waits are data that certbot turns into ``time.sleep`` and deadlines, so a wait
-from Vault longer than ``MAX_VAULT_WAIT`` (600 s) is capped there
+from Vault longer than ``limits.MAX_VAULT_WAIT`` (600 s) is capped there
 (renewal_conf.py), unless this machine's own conf of the lineage sets more; a
 machine's certbot flags (``-- --kvault-propagation-seconds N``) win over the
 conf anyway.
@@ -33,12 +33,8 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any, Optional
 
-from certbot_kvault._internal.records import (
-    MAX_RSA_BITS,
-    RecordError,
-    server_path_for_url,
-    validate_name,
-)
+from certbot_kvault._internal.limits import MAX_RSA_BITS, MIN_RSA_BITS
+from certbot_kvault._internal.records import RecordError, server_path_for_url, validate_name
 
 CODE = "code"
 MACHINE = "machine"
@@ -73,12 +69,6 @@ CONNECTION_KEYS = frozenset({"kvault_vault_addr", "kvault_vault_namespace",
                              "kvault_vault_cacert", "kvault_mount", "kvault_prefix"})
 
 
-# The longest wait (seconds) a renewal conf from Vault may make a renewer sleep or poll
-# for: DNS propagation takes minutes at the slowest providers, never hours.
-MAX_VAULT_WAIT = 600
-# certbot makes RSA keys of at least 2048 bits (crypto_util.make_key); above 8192 bits
-# generating one takes minutes, and nothing needs it.
-MIN_RSA_BITS = 2048
 CAPPED = "capped at"
 
 
