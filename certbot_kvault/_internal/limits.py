@@ -19,7 +19,8 @@ renewal memory's bounds are state.py's, a lock's lease lock.py's.)
 - keys: certbot makes RSA keys of 2048 bits and more (``crypto_util.make_key``;
   beyond 8192 bits making one takes minutes and nothing needs it) and ECDSA
   keys on the NIST curves of ``--elliptic-curve``;
-- waits: DNS propagation takes minutes at the slowest providers, never hours.
+- waits: DNS propagation takes minutes at the slowest providers, never hours;
+  a CA asks to be asked again about ARI within a day at the latest.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ MAX_RSA_BITS = 8192
 EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 # The longest wait (seconds) a renewal conf from Vault may make a renewer sleep or poll.
 MAX_VAULT_WAIT = 600
+# RFC 9773 §4.3: a Retry-After is clamped to [1 minute, 1 day] (ari.py); a remembered
+# next check further than this from now is no CA's answer (state.py).
+ARI_MAX_RETRY = 86400.0
 
 
 def archive_number(value: Any) -> int:

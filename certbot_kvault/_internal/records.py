@@ -312,7 +312,8 @@ class LineageRecord:
             if len(archive_raw) > limits.MAX_ARCHIVE_VERSIONS:
                 raise RecordError(f"{where}: it holds {len(archive_raw)} archive versions; at "
                                   f"most {limits.MAX_ARCHIVE_VERSIONS} are kept.")
-            archive = {limits.archive_number(n): PemSet(**{k: _pem_text(p[k]) for k in PEM_KINDS})
+            archive = {limits.archive_number(n): PemSet(**{k: _field(p, k, where)
+                                                          for k in PEM_KINDS})
                        for n, p in archive_raw.items()}
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             raise RecordError(f"{where}: 'version' or 'archive' is malformed.") from None
@@ -392,16 +393,10 @@ class AccountRecord:
 
 
 def _field(data: dict[str, Any], key: str, where: str) -> str:
+    """A text field (a number or a list is no PEM nor conf, whatever str() makes of it)."""
     value = data[key]
     if not isinstance(value, str):
         raise RecordError(f"{where}: '{key}' is not text.")
-    return value
-
-
-def _pem_text(value: Any) -> str:
-    """A PEM field: text (a number or a list is no PEM, whatever str() makes of it)."""
-    if not isinstance(value, str):
-        raise TypeError(type(value).__name__)
     return value
 
 

@@ -31,14 +31,13 @@ import dataclasses
 import time
 from typing import Any, Optional
 
+from certbot_kvault._internal.limits import ARI_MAX_RETRY
 from certbot_kvault._internal.records import RecordError
 from certbot_kvault._internal.redact import redact
 from certbot_kvault._internal.timefmt import CLOCK_SKEW, BadTime, floor_time, format_time, read_time
 
 BACKOFF_BASE = 3600.0
 BACKOFF_CAP = 86400.0
-# RFC 9773 §4.3: a Retry-After is clamped to [1 minute, 1 day] (ari.py applies it).
-ARI_MAX_RETRY = 86400.0
 MAX_ERROR_CHARS = 300
 # Far above any count a renewer writes (one a run), far below what int() finds costly.
 MAX_FAILURES = 10**6
@@ -180,8 +179,9 @@ class RenewalState:
         for key, attr in _TIMES.items():
             try:
                 times[attr] = read_time(data.get(key))
-            except BadTime as e:
-                raise MalformedState(f"{key} is {e} from 1970 to 9000") from None
+            except BadTime:
+                raise MalformedState(f"{key} is not an RFC 3339 time from 1970 to 9000") \
+                    from None
         error = texts["last_error"]
         state = cls(failures=failures, last_error=None if error is None else one_line(error),
                     serial=texts["serial"], ari_explanation=texts["ari_explanation_url"],
