@@ -147,7 +147,9 @@ def test_deploy_hook_script_pushes_and_marks_pending(vault_env, issued, tmp_path
     config = tmp_path / "le"
     shutil.copytree(issued["config"], config, symlinks=True)
     for conf in config.joinpath("renewal").glob("*.conf"):
-        conf.write_text(conf.read_text().replace(issued["config"], str(config)))
+        # Lineages kept in Vault (as `-i kvault` makes them): the hook pushes only those.
+        conf.write_text(conf.read_text().replace(issued["config"], str(config))
+                        .replace("[renewalparams]\n", "[renewalparams]\ninstaller = kvault\n"))
     hook = Path(__file__).resolve().parent.parent / "hooks" / "deploy" / "00-update-vault.sh"
     env = dict(os.environ, RENEWED_LINEAGE=str(config / "live" / "cli.example.com"),
                RENEWED_DOMAINS="cli.example.com www.cli.example.com",

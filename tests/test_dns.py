@@ -280,8 +280,9 @@ def test_cli_dns_add_list_rm(vault_env: dict[str, str], pdns: PowerDNS,
         {"name": "pdns", "provider": "powerdns",
          "options": ["auth_token", "pdns_server", "pdns_server_id"]}]
 
-    r = cli("dns", "add", "cf", "--provider", "cloudflare", "--option", "auth_token=new",
-            "--force", "--json")
+    (tmp_path / "new").write_text("new\n")
+    r = cli("dns", "add", "cf", "--provider", "cloudflare", "--option",
+            f"auth_token=@{tmp_path / 'new'}", "--force", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["options"] == ["auth_token"]
     assert "new" not in r.output.replace('"name"', "")
     assert layout_from_env().load_dns("cf") == {"provider": "cloudflare", "auth_token": "new"}
@@ -517,3 +518,34 @@ def test_vault_down_at_deploy_time_leaves_pending_mark(
     assert "pushed: lineage example.com" in r.stdout, r.stdout
     _assert_vault_holds_lineage(layout)
     assert not list(pending.iterdir())
+
+
+def test_cli_dns_add_warns_of_an_inline_secret(vault_env: dict[str, str], pdns: PowerDNS,
+                                                tmp_path: Path) -> None:
+    """A secret-looking --option given inline is saved, with one warning on stderr naming
+    its key (never its value) and the way to keep it out of history and `ps`; from a file
+    or stdin, no warning."""
+    exe = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
+
+    def add(*options: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        args = [exe, "dns", "add", "p3", "--provider", "powerdns", "--force"]
+        for option in options:
+            args += ["--option", option]
+        return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=60,
+                              check=True)
+
+    proc = add(f"auth_token={pdns.api_key}", f"pdns_server={pdns.api_url}",
+               "pdns_server_id=localhost")
+    assert proc.stderr == (
+        "warning: --option auth_token: given inline, a secret stays in the shell's history and "
+        "shows in `ps` while this runs; pass it as KEY=@FILE (a file) or KEY=@- (stdin) "
+        "instead.\n")
+    assert pdns.api_key not in proc.stdout + proc.stderr
+    assert layout_from_env().load_dns("p3") == pdns_entry(pdns, pdns_server_id="localhost")
+    secret_file = tmp_path / "token"
+    secret_file.write_text(pdns.api_key)
+    for given, stdin in ((f"@{secret_file}", ""), ("@-", pdns.api_key + "\n")):
+        proc = add(f"auth_token={given}", f"pdns_server={pdns.api_url}", stdin=stdin)
+        assert proc.stderr == "", given
+    assert "warning: --option auth_token: given inline" in \
+        add("auth_token=@@literal", f"pdns_server={pdns.api_url}").stderr

@@ -18,6 +18,7 @@ from helpers import Golden, kvault, one_line_error, record, seed
 from servers import Bao
 
 from certbot_kvault._internal import export
+from certbot_kvault._internal.dir_owner import OWNER_FILE
 
 
 @pytest.fixture
@@ -42,7 +43,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def files_in(directory: Path) -> dict[str, str]:
-    return {p.name: p.read_text() for p in directory.iterdir()} if directory.exists() else {}
+    """The files an app finds in ``directory`` (not the lineage mark export keeps there)."""
+    if not directory.exists():
+        return {}
+    return {p.name: p.read_text() for p in directory.iterdir() if p.name != OWNER_FILE}
 
 
 def b64(text: str) -> str:
@@ -143,6 +147,22 @@ def test_bundle_file_name(vault: dict[str, Any], tmp_path: Path) -> None:
     assert files_in(out) == {"site.pem": vault["privkey"] + vault["fullchain"]}
     assert (out / "site.pem").stat().st_mode & 0o777 == 0o600
 
+
+
+def test_a_directory_holds_one_lineage(vault: dict[str, Any], tmp_path: Path) -> None:
+    """A plain export into another lineage's directory is refused in one line, even for
+    a lineage with the very same certificate; the owner exports there again."""
+    out = tmp_path / "certs"
+    kvault("export", "calm", "--dir", str(out))
+    before = {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    line = one_line_error(run("shop-1.example.com", "--dir", str(out), "--format", "bundle"))
+    assert line == (f"Error: {out} holds the files of lineage calm (its {OWNER_FILE} "
+                    "says so); not writing shop-1.example.com over them: give "
+                    "shop-1.example.com a directory of its own (--dir; --dir '/certs/{name}' "
+                    "for several), or remove that directory if calm no longer uses it.")
+    assert {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert kvault("export", "calm", "--dir", str(out)).stdout.count("wrote: ") == 4
+    assert files_in(out)["privkey.pem"] == vault["privkey"]
 
 # ---- Kontena ---------------------------------------------------------------------------
 

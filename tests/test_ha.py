@@ -36,6 +36,7 @@ from servers import Bao, RaftCluster
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
 from certbot_kvault._internal.settings import VaultSettings
 from certbot_kvault._internal.tree import Dirs, Tree
 from certbot_kvault._internal.vault import VaultClient
@@ -324,3 +325,84 @@ def test_no_leader_past_the_deadline_is_one_line(
     [line] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert "3s (KVAULT_HA_DEADLINE)" in line, line
     print(f"no quorum: {line}")
+
+
+def _standby_locks(node: Bao, cluster: RaftCluster, prefix: str, owner: str) -> Locks:
+    """A renewer's locks through ``node`` (its own client, session and index)."""
+    settings = VaultSettings.from_env({}, addr=node.addr, token=cluster.root_token,
+                                      prefix=prefix, mount="secret")
+    return Locks(Layout(VaultClient(settings)), ttl=60, owner=owner)
+
+
+def _race(a: Locks, b: Locks, race: str, lineage: str) -> dict[str, Any]:
+    """At once: ``a`` as a full run (``race``, then ``renew``, then is ``lineage``
+    busy?), ``b`` as a lineage renewer (``race``, then ``lineage``, then is ``renew``
+    held?). What each call answered, by name."""
+    gate = threading.Barrier(2)
+    got: dict[str, Any] = {}
+
+    def full_run() -> None:
+        gate.wait()
+        got["a_race"] = a.try_acquire(race)
+        got["a_global"] = a.try_acquire(GLOBAL_LOCK)
+        got["a_sees_lineage"] = a.held_by_other(lineage)
+
+    def lineage_run() -> None:
+        gate.wait()
+        got["b_race"] = b.try_acquire(race)
+        got["b_lineage"] = b.try_acquire(lineage)
+        got["b_sees_global"] = b.held_by_other(GLOBAL_LOCK)
+
+    threads = [threading.Thread(target=full_run), threading.Thread(target=lineage_run)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got
+
+
+def test_locks_through_two_standbys_see_each_other(
+        raft: RaftCluster, request: pytest.FixtureRequest) -> None:
+    """Two renewers, one through each standby: of two racing for one lock exactly one
+    wins and the loser names it (not the stale holder its standby still shows); a full
+    run's `renew` lock and a lineage lock taken at once through the two standbys are
+    never both missed, and each renewer reads the other's lock at once. A standby
+    answers reads from its own copy, about one write behind right after a write (it
+    learns the commit with the next raft message): the lock reads go to the leader."""
+    prefix = _prefix(request)
+    s1, s2 = raft.standbys()[:2]
+    a = _standby_locks(s1, raft, prefix, "renewer-a")
+    b = _standby_locks(s2, raft, prefix, "renewer-b")
+    leader = raft.leader()
+    rounds, stale_holder, unseen = 8, [], []
+    for i in range(rounds):
+        # One lock both want, held until a moment ago by a renewer that died.
+        race = f"race-{i}"
+        ghost = leader.api("POST", f"secret/data/{prefix}/locks/{race}", json={"data": {
+            "owner": "ghost:1:dead", "expires_at": "2000-01-01T00:00:00Z",
+            "acquired_at": "2000-01-01T00:00:00Z"}})
+        assert ghost.status_code == 200, ghost.text
+        lineage = lineage_lock(f"site-{i}")
+        got = _race(a, b, race, lineage)
+        # Exactly one took `race`; the loser names the winner, not the dead holder.
+        winners = [k for k in ("a_race", "b_race") if got[k] is None]
+        assert len(winners) == 1, got
+        loser = got["b_race" if winners == ["a_race"] else "a_race"]
+        if loser.owner != ("renewer-a" if winners == ["a_race"] else "renewer-b"):
+            stale_holder.append((i, loser.owner))
+        # Both locks taken (nobody else wants them); a full run that missed the lineage
+        # lock and a lineage renewer that missed the full run would both renew it.
+        assert got["a_global"] is None and got["b_lineage"] is None, got
+        assert got["a_sees_lineage"] is not None or got["b_sees_global"] is not None, got
+        # Each reads the other's lock, through its own standby, right away.
+        seen_by_a, seen_by_b = a.read(lineage), b.read(GLOBAL_LOCK)
+        if seen_by_a is None or seen_by_a.owner != "renewer-b" \
+                or seen_by_b is None or seen_by_b.owner != "renewer-a":
+            unseen.append((i, seen_by_a and seen_by_a.owner, seen_by_b and seen_by_b.owner))
+        assert a.release(GLOBAL_LOCK) and b.release(lineage)
+        (a if winners == ["a_race"] else b).release(race)
+    a.release_all()
+    b.release_all()
+    assert not stale_holder, f"the loser named a former holder: {stale_holder}"
+    assert not unseen, f"(round, lineage lock as A read it, renew lock as B read it): {unseen}"
+    assert not locks_held(leader, prefix)

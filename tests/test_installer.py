@@ -140,3 +140,47 @@ def test_hook_follows_the_choice(vault_env, certbot, certbot_dirs, pebble):
     _hook(certbot_dirs).unlink()
     certbot("plugins", "--prepare")
     assert not _hook(certbot_dirs).exists()
+
+
+def test_hook_leaves_a_lineage_that_is_not_vaults(vault_env, certbot, certbot_dirs, pebble,
+                                                  monkeypatch):
+    """A lineage plain certbot made for this machine, in a config dir whose hook pushes
+    Vault's lineages, stays out of Vault when certbot renews it (its key would be readable
+    with every reader token), with one line saying how to put it there; Vault unreachable,
+    the hook cannot tell and does not push (nor mark it pending). A conf naming kvault
+    makes it Vault's."""
+    from servers import free_port
+
+    port = str(pebble.http_port)
+    certbot("certonly", "-a", "standalone", "-i", "kvault", "--http-01-port", port, *ISSUE,
+            "-d", "vaulted.example.com")  # wires the hook
+    certbot("certonly", "--standalone", "--http-01-port", port, *ISSUE,
+            "-d", "local.example.com")
+    proc = certbot("renew", "--force-renewal", "--cert-name", "local.example.com")
+    config = certbot_dirs.config_dir
+    assert Path(config, "archive", "local.example.com", "cert2.pem").exists()
+    layout = layout_from_env()
+    assert layout.list_lineages() == ["vaulted.example.com"]
+    where = layout.where("certificates", "local.example.com")
+    line = (f"deploy hook: not pushing local.example.com: it is not kept in Vault (not at "
+            f"{where}, its renewal conf names no kvault plugin, never synced from here); to "
+            f"keep it in Vault: certbot-kvault push --config-dir {config} local.example.com")
+    assert line in proc.stdout, proc.stdout + proc.stderr
+    assert "ran with error" not in proc.stderr, proc.stderr
+
+    hook_env = {**os.environ, "RENEWED_LINEAGE": f"{config}/live/local.example.com"}
+    dead = {**hook_env, "VAULT_ADDR": f"http://127.0.0.1:{free_port()}"}
+    proc = kvault("deploy-hook", env=dead, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("Error: deploy hook: not pushing local.example.com: nothing "
+                                  f"in {config} says it is kept in Vault, and Vault could not "
+                                  "be asked (")
+    assert proc.stderr.rstrip().endswith(
+        f"; if it is: certbot-kvault push --config-dir {config} local.example.com")
+    assert not Path(config, "kvault", "pending", "local.example.com").exists()
+
+    conf = Path(config, "renewal", "local.example.com.conf")
+    conf.write_text(conf.read_text().replace("[renewalparams]\n",
+                                             "[renewalparams]\ninstaller = kvault\n"))
+    kvault("deploy-hook", env=hook_env)
+    assert layout.list_lineages() == ["local.example.com", "vaulted.example.com"]

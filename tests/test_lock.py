@@ -11,11 +11,8 @@ from servers import Bao
 
 from certbot_kvault._internal.errors import VaultUnsupported
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import (
-    MAX_TTL,
-    LockInfo,
-    Locks,
-)
+from certbot_kvault._internal.lease import MAX_TTL, LockInfo
+from certbot_kvault._internal.lock import Locks
 from certbot_kvault._internal.settings import VaultSettings
 from certbot_kvault._internal.timefmt import CLOCK_SKEW, format_time, parse_time
 from certbot_kvault._internal.vault import VaultClient

@@ -35,6 +35,7 @@ from servers import Bao
 from stubs import TcpFaultProxy
 
 from certbot_kvault._internal import export
+from certbot_kvault._internal.dir_owner import OWNER_FILE
 from certbot_kvault._internal.watch import DATA, Watcher, write_set
 
 WAIT = 30.0  # only how long a wait may take before the test fails; nothing asserts timing
@@ -117,7 +118,8 @@ def test_watch_follows_new_versions_and_reloads_once_each(
         _until(lambda: (_read(log) or "").splitlines() == expected, "the reload")
     assert (d / "fullchain.pem").read_text() == due["fullchain"]
     # One version dir is left: older ones go after each switch.
-    assert len([e for e in os.listdir(d) if e.startswith("..") and e != DATA]) == 1
+    versions = [e for e in os.listdir(d) if e.startswith("..") and e not in (DATA, OWNER_FILE)]
+    assert len(versions) == 1, versions
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=WAIT) == 0
@@ -254,7 +256,7 @@ def test_once_and_bad_input(bao: Bao, golden: Golden, vault_env: dict[str, str],
     # A plain export's files are adopted: same content, now links through ..data.
     d = tmp_path / "due"
     kvault("export", "due", "--dir", str(d), env=env)
-    plain = {n: (d / n).read_text() for n in os.listdir(d)}
+    plain = {n: (d / n).read_text() for n in os.listdir(d) if n != OWNER_FILE}
     proc = kvault("export", "due", "calm", "--dir", str(tmp_path / "{name}"), "--once",
                   "--exec", f"touch {tmp_path / 'reloaded'}", env=env)
     assert proc.stdout.splitlines() == [
@@ -380,3 +382,107 @@ def test_lineage_deleted_or_denied_while_watched(bao: Bao, golden: Golden,
     assert r.status_code == 204, r.text
     assert w.round() == [] and len(said) == 1
     assert w.cheap  # the metadata poll came back: no whole-record reads
+
+
+def test_a_directory_belongs_to_one_lineage(bao: Bao, golden: Golden,
+                                            vault_env: dict[str, str], tmp_path: Path) -> None:
+    """A second lineage exported into a directory is refused in one line, with its
+    files (and the first's) as they were; the first lineage exports there again. A
+    directory an older version wrote (no mark) is taken by the lineage whose
+    certificate it holds and refused to another. Of two watchers started on one
+    directory, one watches and the other stops at once."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due", "calm"])
+    env = golden_env(bao, golden, prefix)
+    shared = tmp_path / "shared"
+    own = ("--cert-file", "due.crt", "--key-file", "due.key", "--chain-file", "",
+           "--fullchain-file", "")
+    kvault("export", "due", "--dir", str(shared), "--once", *own, env=env)
+    first = snapshot(shared)
+    assert (shared / OWNER_FILE).read_text() == "due\n"
+    refusal = (f"{shared} holds the files of lineage due (its {OWNER_FILE} says so); "
+               "not writing calm over them: give calm a directory of its own (--dir; "
+               "--dir '/certs/{name}' for several), or remove that directory if due no "
+               "longer uses it.")
+    for mode in ("--once", "--watch"):
+        proc = kvault("export", "calm", "--dir", str(shared), mode, "--interval", "1",
+                      env=env, check=False)
+        assert one_line_error(proc) == f"error: {refusal}", mode
+        assert snapshot(shared) == first
+    assert one_line_error(kvault("export", "calm", "--dir", str(shared), env=env,
+                                 check=False)) == f"Error: {refusal}"
+    assert snapshot(shared) == first
+    proc = kvault("export", "due", "--dir", str(shared), "--once", *own, env=env)
+    assert proc.stdout.startswith("current: due version 1 in ")
+    assert snapshot(shared) == first
+
+    # Written by an older certbot-kvault: no mark.
+    legacy = tmp_path / "legacy"
+    kvault("export", "due", "--dir", str(legacy), "--once", env=env)
+    (legacy / OWNER_FILE).unlink()
+    before = snapshot(legacy)
+    line = one_line_error(kvault("export", "calm", "--dir", str(legacy), "--once", env=env,
+                                 check=False))
+    assert line.startswith(f"error: {legacy}/"), line
+    assert "holds a certificate for www.example.com, not for calm's names" in line, line
+    assert f"not for calm's names, and {legacy} has no {OWNER_FILE}" in line, line
+    assert snapshot(legacy) == before
+    kvault("export", "due", "--dir", str(legacy), "--once", env=env)
+    assert (legacy / OWNER_FILE).read_text() == "due\n"
+
+    # Two watchers on one directory: one owns it, the other stops with the line above.
+    both = tmp_path / "both"
+    procs = [subprocess.Popen([KVAULT, "export", name, "--dir", str(both), "--watch",
+                               "--interval", "1"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for name in ("due", "calm")]
+    try:
+        _until(lambda: any(p.poll() is not None for p in procs), "one watcher to stop")
+        time.sleep(2)  # two more polls of the one left: it keeps the directory
+        [stopped] = [p for p in procs if p.poll() is not None]
+        [running] = [p for p in procs if p.poll() is None]
+        owner = (both / OWNER_FILE).read_text().strip()
+        other = "calm" if owner == "due" else "due"
+        assert running is procs[("due", "calm").index(owner)]
+        assert stopped.returncode == 1
+        err = stopped.communicate()[1]
+        assert err.startswith(f"error: {both} holds the files of lineage {owner} "), err
+        assert f"not writing {other} over them" in err and len(err.splitlines()) == 1, err
+        assert (both / "cert.pem").read_text() == \
+            record(bao, prefix, f"certificates/{owner}")["cert"]  # type: ignore[index]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+            p.communicate(timeout=WAIT)
+
+
+def test_exec_gets_no_vault_credentials(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                        tmp_path: Path) -> None:
+    """--exec's command runs without VAULT_TOKEN and every other Vault setting or login
+    credential (VAULT_*, BAO_*, KVAULT_*) in its environment; --exec-env passes one on;
+    the app's own variables stay."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    secrets_ = {"VAULT_SECRET_ID": "s.secret-id", "VAULT_ROLE_ID": "", "KVAULT_JWT": "a.jwt.x",
+                "BAO_TOKEN": "s.bao", "VAULT_CLIENT_KEY": "/keys/client.key"}
+    env = {**golden_env(bao, golden, prefix), **secrets_, "APP_SETTING": "kept"}
+    assert env["VAULT_TOKEN"]
+    d, dump = tmp_path / "certs", tmp_path / "env"
+    kvault("export", "due", "--dir", str(d), "--once", env=env)
+    calm = record(bao, golden.prefix, "certificates/calm")
+    assert calm
+    _put(bao, prefix, "due", calm)  # a new version: --exec runs
+    kvault("export", "due", "--dir", str(d), "--once", "--exec-env", "VAULT_ADDR",
+           "--exec", f"sh -c 'env > {dump}'", env=env)
+    seen = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
+    leaked = sorted(k for k in seen if k.startswith(("VAULT_", "BAO_", "KVAULT_"))
+                    and k not in ("VAULT_ADDR", "KVAULT_LINEAGE", "KVAULT_VERSION",
+                                  "KVAULT_DIR"))
+    assert not leaked, leaked
+    assert "VAULT_TOKEN" not in seen and "s.secret-id" not in dump.read_text()
+    assert (seen["VAULT_ADDR"], seen["APP_SETTING"]) == (env["VAULT_ADDR"], "kept")
+    assert (seen["KVAULT_LINEAGE"], seen["KVAULT_DIR"]) == ("due", str(d))
+    assert one_line_error(kvault("export", "due", "--dir", str(d), "--once", "--exec-env",
+                                 "VAULT_ADDR", env=env, check=False)) == (
+        "Error: --exec-env names what --exec's command gets: add --exec CMD.")

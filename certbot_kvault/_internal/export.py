@@ -17,6 +17,9 @@ Files are written together: each is staged as a temp file in the target dir,
 then all are renamed into place (the key last), so a failure while writing
 (an unwritable dir, a full disk) leaves none of the new files. Keys are 0600
 from their first byte, certificates 0644.
+
+A directory belongs to one lineage (dir_owner.py): an export of another
+lineage there is refused before a file is touched.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from typing import Optional
 from certbot import errors
 from certbot.compat import filesystem
 
+from certbot_kvault._internal import dir_owner
 from certbot_kvault._internal.files import make_dirs
 from certbot_kvault._internal.records import LineageRecord
 
@@ -153,11 +157,13 @@ def export_files(record: LineageRecord, directory: str, fmt: str,
     except OSError as e:
         raise ExportError(f"Cannot create {directory}: {e.strerror or e}; nothing was "
                           "written.") from None
-    return write_together(directory, files)
+    return write_together(directory, files, owner=record.name)
 
 
-def write_together(directory: str, files: list[tuple[str, bytes, int]]) -> list[str]:
-    """Stage every file as a temp file in ``directory``, then rename them all into place."""
+def write_together(directory: str, files: list[tuple[str, bytes, int]],
+                   owner: Optional[str] = None) -> list[str]:
+    """Stage every file as a temp file in ``directory``, then rename them all into place;
+    with ``owner``, only once the directory is that lineage's (``dir_owner.claim``)."""
     staged: list[tuple[str, str]] = []
     renamed = 0
     try:
@@ -171,6 +177,8 @@ def write_together(directory: str, files: list[tuple[str, bytes, int]]) -> list[
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             filesystem.chmod(tmp, mode)
+        if owner is not None:
+            dir_owner.claim(directory, owner, [(fname, data) for fname, data, _ in files])
         for tmp, path in staged:
             filesystem.replace(tmp, path)
             renamed += 1

@@ -23,14 +23,20 @@ lock exactly one wins:
   never free someone else's lock. The next taker overwrites the released
   record with ``cas`` = its version, as it does a stale one.
 
+Every read and write of a lock goes to the HA cluster's active node
+(``VaultClient.at_leader``): a standby that answers reads itself (OpenBao's
+default) would show a lock as it was a moment ago, so a renewer could miss
+a lock another one just took through another node, or name a former
+holder as the winner of a race it lost. Writes reach the active node anyway
+(standbys forward them), so check-and-set is decided there.
+
 The design follows caddy-vault-storage: ``cas=0`` to create, an expiry
 inside the entry, a loser that retries after a pause. Clocks: ``expires_at``
 is compared with this machine's clock, so renewers' clocks must agree to
 well within the TTL (NTP does that).
 
-No holder writes an ``expires_at`` more than ``MAX_TTL`` (the longest
-``--lock-ttl``) ahead: a lock further out (plus ``CLOCK_SKEW``) or with no time
-at all is stale, taken over at once with one warning naming it and its owner.
+A lock is data from Vault like any record: one no holder could have written
+(lease.py) is stale, taken over at once with one warning naming it and its owner.
 
 KV v1 has no check-and-set: locking there would be a race, so :class:`Locks`
 refuses it with a sentence saying locking needs KV v2.
@@ -40,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import posixpath
 import random
 import secrets
 import socket
@@ -49,17 +56,14 @@ from typing import Callable, Optional
 
 from certbot_kvault._internal.errors import VaultConflict, VaultError, VaultUnsupported
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.redact import printable
-from certbot_kvault._internal.timefmt import CLOCK_SKEW, floor_time, format_time, parse_time
+from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL, LockInfo
+from certbot_kvault._internal.timefmt import floor_time, format_time
 from certbot_kvault._internal.vault import VaultClient
 
 logger = logging.getLogger(__name__)
 
 GLOBAL_LOCK = "renew"
 LINEAGE_LOCK_PREFIX = "lineage-"
-DEFAULT_TTL = 300
-MIN_TTL = 2
-MAX_TTL = 3600  # renewed every TTL/3: a longer lease only stalls the fleet after a crash
 
 _PROCESS_OWNER: Optional[str] = None
 # What a released lock holds: no owner, an expiry long past.
@@ -77,44 +81,6 @@ def process_owner() -> str:
 
 def lineage_lock(name: str) -> str:
     return LINEAGE_LOCK_PREFIX + name
-
-
-@dataclasses.dataclass
-class LockInfo:
-    """A lock as read from Vault."""
-
-    name: str
-    path: str
-    owner: str
-    expires_at: Optional[float]
-    version: Optional[int]
-    acquired_at: Optional[float] = None
-    bad_expiry: Optional[str] = None   # the expires_at text, when it is no time at all
-
-    @property
-    def released(self) -> bool:
-        """A record its holder released (no owner): free, kept only for its version."""
-        return not self.owner
-
-    def expired(self, now: Optional[float] = None) -> bool:
-        # A lock without a readable expiry is garbage: anyone may take it.
-        when = time.time() if now is None else now
-        return self.expires_at is None or self.expires_at <= when or self.implausible(when)
-
-    def implausible(self, now: float) -> bool:
-        """Held, with an expiry no holder writes: beyond the longest lease, or no time."""
-        return not self.released and (self.bad_expiry is not None if self.expires_at is None
-                                       else self.expires_at > now + MAX_TTL + CLOCK_SKEW)
-
-    def stale_line(self) -> str:
-        until = printable(self.bad_expiry or format_time(self.expires_at or 0), 64)
-        return (f"warning: lock {self.name} ({self.path}) held by {printable(self.owner, 100)} "
-                f"expires at {until}, more than the longest lock lease ({MAX_TTL} s) ahead or "
-                "no time at all: taken as stale (a clock far off, or a planted lock)")
-
-    def describe(self) -> str:
-        until = format_time(self.expires_at) if self.expires_at is not None else "?"
-        return f"held by {printable(self.owner, 100) or '?'} until {until} ({self.path})"
 
 
 @dataclasses.dataclass
@@ -173,21 +139,24 @@ class Locks:
 
     def _read_any(self, name: str) -> Optional[LockInfo]:
         """The lock record, a released one included (its version is what a taker CASes on)."""
-        entry = self.vault.read(self.path(name))
+        with self.vault.at_leader():
+            entry = self.vault.read(self.path(name))
         if entry is None:
             return None
-        raw = entry.data.get("expires_at")
-        expires_at = parse_time(raw)
-        return LockInfo(name=name, path=self.where(name), owner=str(entry.data.get("owner") or ""),
-                        expires_at=expires_at, version=entry.version,
-                        acquired_at=parse_time(entry.data.get("acquired_at")),
-                        bad_expiry=None if expires_at is not None or not raw else str(raw))
+        return LockInfo.from_entry(name, self.where(name), entry.data, entry.version)
 
     def _stale(self, info: LockInfo, now: float) -> bool:
         """Whether another's lock may be taken over now (an implausible one is said)."""
         if info.implausible(now):
             self._notify(info.stale_line())
         return info.expired(now)
+
+    def names(self) -> list[str]:
+        """The names of the lock records in Vault (released ones included)."""
+        folder = posixpath.dirname(self.path(GLOBAL_LOCK))
+        with self.vault.at_leader():
+            keys = self.vault.list_keys(folder)
+        return [k for k in keys if not k.endswith("/")]
 
     def held_by_other(self, name: str) -> Optional[LockInfo]:
         """The lock if someone else holds it (not expired), else None."""
@@ -204,6 +173,10 @@ class Locks:
 
     def try_acquire(self, name: str) -> Optional[LockInfo]:
         """Take ``name`` if free or stale. None on success, else who holds it."""
+        with self.vault.at_leader():
+            return self._try_acquire(name)
+
+    def _try_acquire(self, name: str) -> Optional[LockInfo]:
         path = self.path(name)
         now = self._clock()
         info = self._read_any(name)
@@ -237,9 +210,10 @@ class Locks:
         return None
 
     def _winner(self, name: str) -> LockInfo:
-        """Who beat us to the lock. A standby may not have the winner's record
-        yet (a lost check-and-set answer carries no X-Vault-Index to wait for),
-        so look again for a moment before calling the holder unknown."""
+        """Who beat us to the lock. Where reads cannot be sent to the active node
+        (see session.py), a standby may not have the winner's record yet (a lost
+        check-and-set answer carries no X-Vault-Index to wait for), so look again
+        for a moment before calling the holder unknown."""
         deadline = time.monotonic() + 2.0
         while True:
             info = self.read(name)
@@ -327,7 +301,7 @@ class Locks:
 
     def renew(self, name: str) -> bool:
         """Push ``name``'s expiry out by one TTL (check-and-set). False if it was lost."""
-        with self._io:
+        with self._io, self.vault.at_leader():
             return self._renew(name)
 
     def _renew(self, name: str) -> bool:
@@ -377,7 +351,7 @@ class Locks:
 
     def release(self, name: str) -> bool:
         """Mark ``name`` released if we still hold it (check-and-set). True if released."""
-        with self._io:
+        with self._io, self.vault.at_leader():
             return self._release(name)
 
     def _release(self, name: str) -> bool:

@@ -4,8 +4,9 @@ certbot only warns when a deploy hook fails, so a push that found Vault
 unusable leaves ``<config-dir>/kvault/pending/NAME``; every command that
 touches the tree completes those first (``sync.finish_pending``), and the
 Vault-only commands mention them. Here too: the banner such a failure prints,
-and how a certbot started by ``certbot-kvault renew``/``run`` knows that its
-parent pushes (``KVAULT_PARENT_PUSH``), so the hook stands down.
+how a certbot started by ``certbot-kvault renew``/``run`` knows that its
+parent pushes (``KVAULT_PARENT_PUSH``), so the hook stands down, and which
+lineages the hook pushes at all (``kept_in_vault``).
 """
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import json
 import os
 from typing import Optional
 
+import configobj
+
 from certbot_kvault._internal.files import atomic_write
+from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import RecordError, validate_name
+from certbot_kvault._internal.synced import LINEAGES, Manifest
 from certbot_kvault._internal.tree import Tree
 
 PENDING_DIR = os.path.join("kvault", "pending")
@@ -23,6 +28,7 @@ PENDING_DIR = os.path.join("kvault", "pending")
 # pid): the deploy hook and the plugin leave the push to it, so that its
 # fenced push at the end is the only one.
 PARENT_PUSH_ENV = "KVAULT_PARENT_PUSH"
+KVAULT_PLUGIN = "kvault"  # the plugin's name in a renewal conf (setup's entry point)
 
 
 def parent_pushes() -> Optional[int]:
@@ -87,3 +93,32 @@ def clear(tree: Tree, name: str) -> None:
         os.unlink(os.path.join(_pending_dir(tree), name))
     except FileNotFoundError:
         pass
+
+
+def kept_in_vault(tree: Tree, layout: Layout, name: str) -> bool:
+    """Whether lineage ``name`` is one the deploy hook pushes: it belongs in Vault.
+
+    Yes when this dir last synced it with Vault (synced.json), a push of it is
+    pending here, its renewal conf names kvault as authenticator or installer,
+    or Vault holds it (asked last; a VaultError when it cannot be). A lineage
+    certbot made on this machine for itself, in a config dir that also holds
+    Vault's (e.g. ``certbot certonly --standalone``), is none of these: pushed,
+    its key would be readable with every reader token of the fleet.
+    """
+    if Manifest(tree, layout.vault.settings).get(LINEAGES, name) is not None:
+        return True
+    if name in names(tree) or _names_kvault(tree.renewal_conf_path(name)):
+        return True
+    return layout.read_lineage_raw(name) is not None
+
+
+def _names_kvault(conf_path: str) -> bool:
+    try:
+        # Read as data (no %(...)s interpolation); a conf certbot cannot parse names nothing.
+        params = configobj.ConfigObj(conf_path, encoding="utf-8", interpolation=False,
+                                     file_error=True).get("renewalparams")
+    except (OSError, configobj.ConfigObjError, UnicodeDecodeError):
+        return False
+    if not isinstance(params, dict):
+        return False
+    return KVAULT_PLUGIN in (params.get("authenticator"), params.get("installer"))

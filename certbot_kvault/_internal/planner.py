@@ -35,20 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import posixpath
 import random
 import time
 from typing import Callable, Optional, Sequence
 
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import (
-    GLOBAL_LOCK,
-    LINEAGE_LOCK_PREFIX,
-    LockInfo,
-    Locks,
-    lineage_lock,
-)
+from certbot_kvault._internal.lease import LockInfo
+from certbot_kvault._internal.lock import GLOBAL_LOCK, LINEAGE_LOCK_PREFIX, Locks, lineage_lock
 from certbot_kvault._internal.schedule import LineageStatus
 from certbot_kvault._internal.timefmt import floor_time, parse_time
 from certbot_kvault._internal.vault import KVEntry
@@ -161,9 +155,7 @@ def read_all(layout: Layout, names: Sequence[str], workers: int) -> dict[str, KV
 
 def busy_lineages(locks: Locks, workers: int) -> dict[str, LockInfo]:
     """Lineages whose lineage-<name> lock another renewer holds right now."""
-    folder = posixpath.dirname(locks.path(GLOBAL_LOCK))
-    keys = [k for k in locks.vault.list_keys(folder)
-            if k.startswith(LINEAGE_LOCK_PREFIX) and not k.endswith("/")]
+    keys = [k for k in locks.names() if k.startswith(LINEAGE_LOCK_PREFIX)]
     busy = {}
     for key, info in sync.parallel(keys, locks.held_by_other, workers):
         if info is not None:

@@ -9,6 +9,8 @@ error is reported once, in our words).
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ import random
 import threading
 import time
 import urllib.parse
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import requests
 import requests.adapters
@@ -52,12 +54,24 @@ class _ConsistencyIndex:
     after our own write, or after a lost check-and-set race against another
     renewer (whose answer carries the leader's newer index), sees that write.
     Servers that send no index get none back.
+
+    Requests that must see what the active node holds *now*, whatever this
+    process wrote before (the lease locks: :meth:`at_leader`), send an index
+    no standby can have reached (the largest, in the cluster's own form), so
+    a standby hands them to the active node, which answers every request
+    itself. That needs the cluster's id, taken from an index in OpenBao's
+    form (base64 of a JSON ``{"cluster", "value"}``; the KV mount lookup
+    that comes first carries one, on a standby too). A server whose index
+    has another form (Vault Enterprise's) or that sends none (Vault's
+    standbys, which forward every request; a single node) gets nothing more.
     """
 
     def __init__(self, session: requests.Session) -> None:
         self._session = session
         self._lock = threading.Lock()
         self._value = -1
+        self._cluster: Optional[str] = None
+        self._here = threading.local()
 
     def seen(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self.note(response.headers)
@@ -66,8 +80,10 @@ class _ConsistencyIndex:
         header = headers.get("X-Vault-Index")
         if not header:
             return
-        value = _index_value(header)
+        value, cluster = _index_fields(header)
         with self._lock:
+            if cluster is not None:
+                self._cluster = cluster
             if value >= self._value:
                 self._value = value
                 self._session.headers["X-Vault-Index"] = header
@@ -75,16 +91,62 @@ class _ConsistencyIndex:
                 # rather than answering 429 (it can lag seconds under load).
                 self._session.headers["X-Vault-Inconsistent"] = "forward-active-node"
 
+    @contextlib.contextmanager
+    def at_leader(self) -> Iterator[None]:
+        """This thread's requests, inside, are answered by the active node."""
+        self._here.depth = getattr(self._here, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._here.depth -= 1
 
-def _index_value(header: str) -> int:
-    import base64
-    import json
+    def leader_headers(self) -> dict[str, str]:
+        """What sends this thread's request to the active node: inside :meth:`at_leader`
+        on a cluster whose index form we know; else nothing."""
+        if not getattr(self._here, "depth", 0):
+            return {}
+        with self._lock:
+            cluster = self._cluster
+        if cluster is None:
+            return {}
+        unseen = json.dumps({"cluster": cluster, "value": str(_UNSEEN_INDEX)},
+                            separators=(",", ":"))
+        return {"X-Vault-Index": base64.b64encode(unseen.encode()).decode("ascii"),
+                "X-Vault-Inconsistent": "forward-active-node"}
 
+
+# The largest storage index OpenBao parses (a uint64): no node ever reaches it. (One
+# that does not parse would count as seen, and the standby would answer itself.)
+_UNSEEN_INDEX = 2 ** 64 - 1
+
+
+def _index_fields(header: str) -> tuple[int, Optional[str]]:
+    """(value, cluster id) of an ``X-Vault-Index`` in OpenBao's form; (0, None) when it
+    is opaque to us (still the newest we have seen)."""
     try:
         padded = header + "=" * (-len(header) % 4)
-        return int(json.loads(base64.urlsafe_b64decode(padded))["value"])
+        fields = json.loads(base64.urlsafe_b64decode(padded))  # either alphabet
+        value = int(fields["value"])
     except (ValueError, KeyError, TypeError):
-        return 0  # opaque to us: still the newest we have seen
+        return 0, None
+    cluster = fields.get("cluster")
+    if not isinstance(cluster, str) or not cluster or value >= _UNSEEN_INDEX:
+        return value, None
+    return value, cluster
+
+
+class VaultSession(requests.Session):
+    """A session that adds :meth:`_ConsistencyIndex.leader_headers` to each request
+    made inside ``at_leader`` (per thread: the lock keeper runs beside bulk reads)."""
+
+    index: _ConsistencyIndex
+
+    def request(self, method: Union[str, bytes], url: Union[str, bytes],
+                *args: Any, **kwargs: Any) -> requests.Response:
+        extra = self.index.leader_headers()
+        if extra:
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), **extra}
+        return super().request(method, url, *args, **kwargs)
 
 
 class LeaderWait:
@@ -155,6 +217,7 @@ class DirectReads:
         while "//" in route:
             route = route.replace("//", "/")
         headers = {k: v for k, v in self._session.headers.items() if isinstance(v, str)}
+        headers.update(self._index.leader_headers())
         headers["X-Vault-Request"] = "true"
         if token:
             headers["X-Vault-Token"] = token
@@ -184,11 +247,12 @@ class DirectReads:
 
 
 def make_session(settings: VaultSettings,
-                 pool_size: int) -> tuple[requests.Session, DirectReads]:
-    """The session hvac uses, and the direct way for bulk reads on its pool."""
-    session = requests.Session()
+                 pool_size: int) -> tuple[VaultSession, DirectReads]:
+    """The session hvac uses, and the direct way for bulk reads on its pool. Both send
+    a thread's requests to the active node inside ``session.index.at_leader()``."""
+    session = VaultSession()
     session.hooks["response"].append(check_vault_answer)
-    index = _ConsistencyIndex(session)
+    index = session.index = _ConsistencyIndex(session)
     session.hooks["response"].append(index.seen)
     # Connection errors are retried for every method (nothing reached Vault);
     # 5xx/429 answers too, with backoff (503 included: a raft cluster answers

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from certbot import errors
 
@@ -190,3 +190,18 @@ class VaultSettings:
         except OSError:
             return None
 
+
+
+# Variables an app's command has no use for and must not inherit: every Vault
+# setting and credential we read (VaultSettings.ENV), whatever else the vault and
+# bao CLIs read (VAULT_*, BAO_*), and our own KVAULT_*.
+_VAULT_ENV_PREFIXES = ("VAULT_", "BAO_", "KVAULT_")
+
+
+def without_vault_env(environ: Mapping[str, str],
+                      keep: Sequence[str] = ()) -> dict[str, str]:
+    """``environ`` without the Vault settings and login credentials (tokens, secret
+    ids, JWTs, client key paths), except the names in ``keep``."""
+    ours = set(VaultSettings().ENV.values())
+    return {k: v for k, v in environ.items()
+            if k in keep or not (k in ours or k.upper().startswith(_VAULT_ENV_PREFIXES))}

@@ -18,8 +18,6 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 import hvac
 import hvac.exceptions
 import requests
-import requests.adapters
-import requests.utils
 
 from certbot_kvault._internal import redact  # noqa: F401 - installs the URL log filter
 from certbot_kvault._internal.auth import Auth, forbidden_verdict
@@ -68,6 +66,8 @@ class VaultClient:
     def __init__(self, settings: VaultSettings, pool_size: int = 16) -> None:
         self.settings = settings
         self._session, self._direct = make_session(settings, pool_size)
+        # `with at_leader():` this thread's requests go to the active node (the locks').
+        self.at_leader = self._session.index.at_leader
         verify: Any = self._session.verify
         self._hvac = hvac.Client(
             url=settings.addr, namespace=settings.namespace, session=self._session,

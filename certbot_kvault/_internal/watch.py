@@ -13,10 +13,15 @@ never holds a new cert next to an old key (an app that opens the cert before a
 switch and the key after it still gets two versions: it reads them again on
 the reload that follows).
 Plain files an earlier ``export --dir`` wrote are adopted first (hard-linked
-into a version dir), so turning them into links changes no content.
+into a version dir), so turning them into links changes no content. A
+directory belongs to one lineage (dir_owner.py): a watch into
+another lineage's is refused before anything of it is switched away, so two
+watchers never fight over one directory.
 
 What runs ``--exec`` (a reload): a write that changed the files of a
-directory that already held a set. Not the first write into an empty
+directory that already held a set. The command's environment is ours
+without the Vault settings and credentials (``settings.without_vault_env``;
+``--exec-env NAME`` passes one on). Not the first write into an empty
 directory (the app reads the files when it starts), not a new KV version
 whose files are the same (a renewal conf pushed alone); the directory's
 own content is the memory, so a restarted watcher does not reload again.
@@ -34,18 +39,20 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 from certbot import errors
 
+from certbot_kvault._internal.dir_owner import DATA_LINK, DirTaken, claim
 from certbot_kvault._internal.errors import VaultError, VaultPermissionDenied, is_transient
 from certbot_kvault._internal.files import make_dirs, remove_tree
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import LineageRecord, RecordError
 from certbot_kvault._internal.redact import one_line
+from certbot_kvault._internal.settings import without_vault_env
 
 DEFAULT_INTERVAL = 300.0
-DATA = "..data"
+DATA = DATA_LINK
 _DATA_TMP = "..data_tmp"
 # The version dirs and links this module makes, so cleaning up never touches an app's own.
 _OURS = re.compile(r"^\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.[A-Za-z0-9_]+$")
@@ -111,12 +118,14 @@ def _links_right(directory: str, names: list[str]) -> bool:
                and os.readlink(os.path.join(directory, n)) == f"{DATA}/{n}" for n in names)
 
 
-def write_set(directory: str, files: list[FileSpec]) -> tuple[bool, bool]:
+def write_set(directory: str, files: list[FileSpec],
+              owner: Optional[str] = None) -> tuple[bool, bool]:
     """Make ``directory`` hold exactly ``files``; returns (changed, held a set before).
 
     Already right: nothing is touched. Otherwise the new set is switched in
     whole (see the module docstring); a failure leaves the previous set as it
-    was, and what this call made is removed.
+    was, and what this call made is removed. With ``owner``, the directory must
+    be (or become) that lineage's first (``dir_owner.claim``).
     """
     directory = os.path.abspath(directory)
     want = {name: (text.encode("utf-8"), mode) for name, text, mode in files}
@@ -126,6 +135,9 @@ def write_set(directory: str, files: list[FileSpec]) -> tuple[bool, bool]:
         if os.path.isdir(path) and not os.path.islink(path):
             raise WatchError(f"{path} is a directory, not a file of lineage certificates; "
                              "remove it or choose another --dir.")
+    if owner is not None:
+        # Another lineage's directory is refused before anything of it is switched away.
+        claim(directory, owner, [(name, data) for name, (data, _) in want.items()])
     before = current_set(directory)
     if before is None and _adopt_plain_files(directory, list(want)):
         before = current_set(directory)
@@ -248,12 +260,13 @@ class Watcher:
     def __init__(self, layout: Layout, targets: dict[str, str],
                  files: Callable[[LineageRecord], list[FileSpec]], say: Say,
                  exec_argv: Optional[list[str]] = None, interval: float = DEFAULT_INTERVAL,
-                 stop: Optional[Stop] = None) -> None:
+                 stop: Optional[Stop] = None, exec_env: Sequence[str] = ()) -> None:
         self.layout = layout
         self.targets = [Target(n, d) for n, d in targets.items()]
         self.files = files
         self.say = say
         self.exec_argv = exec_argv
+        self.exec_env = tuple(exec_env)
         self.interval = interval
         self.stop = stop or Stop()
         self.down: Optional[str] = None       # Vault's transient failure, said once
@@ -309,7 +322,7 @@ class Watcher:
                     break
                 self._problem(t, one_line(e))
                 failed.append(t.name)
-            except (RecordError, WatchError) as e:
+            except (RecordError, WatchError, DirTaken) as e:
                 self._problem(t, one_line(e))
                 failed.append(t.name)
             except OSError as e:
@@ -349,7 +362,7 @@ class Watcher:
             record.version, record.info.serial if record.info else "")
         if mark in (t.seen, t.bad):
             return None
-        changed, had_set = write_set(t.directory, self.files(record))
+        changed, had_set = write_set(t.directory, self.files(record), owner=t.name)
         t.seen = mark
         version = str(record.kv_version or record.version)
         where_to = os.path.abspath(t.directory)
@@ -379,8 +392,10 @@ class Watcher:
 
     def _reload(self, t: Target, version: str) -> None:
         assert self.exec_argv is not None
-        env = dict(os.environ, KVAULT_LINEAGE=t.name, KVAULT_VERSION=version,
-                   KVAULT_DIR=os.path.abspath(t.directory))
+        # The app's command gets no Vault credential nor setting (it has the files),
+        # unless named with --exec-env.
+        env = dict(without_vault_env(os.environ, self.exec_env), KVAULT_LINEAGE=t.name,
+                   KVAULT_VERSION=version, KVAULT_DIR=os.path.abspath(t.directory))
         try:
             rc = subprocess.run(self.exec_argv, env=env, stdin=subprocess.DEVNULL,
                                 check=False).returncode

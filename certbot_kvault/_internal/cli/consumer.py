@@ -187,12 +187,16 @@ def _shape_options(fn: Any) -> Any:
 @click.option("--exec", "exec_cmd", metavar="CMD",
               help="With --watch/--once: run CMD (split as a shell would, run without one) "
                    "after a new version replaced older files; env KVAULT_LINEAGE, "
-                   "KVAULT_VERSION, KVAULT_DIR")
+                   "KVAULT_VERSION, KVAULT_DIR, and ours without VAULT_*, BAO_* and "
+                   "KVAULT_* (Vault's settings and credentials)")
+@click.option("--exec-env", "exec_env", metavar="NAME", multiple=True,
+              help="Pass the variable NAME to --exec's command although it is one of "
+                   "VAULT_*, BAO_*, KVAULT_*; repeat")
 @_shape_options
 @common_options(tree=False)
 def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt: str,
             watch: bool, once: bool, interval: float, exec_cmd: Optional[str],
-            **shape: Any) -> None:
+            exec_env: tuple[str, ...], **shape: Any) -> None:
     """Write lineages from Vault for an app, or print env lines or a Kubernetes Secret.
 
     Init-container style by default (--once: as --watch writes, then exit);
@@ -219,6 +223,9 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
     if exec_cmd is not None and not (watch or once):
         raise click.ClickException("--exec runs after a version --watch or --once wrote: "
                                    "add --watch or --once.")
+    if exec_env and exec_cmd is None:
+        raise click.ClickException("--exec-env names what --exec's command gets: add "
+                                   "--exec CMD.")
     dirs = watch_mod.target_dirs(list(names), directory) if directory else {}
     if watch or once:
         argv = shlex.split(exec_cmd) if exec_cmd is not None else None
@@ -226,7 +233,8 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
             raise click.ClickException("--exec is empty: pass the command to run.")
         watcher = watch_mod.Watcher(ctx.layout, dirs,
                                     lambda r: export.file_set(r, fmt, options), _say, argv,
-                                    interval, None if once else watch_mod.stop_on_signals())
+                                    interval, None if once else watch_mod.stop_on_signals(),
+                                    exec_env)
         sys.exit(watcher.once() if once else watcher.run())
     for name in names:
         record = ctx.layout.load_lineage(validate_name(name))

@@ -6,6 +6,7 @@ show option keys only.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -44,8 +45,14 @@ def _read_value(key: str, value: str) -> str:
     return value
 
 
+# Option keys whose value is a credential: given inline, it stays in the shell's history
+# and shows in `ps` while the command runs.
+_SECRET_KEY = re.compile(r"token|secret|passw|passphrase|key|credential|^auth", re.IGNORECASE)
+
+
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
+    inline: list[str] = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = kvault_dns.normalize_key(key)
@@ -56,6 +63,14 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
         if key in out:
             raise click.BadParameter(f"{key} given twice", param_hint="--option")
         out[key] = _read_value(key, value)
+        given_inline = not value.startswith("@") or value.startswith("@@")
+        if given_inline and out[key] and _SECRET_KEY.search(key):
+            inline.append(key)
+    if inline:
+        keys = ", ".join(inline)
+        click.echo(f"warning: --option {keys}: given inline, a secret stays in the shell's "
+                   "history and shows in `ps` while this runs; pass it as KEY=@FILE (a file) "
+                   "or KEY=@- (stdin) instead.", err=True)
     return out
 
 
@@ -65,7 +80,8 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="dns-lexicon provider name (powerdns, cloudflare, route53, ...)")
 @click.option("--option", "provider_options", multiple=True, metavar="KEY=VALUE",
               help="A provider option; repeat. VALUE '@FILE' reads a file, '@-' stdin, "
-                   "'@@...' is a literal '@...'.")
+                   "'@@...' is a literal '@...'. A secret (a KEY with token, secret, "
+                   "password, key, credential or auth) given inline gets a warning.")
 @click.option("--force", is_flag=True, help="Replace an existing entry")
 @common_options(tree=False, json_opt=True)
 def dns_add(ctx: Context, name: str, provider: str, provider_options: tuple[str, ...],

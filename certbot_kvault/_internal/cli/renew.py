@@ -15,7 +15,7 @@ import click
 from certbot_kvault._internal import renewal, runner
 from certbot_kvault._internal.cli.common import Context, common_options, trust_option
 from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.lock import DEFAULT_TTL, MAX_TTL, MIN_TTL
+from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from certbot_kvault._internal.planner import ALL, Rules
 
 F = TypeVar("F", bound=Callable[..., Any])

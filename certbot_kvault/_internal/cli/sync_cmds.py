@@ -62,8 +62,11 @@ def push(ctx: Context, names: tuple[str, ...]) -> None:
 def deploy_hook(ctx: Context) -> None:
     """Push $RENEWED_LINEAGE to Vault (what certbot's deploy hook runs).
 
-    On failure it leaves a pending mark that the next certbot-kvault command
-    completes, and says what to run.
+    Only a lineage kept in Vault (in Vault already, its renewal conf naming
+    kvault, or synced from this dir before); another one is left alone with
+    one line (`certbot-kvault push NAME` puts it in Vault). On failure it
+    leaves a pending mark that the next certbot-kvault command completes,
+    and says what to run.
     """
     live = os.environ.get("RENEWED_LINEAGE")
     if not live:
@@ -81,6 +84,22 @@ def deploy_hook(ctx: Context) -> None:
         ctx.opts["config_dir"] = os.path.dirname(os.path.dirname(os.path.normpath(live)))
     tree = ctx.tree
     _apply_renewal_settings(ctx, tree, name)
+    push_by_hand = f"certbot-kvault push --config-dir {tree.config_dir} {name}"
+    try:
+        kept = pending.kept_in_vault(tree, ctx.layout, name)
+    except (errors.Error, VaultError) as e:
+        # Nothing here says it is Vault's: not marked pending either, so no later
+        # command pushes a lineage that may never have been meant for Vault.
+        raise click.ClickException(
+            f"deploy hook: not pushing {name}: nothing in {tree.config_dir} says it is kept "
+            f"in Vault, and Vault could not be asked ({_one_line(e)}); if it is: "
+            f"{push_by_hand}") from None
+    if not kept:
+        click.echo(f"deploy hook: not pushing {name}: it is not kept in Vault (not at "
+                   f"{ctx.layout.where('certificates', name)}, its renewal conf names no "
+                   f"kvault plugin, never synced from here); to keep it in Vault: "
+                   f"{push_by_hand}")
+        return
     try:
         report = ctx.finish_pending()
         report.merge(sync.push(tree, ctx.layout, [name], workers=ctx.workers))
