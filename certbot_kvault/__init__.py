@@ -10,12 +10,21 @@ Named Arguments
 
 =====================================  =========================================
 ``--kvault-dns NAME``                  DNS credentials: the Vault entry
-                                       ``<mount>/<prefix>/dns/NAME`` (default:
-                                       the only entry, if there is exactly one)
+                                       ``<mount>/<prefix>/dns/NAME`` for the
+                                       names no entry claims with its ``zones``
+                                       (default: the only entry, if there is
+                                       exactly one)
+``--kvault-dns-alias NAME=TARGET``     Alias mode without a CNAME lookup:
+                                       NAME's TXT record goes to TARGET
+                                       (several: ``N=T,N=T``); without it,
+                                       ``_acme-challenge`` CNAMEs are followed
+``--kvault-dns-check``                 Before ordering, create, see answered
+                                       and delete a test TXT for every name
 ``--kvault-propagation-timeout SECS``  How long to wait for every authoritative
                                        server to answer the TXT record (120)
-``--kvault-dns-resolver HOST[:PORT]``  Ask this server for propagation instead
-                                       of the zone's authoritative servers
+``--kvault-dns-resolver HOST[:PORT]``  Ask this server for propagation (and
+                                       CNAMEs) instead of the zone's
+                                       authoritative servers
 ``--kvault-propagation-seconds SECS``  Extra fixed wait after the check (0)
 ``--kvault-vault-addr URL``            Vault address (default ``$VAULT_ADDR``)
 ``--kvault-vault-namespace NS``        Vault namespace (``$VAULT_NAMESPACE``)
@@ -63,10 +72,14 @@ Layout in Vault (below ``<mount>/<prefix>/``)
     ``cert``, ``chain``, ``fullchain``, ``privkey``, ``renewal`` (the renewal
     conf without machine paths), ``version``, ``domains``, ``not_before``,
     ``not_after``, ``serial``, ``key_type``, ``auto_renewable``,
-    ``updated_at``, and ``archive`` (the earlier archive versions, so a
-    pulled tree is identical to the pushed one).
+    ``updated_at``, ``archive`` (the earlier archive versions, so a
+    pulled tree is identical to the pushed one) and ``issued`` (how this
+    version was issued: ACME server, account, challenge, DNS entry and alias
+    target, versions, host, the Vault token's display name; no secret).
 ``dns/<name>``
-    ``provider`` (a dns-lexicon provider) and that provider's options.
+    ``provider`` (a dns-lexicon provider), optionally ``zones`` (the zones the
+    entry serves: each name of an order goes to the entry with the longest
+    zone holding it) and that provider's options.
 ``locks/<name>``
     ``owner``, ``expires_at``: the renewal lease lock (KV v2 only).
 
@@ -82,6 +95,15 @@ Examples
        --option pdns_server=https://pdns:8081 --option pdns_server_id=localhost
    certbot certonly --authenticator kvault --kvault-dns pdns \\
        -d example.com -d '*.example.com'
+
+.. code-block:: bash
+   :caption: Alias mode: _acme-challenge.www.example.com is a CNAME into a
+             validation zone; the only credentials are that zone's
+
+   certbot-kvault dns add validation --provider powerdns --zone acme.example.net \\
+       --option auth_token=@/run/secrets/val-token --option pdns_server=https://pdns:8081
+   certbot-kvault dns check validation --domain www.example.com
+   certbot certonly --authenticator kvault -d www.example.com
 
 .. code-block:: bash
    :caption: Keep using another authenticator; store the result in Vault

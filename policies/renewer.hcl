@@ -5,10 +5,14 @@
 #
 #   vault policy write certbot-renewer policies/renewer.hcl
 #
-# It may read and write certificates and ACME accounts, read DNS provider
-# credentials (the kvault authenticator), and take, renew and release the
-# renewal locks. It can never delete a certificate or an account
-# (`certbot-kvault rm` is for an operator's token).
+# It may read and write certificates and ACME accounts, list the DNS provider
+# entries (names only), and take, renew and release the renewal locks. It can
+# never delete a certificate or an account (`certbot-kvault rm` is for an
+# operator's token).
+#
+# DNS credentials are not in here: a renewer that issues with `-a kvault` also
+# gets policies/dns-entry.hcl once per entry its lineages use (least power; with
+# alias mode, only the validation zone's entry), or policies/dns-all.hcl.
 
 # Lineages: read, create, update (check-and-set writes); list them.
 path "secret/data/certbot/certificates/*" {
@@ -32,9 +36,11 @@ path "secret/data/certbot/state/*" {
   capabilities = ["create", "read", "update"]
 }
 
-# DNS provider credentials for `-a kvault --kvault-dns NAME`: read only.
-path "secret/data/certbot/dns/*" {
-  capabilities = ["read"]
+# The names of the DNS provider entries (never their values): the kvault
+# authenticator picks, per name, the entry whose zones hold it among those
+# this token may read.
+path "secret/metadata/certbot/dns/" {
+  capabilities = ["list"]
 }
 
 # Lease locks (`renew`): create with cas=0, renew and release with cas=N (a

@@ -37,7 +37,8 @@ if [ "$run_min" = 1 ]; then
     .venv-min/bin/python -c 'import importlib, pkgutil, certbot_kvault as p
 for m in pkgutil.walk_packages(p.__path__, p.__name__ + "."): importlib.import_module(m.name)'
     .venv-min/bin/python -m pytest -q -p no:cacheprovider tests/test_roundtrip.py \
-        tests/test_installer.py tests/test_errors.py tests/test_dns.py tests/test_cli.py \
+        tests/test_installer.py tests/test_errors.py tests/test_dns.py tests/test_dns_alias.py \
+        tests/test_cli.py \
         tests/test_hostile.py tests/test_keymodes.py tests/test_diagnostics.py \
         tests/test_fencing.py tests/test_ari.py tests/test_due.py tests/test_memory.py \
         tests/test_profiles.py tests/test_jobs.py tests/test_bounds.py

@@ -146,10 +146,13 @@ def token_with_policy(bao: Bao, name: str, policy: str, ttl: str = "5m") -> str:
     return token
 
 
-def load_policy(bao: Bao, kind: str, prefix: str) -> str:
-    """policies/<kind>.hcl for this test's prefix, loaded into OpenBao; returns its name."""
+def load_policy(bao: Bao, kind: str, prefix: str, entry: Optional[str] = None) -> str:
+    """policies/<kind>.hcl for this test's prefix (and DNS ``entry``, for dns-entry.hcl's
+    ENTRY), loaded into OpenBao; returns its name."""
     text = (POLICIES / f"{kind}.hcl").read_text().replace("/certbot/", f"/{prefix}/")
-    name = f"{kind}-{prefix}"
+    if entry is not None:
+        text = text.replace("ENTRY", entry)
+    name = f"{kind}-{prefix}" + (f"-{entry}" if entry else "")
     r = bao.api("PUT", f"sys/policies/acl/{name}", json={"policy": text})
     assert r.status_code == 204, r.text
     return name
@@ -238,6 +241,23 @@ def record(bao: Bao, prefix: str, path: str) -> Optional[dict[str, Any]]:
     assert r.status_code == 200, r.text
     data: dict[str, Any] = r.json()["data"]["data"]
     return data
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """``sig`` to a certbot-kvault's process group (it runs with ``start_new_session``) and
+    to its children's: without a terminal, it runs certbot in a process group of its own."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        pass  # already gone
+    for group in [pid, *children]:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            pass
 
 
 def locks_held(bao: Bao, prefix: str) -> list[str]:

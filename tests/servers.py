@@ -658,6 +658,7 @@ class PowerDNS(Server):
         self.api_url = f"http://127.0.0.1:{api_port}"
         self.api_key = api_key
         self.startup_seconds = 0.0
+        self.database = workdir / "pdns.sqlite3"
         self._http = session()
         self._http.headers["X-API-Key"] = api_key
 
@@ -719,6 +720,26 @@ class PowerDNS(Server):
                            if not rec.get("disabled"))
         return out
 
+    def api_requests(self, since: int = 0) -> list[str]:
+        """``METHOD PATH`` of the API requests logged since log offset ``since`` (needs
+        ``start_powerdns(log_api=True)``); which API key a change used is which server."""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        return re.findall(r'"((?:GET|POST|PATCH|PUT|DELETE) /api/v1/\S+)', text)
+
+    def log_mark(self) -> int:
+        """Where the API request log ends once every request made so far is in it
+        (PowerDNS logs a request after answering it): a marker request, waited for."""
+        marker = secrets.token_hex(8)
+        self.api("GET", f"zones/kvault-mark-{marker}.")  # a 404, logged by name
+        deadline = time.monotonic() + 5
+        while marker not in self.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.log_path}: no API request log (log_api=True?)")
+            time.sleep(0.02)
+        return self.log_path.stat().st_size
+
     def query(self, name: str, rdtype: str = "A") -> Any:
         """Ask this server directly over UDP (dnspython ``Message``)."""
         import dns.message
@@ -728,8 +749,18 @@ class PowerDNS(Server):
         return dns.query.udp(q, "127.0.0.1", port=self.dns_port, timeout=2)
 
 
-def start_powerdns(workdir: StrPath, zones: Iterable[str] = ("example.com",)) -> PowerDNS:
-    """pdns_server (gsqlite3 backend, HTTP API on) in the foreground, zones created via the API."""
+def start_powerdns(workdir: StrPath, zones: Iterable[str] = ("example.com",),
+                   also_serve: Sequence[PowerDNS] = (), log_api: bool = False) -> PowerDNS:
+    """pdns_server (gsqlite3 backend, HTTP API on) in the foreground, zones created via the API.
+
+    ``also_serve``: other PowerDNS instances whose zones this one answers too,
+    from their own databases (a second gsqlite3 backend each, read as they are
+    written). Their zones are written only through *their* API and API key, as
+    with a DNS host whose API keys are scoped to a zone, which a single
+    PowerDNS (one server-wide key) cannot model; this one is the server the
+    ACME CA asks, and follows a CNAME from its own zone into theirs.
+    ``log_api``: log every API request (``api_requests`` reads them back).
+    """
     import dns.rcode
 
     wd = _workdir(workdir, "pdns")
@@ -741,8 +772,10 @@ def start_powerdns(workdir: StrPath, zones: Iterable[str] = ("example.com",)) ->
     dns_port, api_port = free_udp_tcp_port(), free_port()
     api_key = secrets.token_hex(16)
     conf = {
-        "launch": "gsqlite3",
+        "launch": ",".join(["gsqlite3", *(f"gsqlite3:other{i}" for i in range(len(also_serve)))]),
         "gsqlite3-database": str(db),
+        **{f"gsqlite3-other{i}-database": str(other.database)
+           for i, other in enumerate(also_serve)},
         "local-address": "127.0.0.1",
         "local-port": str(dns_port),
         "api": "yes",
@@ -756,7 +789,8 @@ def start_powerdns(workdir: StrPath, zones: Iterable[str] = ("example.com",)) ->
         "guardian": "no",
         "disable-syslog": "yes",
         "log-timestamp": "yes",
-        "loglevel": "4",
+        "loglevel": "6" if log_api else "4",
+        "webserver-loglevel": "normal" if log_api else "none",
         # No caches: tests change records through the API and query right away.
         "cache-ttl": "0",
         "negquery-cache-ttl": "0",

@@ -270,14 +270,14 @@ def test_cli_dns_add_list_rm(vault_env: dict[str, str], pdns: PowerDNS,
     r = cli("dns", "list")
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert lines[0].split() == ["NAME", "PROVIDER", "OPTIONS"]
-    assert lines[1].split() == ["cf", "cloudflare", "auth_token"]
-    assert lines[2].split() == ["pdns", "powerdns", "auth_token,pdns_server,pdns_server_id"]
+    assert lines[0].split() == ["NAME", "PROVIDER", "ZONES", "OPTIONS"]
+    assert lines[1].split() == ["cf", "cloudflare", "-", "auth_token"]
+    assert lines[2].split() == ["pdns", "powerdns", "-", "auth_token,pdns_server,pdns_server_id"]
     assert pdns.api_key not in r.output and "cfsecret" not in r.output
     r = cli("dns", "list", "--json")
     assert json.loads(r.output) == [
-        {"name": "cf", "provider": "cloudflare", "options": ["auth_token"]},
-        {"name": "pdns", "provider": "powerdns",
+        {"name": "cf", "provider": "cloudflare", "zones": [], "options": ["auth_token"]},
+        {"name": "pdns", "provider": "powerdns", "zones": [],
          "options": ["auth_token", "pdns_server", "pdns_server_id"]}]
 
     (tmp_path / "new").write_text("new\n")
@@ -446,7 +446,7 @@ def test_bad_input_is_one_clear_line(case: str, kv_env: dict[str, str], pdns: Po
         expect = ["wrong API key/credentials", f"check {layout.where('dns', 'pdns')}"]
     elif case == "zone-not-hosted":
         domains = ("example.org",)
-        expect = ["hosts no zone for example.org", "--kvault-dns NAME"]
+        expect = ["hosts no zone for _acme-challenge.example.org", "--kvault-dns NAME"]
     else:
         dead = servers.free_udp_tcp_port()
         extra = ["--kvault-dns-resolver", f"127.0.0.1:{dead}",

@@ -22,6 +22,7 @@ from helpers import (
     locks_held,
     record,
     seed,
+    signal_tree,
     walk,
 )
 from servers import Bao
@@ -41,6 +42,7 @@ def _pending(root: Path) -> list[str]:
 def _stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
 
 
 def test_renewer_that_lost_its_lock_saves_nothing(bao: Bao, golden: Golden,
@@ -70,11 +72,11 @@ def test_renewer_that_lost_its_lock_saves_nothing(bao: Bao, golden: Golden,
         assert "renewed: due" in b.stdout, b.stdout + b.stderr
         saved_by_b = record(bao, prefix, "certificates/due")
         assert kv_version(bao, prefix, "certificates/due") == before + 1
-        os.killpg(a.pid, signal.SIGCONT)
+        signal_tree(a.pid, signal.SIGCONT)
         out, err = a.communicate(timeout=120)
     finally:
         if a.poll() is None:
-            os.killpg(a.pid, signal.SIGKILL)
+            signal_tree(a.pid, signal.SIGKILL)
             a.wait()
     assert a.returncode != 0, (out, err)
     assert record(bao, prefix, "certificates/due") == saved_by_b

@@ -35,7 +35,14 @@ def _token(bao: Bao, policy: str) -> str:
     return token
 
 
-@pytest.mark.parametrize("kind", ["renewer", "reader"])
+def test_every_policy_file_is_tested() -> None:
+    assert sorted(p.stem for p in POLICIES.glob("*.hcl")) == sorted(KINDS)
+
+
+KINDS = ["renewer", "reader", "dns-entry", "dns-all"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_policy_files_are_for_secret_certbot(kind: str) -> None:
     text = (POLICIES / f"{kind}.hcl").read_text()
     paths = [line.split('"')[1] for line in text.splitlines() if line.startswith("path ")]
@@ -72,7 +79,10 @@ def test_renewer_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
 
     layout = Layout(VaultClient(VaultSettings.from_env(
         {"VAULT_ADDR": bao.addr, "VAULT_TOKEN": token, "KVAULT_PREFIX": prefix})))
-    assert layout.load_dns("pdns") == {"provider": "powerdns", "auth_token": "t"}
+    # DNS credentials are another policy's (dns-entry.hcl, dns-all.hcl): names only here.
+    assert layout.list_dns() == ["pdns"]
+    with pytest.raises(VaultPermissionDenied):
+        layout.load_dns("pdns")
     with pytest.raises(VaultPermissionDenied, match="needs create/update on"):
         layout.save_dns("pdns", {"provider": "x"})
     # Renewal memory (state/<lineage>): written and read back, twice (create, then update).
@@ -128,3 +138,34 @@ def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
         layout.load_state("calm")
     proc = kvault("renew", *args, env=env, check=False)
     assert proc.returncode == 1 and "permission denied" in proc.stderr
+
+
+def test_dns_policies_give_exactly_their_entries(bao: Bao, vault_env: dict[str, str]) -> None:
+    """renewer.hcl + dns-entry.hcl (ENTRY = validation) reads that entry and no other;
+    dns-all.hcl reads them all; neither writes one."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    for name in ("validation", "production"):
+        w = bao.api("POST", f"secret/data/{prefix}/dns/{name}",
+                    json={"data": {"provider": "powerdns", "auth_token": name}})
+        assert w.status_code == 200, w.text
+    renewer = load_policy(bao, "renewer", prefix)
+
+    def layout_with(*policies: str) -> Layout:
+        r = bao.api("POST", "auth/token/create",
+                    json={"policies": list(policies), "no_default_policy": True, "ttl": "5m"})
+        assert r.status_code == 200, r.text
+        return Layout(VaultClient(VaultSettings.from_env(
+            {"VAULT_ADDR": bao.addr, "VAULT_TOKEN": r.json()["auth"]["client_token"],
+             "KVAULT_PREFIX": prefix})))
+
+    one = layout_with(renewer, load_policy(bao, "dns-entry", prefix, entry="validation"))
+    assert one.list_dns() == ["production", "validation"]
+    assert one.load_dns("validation") == {"provider": "powerdns", "auth_token": "validation"}
+    with pytest.raises(VaultPermissionDenied, match="dns/production"):
+        one.load_dns("production")
+    with pytest.raises(VaultPermissionDenied):
+        one.save_dns("validation", {"provider": "x"})
+    every = layout_with(renewer, load_policy(bao, "dns-all", prefix))
+    assert every.load_dns("production") == {"provider": "powerdns", "auth_token": "production"}
+    with pytest.raises(VaultPermissionDenied):
+        every.save_dns("production", {"provider": "x"})

@@ -73,6 +73,10 @@ def test_preferred_profile_survives_vault_and_a_stateless_renewal(
     for name in names:
         assert "preferred_profile = shortlived" in record(bao, prefix, f"certificates/{name}"
                                                           )["renewal"]  # type: ignore[index]
+        issued = record(bao, prefix, f"certificates/{name}")["issued"]  # type: ignore[index]
+        assert (issued["profile"], issued["profile_asked_as"]) == ("shortlived",
+                                                                   "preferred_profile")
+    assert "profile: shortlived (asked as preferred_profile)" in kvault("show", names[0]).stdout
 
     root, args = fresh_dirs(tmp_path, "pulled")
     proc = kvault("pull", *args)

@@ -19,6 +19,7 @@ from helpers import (
     orders,
     record,
     seed,
+    signal_tree,
 )
 from servers import Bao
 
@@ -139,7 +140,7 @@ def test_killed_renewer_lock_taken_over_after_expiry(bao: Bao, golden: Golden,
             assert victim.poll() is None
             time.sleep(0.02)
     finally:
-        os.killpg(victim.pid, signal.SIGKILL)
+        signal_tree(victim.pid, signal.SIGKILL)  # certbot too, if it had started
         victim.wait(10)
     stale = record(bao, prefix, "locks/renew")
     assert stale is not None  # SIGKILL: no release

@@ -1,17 +1,18 @@
 """DNS-01 for the ``kvault`` authenticator: provider entries in Vault and the lexicon glue.
 
 * **Provider entries.** ``<mount>/<prefix>/dns/<name>`` holds ``provider`` (a
-  dns-lexicon provider name) and that provider's options (for PowerDNS:
-  ``auth_token``, ``pdns_server``, ``pdns_server_id``). :func:`load_entry`
-  reads one (or the only one), :func:`check_provider` / :func:`check_options`
-  refuse names lexicon does not know, and :func:`lexicon_config` turns an
-  entry into the ``ConfigResolver`` a lexicon ``Client`` takes.
-* **Lexicon glue of the plugin.** :class:`DnsRun` is what one certbot run's
-  DNS-01 work has learned and done; :func:`achall_domain` and :func:`detached`
-  bridge certbot versions and certbot's error handling.
+  dns-lexicon provider name), optionally ``zones`` (the DNS zones the entry
+  serves) and that provider's options (for PowerDNS: ``auth_token``,
+  ``pdns_server``, ``pdns_server_id``). :func:`load_entry` reads one (or the
+  only one), :func:`load_entries` the set a run chooses from by zone
+  (:class:`EntrySet`), :func:`check_provider` / :func:`check_options` refuse
+  names lexicon does not know, and :func:`lexicon_config` turns an entry into
+  the ``ConfigResolver`` a lexicon ``Client`` takes.
+* **Glue.** :func:`achall_domain` bridges certbot versions.
 
-The active propagation check, plain DNS without lexicon or Vault, is
-propagation.py. lexicon runs tldextract on every ``Client``; its answer does
+Where each TXT goes and writing it is dns01.py; the active propagation check
+and the CNAME lookups, plain DNS without lexicon or Vault, are propagation.py.
+lexicon runs tldextract on every ``Client``; its answer does
 not matter here (the authenticator always names the zone through
 ``delegated``), so :func:`quiet_tldextract` keeps it off the network and its
 offline traceback out of the user's terminal.
@@ -26,17 +27,26 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import re
 from types import ModuleType
 from typing import Any, Iterator, Mapping, NoReturn, Optional
 
 from certbot import achallenges, errors
 
+from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import validate_name
+from certbot_kvault._internal.records import RecordError, validate_name
 
 logger = logging.getLogger(__name__)
 
 PROVIDER_FIELD = "provider"
+ZONES_FIELD = "zones"
+# Fields of an entry that are ours, not the provider's options.
+RESERVED_FIELDS = frozenset({PROVIDER_FIELD, ZONES_FIELD})
+MAX_ZONES = 100
+# What `dns add` and a run read: the names of DNS zones and hosts (letters,
+# digits, '-' and '_' labels), nothing a provider API or a log could misread.
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 # The one private module of dns-lexicon certbot-kvault uses (see _lexicon_discovery).
 LEXICON_DISCOVERY = "lexicon._private.discovery"
@@ -135,18 +145,47 @@ def check_options(provider: str, options: Mapping[str, Any], where: str) -> None
                        f"{', '.join(unknown)}; its options are: {', '.join(known) or 'none'}.")
 
 
+def dns_name(text: Any, what: str) -> str:
+    """A DNS name as we compare them (lower case, no final dot); DNSError if it is none."""
+    name = text.strip().rstrip(".").lower() if isinstance(text, str) else ""
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        shown = text if isinstance(text, str) and text.isprintable() else ascii(text)
+        raise DNSError(f"{what}: {shown[:80]!r} is not a DNS name (letters, digits, '-', "
+                       "'_' and dots).")
+    return name
+
+
+def in_zone(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)
+
+
+def parse_zones(value: Any, where: str) -> tuple[str, ...]:
+    """An entry's ``zones``: a list, or one string of names separated by commas or spaces."""
+    if value is None or value == "":
+        return ()
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, list) or len(items) > MAX_ZONES:
+        raise DNSError(f"{where}: '{ZONES_FIELD}' must be a list of at most {MAX_ZONES} DNS "
+                       "zone names; fix it with `certbot-kvault dns add ... --zone ZONE "
+                       "--force`.")
+    return tuple(sorted({dns_name(z, f"{where} '{ZONES_FIELD}'") for z in items}))
+
+
 @dataclasses.dataclass(frozen=True)
 class DnsEntry:
-    """One ``dns/<name>`` record: the provider and its options (secrets; never print them)."""
+    """One ``dns/<name>`` record: the provider, the zones it says it serves and the
+    provider's options (secrets; never print them)."""
 
     name: str
     provider: str
     options: Mapping[str, str]
     where: str
+    zones: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # options hold secrets: never let them reach a log
         return (f"DnsEntry(name={self.name!r}, provider={self.provider!r}, "
-                f"options={sorted(self.options)!r})")
+                f"zones={list(self.zones)!r}, options={sorted(self.options)!r})")
 
     @classmethod
     def from_record(cls, name: str, data: Mapping[str, Any], where: str) -> DnsEntry:
@@ -156,11 +195,17 @@ class DnsEntry:
                            f"`certbot-kvault dns add {name} --provider PROVIDER "
                            "--option KEY=VALUE ... --force`.")
         options = {normalize_key(k): "" if v is None else str(v)
-                   for k, v in data.items() if k != PROVIDER_FIELD}
-        return cls(name=name, provider=provider.strip(), options=options, where=where)
+                   for k, v in data.items() if k not in RESERVED_FIELDS}
+        return cls(name=name, provider=provider.strip(), options=options, where=where,
+                   zones=parse_zones(data.get(ZONES_FIELD), where))
 
     def check(self) -> None:
         check_provider(self.provider, self.where, self.name)
+
+    def zone_claiming(self, name: str) -> Optional[str]:
+        """The longest of this entry's zones that holds ``name``."""
+        matches = [z for z in self.zones if in_zone(name, z)]
+        return max(matches, key=len) if matches else None
 
 
 def entry_where(layout: Layout, name: str) -> str:
@@ -193,6 +238,83 @@ def load_entry(layout: Layout, name: Optional[str]) -> DnsEntry:
     entry = DnsEntry.from_record(name, data, where)
     entry.check()
     return entry
+
+
+@dataclasses.dataclass
+class EntrySet:
+    """The provider entries one run chooses from, for each name the entry that hosts it.
+
+    An entry that names its zones serves names in them (the longest zone wins
+    across entries); ``default`` (``--kvault-dns NAME``, else the only entry)
+    serves the names no entry claims, unless it names zones of its own.
+    """
+
+    default: Optional[DnsEntry]
+    zoned: list[DnsEntry]
+    where: str  # dns/ in Vault
+    unlisted: Optional[str] = None  # why dns/ could not be listed
+
+    def for_name(self, name: str) -> DnsEntry:
+        claims = sorted((-len(z), e.name, e) for e in self.zoned
+                        if (z := e.zone_claiming(name)))
+        if claims:
+            if len(claims) > 1 and claims[0][0] == claims[1][0]:
+                logger.warning("DNS entries %s and %s both claim the zone of %s; using %s",
+                               claims[0][1], claims[1][1], name, claims[0][1])
+            return claims[0][2]
+        default = self.default
+        if default is not None and not default.zones:
+            return default
+        served = "; ".join(f"{e.name}: {', '.join(e.zones)}" for e in self.zoned)
+        hint = f" (entries and their zones: {served})" if served else ""
+        if self.unlisted:
+            hint += f" (cannot list {self.where}/: {self.unlisted})"
+        raise DNSError(f"No DNS provider entry in Vault hosts {name}{hint}: add its zone to "
+                       "the entry that serves it (`certbot-kvault dns add NAME ... --zone "
+                       "ZONE --force`) or name an entry without zones with --kvault-dns NAME.")
+
+
+def load_entries(layout: Layout, default: Optional[str]) -> EntrySet:
+    """Every entry this token may read (an entry it may not is someone else's), checked.
+
+    ``default`` is read by name; with none, the only entry listed is the
+    default. A token that may not list ``dns/`` uses its default alone.
+    """
+    where = layout.where("dns")
+    unlisted: Optional[str] = None
+    try:
+        names = layout.list_dns()
+    except VaultPermissionDenied as e:
+        names, unlisted = [], str(e)
+    chosen = load_entry(layout, default) if default else None
+    entries: list[DnsEntry] = [chosen] if chosen else []
+    for name in names:
+        if chosen is not None and name == chosen.name:
+            continue
+        try:
+            data = layout.load_dns(validate_name(name, "DNS entry"))
+            if data is None:
+                continue
+            entry = DnsEntry.from_record(name, data, entry_where(layout, name))
+            entry.check()
+        except VaultPermissionDenied:
+            logger.debug("DNS entry %s is not readable with this token: not used", name)
+            continue
+        except (DNSError, RecordError) as e:
+            logger.warning("Not using DNS provider entry %s: %s", name, e)
+            continue
+        entries.append(entry)
+    if chosen is None and len(entries) == 1 and not unlisted:
+        chosen = entries[0]
+    if chosen is None and not entries:
+        if unlisted:
+            raise DNSError(f"Cannot list the DNS provider entries in Vault ({where}/: "
+                           f"{unlisted}); name one with --kvault-dns NAME.")
+        raise DNSError(f"No DNS provider entry in Vault ({where}/); create one with "
+                       "`certbot-kvault dns add NAME --provider PROVIDER --option "
+                       "KEY=VALUE ...`.")
+    return EntrySet(default=chosen, zoned=[e for e in entries if e.zones], where=where,
+                    unlisted=unlisted)
 
 
 def lexicon_config(entry: DnsEntry, domain: str, ttl: int) -> Any:
@@ -255,16 +377,7 @@ def quiet_tldextract() -> Iterator[None]:
         tld_logger.removeFilter(_TLD_FILTER)
 
 
-# --------------------------------------------------------------------------- the plugin's run
-
-
-@dataclasses.dataclass
-class DnsRun:
-    """What one certbot run's DNS-01 work has learned and done."""
-
-    entry: Optional[DnsEntry] = None
-    zones: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> zone
-    created: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+# --------------------------------------------------------------------------- glue
 
 
 def achall_domain(achall: achallenges.AnnotatedChallenge) -> str:
@@ -273,10 +386,3 @@ def achall_domain(achall: achallenges.AnnotatedChallenge) -> str:
     if identifier is not None:
         return str(identifier.value)
     return str(getattr(achall, "domain"))  # noqa: B009 - absent from newer stubs
-
-
-def detached(err: errors.PluginError) -> errors.PluginError:
-    """certbot raises the returned error while handling the provider's: without this,
-    its traceback (log file, -v) would print that one, URL and API key included."""
-    err.__suppress_context__ = True
-    return err

@@ -5,8 +5,8 @@ All paths are below ``<mount>/<prefix>/``::
     accounts/<server>/<account-id>   meta, private_key, regr, server
     certificates/<lineage>           cert, chain, fullchain, privkey, renewal, version,
                                      domains, not_before, not_after, serial, key_type,
-                                     auto_renewable, updated_at, archive
-    dns/<name>                       provider + the provider's options
+                                     auto_renewable, updated_at, archive, issued
+    dns/<name>                       provider, zones + the provider's options
     locks/<name>                     owner, expires_at
     state/<lineage>                  what renewers remember between runs (state.py)
 

@@ -20,10 +20,13 @@ renewal memory's bounds are state.py's, a lock's lease lock.py's.)
   beyond 8192 bits making one takes minutes and nothing needs it) and ECDSA
   keys on the NIST curves of ``--elliptic-curve``;
 - waits: DNS propagation takes minutes at the slowest providers, never hours;
-  a CA asks to be asked again about ARI within a day at the latest.
+  a CA asks to be asked again about ARI within a day at the latest;
+- how a version was issued (the ``issued`` field, issued.py): known keys with
+  short texts only, at most a CA's 100 names.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 MAX_VERSION = 10**6   # archive numbers: far above any lineage's renewals
@@ -82,3 +85,36 @@ def key_problem(public: Any) -> Optional[str]:
     if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in EC_CURVES:
         return f"its EC key is on curve {public.curve.name}; certbot uses {', '.join(EC_CURVES)}"
     return None
+
+
+ISSUED_KEYS = frozenset({"acme_server", "account", "profile", "profile_asked_as",
+                         "authenticator", "challenge",
+                         "certbot", "certbot_kvault", "host", "at", "vault_display_name",
+                         "vault_entity_id"})
+ISSUED_DNS_KEYS = frozenset({"domain", "validation", "txt", "via", "zone", "entry"})
+MAX_ISSUED_TEXT = 255
+MAX_ISSUED_NAMES = 100
+
+
+def clean_issued(raw: Any) -> Optional[dict[str, Any]]:
+    """A record's ``issued`` field as data: known keys with short strings only (it comes
+    from Vault, and ``show`` prints it); None when nothing usable is left."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)  # KV v1 through some tools stores it as text
+        except ValueError:
+            return None
+    if not isinstance(raw, dict):
+        return None
+
+    def short(d: dict[Any, Any], keys: frozenset[str]) -> dict[str, str]:
+        return {k: v[:MAX_ISSUED_TEXT] for k, v in d.items()
+                if k in keys and isinstance(v, str) and v}
+
+    out: dict[str, Any] = short(raw, ISSUED_KEYS)
+    names = raw.get("dns")
+    if isinstance(names, list):
+        dns = [short(n, ISSUED_DNS_KEYS) for n in names[:MAX_ISSUED_NAMES] if isinstance(n, dict)]
+        if any(dns):
+            out["dns"] = [n for n in dns if n]
+    return out or None

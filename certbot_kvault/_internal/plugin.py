@@ -16,16 +16,14 @@ from typing import Any, Callable, Iterable, Optional
 from acme import challenges
 from certbot import achallenges, errors, interfaces, util
 from certbot.display import util as display_util
-from certbot.plugins import dns_common, dns_common_lexicon
-from lexicon.client import Client
-from requests.exceptions import HTTPError, RequestException
+from certbot.plugins import dns_common_lexicon
 
 from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import pending, propagation, sync
+from certbot_kvault._internal import dns01, issued, pending, sync
+from certbot_kvault._internal.dns import DNSError
 from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.redact import one_line as _one_line
 from certbot_kvault._internal.settings import SETTING_OPTIONS, VaultSettings
 from certbot_kvault._internal.tree import Dirs, Tree
 from certbot_kvault._internal.vault import VaultClient
@@ -35,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 class VaultUnusable(errors.Error):
     """Vault cannot be used and kvault was asked for by name: abort the certbot run."""
+
+
+class DnsCheckFailed(errors.Error):
+    """--kvault-dns-check failed: abort the certbot run before any order."""
 
 
 class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Installer):
@@ -49,7 +51,9 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         self._pushed: set[str] = set()
         self._before: dict[str, tuple[Optional[int], int]] = {}
         self._exit_push_registered = False
-        self._dns = kvault_dns.DnsRun()
+        self._entries: Optional[kvault_dns.EntrySet] = None
+        self._dns_lookup: Optional[dns01.Lookup] = None
+        self._txt: Optional[dns01.TxtRun] = None
 
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None],
@@ -60,13 +64,22 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
             metavar="SECONDS", help="Extra fixed wait after every DNS server answers the TXT "
                                     "records (for CAs behind slow secondaries; default 0).")
         add("dns", metavar="NAME", default=None,
-            help="DNS credentials to use: the Vault entry <mount>/<prefix>/dns/NAME "
-                 "(default: the only entry, if there is exactly one).")
+            help="DNS credentials to use: the Vault entry <mount>/<prefix>/dns/NAME, for the "
+                 "names no entry claims with its zones (default: the only entry, if there "
+                 "is exactly one).")
         add("propagation-timeout", type=int, default=120, metavar="SECONDS",
             help="How long to wait for every authoritative server to answer the TXT record.")
         add("dns-resolver", metavar="HOST[:PORT]", default=None,
-            help="Ask this DNS server for propagation instead of the zone's authoritative "
-                 "servers.")
+            help="Ask this DNS server for propagation (and CNAMEs) instead of the zone's "
+                 "authoritative servers.")
+        add("dns-alias", metavar="NAME=TARGET[,...]", default=None,
+            help="Alias mode without looking up the CNAME: NAME's TXT record goes to TARGET "
+                 "(what _acme-challenge.NAME is, or will be, a CNAME to). Without it, "
+                 "_acme-challenge CNAMEs are followed.")
+        add("dns-check", action="store_true", default=False,
+            help="Before ordering, create, see answered and delete a test TXT record for "
+                 "every name (`certbot-kvault dns check`), so bad credentials never reach "
+                 "the CA.")
         add("vault-addr", default=None, help="Vault address (default: $VAULT_ADDR).")
         add("vault-namespace", default=None, help="Vault namespace (default: $VAULT_NAMESPACE).")
         add("vault-cacert", default=None, help="CA bundle for Vault (default: $VAULT_CACERT).")
@@ -149,6 +162,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
                 self._setup_credentials()
             except errors.PluginError as e:
                 raise VaultUnusable(str(e)) from None
+            if self.conf("dns-check"):
+                self._dns_check()
 
     # ---- Installer ---------------------------------------------------------------
 
@@ -232,162 +247,102 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
     # ---- Authenticator (DNS-01 through dns-lexicon) ------------------------------------
 
     @property
-    def _entry(self) -> kvault_dns.DnsEntry:
-        self._setup_credentials()
-        assert self._dns.entry is not None
-        return self._dns.entry
-
-    @property
     def _provider_name(self) -> str:
-        return self._entry.provider
+        default = self._entry_set().default
+        return default.provider if default is not None else "dns-lexicon"
 
     def _setup_credentials(self) -> None:
-        """Read dns/NAME (or the only dns/ entry) from Vault; no INI file on disk."""
-        if self._dns.entry is not None:
-            return
-        try:
-            self._dns.entry = kvault_dns.load_entry(self.layout, self.conf("dns"))
-        except VaultError as e:
-            raise errors.PluginError(f"kvault: cannot read the DNS provider entry: {e}") \
-                from None
-        logger.debug("kvault DNS entry %r", self._dns.entry)
+        """Read the provider entries from Vault (dns/NAME, and those that name their zones);
+        no INI file on disk."""
+        self._entry_set()
 
-    def _build_lexicon_config(self, domain: str) -> Any:
-        return kvault_dns.lexicon_config(self._entry, domain, self._ttl)
+    def _entry_set(self) -> kvault_dns.EntrySet:
+        if self._entries is None:
+            try:
+                self._entries = kvault_dns.load_entries(self.layout, self.conf("dns"))
+            except VaultError as e:
+                raise errors.PluginError(f"kvault: cannot read the DNS provider entries: {e}") \
+                    from None
+            logger.debug("kvault DNS entries: default %r, by zone %r", self._entries.default,
+                         self._entries.zoned)
+        return self._entries
 
-    def _fix(self) -> str:
-        return (f"check {self._entry.where} (fix it with `certbot-kvault dns add "
-                f"{self._entry.name} --provider {self._entry.provider} --option KEY=VALUE ... "
-                "--force`)")
-
-    def _handle_http_error(self, e: HTTPError, domain_name: str) -> Optional[errors.PluginError]:
-        status = e.response.status_code if e.response is not None else None
-        wrong_guess = {404, 422} if self._provider_name == "powerdns" else {404}
-        if status in wrong_guess:
-            return None  # not this zone: let the next, shorter guess be tried
-        if status in (401, 403):
-            return kvault_dns.detached(errors.PluginError(
-                f"kvault: the {self._provider_name} API refused the credentials (HTTP {status}):"
-                f" wrong API key/credentials; {self._fix()}."))
-        return kvault_dns.detached(errors.PluginError(
-            f"kvault: the {self._provider_name} API failed for zone {domain_name} "
-            f"(HTTP {status}): {_one_line(e)}; {self._fix()}."))
-
-    def _handle_general_error(self, e: Exception,
-                              domain_name: str) -> Optional[errors.PluginError]:
-        if str(e).startswith("No domain found"):
-            return None
-        if isinstance(e, RequestException):
-            return kvault_dns.detached(errors.PluginError(
-                f"kvault: cannot reach the {self._provider_name} API ({_one_line(e)}); "
-                f"{self._fix()}."))
-        return kvault_dns.detached(errors.PluginError(
-            f"kvault: {self._provider_name} failed for zone {domain_name}: {_one_line(e)}; "
-            f"{self._fix()}."))
-
-    def _resolve_domain(self, domain: str) -> str:
-        """The provider's zone for ``domain`` (longest guess first), cached per run."""
-        zones = self._dns.zones
-        if domain in zones:
-            return zones[domain]
-        guesses = dns_common.base_domain_name_guesses(domain)
-        try:
-            with kvault_dns.quiet_tldextract():
-                zone = super()._resolve_domain(domain)
-        except errors.PluginError as e:
-            if not str(e).startswith("Unable to determine zone identifier"):
-                raise
-            raise errors.PluginError(
-                f"kvault: the {self._provider_name} account of {self._entry.where} hosts no "
-                f"zone for {domain} "
-                f"(tried {', '.join(guesses)}). Check the domain name, or choose the entry "
-                "whose provider hosts it with --kvault-dns NAME.") from None
-        zones[domain] = zone
-        return zone
+    def _lookup(self) -> dns01.Lookup:
+        if self._dns_lookup is None:
+            self._dns_lookup = dns01.Lookup(self.conf("dns-resolver"))
+        return self._dns_lookup
 
     def _perform(self, domain: str, validation_name: str, validation: str) -> None:
-        """Add one TXT value (added next to others at the same name, never replacing them)."""
-        zone = self._resolve_domain(domain)
-        try:
-            with kvault_dns.quiet_tldextract(), \
-                    Client(self._build_lexicon_config(zone)) as operations:
-                operations.create_record(rtype="TXT", name=validation_name, content=validation)
-        except HTTPError as e:
-            raise self._handle_http_error(e, zone) or errors.PluginError(
-                f"kvault: cannot add the TXT record {validation_name}: {_one_line(e)}") from None
-        except RequestException as e:
-            raise errors.PluginError(
-                f"kvault: cannot add the TXT record {validation_name} ({_one_line(e)}); "
-                f"{self._fix()}.") from None
-        self._dns.created.append((zone, validation_name, validation))
+        raise NotImplementedError("perform() places every record at once")
 
     def _cleanup(self, domain: str, validation_name: str, validation: str) -> None:
-        """Remove one TXT value we added; failures are logged with what to remove by hand."""
-        zone = self._dns.zones.get(domain)
-        created = self._dns.created
-        if zone is None or (zone, validation_name, validation) not in created:
-            return  # never created (perform failed before it): nothing to remove
-        try:
-            with kvault_dns.quiet_tldextract(), \
-                    Client(self._build_lexicon_config(zone)) as operations:
-                operations.delete_record(rtype="TXT", name=validation_name, content=validation)
-            created.remove((zone, validation_name, validation))
-        except Exception as e:  # noqa: BLE001 - cleanup must not hide the run's outcome
-            logger.warning("kvault could not remove the TXT record %s (%s) from zone %s: %s; "
-                           "remove it by hand.", validation_name, validation, zone,
-                           _one_line(e))
+        """Not used: cleanup() removes exactly what perform() created."""
 
-    def _propagation_servers(self, names: list[str]
-                             ) -> tuple[dict[str, list[propagation.NameServer]], bool]:
-        """Where to check each validation name: the override resolver, else the zone's NS."""
-        override = self.conf("dns-resolver")
-        if override:
-            server = propagation.parse_server(override)
-            return {n: [server] for n in names}, True
-        resolver = propagation.make_resolver()
-        found: dict[str, list[propagation.NameServer]] = {}
-        for n in names:
-            zone, servers = propagation.find_authoritative(n, resolver)
-            logger.info("Authoritative servers of %s (zone %s): %s", n, zone,
-                        ", ".join(str(s) for s in servers))
-            found[n] = servers
-        return found, False
+    def _dns_check(self) -> None:
+        """--kvault-dns-check: create, see answered and delete a throw-away TXT for every
+        name, before any ACME order (so wrong credentials never cost a failed validation)."""
+        domains = [str(d) for d in getattr(self.config, "domains", None) or []]
+        if not domains:
+            display_util.notify("kvault: --kvault-dns-check: no names given yet; not checked")
+            return
+        try:
+            dns01.check(self._entry_set(), domains, self._lookup(),
+                        dns01.parse_aliases(self.conf("dns-alias")),
+                        float(self.conf("propagation-timeout")),
+                        lambda line: display_util.notify(f"kvault dns check: {line}"))
+        except (DNSError, errors.PluginError) as e:
+            raise DnsCheckFailed(f"kvault: --kvault-dns-check failed, nothing was ordered: "
+                                 f"{e}") from None
 
     def perform(self, achalls: list[achallenges.AnnotatedChallenge]
                 ) -> list[challenges.ChallengeResponse]:
-        """Create every TXT record, then wait until the DNS servers answer all of them."""
+        """Create every TXT record where it must go, then wait until the DNS servers answer
+        all of them."""
         if not self._exit_push_registered:
             # Chosen from certbot's interactive menu: prepare() ran before the
             # choice, so it wired nothing.
             self._wire()
-        self._setup_credentials()
-        expected: dict[str, set[str]] = {}
-        work = []
-        for achall in achalls:
-            domain = kvault_dns.achall_domain(achall)
-            name = achall.validation_domain_name(domain)
-            value = achall.validation(achall.account_key)
-            expected.setdefault(name, set()).add(value)
-            work.append((domain, name, value))
-        # Find the servers (and the zones) before touching DNS: a failure here
-        # leaves nothing to clean up.
-        servers, recursion = self._propagation_servers(sorted(expected))
-        for domain, _name, _value in work:
-            self._resolve_domain(domain)
-        self._attempt_cleanup = True
-        for domain, name, value in work:
-            self._perform(domain, name, value)
-        count = len({s.host for group in servers.values() for s in group})
-        display_util.notify(f"Waiting for {len(work)} TXT record(s) to answer on {count} "
-                            "DNS server(s)")
-        waited = propagation.wait_for_txt(expected, servers,
-                                          float(self.conf("propagation-timeout")), recursion)
+        names = [(kvault_dns.achall_domain(a),
+                  a.validation_domain_name(kvault_dns.achall_domain(a))) for a in achalls]
+        run = self._txt = dns01.TxtRun(self._lookup(), self._ttl)
+        try:
+            # Where each record goes (aliases, entries, zones, servers to ask)
+            # before touching DNS: a failure here leaves nothing to clean up.
+            targets = dns01.plan(names, self._entry_set(), self._lookup(),
+                                 dns01.parse_aliases(self.conf("dns-alias")))
+            for target in targets:
+                if target.alias:
+                    logger.info("kvault alias: %s", dns01.describe(target))
+            run.prepare(targets)
+            self._attempt_cleanup = True
+            expected: dict[str, set[str]] = {}
+            for achall, target in zip(achalls, targets):
+                value = achall.validation(achall.account_key)
+                if value not in expected.get(target.name, set()):
+                    run.create(target, value)
+                expected.setdefault(target.name, set()).add(value)
+            issued.note(self.config.config_dir, [
+                {"domain": t.domain, "validation": t.validation, "txt": t.name, "via": t.via,
+                 "zone": run.zones[t.name], "entry": t.entry.name} for t in targets])
+            count = len({s.host for n in expected for s in run.servers[n]})
+            display_util.notify(f"Waiting for {len(achalls)} TXT record(s) to answer on "
+                                f"{count} DNS server(s)")
+            waited = run.wait(expected, float(self.conf("propagation-timeout")))
+        except DNSError as e:
+            raise errors.PluginError(f"kvault: {e}") from None
         logger.info("DNS records answered by every server after %.2f s", waited)
         extra = self.conf("propagation-seconds") or 0
         if extra:
             display_util.notify(f"Waiting {extra} more second(s) (--kvault-propagation-seconds)")
             time.sleep(extra)
         return [achall.response(achall.account_key) for achall in achalls]
+
+    def cleanup(self, achalls: list[achallenges.AnnotatedChallenge]) -> None:
+        """Remove exactly the TXT records perform() created; what fails is logged with what
+        to remove by hand."""
+        if self._txt is not None:
+            for line in self._txt.cleanup():
+                logger.warning("kvault %s.", line)
 
     def auth_hint(self, failed_achalls: list[achallenges.AnnotatedChallenge]) -> str:
         return ("The Certificate Authority could not verify the DNS TXT records created by "

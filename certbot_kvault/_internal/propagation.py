@@ -1,7 +1,9 @@
-"""The active DNS propagation check of the ``kvault`` authenticator.
+"""The plain-DNS half of the ``kvault`` authenticator: CNAMEs and the propagation check.
 
-Instead of sleeping a fixed time, :func:`find_authoritative` walks up from the
-validation name to the zone (SOA) and resolves the zone's NS hosts to
+Alias mode: :func:`follow_cnames` asks a validation name's authoritative
+servers whether it is a CNAME, and follows the chain to where the TXT record
+must go. Instead of sleeping a fixed time, :func:`find_authoritative` walks
+up from the validation name to the zone (SOA) and resolves the zone's NS hosts to
 addresses; :func:`wait_for_txt` then asks every one of them *directly* until
 each answers every expected TXT value, with short growing intervals, bounded
 by a timeout. ``--kvault-dns-resolver`` replaces the discovered servers with
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 POLL_MIN_INTERVAL = 0.2
 POLL_MAX_INTERVAL = 2.0
 QUERY_TIMEOUT = 2.0
+# CNAMEs followed from a validation name (alias mode); lego and the ACME
+# servers we know stop at about this depth too.
+MAX_CNAME_CHAIN = 8
 
 
 class PropagationTimeout(DNSError):
@@ -149,14 +154,11 @@ def _dns_reason(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def query_txt(server: NameServer, name: str, timeout: float = QUERY_TIMEOUT,
-              recursion: bool = False) -> set[str]:
-    """The TXT values ``server`` answers for ``name`` right now (empty when none).
-
-    Raises ``DNSError`` when the server gives no usable answer (timeout,
-    REFUSED, SERVFAIL), so a lame server is told from a missing record.
-    """
-    query = dns.message.make_query(name, dns.rdatatype.TXT)
+def _ask(server: NameServer, name: str, rdtype: dns.rdatatype.RdataType, timeout: float,
+         recursion: bool) -> dns.message.Message:
+    """One query to ``server``; DNSError when it gives no usable answer (timeout,
+    REFUSED, SERVFAIL), so a lame server is told from a missing record."""
+    query = dns.message.make_query(name, rdtype)
     if not recursion:
         query.flags &= ~dns.flags.RD
     try:
@@ -166,10 +168,15 @@ def query_txt(server: NameServer, name: str, timeout: float = QUERY_TIMEOUT,
     except (dns.exception.DNSException, OSError) as e:
         raise DNSError(f"{server}: {_dns_reason(e)}") from None
     rcode = response.rcode()
-    if rcode == dns.rcode.NXDOMAIN:
-        return set()
-    if rcode != dns.rcode.NOERROR:
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         raise DNSError(f"{server}: answered {dns.rcode.to_text(rcode)}")
+    return response
+
+
+def query_txt(server: NameServer, name: str, timeout: float = QUERY_TIMEOUT,
+              recursion: bool = False) -> set[str]:
+    """The TXT values ``server`` answers for ``name`` right now (empty when none)."""
+    response = _ask(server, name, dns.rdatatype.TXT, timeout, recursion)
     qname = dns.name.from_text(name)
     values: set[str] = set()
     for rrset in response.answer:
@@ -177,6 +184,57 @@ def query_txt(server: NameServer, name: str, timeout: float = QUERY_TIMEOUT,
             for rdata in rrset:
                 values.add(b"".join(rdata.strings).decode("utf-8", "replace"))
     return values
+
+
+def query_cname(server: NameServer, name: str, timeout: float = QUERY_TIMEOUT,
+                recursion: bool = False) -> Optional[str]:
+    """Where ``server`` says the CNAME at ``name`` points (None: no CNAME there)."""
+    response = _ask(server, name, dns.rdatatype.CNAME, timeout, recursion)
+    qname = dns.name.from_text(name)
+    for rrset in response.answer:
+        if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == qname:
+            for rdata in rrset:
+                return str(rdata.target.to_text(omit_final_dot=True)).lower()
+    return None
+
+
+def follow_cnames(name: str, servers_for: Callable[[str], Sequence[NameServer]],
+                  recursion: bool = False, limit: int = MAX_CNAME_CHAIN
+                  ) -> tuple[list[str], Optional[str]]:
+    """``name`` and the CNAMEs it leads to, each asked where ``servers_for`` says
+    (its zone's authoritative servers); the last is where a TXT must go.
+
+    The first server that answers decides each step. A loop and a chain longer
+    than ``limit`` are a DNSError. A name no server answers for ends the chain
+    there, with the reason as the second value: the CNAMEs that can be seen
+    are followed, and the propagation check then waits on the same servers.
+    """
+    chain = [name.rstrip(".").lower()]
+    while True:
+        current = chain[-1]
+        reasons: list[str] = []
+        try:
+            servers = list(servers_for(current))
+        except DNSError as e:
+            return chain, str(e)
+        for server in servers:
+            try:
+                target = query_cname(server, current, recursion=recursion)
+                break
+            except DNSError as e:
+                reasons.append(str(e))
+        else:
+            return chain, f"cannot ask whether {current} is a CNAME: {'; '.join(reasons)}"
+        if target is None:
+            return chain, None
+        if target in chain:
+            raise DNSError(f"CNAME loop: {' -> '.join(chain + [target])}; fix these CNAME "
+                           "records before asking for a certificate.")
+        chain.append(target)
+        if len(chain) - 1 > limit:
+            raise DNSError(f"CNAME chain longer than {limit} from {chain[0]} "
+                           f"({' -> '.join(chain[:3])} -> ... -> {target}); make it "
+                           "shorter: the CNAME can point at the TXT record's name directly.")
 
 
 def next_interval(elapsed: float) -> float:

@@ -252,6 +252,7 @@ class LineageRecord:
     info: Optional[CertInfo] = None
     updated_at: Optional[str] = None
     kv_version: Optional[int] = None
+    issued: Optional[dict[str, Any]] = None  # how this version was issued (issued.py)
 
     def check(self, where: str) -> CertInfo:
         validate_name(self.name)
@@ -288,6 +289,7 @@ class LineageRecord:
             "auto_renewable": self.auto_renewable,
             "updated_at": self.updated_at or floor_time(time.time()),
             "archive": {str(n): p.as_dict() for n, p in sorted(self.archive.items())},
+            **({"issued": self.issued} if self.issued else {}),
         }
 
     @classmethod
@@ -322,12 +324,13 @@ class LineageRecord:
             pems=PemSet(**{k: _field(d, k, where) for k in PEM_KINDS}),
             renewal=_field(d, "renewal", where),
             auto_renewable=as_bool(d.get("auto_renewable", True)),
-            archive=archive, updated_at=d.get("updated_at"), kv_version=entry.version)
+            archive=archive, updated_at=d.get("updated_at"), kv_version=entry.version,
+            issued=limits.clean_issued(d.get("issued")))
         record.check(where)
         return record
 
     def same_content(self, other: LineageRecord) -> bool:
-        """Equal for push's "only what changed" (updated_at does not count)."""
+        """Equal for push's "only what changed" (updated_at and issued do not count)."""
         return (self.version == other.version and self.pems == other.pems
                 and self.renewal == other.renewal and self.archive == other.archive
                 and self.auto_renewable == other.auto_renewable)

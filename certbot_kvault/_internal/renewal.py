@@ -22,7 +22,14 @@ against what it reads just before writing, and certbot's deploy hook, which
 would push unfenced, stands down (``KVAULT_PARENT_PUSH``). A push that finds
 Vault unreachable, sealed or failing is tried again for ``--push-retry-for``
 seconds, still under the lock: in a container the new certificate exists
-nowhere else.
+nowhere else (saving.py).
+
+A signal (SIGTERM, SIGINT, SIGHUP) or the run's ``--timeout`` does not lose
+what certbot renewed (stopping.py): certbot gets the stop, the flow saves what
+it renewed within ``--stop-grace``, fenced as always, with the locks held, then
+releases them and exits non-zero (128 + the signal, 124 for the timeout) with
+one line per lineage saved or NOT saved. A stop before certbot starts has
+nothing to save: the flow ends there.
 
 Nothing here prints: the caller passes ``say`` (one result line, stdout),
 ``notify`` (progress, skips and errors, stderr) and ``stream`` (certbot's own
@@ -31,15 +38,13 @@ output, as it comes, newlines included). Errors are ``certbot.errors.Error``.
 from __future__ import annotations
 
 import json
-import random
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 import configobj
 from certbot import errors
 
-from certbot_kvault._internal import pending, sync, synced
-from certbot_kvault._internal.errors import is_transient
+from certbot_kvault._internal import sync, synced
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
 from certbot_kvault._internal.metrics import Metrics
@@ -51,18 +56,16 @@ from certbot_kvault._internal.runner import (
     dir_args,
     failure_reasons,
     run_certbot,
-    sigterm_unwinds,
 )
+from certbot_kvault._internal.saving import DEFAULT_PUSH_RETRY_FOR, save
 from certbot_kvault._internal.schedule import LineageStatus, remember, renewal_fleet
+from certbot_kvault._internal.stopping import CERTBOT, PREPARE, SAVE, StopNow, Stopping
 from certbot_kvault._internal.tree import Tree
 
 if TYPE_CHECKING:  # the caller builds the clients (ari.py loads acme's client)
     from certbot_kvault._internal.ari import AriClients
 
 State = tuple[Optional[int], Optional[str]]
-
-DEFAULT_PUSH_RETRY_FOR = 300
-_MAX_BACKOFF = 10.0
 
 
 class PullFailed(errors.Error):
@@ -96,30 +99,36 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
           finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
           say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify] = None,
           push_retry_for: float = DEFAULT_PUSH_RETRY_FOR,
-          ari: Optional[AriClients] = None) -> int:
+          ari: Optional[AriClients] = None, stop: Optional[Stopping] = None) -> int:
     """Decide, lock, pull, ``certbot renew ARGS``, push, remember, unlock; the exit status.
 
     Metrics go to ``metrics_file`` (if any) however the run ends.
     ``finish_pending`` completes what a deploy hook left undone (under the lock).
     ``stream_err`` gets certbot's stderr as it comes (else certbot writes it itself).
     ``ari`` asks the CAs' ARI (ari.py) before the decision; None: never asked.
+    ``stop``: the signals and deadlines of the run (stopping.py; default: the defaults).
     """
     metrics = Metrics(started=time.time())
+    stop = stop or Stopping()
 
     def read() -> dict[str, LineageStatus]:
         return renewal_fleet(layout, workers, ari, notify=notify,
                              all_memory=rules.every or rules.due_within is not None)
 
     code = 1
-    try:
-        with sigterm_unwinds():
+    with stop.handling():
+        try:
             code = _renew(layout, tree, args, workers, lock_wait, lock_ttl, rules, metrics,
                           finish_pending, kvault_bin, say, notify, stream, stream_err,
-                          push_retry_for, read)
-    finally:
-        metrics.exit_code = code
-        if metrics_file:
-            metrics.write(metrics_file)
+                          push_retry_for, read, stop)
+        except StopNow:  # before certbot started: nothing to save
+            code = stop.exit_code
+            notify(_stop_line("renew", stop, "before certbot started: nothing renewed; "
+                                             "locks released"))
+        finally:
+            metrics.exit_code = code
+            if metrics_file:
+                metrics.write(metrics_file)
     return code
 
 
@@ -127,28 +136,30 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
            lock_ttl: int, rules: Rules, metrics: Metrics,
            finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
-           push_retry_for: float, read: Callable[[], dict[str, LineageStatus]]) -> int:
+           push_retry_for: float, read: Callable[[], dict[str, LineageStatus]],
+           stop: Stopping) -> int:
     with Locks(layout, ttl=lock_ttl, notify=notify) as locks:
-        each = rules.lineage_locks or rules.due_within is not None
-        plan = (plan_each if each else plan_all)(layout, locks, lock_wait, workers, notify,
-                                                 rules, read)
-        metrics.checked = len(plan.fleet)
-        metrics.observe(plan.fleet.values())
-        if plan.skip:
-            metrics.skipped = int(plan.locked_out)
-            say(plan.skip)
-            if plan.locked_out or not locks.holds(GLOBAL_LOCK):
-                return 0
-            # Nothing due, and this run holds the global lock: a good time to
-            # save what an earlier deploy hook on this machine could not.
-            finished = finish_pending()
-            for item, err in finished.failed:
-                notify(f"error: {item}: {err}")
-            return 0 if finished.ok else 1
+        with stop.phase(PREPARE):
+            each = rules.lineage_locks or rules.due_within is not None
+            plan = (plan_each if each else plan_all)(layout, locks, lock_wait, workers, notify,
+                                                     rules, read)
+            metrics.checked = len(plan.fleet)
+            metrics.observe(plan.fleet.values())
+            if plan.skip:
+                metrics.skipped = int(plan.locked_out)
+                say(plan.skip)
+                if plan.locked_out or not locks.holds(GLOBAL_LOCK):
+                    return 0
+                # Nothing due, and this run holds the global lock: a good time to
+                # save what an earlier deploy hook on this machine could not.
+                finished = finish_pending()
+                for item, err in finished.failed:
+                    notify(f"error: {item}: {err}")
+                return 0 if finished.ok else 1
 
-        finished = finish_pending()
-        pulled = sync.pull(tree, layout, plan.names, workers=workers, kvault_bin=kvault_bin,
-                           used_accounts_only=True)
+            finished = finish_pending()
+            pulled = sync.pull(tree, layout, plan.names, workers=workers,
+                               kvault_bin=kvault_bin, used_accounts_only=True)
         for line in pulled.warnings:
             notify(line)
         failed: set[str] = set()
@@ -168,25 +179,27 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         rcs: dict[str, int] = {}
         output = ""
         base = ["renew", "--no-random-sleep-on-renew", *dir_args(tree), *args, *force]
-        if allowed and set(allowed) == set(local):
-            rc, output = run_certbot(base, stream, stream_err)
-        else:
-            # The dir holds lineages this renewer may not touch (kept from
-            # earlier runs, or held by other renewers): one certbot each.
-            for name in allowed:
-                rcs[name], one_out = run_certbot([*base, "--cert-name", name], stream,
-                                                 stream_err)
-                rc = rc or rcs[name]
-                output += one_out
+        with stop.phase(CERTBOT):
+            if allowed and set(allowed) == set(local):
+                rc, output = run_certbot(base, stream, stream_err, stop)
+            else:
+                # The dir holds lineages this renewer may not touch (kept from
+                # earlier runs, or held by other renewers): one certbot each.
+                for name in allowed:
+                    if stop.stopping:
+                        break
+                    rcs[name], one_out = run_certbot([*base, "--cert-name", name], stream,
+                                                     stream_err, stop)
+                    rc = rc or rcs[name]
+                    output += one_out
         after = _states(tree)
         changed = [n for n in sorted(after) if before.get(n) != after[n]]
         grew = {n for n in changed
                 if (after[n][0] or 0) > ((before.get(n) or (0, None))[0] or 0)}
-        certbot_failed = certbot_failures(rc, rcs, output, allowed, grew)
+        certbot_failed = certbot_failures(rc, rcs, output, allowed, grew, stop.stopping)
         failed |= certbot_failed
-        pushed = push_until_saved(
-            tree, layout, changed, workers=workers, retry_for=push_retry_for, notify=notify,
-            expected={n: pulled.versions[n] for n in changed if n in pulled.versions})
+        pushed = save(tree, layout, changed, workers, push_retry_for, notify, stop,
+                      {n: pulled.versions[n] for n in changed if n in pulled.versions})
         for name in pushed.fenced:
             for lock in (lineage_lock(name), GLOBAL_LOCK):
                 if locks.holds(lock):
@@ -205,32 +218,48 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
                        "was NOT saved to Vault; Vault keeps the other renewer's.")
             else:
                 notify(f"error: {item}: {err}")
-        _take_back(tree, layout, pushed.fenced, workers, notify)
         renewed = [n for n in changed if n not in failed and n in grew]
         for name in renewed:
             say(f"renewed: {name} (version {after[name][0]}, saved to Vault)")
-        if not rules.dry_run:
-            outcomes: dict[str, Optional[str]] = {
-                n: None for n in allowed if n in grew and n not in pushed.fenced}
-            reasons = failure_reasons(output)
-            for name in certbot_failed:
-                outcomes[name] = reasons.get(name) or "certbot failed to renew it (see its " \
-                                                      "output, or letsencrypt.log)"
-            metrics.state_errors = remember(layout, plan.fleet, outcomes, workers, notify)
-            metrics.observe(plan.fleet[n] for n in outcomes if n in plan.fleet)
         metrics.renewed = len(renewed)
         metrics.failed = len(failed)
+        try:  # within the grace when stopping: the certificates were saved first
+            with stop.phase(SAVE):
+                _take_back(tree, layout, pushed.fenced, workers, notify)
+                if not rules.dry_run:
+                    outcomes: dict[str, Optional[str]] = {
+                        n: None for n in allowed if n in grew and n not in pushed.fenced}
+                    reasons = failure_reasons(output)
+                    for name in certbot_failed:
+                        outcomes[name] = reasons.get(name) or "certbot failed to renew it " \
+                                                              "(see its output, or letsencrypt.log)"
+                    metrics.state_errors = remember(layout, plan.fleet, outcomes, workers,
+                                                    notify)
+                    metrics.observe(plan.fleet[n] for n in outcomes if n in plan.fleet)
+        except StopNow:
+            notify(f"warning: {stop.why()}: the renewal memory in Vault was not updated")
         if not pushed.fenced:
             for why in lost.values():
                 notify(f"warning: {why}; Vault had not changed since this run pulled, so "
                        "what was renewed here was saved")
     say(f"renew: {len(renewed)} renewed, {len(failed)} failed, {len(allowed)} due, "
         f"{len(plan.fleet)} checked")
+    if stop.stopping:
+        unsaved = sum(1 for n in grew if n in failed and n not in certbot_failed)
+        notify(_stop_line("renew", stop, f"{len(renewed)} renewed and saved to Vault, "
+                                         f"{unsaved} renewed and NOT saved; locks released"))
+        return stop.exit_code
     if rc != 0:
         return rc
     if failed or not pushed.ok or not pulled.ok or not finished.ok:
         return 1
     return 0
+
+
+def _stop_line(command: str, stop: Stopping, what: str) -> str:
+    """The one line that says how a stopped run ended."""
+    prefix = "error: " if stop.timed_out else ""
+    return f"{prefix}{command}: {stop.why()}; {what} (exit {stop.exit_code})"
 
 
 def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,
@@ -244,104 +273,65 @@ def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,
         notify(f"error: {item}: {err}")
 
 
-def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
-                     at_stake: Optional[list[str]] = None, workers: int, retry_for: float,
-                     notify: Notify, expected: Optional[dict[str, int]] = None,
-                     sleep: Callable[[float], None] = time.sleep,
-                     clock: Callable[[], float] = time.monotonic) -> sync.Report:
-    """``sync.push``, tried again while Vault is unreachable, sealed or answering 5xx.
-
-    Only while something renewed here is at stake (``at_stake``, default
-    ``names``): a container's new certificate exists nowhere else. Pauses grow
-    1, 2, 4 ... up to 10 s, with jitter, for at most ``retry_for`` seconds;
-    then each lineage at stake is reported failed and left with a pending mark
-    that the next certbot-kvault command with this config dir completes.
-    """
-    stake = list(names or []) if at_stake is None else at_stake
-    deadline = clock() + max(0.0, retry_for)
-    delay = 1.0
-    while True:
-        try:
-            report = sync.push(tree, layout, names, workers=workers, expected=expected)
-        except errors.Error as e:
-            if not stake:
-                raise
-            left = deadline - clock()
-            if not is_transient(e) or left <= 0:
-                return _not_saved(tree, layout, sync.Report(), stake, str(e))
-            pause = min(left, delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-            what = ", ".join(stake[:5]) + (f" and {len(stake) - 5} more" if len(stake) > 5
-                                           else "")
-            notify(f"warning: saving {what} to Vault failed ({e}); trying again "
-                   f"in {pause:.1f}s, for {left:.0f}s more (--push-retry-for)")
-            sleep(pause)
-            delay = min(_MAX_BACKOFF, delay * 2)
-            continue
-        # What the deploy hook would have done for a lineage it could not save
-        # (it stands down for us): a pending mark. Not for a fenced one: Vault
-        # holds another renewer's newer certificate, which must stay.
-        reasons = dict(report.failed)
-        unsaved = {f"lineage {n}": n for n in stake
-                   if f"lineage {n}" in reasons and n not in report.fenced}
-        report.failed = [(i, e) for i, e in report.failed if i not in unsaved]
-        for item, name in unsaved.items():
-            _not_saved(tree, layout, report, [name], reasons[item])
-        return report
-
-
-def _not_saved(tree: Tree, layout: Layout, report: sync.Report, names: list[str],
-               reason: str) -> sync.Report:
-    """Each lineage failed in ``report``, saying so, with a pending mark."""
-    for name in names:
-        mark = pending.mark(tree, name, reason)
-        report.failed.append((f"lineage {name}", f"was NOT saved to Vault at "
-                                                 f"{layout.where('certificates', name)} "
-                                                 f"({reason}); pending mark at {mark}: run "
-                                                 f"`certbot-kvault push --config-dir "
-                                                 f"{tree.config_dir} {name}`"))
-    return report
-
-
 # ---- run ---------------------------------------------------------------------------------------
 
 
 def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
         finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
         say: Notify, notify: Notify, stream: Notify,
-        push_retry_for: float = DEFAULT_PUSH_RETRY_FOR) -> int:
+        push_retry_for: float = DEFAULT_PUSH_RETRY_FOR, stop: Optional[Stopping] = None) -> int:
     """Pull, certbot ARGS, push, read back; the exit status.
 
     Raises PullFailed (certbot not run) if any record could not be pulled.
+    ``stop``: the signals and deadlines of the run (stopping.py).
     """
-    with sigterm_unwinds():
-        finished = finish_pending()
-        pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
-        for line in pulled.warnings:
-            notify(line)
-        for item, err in pulled.failed:
-            notify(f"error: {item}: {err}")
-        if not pulled.ok:
-            raise PullFailed(
-                f"Not running certbot: {len(pulled.failed)} record(s) could not be pulled from "
-                "Vault (above); certbot could otherwise create duplicate lineages. Fix or "
-                "`certbot-kvault rm` them.")
-        extra = []
-        if args and args[0] == "renew" and "--no-random-sleep-on-renew" not in args:
-            # Without a TTY certbot would sleep up to 8 minutes first.
-            extra.append("--no-random-sleep-on-renew")
-        before = _states(tree)
-        rc, _ = run_certbot([*args, *extra, *dir_args(tree)], stream)
+    stop = stop or Stopping()
+    with stop.handling():
+        try:
+            with stop.phase(PREPARE):
+                finished = finish_pending()
+                pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
+            for line in pulled.warnings:
+                notify(line)
+            for item, err in pulled.failed:
+                notify(f"error: {item}: {err}")
+            if not pulled.ok:
+                raise PullFailed(
+                    f"Not running certbot: {len(pulled.failed)} record(s) could not be pulled "
+                    "from Vault (above); certbot could otherwise create duplicate lineages. "
+                    "Fix or `certbot-kvault rm` them.")
+            extra = []
+            if args and args[0] == "renew" and "--no-random-sleep-on-renew" not in args:
+                # Without a TTY certbot would sleep up to 8 minutes first.
+                extra.append("--no-random-sleep-on-renew")
+            before = _states(tree)
+            with stop.phase(CERTBOT):
+                rc, _ = run_certbot([*args, *extra, *dir_args(tree)], stream, stop=stop)
+        except StopNow:  # raised before certbot started only
+            notify(_stop_line("run", stop, "before certbot started: nothing run"))
+            return stop.exit_code
         after = _states(tree)
         changed = [n for n in sorted(after) if before.get(n) != after[n]]
-        pushed = push_until_saved(
-            tree, layout, None, at_stake=changed, workers=workers, retry_for=push_retry_for,
-            notify=notify,
-            expected={n: pulled.versions[n] for n in changed if n in pulled.versions})
+        pushed = save(tree, layout, None, workers, push_retry_for, notify, stop,
+                      {n: pulled.versions[n] for n in changed if n in pulled.versions},
+                      at_stake=changed)
         problems = [f"{item}: {err}" for item, err in finished.failed + pushed.failed]
-        problems += verify(tree, layout, workers)
-        _take_back(tree, layout, pushed.fenced, workers, notify)
-    for p in problems:
-        notify(f"error: {p}")
+        try:  # reading back is for a run that was not stopped
+            with stop.phase(SAVE):
+                if not stop.stopping:
+                    problems += verify(tree, layout, workers)
+                _take_back(tree, layout, pushed.fenced, workers, notify)
+        except StopNow:
+            pass
+        for p in problems:
+            notify(f"error: {p}")
+        if stop.stopping:
+            for item in pushed.written:
+                say(f"pushed: {item}")
+            unsaved = sum(1 for item, _ in pushed.failed if item.startswith("lineage "))
+            notify(_stop_line("run", stop, f"{len(pushed.written)} pushed, {unsaved} "
+                                           "lineage(s) NOT saved"))
+            return stop.exit_code
     if rc != 0:
         return rc
     if problems:

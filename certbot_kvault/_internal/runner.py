@@ -5,27 +5,27 @@
 directories are refused. certbot is told that its parent pushes
 (``KVAULT_PARENT_PUSH``), so the deploy hook and the kvault plugin leave the
 push to the caller (renewal.py says why). Its output goes to the caller's
-``stream`` (and ``stream_err``) as it comes, newlines included; SIGTERM
-(docker stop, pod eviction) stops it and unwinds like Ctrl-C, so the caller's
-locks are released. What failed is read from its exit status and its renewal
-summary. Nothing here prints; errors are ``certbot.errors.Error``.
+``stream`` (and ``stream_err``) as it comes, newlines included. A stop
+(stopping.py: a signal, the run's ``--timeout``) is passed on to it, and to
+the hooks it runs: without a terminal it runs in a process group of its own,
+so a signal reaches it once, from us. What failed is read from its exit
+status and its renewal summary. Nothing here prints; errors are
+``certbot.errors.Error``.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import types
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from certbot import errors
 
 from certbot_kvault._internal import pending
+from certbot_kvault._internal.stopping import Stopping
 from certbot_kvault._internal.tree import Tree
 
 Notify = Callable[[str], None]
@@ -76,20 +76,27 @@ def dir_args(tree: Tree) -> list[str]:
             "--logs-dir", os.path.abspath(d.logs_dir)]
 
 
-def run_certbot(argv: list[str], stream: Notify,
-                stream_err: Optional[Notify] = None) -> tuple[int, str]:
+def run_certbot(argv: list[str], stream: Notify, stream_err: Optional[Notify] = None,
+                stop: Optional[Stopping] = None) -> tuple[int, str]:
     """Run certbot; each line of its stdout goes to ``stream`` as it comes and is returned.
 
     With ``stream_err`` its stderr goes there as it comes and is returned too
     (after stdout). certbot is told that we push (pending.PARENT_PUSH_ENV), so the
-    deploy hook and the plugin leave that to us.
+    deploy hook and the plugin leave that to us. ``stop`` passes a stop on to it
+    (and kills it when that is urgent); it returns once certbot has exited.
     """
     cmd = [certbot_bin(), *argv]
     env = dict(os.environ)
     env[pending.PARENT_PUSH_ENV] = str(os.getpid())
+    # With a terminal, certbot may ask questions: it stays in the terminal's
+    # (foreground) process group. Without one (containers, cron, CI), a group of
+    # its own: a signal for us reaches it only through us, once, hooks included.
+    own_group = not _isatty(sys.stdin)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE if stream_err else None, text=True,
-                            bufsize=1, env=env)
+                            bufsize=1, env=env, start_new_session=own_group)
+    if stop is not None:
+        stop.attach(proc, own_group)
     out: list[str] = []
     err: list[str] = []
     pump: Optional[threading.Thread] = None
@@ -114,8 +121,8 @@ def run_certbot(argv: list[str], stream: Notify,
             pump.join()
         return rc, "".join(out + err)
     except BaseException:
-        # SIGTERM (turned into SystemExit) or Ctrl-C: stop certbot too, then unwind
-        # so the lock is released.
+        # Unwinding for another reason (a stop is passed on, not raised here):
+        # certbot must not run on behind our back.
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -123,27 +130,20 @@ def run_certbot(argv: list[str], stream: Notify,
             except subprocess.TimeoutExpired:
                 proc.kill()
         raise
-
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM (docker stop, pod eviction) unwinds like Ctrl-C: locks are released."""
-    def handler(signum: int, frame: Optional[types.FrameType]) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if stop is not None:
+            stop.detach()
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())  # type: ignore[attr-defined]
+    except (OSError, ValueError):
+        return False
 
 
 def certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[str],
-                     renewed: set[str]) -> set[str]:
+                     renewed: set[str], stopped: bool = False) -> set[str]:
     """The lineages certbot was asked to renew and did not renew because something failed.
 
     ``rcs``: one certbot per lineage, whose exit status says it. One certbot
@@ -151,7 +151,17 @@ def certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[
     summary names the failures (on stdout or stderr), and when it names none
     (it stopped before its summary) no lineage it did not renew is known to be
     fine, so each counts as failed.
+
+    ``stopped``: we stopped certbot (a signal, the timeout). Then only what failed
+    before the stop counts: the lineages certbot logged a failure with a reason for
+    (its summary may never come, and names a lineage its own signal handler broke
+    off as a failure too, with an empty reason), and with one certbot per lineage,
+    those before the last (which ran into the stop).
     """
+    if stopped:
+        named = set(failure_reasons(output)) | set(_PARSEFAIL_RE.findall(output))
+        named |= {n for n, one_rc in list(rcs.items())[:-1] if one_rc != 0}
+        return (named & set(asked)) - renewed
     if rcs:
         return {n for n, one_rc in rcs.items() if one_rc != 0 and n not in renewed}
     if rc == 0:

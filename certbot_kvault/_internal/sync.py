@@ -18,7 +18,7 @@ from typing import Callable, Collection, Optional
 import configobj
 from certbot import errors
 
-from certbot_kvault._internal import pending, renewal_conf, trust
+from certbot_kvault._internal import issued, pending, renewal_conf, trust
 from certbot_kvault._internal.errors import (
     VaultAuthError,
     VaultConflict,
@@ -347,12 +347,12 @@ class _LineagePush:
         layout, name, expected, local = self.layout, self.name, self.expected, self.local
         assert local is not None
         entry = layout.read_lineage_raw(name)
+        remote: Optional[LineageRecord] = None
         if entry is not None:
             try:
-                remote: Optional[LineageRecord] = LineageRecord.from_kv(
-                    name, entry, layout.where("certificates", name))
+                remote = LineageRecord.from_kv(name, entry, layout.where("certificates", name))
             except RecordError:
-                remote = None  # replaced by the good local one
+                pass  # replaced by the good local one
             if remote is not None:
                 local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
                     local.renewal, remote.renewal))
@@ -366,6 +366,7 @@ class _LineagePush:
         if expected is not None and (entry is None or entry.version != expected):
             raise self._refuse(f"version {entry.version}" if entry is not None else "deleted")
         cas = expected if expected is not None else check_and_set(self.known, entry)
+        local = issued.stamp(self.tree.config_dir, layout.vault, local, remote)
         try:
             self.agreed.append(layout.save_lineage(local, cas=cas))
         except VaultConflict:

@@ -107,7 +107,7 @@ def show(ctx: Context, name: str) -> None:
            "domains": info.domains, "not_before": info.not_before,
            "not_after": info.not_after, "serial": info.serial, "key_type": info.key_type,
            "auto_renewable": record.auto_renewable, "version": record.version,
-           "updated_at": record.updated_at, **status.as_json()}
+           "updated_at": record.updated_at, **status.as_json(), "issued": record.issued}
     if ctx.json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
@@ -115,7 +115,9 @@ def show(ctx: Context, name: str) -> None:
                 "auto_renewable", "version", "updated_at"):
         value = out[key]
         click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
-    for key, value in _renewal_lines(status):
+    from certbot_kvault._internal import issued  # show's alone: `list` never needs it
+
+    for key, value in _renewal_lines(status) + issued.lines(record.issued):
         click.echo(f"{key}: {value}")
 
 

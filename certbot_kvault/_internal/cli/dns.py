@@ -1,18 +1,20 @@
-"""`certbot-kvault dns ...`: manage DNS provider credentials in Vault (``dns/NAME``).
+"""`certbot-kvault dns ...`: DNS provider credentials in Vault (``dns/NAME``), and checking them.
 
 Values are secrets: they are written to Vault and never printed; listings
-show option keys only.
+show option keys and zones only. ``dns check`` uses an entry as the
+authenticator would (dns01.check), with no ACME order.
 """
 from __future__ import annotations
 
 import json
 import re
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import click
 
 from certbot_kvault._internal import dns as kvault_dns
+from certbot_kvault._internal import dns01
 from certbot_kvault._internal.cli.common import Context, common_options
 from certbot_kvault._internal.errors import VaultConflict
 from certbot_kvault._internal.records import validate_name
@@ -56,9 +58,10 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = kvault_dns.normalize_key(key)
-        if not sep or not key or key == kvault_dns.PROVIDER_FIELD:
+        if not sep or not key or key in kvault_dns.RESERVED_FIELDS:
             raise click.BadParameter(
-                f"expected KEY=VALUE (KEY not '{kvault_dns.PROVIDER_FIELD}'), got "
+                f"expected KEY=VALUE (KEY not {' or '.join(sorted(kvault_dns.RESERVED_FIELDS))}"
+                "), got "
                 f"{key or '?'}{'=...' if sep else ''}", param_hint="--option")
         if key in out:
             raise click.BadParameter(f"{key} given twice", param_hint="--option")
@@ -82,10 +85,14 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="A provider option; repeat. VALUE '@FILE' reads a file, '@-' stdin, "
                    "'@@...' is a literal '@...'. A secret (a KEY with token, secret, "
                    "password, key, credential or auth) given inline gets a warning.")
+@click.option("--zone", "zones", multiple=True, metavar="ZONE",
+              help="A DNS zone this entry serves; repeat. An order picks, for each name, the "
+                   "entry with the longest zone holding it (entries without zones serve as "
+                   "--kvault-dns NAME).")
 @click.option("--force", is_flag=True, help="Replace an existing entry")
 @common_options(tree=False, json_opt=True)
 def dns_add(ctx: Context, name: str, provider: str, provider_options: tuple[str, ...],
-            force: bool) -> None:
+            zones: tuple[str, ...], force: bool) -> None:
     """Store (or with --force replace) the DNS provider entry NAME. Values are never shown."""
     validate_name(name, "DNS entry")
     layout = ctx.layout
@@ -94,9 +101,12 @@ def dns_add(ctx: Context, name: str, provider: str, provider_options: tuple[str,
     kvault_dns.check_provider(provider, f"--provider for {where}")
     options = _parse_options(provider_options)
     kvault_dns.check_options(provider, options, where)
+    served = list(kvault_dns.parse_zones(list(zones), "--zone"))
     if not force and layout.load_dns(name) is not None:
         raise click.ClickException(f"{where} already exists; pass --force to replace it.")
-    entry = {kvault_dns.PROVIDER_FIELD: provider, **options}
+    entry: dict[str, Any] = {kvault_dns.PROVIDER_FIELD: provider, **options}
+    if served:
+        entry[kvault_dns.ZONES_FIELD] = served
     try:
         layout.save_dns(name, entry, cas=None if force else 0)
     except VaultConflict:
@@ -105,33 +115,43 @@ def dns_add(ctx: Context, name: str, provider: str, provider_options: tuple[str,
             raise click.ClickException(
                 f"{where} was created by someone else meanwhile; pass --force to "
                 "replace it.") from None
-    out = {"name": name, "path": where, "provider": provider, "options": sorted(options)}
+    out = {"name": name, "path": where, "provider": provider, "options": sorted(options),
+           "zones": served}
     if ctx.json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
     else:
         click.echo(f"saved: {where} (provider {provider}; options: "
-                   f"{', '.join(sorted(options)) or 'none'})")
+                   f"{', '.join(sorted(options)) or 'none'}; zones: "
+                   f"{', '.join(served) or 'any (the default entry)'})")
 
 
 @dns_group.command("list")
 @common_options(tree=False, json_opt=True)
 def dns_list(ctx: Context) -> None:
-    """NAME  PROVIDER  OPTIONS (keys only), from Vault."""
+    """NAME  PROVIDER  ZONES  OPTIONS (keys only), from Vault."""
     layout = ctx.layout
     rows: list[dict[str, Any]] = []
     for name in layout.list_dns():
         data = layout.load_dns(name)
         if data is None:
             continue
+        where = layout.where("dns", name)
+        try:
+            zones = list(kvault_dns.parse_zones(data.get(kvault_dns.ZONES_FIELD), where))
+        except kvault_dns.DNSError as e:
+            click.echo(f"warning: {e}", err=True)
+            zones = ["(invalid)"]
         rows.append({"name": name,
                      "provider": data.get(kvault_dns.PROVIDER_FIELD),
-                     "options": sorted(k for k in data if k != kvault_dns.PROVIDER_FIELD)})
+                     "zones": zones,
+                     "options": sorted(k for k in data if k not in kvault_dns.RESERVED_FIELDS)})
     if ctx.json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
-    table = [("NAME", "PROVIDER", "OPTIONS")] + [
-        (r["name"], r["provider"] or "-", ",".join(r["options"]) or "-") for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(3)]
+    table = [("NAME", "PROVIDER", "ZONES", "OPTIONS")] + [
+        (r["name"], r["provider"] or "-", ",".join(r["zones"]) or "-",
+         ",".join(r["options"]) or "-") for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(4)]
     for row in table:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
 
@@ -148,3 +168,40 @@ def dns_rm(ctx: Context, name: str) -> None:
         raise click.ClickException(f"No DNS provider entry {where} in Vault.")
     layout.delete_dns(name)
     click.echo(f"deleted: {where}")
+
+
+@dns_group.command("check")
+@click.argument("name")
+@click.option("--domain", "domains", multiple=True, required=True, metavar="NAME",
+              help="A certificate name to check (its _acme-challenge record); repeat.")
+@click.option("--dns-alias", "aliases", metavar="NAME=TARGET[,...]",
+              help="NAME's TXT goes to TARGET, without looking up the CNAME (as the "
+                   "authenticator's --kvault-dns-alias).")
+@click.option("--dns-resolver", "resolver", metavar="HOST[:PORT]",
+              help="Ask this DNS server instead of the zones' authoritative servers.")
+@click.option("--propagation-timeout", "timeout", type=click.IntRange(1, 3600), default=120,
+              show_default=True, help="Seconds to wait for every DNS server to answer.")
+@common_options(tree=False)
+def dns_check(ctx: Context, name: str, domains: tuple[str, ...], aliases: Optional[str],
+              resolver: Optional[str], timeout: int) -> None:
+    """Check that entry NAME can answer DNS-01 for each --domain, with no ACME order.
+
+    Follows _acme-challenge CNAMEs, creates a test TXT record with NAME's
+    credentials, waits until every authoritative server answers it, deletes it:
+    one line per step with its time. Any failure: one line, exit 1, nothing left.
+    """
+    validate_name(name, "DNS entry")
+    entry = kvault_dns.load_entry(ctx.layout, name)
+    entries = kvault_dns.EntrySet(default=entry, zoned=[entry] if entry.zones else [],
+                                  where=ctx.layout.where("dns"))
+    try:
+        lookup, alias_map = dns01.Lookup(resolver), dns01.parse_aliases(aliases)
+        took = dns01.check(entries, list(domains), lookup, alias_map, float(timeout),
+                           click.echo)
+    except kvault_dns.DNSError as e:
+        # The same sentences as the authenticator's, with this command's options.
+        text = str(e)
+        for flag in ("propagation-timeout", "dns-resolver", "dns-alias"):
+            text = text.replace(f"--kvault-{flag}", f"--{flag}")
+        raise click.ClickException(text) from None
+    click.echo(f"ok: {entry.where} can answer DNS-01 for {', '.join(domains)} ({took:.2f} s)")

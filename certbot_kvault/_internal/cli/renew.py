@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
-from certbot_kvault._internal import renewal, runner
+from certbot_kvault._internal import renewal, runner, saving, stopping
 from certbot_kvault._internal.cli.common import Context, common_options, trust_option
 from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
@@ -54,11 +54,29 @@ def _cert_name(args: list[str]) -> Optional[str]:
 
 def _push_retry_option() -> Callable[[F], F]:
     return click.option(
-        "--push-retry-for", type=click.FloatRange(min=0), default=renewal.DEFAULT_PUSH_RETRY_FOR,
+        "--push-retry-for", type=click.FloatRange(min=0), default=saving.DEFAULT_PUSH_RETRY_FOR,
         show_default=True, envvar="KVAULT_PUSH_RETRY_FOR", metavar="SECONDS",
         help="When Vault is unreachable, sealed or answers 5xx while saving a new "
              "certificate, keep trying (with backoff) this long before giving up "
              "[KVAULT_PUSH_RETRY_FOR]")
+
+
+def _stop_options(fn: F) -> F:
+    """--stop-grace and --timeout: how a run ends on a signal or when it takes too long."""
+    fn = click.option(
+        "--timeout", type=click.FloatRange(min=1), default=stopping.DEFAULT_TIMEOUT,
+        show_default=True, envvar="KVAULT_TIMEOUT", metavar="SECONDS",
+        help="Stop the run after this long, as on SIGTERM: certbot gets SIGTERM (then "
+             f"SIGINT, and SIGKILL after half of --stop-grace, at most {stopping.KILL_AFTER:g}s), "
+             f"what it renewed is saved within --stop-grace, exit {stopping.TIMEOUT_EXIT}. Keep "
+             "it below the scheduler's own deadline [KVAULT_TIMEOUT]")(fn)
+    return click.option(
+        "--stop-grace", type=click.FloatRange(min=0), default=stopping.DEFAULT_GRACE,
+        show_default=True, envvar="KVAULT_STOP_GRACE", metavar="SECONDS",
+        help="On SIGTERM, SIGINT or SIGHUP (or --timeout): certbot gets the signal, and what "
+             "it renewed is saved to Vault within this long (keep it under `docker stop`'s "
+             "or the pod's grace period); a second signal stops at once. Exit 128+signal "
+             "[KVAULT_STOP_GRACE]")(fn)
 
 
 @click.command("renew")
@@ -88,13 +106,14 @@ def _push_retry_option() -> Callable[[F], F]:
               envvar="KVAULT_METRICS_FILE", metavar="FILE",
               help="Write Prometheus textfile metrics here [KVAULT_METRICS_FILE]")
 @_push_retry_option()
+@_stop_options
 @click.argument("certbot_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CERTBOT-ARGS]")
 @trust_option
 @common_options()
 def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[float],
           lineage_locks: bool, retry_now: tuple[str, ...], ari: bool,
-          metrics_file: Optional[str],
-          push_retry_for: float, certbot_args: tuple[str, ...]) -> None:
+          metrics_file: Optional[str], push_retry_for: float, stop_grace: float,
+          timeout: float, certbot_args: tuple[str, ...]) -> None:
     """Decide what is due from Vault, lock, pull it, `certbot renew`, push, unlock.
 
     Starts from an empty --config-dir as well as from a full one; Vault is the
@@ -112,9 +131,12 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
 
     A second renewer that cannot get the lock within --lock-wait exits 0 and
     says who holds it and until when. A renewer that lost its lock (paused past
-    --lock-ttl) saves nothing over what the one that took over saved. Exit
-    status: certbot's if it failed, 1 if a renewal failed or Vault could not be
-    updated, else 0.
+    --lock-ttl) saves nothing over what the one that took over saved. SIGTERM,
+    SIGINT or SIGHUP (docker stop, a pod evicted), or --timeout: certbot is
+    stopped, what it renewed is saved within --stop-grace, the locks released,
+    one line per lineage saved or NOT saved (then it has a pending mark). Exit
+    status: 128+N on signal N, 124 on --timeout, certbot's if it failed, 1 if a
+    renewal failed or Vault could not be updated, else 0.
     """
     args = runner.check_certbot_args(certbot_args)
     from certbot_kvault._internal.ari import AriClients  # acme's client: only renew needs it
@@ -128,30 +150,36 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
         lock_ttl=lock_ttl, rules=rules, metrics_file=metrics_file,
         finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
         say=_say, notify=_notify, stream=_stream, stream_err=_stream_err,
-        push_retry_for=push_retry_for, ari=AriClients() if ari else None))
+        push_retry_for=push_retry_for, ari=AriClients() if ari else None,
+        stop=stopping.Stopping(grace=stop_grace, timeout=timeout)))
 
 
 @click.command("run")
 @click.argument("certbot_args", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- CERTBOT-ARGS")
 @_push_retry_option()
+@_stop_options
 @trust_option
 @common_options()
-def run_(ctx: Context, push_retry_for: float, certbot_args: tuple[str, ...]) -> None:
+def run_(ctx: Context, push_retry_for: float, stop_grace: float, timeout: float,
+         certbot_args: tuple[str, ...]) -> None:
     """Pull, run certbot with CERTBOT-ARGS, push; fail unless Vault then holds the result.
 
     \b
     certbot-kvault run -- certonly -a kvault --kvault-dns NAME -d example.com
     certbot-kvault run -- certificates
 
-    certbot gets the same --config-dir/--work-dir/--logs-dir. Exit status:
-    certbot's if it failed, 1 if Vault does not hold what certbot produced
-    (a push failed, or reading it back differs), else 0.
+    certbot gets the same --config-dir/--work-dir/--logs-dir. On SIGTERM,
+    SIGINT or SIGHUP, or at --timeout, certbot is stopped and what it produced
+    is pushed within --stop-grace. Exit status: 128+N on signal N, 124 on
+    --timeout, certbot's if it failed, 1 if Vault does not hold what certbot
+    produced (a push failed, or reading it back differs), else 0.
     """
     args = runner.check_certbot_args(certbot_args)
     code = renewal.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
                        finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
                        say=_say, notify=_notify, stream=_stream,
-                       push_retry_for=push_retry_for)
+                       push_retry_for=push_retry_for,
+                       stop=stopping.Stopping(grace=stop_grace, timeout=timeout))
     if code:
         sys.exit(code)
