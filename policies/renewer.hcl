@@ -14,12 +14,14 @@
 # gets policies/dns-entry.hcl once per entry its lineages use (least power; with
 # alias mode, only the validation zone's entry), or policies/dns-all.hcl.
 
-# Lineages: read, create, update (check-and-set writes); list them.
+# Lineages: read, create, update (check-and-set writes); list them, and read one's
+# version numbers (metadata, no PEM): how a push tells a Vault restored from an
+# older snapshot.
 path "secret/data/certbot/certificates/*" {
   capabilities = ["create", "read", "update"]
 }
 path "secret/metadata/certbot/certificates/*" {
-  capabilities = ["list"]
+  capabilities = ["list", "read"]
 }
 
 # ACME accounts (nested: accounts/<host>/<path>/<id>).

@@ -23,6 +23,10 @@ ROOT=$(pwd)
 log() { printf '[setup] %s\n' "$*"; }
 
 APT_PACKAGES=(pebble pdns-server pdns-backend-sqlite3 sqlite3 openssl)
+# The image tests (tests/test_image.py): podman builds and runs docker/Dockerfile
+# (runc: crun refuses some hosts' hybrid cgroups); debootstrap makes the stand-in for
+# the certbot/certbot base image (no registry is needed).
+APT_PACKAGES+=(podman runc uidmap debootstrap ca-certificates)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

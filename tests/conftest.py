@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import image as built_images  # noqa: E402
 import servers  # noqa: E402
 from helpers import (  # noqa: E402
     SCRUB_NAMES,
@@ -266,3 +267,24 @@ def certbot(certbot_dirs: CertbotDirs, pebble: Pebble) -> CertbotRunner:
             logs_dir=certbot_dirs.logs_dir, pebble=pebble, env=env, check=check, **kw)
 
     return run
+
+
+# --------------------------------------------------------------------------- report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The image tests by name, outcome and time, even under -q: the record that this run
+    built the image and ran it (scripts/test.sh runs the suite quietly)."""
+    reports = [r for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+               for r in terminalreporter.stats.get(outcome, [])
+               if getattr(r, "nodeid", "").startswith("tests/test_image.py::")
+               and (r.when == "call" or r.outcome != "passed")]
+    if not reports:
+        return
+    terminalreporter.section("the image (tests/test_image.py)")
+    for built in built_images.BUILT:
+        terminalreporter.write_line(f"built {built.describe()}")
+    for r in sorted(reports, key=lambda r: r.nodeid):
+        outcome = r.outcome.upper() if r.when == "call" else f"ERROR at {r.when}"
+        terminalreporter.write_line(f"{outcome:8} {r.nodeid.split('::', 1)[1]} "
+                                    f"({r.duration:.1f} s)")

@@ -178,6 +178,43 @@ def approle(bao: Bao, policy: str, **role: Any) -> dict[str, str]:
             "KVAULT_APPROLE_MOUNT": mount}
 
 
+def secret_id_uses_left(bao: Bao, creds: dict[str, str]) -> int:
+    """Logins the AppRole secret id of ``creds`` (from ``approle``) still allows."""
+    r = bao.api("POST", f"auth/{creds['KVAULT_APPROLE_MOUNT']}/role/renewer/secret-id/lookup",
+                {"secret_id": creds["VAULT_SECRET_ID"]})
+    assert r.status_code == 200, r.text
+    return int(r.json()["data"]["secret_id_num_uses"])
+
+
+def live_login_tokens(bao: Bao, mount: str) -> int:
+    """Tokens alive right now that a login on auth/<mount> issued (asked with root)."""
+    r = bao.api("LIST", "auth/token/accessors")
+    assert r.status_code == 200, r.text
+    live = 0
+    for accessor in r.json()["data"]["keys"]:
+        info = bao.api("POST", "auth/token/lookup-accessor", {"accessor": accessor})
+        if info.status_code == 200 and info.json()["data"].get("path") == f"auth/{mount}/login":
+            live += 1
+    return live
+
+
+def kubernetes_role(bao: Bao, token_review: TokenReviewStub, mount: str, role: str,
+                    sa: Mapping[str, Any], *policies: str) -> None:
+    """Vault's kubernetes auth at ``mount`` (enabled) as the examples' headers set it up:
+    the TokenReview API of ``token_review``, and ``role`` for the service account ``sa``
+    (metadata: name, namespace), audience vault, holding ``policies``."""
+    r = bao.api("POST", f"auth/{mount}/config", json={
+        "kubernetes_host": token_review.url, "kubernetes_ca_cert": token_review.ca.read_text(),
+        "token_reviewer_jwt": token_review.service_account_token("kube-system", "reviewer"),
+        "disable_local_ca_jwt": True})
+    assert r.status_code == 204, r.text
+    r = bao.api("POST", f"auth/{mount}/role/{role}", json={
+        "bound_service_account_names": [sa["name"]],
+        "bound_service_account_namespaces": [sa["namespace"]],
+        "audience": "vault", "token_policies": list(policies), "token_ttl": "30m"})
+    assert r.status_code == 204, r.text
+
+
 def pub_pem(key: rsa.RSAPrivateKey) -> str:
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

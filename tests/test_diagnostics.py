@@ -24,11 +24,13 @@ from helpers import (
     certonly_args,
     error_line,
     kvault,
+    live_login_tokens,
     load_policy,
     one_line_error,
     pdns_entry,
     resolver_opt,
     scrubbed_env,
+    secret_id_uses_left,
     token_with_policy,
 )
 from servers import Bao, PowerDNS, listening
@@ -196,25 +198,6 @@ def test_unset_vault_addr_is_named(clean_env: Path, monkeypatch: pytest.MonkeyPa
 # ---- 5. no login per denial, 6. machine tokens revoked ---------------------------------------
 
 
-def _uses_left(bao: Bao, creds: dict[str, str]) -> int:
-    r = bao.api("POST", f"auth/{creds['KVAULT_APPROLE_MOUNT']}/role/renewer/secret-id/lookup",
-                {"secret_id": creds["VAULT_SECRET_ID"]})
-    assert r.status_code == 200, r.text
-    return int(r.json()["data"]["secret_id_num_uses"])
-
-
-def _live_login_tokens(bao: Bao, mount: str) -> int:
-    """Tokens alive right now that a login on auth/<mount> issued (asked with root)."""
-    r = bao.api("LIST", "auth/token/accessors")
-    assert r.status_code == 200, r.text
-    live = 0
-    for accessor in r.json()["data"]["keys"]:
-        info = bao.api("POST", "auth/token/lookup-accessor", {"accessor": accessor})
-        if info.status_code == 200 and info.json()["data"].get("path") == f"auth/{mount}/login":
-            live += 1
-    return live
-
-
 def test_policy_denials_cost_no_logins(vault_env: dict[str, str], bao: Bao) -> None:
     prefix = vault_env["KVAULT_PREFIX"]
     names = [f"n{i}.example.com" for i in range(6)]
@@ -225,12 +208,12 @@ def test_policy_denials_cost_no_logins(vault_env: dict[str, str], bao: Bao) -> N
         "policy": f'path "secret/metadata/{prefix}/*" {{ capabilities = ["list"] }}'}
     ).status_code == 204
     creds = approle(bao, policy, secret_id_num_uses=10)
-    assert _uses_left(bao, creds) == 10
+    assert secret_id_uses_left(bao, creds) == 10
     env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
     proc = kvault("list", "--workers", "4", env=env, check=False)
     err = one_line_error(proc)
     assert f"permission denied: needs read on secret/data/{prefix}/certificates/n" in err
-    assert _uses_left(bao, creds) == 9  # one login for the whole command
+    assert secret_id_uses_left(bao, creds) == 9  # one login for the whole command
 
 
 def test_machine_login_token_is_revoked_at_exit(vault_env: dict[str, str], bao: Bao) -> None:
@@ -240,12 +223,12 @@ def test_machine_login_token_is_revoked_at_exit(vault_env: dict[str, str], bao: 
     env = scrubbed_env(VAULT_ADDR=bao.addr, KVAULT_PREFIX=prefix, **creds)
     proc = kvault("list", env=env)
     assert "a.example.com" in proc.stdout
-    assert _uses_left(bao, creds) == 4  # it did log in
-    assert _live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
+    assert secret_id_uses_left(bao, creds) == 4  # it did log in
+    assert live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
     # A failing command revokes too.
     proc = kvault("show", "missing.example.com", env=env, check=False)
     assert proc.returncode == 1
-    assert _live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
+    assert live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
 
     # A token the user gave is never revoked.
     token = token_with_policy(bao, f"user-{prefix}", _policy_rw(prefix))
@@ -265,8 +248,8 @@ def test_plugin_revokes_its_machine_login_at_exit(vault_env: dict[str, str], bao
     proc = certbot("plugins", "--init", "--prepare", "-i", "kvault", env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "kvault" in proc.stdout
-    assert _uses_left(bao, creds) == 4  # the plugin did log in
-    assert _live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
+    assert secret_id_uses_left(bao, creds) == 4  # the plugin did log in
+    assert live_login_tokens(bao, creds["KVAULT_APPROLE_MOUNT"]) == 0
 
 
 # ---- 7. URL secrets redacted -----------------------------------------------------------------

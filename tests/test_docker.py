@@ -1,9 +1,9 @@
 """docker/: the Dockerfile is linted, and the entrypoint is run on the host like the container.
 
-There is no Docker engine here. The entrypoint is a POSIX sh script; it runs
-under /bin/sh (dash on Debian, as strict as the image's busybox ash) with PATH
-pointing at this virtualenv, where the image would have certbot and
-certbot-kvault in /usr/local/bin.
+test_image.py builds the image and runs it with podman. Here, without a container,
+the entrypoint (a POSIX sh script) runs under /bin/sh (dash on Debian, as strict as
+the image's busybox ash) with PATH pointing at this virtualenv, where the image has
+certbot and certbot-kvault next to its Python.
 """
 from __future__ import annotations
 
@@ -64,15 +64,19 @@ def test_dockerfile_parses_and_is_consistent() -> None:
     image = froms[0].replace("${CERTBOT_IMAGE}", args.get("CERTBOT_IMAGE", ""))
     assert image.startswith("certbot/certbot:v"), image  # the official image, pinned
 
-    # Every COPY source exists in the repository (the build context is the repo root).
+    # Every COPY source exists in the repository (the build context is the repo root)
+    # and .dockerignore lets it through; COPY --from copies from the empty stage.
+    allowed = [ln[1:] for ln in (ROOT / ".dockerignore").read_text().splitlines()
+               if ln.startswith("!")]
     for word, rest in ins:
-        if word != "COPY":
+        if word != "COPY" or "--from=empty" in rest:
             continue
         parts = [p for p in shlex.split(rest) if not p.startswith("--")]
         for src in parts[:-1]:
             if src == "README.md" and not (ROOT / src).exists():
                 continue  # written by the docs issue; pyproject needs it too
             assert (ROOT / src).exists(), f"COPY source {src} missing"
+            assert src in allowed, f"COPY source {src} is not let through .dockerignore"
 
     # ENTRYPOINT (exec form) is the script the Dockerfile copies in; CMD is renew.
     entry = json.loads(next(a for w, a in ins if w == "ENTRYPOINT"))
@@ -80,6 +84,9 @@ def test_dockerfile_parses_and_is_consistent() -> None:
     assert copied and copied[0][-1] == entry[0]
     assert "--chmod=0755" in copied[0]
     assert json.loads(next(a for w, a in ins if w == "CMD")) == ["certbot-kvault", "renew"]
+    # Not root, by number (what Kubernetes' runAsNonRoot can check).
+    (user,) = [a for w, a in ins if w == "USER"]
+    assert all(part.isdigit() and int(part) != 0 for part in user.split(":")), user
     env = " ".join(a for w, a in ins if w == "ENV")
     assert "KVAULT_CONFIG_DIR=/etc/letsencrypt" in env
     run = " ".join(a for w, a in ins if w == "RUN")

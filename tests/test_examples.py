@@ -35,6 +35,7 @@ from helpers import (
     TokenReviewStub,
     approle,
     enable_auth,
+    kubernetes_role,
     kv_version,
     load_policy,
     locks_held,
@@ -47,6 +48,7 @@ from stubs import Answer, HttpStub, Request
 
 from certbot_kvault._internal.cli import main
 from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.stopping import DEFAULT_GRACE
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "examples"
@@ -302,6 +304,44 @@ def test_kubernetes_manifest_is_valid() -> None:
     args = [str(a) for a in container["args"]]
     assert args[:2] == ["certbot-kvault", "renew"]
     check_command(args[1:])
+    # The run's own deadline (and its stop grace) ends before Kubernetes' kills the pod,
+    # so what certbot renewed is saved first.
+    timeout = float(args[args.index("--timeout") + 1])
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    assert timeout + DEFAULT_GRACE < spec["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    assert grace > DEFAULT_GRACE
+
+
+def test_kubernetes_examples_are_hardened() -> None:
+    """Every container of the certbot-kvault image runs as the image does in
+    test_image.py: non-root, read-only root, no capabilities, no privilege escalation,
+    and what it writes on emptyDir volumes (certbot's three dirs too for a renewer)."""
+    seen = 0
+    for path in (K8S, K8S_APP, K8S_SECRET):
+        for doc in manifest(path).values():
+            spec = doc.get("spec", {})
+            pod = (spec.get("jobTemplate", {}).get("spec", spec).get("template", {})
+                   .get("spec", {}))
+            if not pod:
+                continue
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            for c in pod.get("initContainers", []) + pod.get("containers", []):
+                if "certbot-kvault" not in str(c["image"]):
+                    continue
+                seen += 1
+                psc, csc = pod["securityContext"], c["securityContext"]
+                assert psc["runAsNonRoot"] is True and psc["runAsUser"] > 0, (path, psc)
+                assert csc["readOnlyRootFilesystem"] is True, (path, c["name"])
+                assert csc["allowPrivilegeEscalation"] is False, (path, c["name"])
+                assert csc["capabilities"]["drop"] == ["ALL"], (path, c["name"])
+                writable = {m["mountPath"] for m in c["volumeMounts"]
+                            if "emptyDir" in volumes[m["name"]] and not m.get("readOnly")}
+                needed = {"/tmp"}
+                if kvault_argv(c)[0] in ("renew", "run"):
+                    needed |= {"/etc/letsencrypt", "/var/lib/letsencrypt",
+                               "/var/log/letsencrypt"}
+                assert needed <= writable, (path, c["name"], needed - writable)
+    assert seen == 4  # renew; export in the Secret's CronJob; the app's init and watcher
 
 
 def test_gitlab_job_is_valid() -> None:
@@ -394,16 +434,7 @@ def _kubernetes_env(bao: Bao, token_review: TokenReviewStub, policy: str,
     the projected token at the manifest's path under ``root``."""
     env = {e["name"]: str(e["value"]) for e in container["env"]}
     mount = enable_auth(bao, "kubernetes")
-    r = bao.api("POST", f"auth/{mount}/config", json={
-        "kubernetes_host": token_review.url, "kubernetes_ca_cert": token_review.ca.read_text(),
-        "token_reviewer_jwt": token_review.service_account_token("kube-system", "reviewer"),
-        "disable_local_ca_jwt": True})
-    assert r.status_code == 204, r.text
-    r = bao.api("POST", f"auth/{mount}/role/{env['KVAULT_K8S_ROLE']}", json={
-        "bound_service_account_names": [sa["name"]],
-        "bound_service_account_namespaces": [sa["namespace"]],
-        "audience": "vault", "token_policies": [policy], "token_ttl": "30m"})
-    assert r.status_code == 204, r.text
+    kubernetes_role(bao, token_review, mount, env["KVAULT_K8S_ROLE"], sa, policy)
     token_path = root / env["KVAULT_K8S_TOKEN_PATH"].lstrip("/")
     token_path.parent.mkdir(parents=True)
     token_path.write_text(token_review.service_account_token(sa["namespace"], sa["name"],

@@ -37,10 +37,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-import io
 from typing import Any, Optional
 
-import configobj
+from certbot_kvault._internal import confs
 
 ARI = "ari"
 BEFORE_EXPIRY = "renew_before_expiry"
@@ -81,17 +80,19 @@ class Decision:
 def conf_settings(conf_text: str) -> ConfSettings:
     """The timing settings of a renewal conf's text (defaults for what is missing)."""
     try:
-        conf = configobj.ConfigObj(io.StringIO(conf_text), encoding="utf-8",
-                                   default_encoding="utf-8")
-    except configobj.ConfigObjError:
+        conf = confs.parse_text(conf_text)
+    except confs.ConfError:
         return ConfSettings()
     params = conf.get("renewalparams")
     params = params if isinstance(params, dict) else {}
 
     def text(value: object) -> Optional[str]:
-        return value.strip() if isinstance(value, str) and value.strip() else None
+        # A template is no setting: the pull drops it (renewal_conf.py).
+        if not isinstance(value, str) or not value.strip() or confs.templated(value):
+            return None
+        return value.strip()
 
-    autorenew = str(params.get("autorenew", "True")).strip().lower() not in (
+    autorenew = str(text(params.get("autorenew")) or "True").lower() not in (
         "false", "no", "off", "0")
     return ConfSettings(
         autorenew=autorenew,

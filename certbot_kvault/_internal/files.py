@@ -42,7 +42,10 @@ def _write_all(fd: int, data: bytes) -> None:
 def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) -> None:
     """Write via a temp file and a rename; ``like``: a private key to take the group and
     group/other bits from (certbot's rule for a new version of a key)."""
-    fd, tmp = _temp_file(os.path.dirname(path))
+    try:
+        fd, tmp = _temp_file(os.path.dirname(path))
+    except OSError as e:  # the file meant, not a random temp name, in what the user is told
+        raise OSError(e.errno, e.strerror, path) from None
     try:
         # No fsync, as certbot's storage: the rename keeps readers from ever
         # seeing half a file, and the tree is a cache that `pull` rebuilds.
@@ -62,10 +65,18 @@ def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) 
             except FileNotFoundError:
                 os.chmod(tmp, mode)  # removed meanwhile: nothing to follow
         filesystem.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:
+            raise OSError(e.errno, e.strerror, path) from None
         raise
+
+
+def describe(e: OSError) -> str:
+    """A local file error as one line: the system's reason and the file."""
+    reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    return f"{reason}: {e.filename}" if e.filename else reason
 
 
 def create_file(path: str, data: bytes, mode: int) -> None:

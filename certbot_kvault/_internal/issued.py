@@ -23,7 +23,6 @@ config dir (an authorization the CA reused, another authenticator).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from typing import Any, Optional, Sequence
 import certbot
 import configobj
 
-from certbot_kvault._internal import renewal_conf
+from certbot_kvault._internal import confs, renewal_conf
 from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.files import atomic_write, make_dirs
 from certbot_kvault._internal.limits import clean_issued
@@ -172,10 +171,9 @@ def describe(renewal: str, dns: list[dict[str, str]], host: Optional[str],
              vault: VaultClient, now: Optional[float] = None) -> dict[str, Any]:
     """The ``issued`` field of a new version with renewal conf ``renewal``."""
     try:
-        conf = configobj.ConfigObj(io.StringIO(renewal), encoding="utf-8",
-                                   default_encoding="utf-8")
+        conf = confs.parse_text(renewal)  # as data: a %(...) template is text here
         params = conf.get("renewalparams")
-    except configobj.ConfigObjError:
+    except confs.ConfError:
         conf, params = {}, None
     if not isinstance(params, configobj.Section):
         params = {}

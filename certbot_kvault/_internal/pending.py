@@ -15,8 +15,7 @@ import json
 import os
 from typing import Optional
 
-import configobj
-
+from certbot_kvault._internal import confs
 from certbot_kvault._internal.files import atomic_write
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import RecordError, validate_name
@@ -114,10 +113,9 @@ def kept_in_vault(tree: Tree, layout: Layout, name: str) -> bool:
 
 def _names_kvault(conf_path: str) -> bool:
     try:
-        # Read as data (no %(...)s interpolation); a conf certbot cannot parse names nothing.
-        params = configobj.ConfigObj(conf_path, encoding="utf-8", interpolation=False,
-                                     file_error=True).get("renewalparams")
-    except (OSError, configobj.ConfigObjError, UnicodeDecodeError):
+        # Read as data (confs.py); a conf certbot cannot parse names nothing.
+        params = confs.parse_file(conf_path).get("renewalparams")
+    except (OSError, confs.ConfError):
         return False
     if not isinstance(params, dict):
         return False

@@ -34,6 +34,13 @@ PEM_KINDS = ("cert", "chain", "fullchain", "privkey")
 
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
+# The longest name (UTF-8 bytes) whose every file stays within a filesystem's 255-byte
+# name limit (NAME_MAX): the longest we and certbot make is our ``live/`` switch dir of
+# the clash name certbot would give it, ``.NAME-0001..kvault-new`` (18 more), so a name
+# certbot accepts cannot stop a pull half-way (ENAMETOOLONG) on this machine or another.
+NAME_MAX = 255
+MAX_NAME_BYTES = NAME_MAX - len(".-0001..kvault-new")
+
 
 class RecordError(errors.PluginError):
     """A record in Vault (or about to go there) is malformed; the message names it."""
@@ -45,6 +52,10 @@ def validate_name(name: str, what: str = "lineage") -> str:
             or name != name.strip() or name.startswith("-"):
         raise RecordError(f"Invalid {what} name {name!r}: it must be non-empty and hold no '/', "
                           "'\\', '..' or control characters.")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise RecordError(f"Invalid {what} name {name!r}: it is longer than {MAX_NAME_BYTES} "
+                          f"bytes, so the files certbot and certbot-kvault make for it would "
+                          f"not fit the filesystem's {NAME_MAX}-byte name limit.")
     return name
 
 
@@ -317,7 +328,8 @@ class LineageRecord:
             archive = {limits.archive_number(n): PemSet(**{k: _field(p, k, where)
                                                           for k in PEM_KINDS})
                        for n, p in archive_raw.items()}
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
+                RecursionError):
             raise RecordError(f"{where}: 'version' or 'archive' is malformed.") from None
         record = cls(
             name=name, version=version,

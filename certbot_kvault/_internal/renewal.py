@@ -41,10 +41,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
-import configobj
 from certbot import errors
 
-from certbot_kvault._internal import sync, synced
+from certbot_kvault._internal import confs, sync, synced
+from certbot_kvault._internal.dirlock import DirLock
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
 from certbot_kvault._internal.metrics import Metrics
@@ -77,11 +77,12 @@ class PullFailed(errors.Error):
 
 def _state(tree: Tree, name: str) -> State:
     """(archive version, renewal conf without the ARI hint) of a local lineage."""
-    version = tree.current_version(name)
     try:
-        conf = configobj.ConfigObj(tree.renewal_conf_path(name), encoding="utf-8",
-                                   file_error=True)
-    except (OSError, configobj.ConfigObjError):
+        version = tree.current_version(name)
+        conf = confs.parse_file(tree.renewal_conf_path(name))
+    except RecordError:  # not a lineage name certbot-kvault takes: nothing to compare
+        return None, None
+    except (OSError, confs.ConfError):
         return version, None
     conf.pop("acme_renewal_info", None)
     return version, json.dumps(conf.dict(), sort_keys=True, default=str)
@@ -99,7 +100,8 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
           finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
           say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify] = None,
           push_retry_for: float = DEFAULT_PUSH_RETRY_FOR,
-          ari: Optional[AriClients] = None, stop: Optional[Stopping] = None) -> int:
+          ari: Optional[AriClients] = None, stop: Optional[Stopping] = None,
+          dir_lock: Optional[DirLock] = None) -> int:
     """Decide, lock, pull, ``certbot renew ARGS``, push, remember, unlock; the exit status.
 
     Metrics go to ``metrics_file`` (if any) however the run ends.
@@ -107,6 +109,8 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
     ``stream_err`` gets certbot's stderr as it comes (else certbot writes it itself).
     ``ari`` asks the CAs' ARI (ari.py) before the decision; None: never asked.
     ``stop``: the signals and deadlines of the run (stopping.py; default: the defaults).
+    ``dir_lock``: certbot's lock on the config dir, taken before the tree is touched
+    and handed to certbot while it runs (the caller releases it).
     """
     metrics = Metrics(started=time.time())
     stop = stop or Stopping()
@@ -120,7 +124,7 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
         try:
             code = _renew(layout, tree, args, workers, lock_wait, lock_ttl, rules, metrics,
                           finish_pending, kvault_bin, say, notify, stream, stream_err,
-                          push_retry_for, read, stop)
+                          push_retry_for, read, stop, dir_lock or DirLock(None))
         except StopNow:  # before certbot started: nothing to save
             code = stop.exit_code
             notify(_stop_line("renew", stop, "before certbot started: nothing renewed; "
@@ -137,7 +141,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
            finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
            push_retry_for: float, read: Callable[[], dict[str, LineageStatus]],
-           stop: Stopping) -> int:
+           stop: Stopping, dir_lock: DirLock) -> int:
     with Locks(layout, ttl=lock_ttl, notify=notify) as locks:
         with stop.phase(PREPARE):
             each = rules.lineage_locks or rules.due_within is not None
@@ -152,11 +156,13 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
                     return 0
                 # Nothing due, and this run holds the global lock: a good time to
                 # save what an earlier deploy hook on this machine could not.
+                dir_lock.acquire()
                 finished = finish_pending()
                 for item, err in finished.failed:
                     notify(f"error: {item}: {err}")
                 return 0 if finished.ok else 1
 
+            dir_lock.acquire()
             finished = finish_pending()
             pulled = sync.pull(tree, layout, plan.names, workers=workers,
                                kvault_bin=kvault_bin, used_accounts_only=True)
@@ -179,7 +185,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         rcs: dict[str, int] = {}
         output = ""
         base = ["renew", "--no-random-sleep-on-renew", *dir_args(tree), *args, *force]
-        with stop.phase(CERTBOT):
+        with dir_lock.released(lambda: stop.stopping), stop.phase(CERTBOT):  # certbot takes it
             if allowed and set(allowed) == set(local):
                 rc, output = run_certbot(base, stream, stream_err, stop)
             else:
@@ -279,16 +285,21 @@ def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,
 def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
         finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
         say: Notify, notify: Notify, stream: Notify,
-        push_retry_for: float = DEFAULT_PUSH_RETRY_FOR, stop: Optional[Stopping] = None) -> int:
+        push_retry_for: float = DEFAULT_PUSH_RETRY_FOR, stop: Optional[Stopping] = None,
+        dir_lock: Optional[DirLock] = None) -> int:
     """Pull, certbot ARGS, push, read back; the exit status.
 
     Raises PullFailed (certbot not run) if any record could not be pulled.
-    ``stop``: the signals and deadlines of the run (stopping.py).
+    ``stop``: the signals and deadlines of the run (stopping.py). ``dir_lock``: as for
+    ``renew``.
     """
     stop = stop or Stopping()
+    dir_lock = dir_lock or DirLock(None)
     with stop.handling():
         try:
             with stop.phase(PREPARE):
+                layout.vault.login()  # before the config dir is made to lock it
+                dir_lock.acquire()
                 finished = finish_pending()
                 pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
             for line in pulled.warnings:
@@ -305,7 +316,7 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
                 # Without a TTY certbot would sleep up to 8 minutes first.
                 extra.append("--no-random-sleep-on-renew")
             before = _states(tree)
-            with stop.phase(CERTBOT):
+            with dir_lock.released(lambda: stop.stopping), stop.phase(CERTBOT):
                 rc, _ = run_certbot([*args, *extra, *dir_args(tree)], stream, stop=stop)
         except StopNow:  # raised before certbot started only
             notify(_stop_line("run", stop, "before certbot started: nothing run"))

@@ -7,8 +7,9 @@ with the pulling machine's paths (``screened_conf``), minus the
 those keep the value this machine's own conf holds. The ACME profile keys
 (certbot >= 4.0) are data like any order setting; a certbot older than that
 ignores them and deletes them when it rewrites a conf, so pull tells of them
-once and push keeps Vault's. Pure text in, text out; reading and writing the
-confs on disk is tree.py's.
+once and push keeps Vault's. Confs are parsed as data (confs.py): a value
+holding a ``%(`` template, which certbot would expand, never reaches disk.
+Pure text in, text out; reading and writing the confs on disk is tree.py's.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Optional
 import certbot
 import configobj
 
-from certbot_kvault._internal import trust
+from certbot_kvault._internal import confs, trust
 from certbot_kvault._internal.limits import MAX_VAULT_WAIT
 from certbot_kvault._internal.records import PEM_KINDS, RecordError
 
@@ -28,6 +29,10 @@ from certbot_kvault._internal.records import PEM_KINDS, RecordError
 # them portable (relative to the config dir / placeholders).
 TOP_PATH_KEYS = ("archive_dir", *PEM_KINDS)
 DIR_PARAMS = ("config_dir", "work_dir", "logs_dir")
+
+# ``[renewalparams]`` keys certbot cannot renew right without: dropped (a template), they
+# would make it use another CA or account, or no plugin; the lineage is refused instead.
+NEEDED_PARAMS = ("server", "account", "authenticator")
 
 # ``[renewalparams]`` keys of certbot >= 4.0 (--preferred-profile/--required-profile).
 PROFILE_KEYS = ("preferred_profile", "required_profile")
@@ -54,7 +59,7 @@ def portable_conf(name: str, conf: configobj.ConfigObj) -> str:
 def new_conf(name: str, params: dict[str, str]) -> str:
     """A portable conf for a lineage that certbot never wrote here (an import): certbot's
     top keys in its order, then ``params`` as ``[renewalparams]``."""
-    conf = configobj.ConfigObj(encoding="utf-8", default_encoding="utf-8")
+    conf = configobj.ConfigObj(encoding="utf-8", default_encoding="utf-8", interpolation=False)
     conf["version"] = certbot.__version__
     conf["archive_dir"] = f"archive/{name}"
     for kind in ("cert", "privkey", "chain", "fullchain"):
@@ -65,17 +70,17 @@ def new_conf(name: str, params: dict[str, str]) -> str:
 
 
 def screened_conf(name: str, portable_text: str, *, archive_dir: str, live_dir: str,
-                  dirs: dict[str, str], local: dict[str, Any],
-                  trusted: bool) -> tuple[bytes, list[str]]:
+                  dirs: dict[str, str], local: dict[str, Any], trusted: bool,
+                  where: str = "") -> tuple[bytes, list[str]]:
     """A portable conf from Vault with this machine's ``archive_dir``, ``live_dir`` and
     ``dirs``, and the keys of Vault's conf that it ignored; ignored keys take their
-    value from ``local`` (this machine's ``[renewalparams]`` of the lineage)."""
+    value from ``local`` (this machine's ``[renewalparams]`` of the lineage).
+    ``where``: the record's Vault path, for the errors."""
+    where = where or f"lineage {name} in Vault"
     try:
-        conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
-                                   default_encoding="utf-8")
-    except configobj.ConfigObjError as e:
-        raise RecordError(f"The renewal conf of {name} in Vault cannot be parsed ({e}).") \
-            from None
+        conf = confs.parse_text(portable_text)
+    except confs.ConfError as e:
+        raise RecordError(f"{where}: its renewal conf cannot be parsed ({e}).") from None
     # Whatever paths the record holds are ignored: they are derived from
     # the (validated) name, so a hostile archive_dir cannot steer a write.
     conf["archive_dir"] = archive_dir
@@ -86,15 +91,27 @@ def screened_conf(name: str, portable_text: str, *, archive_dir: str, live_dir: 
         for key in DIR_PARAMS:
             if key in params:
                 params[key] = os.path.abspath(dirs[key])
-    ignored = _screen(conf, local, trusted)
+    templates = confs.drop_templates(conf)
+    for key in NEEDED_PARAMS:
+        if ("renewalparams", key) in templates:
+            raise RecordError(f"{where}: its renewal conf's '{key}' holds a %(...) template, "
+                              "which certbot would expand: not pulled; fix the record")
+    # Named as trust.py names the keys it drops: those of [renewalparams] bare.
+    ignored = [".".join(p[1:] if p[0] == "renewalparams" else p) + trust.TEMPLATE_MARK
+               for p in templates]
+    ignored += _screen(conf, local, trusted,
+                       [p[1] for p in templates if p[0] == "renewalparams" and len(p) == 2])
     return _conf_text(conf).encode("utf-8"), ignored
 
 
-def _screen(conf: configobj.ConfigObj, local: dict[str, Any], trusted: bool) -> list[str]:
+def _screen(conf: configobj.ConfigObj, local: dict[str, Any], trusted: bool,
+            templates: list[str]) -> list[str]:
+    """Drop what trust.py keeps from Vault; ``templates``: the keys of
+    ``[renewalparams]`` already dropped for holding one (this machine keeps its own)."""
     params = conf.get("renewalparams")
     if not isinstance(params, configobj.Section):
         return []
-    dropped = {}
+    dropped: dict[str, Any] = dict.fromkeys(templates)
     ignored = []
     for key in list(params):
         value = params[key]
@@ -143,16 +160,16 @@ def profile_asks() -> Optional[list[tuple[str, str, str]]]:
 def profile_asked(portable_text: str) -> Optional[tuple[str, str]]:
     """The first profile key and its value a conf's ``[renewalparams]`` sets, if any."""
     try:
-        conf = configobj.ConfigObj(io.StringIO(portable_text), encoding="utf-8",
-                                   default_encoding="utf-8")
-    except configobj.ConfigObjError:
+        conf = confs.parse_text(portable_text)
+    except confs.ConfError:
         return None
     params = conf.get("renewalparams")
     if not isinstance(params, configobj.Section):
         return None
     for key in PROFILE_KEYS:
         value = params.get(key)
-        if isinstance(value, str) and value.strip() and value.strip() != "None":
+        if isinstance(value, str) and value.strip() and value.strip() != "None" \
+                and not confs.templated(value):
             return key, value.strip()
     return None
 
@@ -169,10 +186,8 @@ def kept_profiles(local_text: str, vault_text: str,
     if certbot_supports_profiles(version):
         return local_text
     try:
-        local, remote = (configobj.ConfigObj(io.StringIO(text), encoding="utf-8",
-                                             default_encoding="utf-8")
-                         for text in (local_text, vault_text))
-    except configobj.ConfigObjError:
+        local, remote = (confs.parse_text(text) for text in (local_text, vault_text))
+    except confs.ConfError:
         return local_text
     theirs, ours = remote.get("renewalparams"), local.get("renewalparams")
     if not isinstance(theirs, configobj.Section) or not isinstance(ours, configobj.Section):

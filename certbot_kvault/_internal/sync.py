@@ -15,10 +15,10 @@ import dataclasses
 import logging
 from typing import Callable, Collection, Optional
 
-import configobj
+import requests
 from certbot import errors
 
-from certbot_kvault._internal import issued, pending, renewal_conf, trust
+from certbot_kvault._internal import confs, issued, pending, renewal_conf, trust
 from certbot_kvault._internal.errors import (
     VaultAuthError,
     VaultConflict,
@@ -30,6 +30,7 @@ from certbot_kvault._internal.errors import (
     is_transient,
     lost_race,
 )
+from certbot_kvault._internal.files import describe
 from certbot_kvault._internal.jobs import DEFAULT_WORKERS as DEFAULT_WORKERS
 from certbot_kvault._internal.jobs import Fetched, run_reports, run_reports_fetched
 from certbot_kvault._internal.jobs import Report as Report
@@ -64,17 +65,17 @@ FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsu
 
 
 def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
-    """Run one item's work: True written, False unchanged; record-level errors are kept."""
+    """One item's work: True written, False unchanged; a bad record or a local OSError fails it."""
     report = Report()
     try:
         changed = fn()
     except FATAL:
         raise
-    except (RecordError, TreeError, VaultError, errors.PluginError) as e:
-        if is_transient(e):
+    except (RecordError, TreeError, VaultError, errors.PluginError, OSError) as e:
+        if is_transient(e) or isinstance(e, requests.RequestException):
             raise  # Vault itself answers 5xx: as FATAL, for the caller to retry
         logger.debug("%s failed: %s", item, e)
-        report.failed.append((item, str(e)))
+        report.failed.append((item, describe(e) if isinstance(e, OSError) else str(e)))
         return report
     (report.written if changed else report.unchanged).append(item)
     return report
@@ -134,14 +135,13 @@ def _used_accounts(tree: Tree,
     used: dict[tuple[str, str], list[str]] = {}
     for name in sorted(names):
         try:
-            conf = configobj.ConfigObj(tree.renewal_conf_path(name), encoding="utf-8",
-                                       file_error=True)
+            conf = confs.parse_file(tree.renewal_conf_path(name))
             params = conf.get("renewalparams", {})
             account, server = params.get("account"), params.get("server")
-            if not account or not server:
+            if not (account and server and isinstance(account, str) and isinstance(server, str)):
                 return None
             used.setdefault((server_path_for_url(server), account), []).append(name)
-        except (OSError, configobj.ConfigObjError, RecordError):
+        except (OSError, confs.ConfError, RecordError):
             return None
     return used
 
@@ -168,39 +168,41 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Option
                   manifest: Manifest,
                   asking: Optional[list[tuple[str, str, str]]] = None) -> Report:
     warnings: list[str] = []
-    kv_version: Optional[int] = None
+    pulled: Optional[KVEntry] = None
     written: Optional[Written] = None
 
     def work() -> bool:
-        nonlocal kv_version, written
+        nonlocal pulled, written
         entry = fetched.get()
         record = None if entry is None else \
             LineageRecord.from_kv(name, entry, layout.where("certificates", name))
         if record is None or entry is None:
             raise RecordError(f"No lineage {name} in Vault ({layout.where('certificates', name)}"
                               "); see `certbot-kvault list`.")
+        if behind := manifest.behind(name, entry, layout.where("certificates", name)):
+            raise RecordError(behind)
         local = tree.current_version(name)
         if local is not None and local > record.version:
             # Newer here than in Vault: a renewal that never reached Vault.
             # Pulling would point live/ back at the old certificate.
             raise RecordError(f"Lineage {name} is at version {local} here but {record.version} "
                               f"in Vault: run `certbot-kvault push {name}` first.")
-        written = tree.write_lineage(record)
+        written = tree.write_lineage(record, layout.where("certificates", name))
         if written.ignored:
             warnings.append(trust.warning(name, written.ignored))
         if asking is not None and (profile := renewal_conf.profile_asked(record.renewal)):
             asking.append((name, *profile))
-        kv_version = entry.version
+        pulled = entry
         return True
 
     report = _outcome(f"lineage {name}", work)
     report.warnings += warnings
-    if kv_version is not None:
-        report.versions[name] = kv_version
+    if pulled is not None and pulled.version is not None:
+        report.versions[name] = pulled.version
     # A lineage pulled whole is as Vault has it; any other is compared by the next push.
-    if written is not None and not warnings:
-        manifest.note(LINEAGES, name, kv_version,
-                      lineage_fingerprint(tree, name, pulled=True, written=written))
+    if written is not None and pulled is not None and not warnings:
+        manifest.note(LINEAGES, name, pulled.version, lineage_fingerprint(
+            tree, name, pulled=True, written=written), pulled.data.get("updated_at"))
     else:
         manifest.forget(LINEAGES, name)
     return report
@@ -227,6 +229,7 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     layout.vault.login()
     report = Report()
     manifest = Manifest(tree, layout.vault.settings)
+    report.warnings += manifest.check_newest(layout)  # Vault restored from a snapshot?
     if accounts:
         urls = tree.server_urls()
         listed = Listed(lambda: (account_key(*a) for a in layout.list_accounts()))
@@ -241,7 +244,7 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     report.merge(run_reports(
         (_LineagePush(tree, layout, name, fence.get(name), (manifest, listed)).local_half()
          for name in wanted), _LineagePush.vault_half, workers, progress, total=len(wanted)))
-    report.warnings += filter(None, [manifest.save()])
+    report.warnings += filter(None, [manifest.gone_back_line(layout), manifest.save()])
     for item in report.written + report.unchanged:
         if item.startswith("lineage "):
             pending.clear(tree, item[len("lineage "):])
@@ -334,7 +337,7 @@ class _LineagePush:
         if self.fenced:
             report.fenced.append(self.name)
         self.manifest.settle(LINEAGES, self.name, (self.agreed[0], self.mine)
-                             if self.agreed and report.ok else None)
+                             if self.agreed and report.ok else None, bool(report.written))
         return report
 
     def _refuse(self, now: str) -> RecordError:
@@ -347,6 +350,7 @@ class _LineagePush:
         layout, name, expected, local = self.layout, self.name, self.expected, self.local
         assert local is not None
         entry = layout.read_lineage_raw(name)
+        self.manifest.gone_back(name, self.known, entry)
         remote: Optional[LineageRecord] = None
         if entry is not None:
             try:

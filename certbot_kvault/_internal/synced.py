@@ -15,6 +15,15 @@ files it names could be anywhere, so that lineage is always read back. An
 account's is its record as push sends it. ``as_pulled`` tells a lineage that
 differs from Vault's only by what pull keeps from this machine (trust.py).
 
+A Vault restored from an older snapshot holds lower KV versions than the
+manifest. A pull compares each record it reads; a push, which reads nothing of
+an unchanged lineage, first asks the KV version of the newest record this dir
+synced (``newest``: the one written last here, or pulled with the latest
+``updated_at``): lower than recorded, Vault went back, and the push compares
+every record as with no manifest, writing back what this dir holds newer
+(check-and-set against Vault's current version). Nothing is silently
+``unchanged``, and the way out is a push.
+
 The file holds hashes and version numbers only (no key, no token), is written
 atomically with mode 0600, and belongs to one Vault address, namespace, mount
 and prefix (itself kept as a hash): a manifest that is missing, unreadable,
@@ -29,15 +38,25 @@ import json
 import logging
 import os
 import threading
-from typing import Callable, Iterable, Optional
+import time
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from certbot_kvault._internal import renewal_conf
 from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.files import atomic_write, make_dirs
-from certbot_kvault._internal.records import AccountRecord, LineageRecord, RecordError
+from certbot_kvault._internal.records import (
+    AccountRecord,
+    LineageRecord,
+    RecordError,
+    validate_name,
+)
 from certbot_kvault._internal.settings import VaultSettings
+from certbot_kvault._internal.timefmt import parse_time
 from certbot_kvault._internal.tree import Tree, Written
 from certbot_kvault._internal.vault import KVEntry
+
+if TYPE_CHECKING:
+    from certbot_kvault._internal.layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +92,35 @@ def account_fingerprint(record: AccountRecord) -> str:
 def check_and_set(known: Optional[Entry], read: Optional[KVEntry]) -> Optional[int]:
     """What a push writes a changed record against: the KV version last synced while
     Vault holds the record (so a change made there since is a lost race), else the
-    version just read (0: must not exist)."""
+    version just read (0: must not exist; also when Vault went back below the one
+    synced: what it holds now is what the write replaces)."""
     if read is None:
         return 0
-    return known.version if known is not None and known.version is not None else read.version
+    if known is None or known.version is None or went_back(known, read):
+        return read.version
+    return known.version
+
+
+def went_back(known: Optional[Entry], read: Optional[KVEntry]) -> bool:
+    """Whether Vault holds a lower KV version of a record than this dir last synced."""
+    return (known is not None and known.version is not None and read is not None
+            and read.version is not None and read.version < known.version)
+
+
+def went_back_line(where: str, now: Optional[int], synced: int) -> str:
+    """The start of what pull and push say when Vault went back in time."""
+    return (f"Vault went back in time: {where} is at KV version {now}, this config dir last "
+            f"synced version {synced} (restored from an older snapshot, or deleted and "
+            "written again?)")
+
+
+def _when(value: object) -> Optional[float]:
+    """A record's ``updated_at`` as a timestamp, no later than now (None if unusable)."""
+    try:
+        when = parse_time(value)
+    except (ValueError, OverflowError):
+        return None
+    return None if when is None else min(when, time.time())
 
 
 def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False,
@@ -156,6 +200,10 @@ class Manifest:
         self.path = os.path.join(tree.config_dir, MANIFEST)
         self.vault = vault_id(settings)
         self._entries: dict[str, dict[str, Entry]] = {LINEAGES: {}, ACCOUNTS: {}}
+        # (lineage, KV version, when that version was made): the newest this dir knows.
+        self._newest: Optional[tuple[str, int, float]] = None
+        self._back: list[tuple[str, Optional[int], int]] = []  # (lineage, now, synced)
+        self._kept: set[str] = set()  # lineages a pull left alone because Vault went back
         self._changed = False
         self._mutex = threading.Lock()
         try:
@@ -165,6 +213,7 @@ class Manifest:
                     and doc.get("vault") == self.vault:
                 for kind, entries in self._entries.items():
                     entries.update(_entries(doc.get(kind)))
+                self._newest = _newest(doc.get("newest"))
         except (OSError, ValueError) as e:
             if not isinstance(e, FileNotFoundError):
                 logger.debug("%s not used (%s): every record is read back", self.path, e)
@@ -174,9 +223,21 @@ class Manifest:
             return self._entries[kind].get(key)
 
     def note(self, kind: str, key: str, version: Optional[int],
-             fingerprint: Optional[str]) -> None:
-        """``key`` is now equal on both sides (Vault at ``version``); no fingerprint:
-        forget it."""
+             fingerprint: Optional[str], made: object = None) -> None:
+        """``key`` is now equal on both sides (Vault at ``version``, made at ``made``: a
+        timestamp, or a record's ``updated_at``, if known); no fingerprint: forget it."""
+        when = made if isinstance(made, float) else _when(made)
+        with self._mutex:
+            newest = self._newest
+            # The latest made; of two made in the same second, the last by name.
+            later = when is not None and (newest is None
+                                          or (when, key) >= (newest[2], newest[0]))
+            # Another version of the newest one, made at an unknown time: none is known.
+            moved = newest is not None and newest[0] == key and newest[1] != version
+            if kind == LINEAGES and version is not None and (later or moved):
+                new = None if when is None else (key, version, when)
+                self._changed = self._changed or new != newest
+                self._newest = new
         if fingerprint is None:
             self.forget(kind, key)
             return
@@ -187,16 +248,74 @@ class Manifest:
                 self._changed = True
 
     def settle(self, kind: str, key: str,
-               agreed: Optional[tuple[Optional[int], Optional[str]]]) -> None:
+               agreed: Optional[tuple[Optional[int], Optional[str]]],
+               wrote: bool = False) -> None:
         """After a push of ``key``: both sides equal at (version, fingerprint), or not
-        known to be (None: the next push compares it with Vault)."""
+        known to be (None: the next push compares it with Vault); ``wrote``: this push
+        made that version, just now (to the fraction of a second: later than whatever
+        this dir pulled, which records carry in whole seconds)."""
         if agreed is None:
             self.forget(kind, key)
         else:
-            self.note(kind, key, *agreed)
+            self.note(kind, key, *agreed, made=time.time() if wrote else None)
+
+    def check_newest(self, layout: Layout) -> list[str]:
+        """Before a push: is the newest lineage this dir synced at a lower KV version in
+        Vault now? Then the manifest is not trusted for this push (every record is
+        compared); the warning line to print, if so."""
+        if self._newest is None or not layout.versioned:
+            return []
+        name, synced, _ = self._newest
+        try:
+            now = layout.lineage_version(name)
+        except VaultPermissionDenied:
+            # A token that may not read version numbers (a renewer policy older than
+            # this check): the lineages this push reads are still compared.
+            logger.debug("cannot tell whether Vault went back: no read on %s's metadata", name)
+            return []
+        if now is None or now >= synced:
+            return []  # deleted since (`rm`), or not gone back: nothing to tell
+        with self._mutex:
+            for entries in self._entries.values():
+                entries.clear()
+            self._newest = None
+            self._changed = True
+        return [f"warning: {went_back_line(layout.where('certificates', name), now, synced)}"
+                ": this push compares every record with Vault and writes back what this dir "
+                "holds newer"]
+
+    def behind(self, key: str, entry: KVEntry, where: str) -> Optional[str]:
+        """Why a pull must not take a lineage that Vault holds at a lower KV version than
+        this dir synced (None if it may): this dir's copy may be all that is left."""
+        known = self.get(LINEAGES, key)
+        if not went_back(known, entry):
+            return None
+        assert known is not None and known.version is not None
+        with self._mutex:
+            self._kept.add(key)  # a failed pull forgets a lineage; this one stays known
+        return (f"{went_back_line(where, entry.version, known.version)}: this dir's copy is "
+                f"kept; `certbot-kvault push {key}` writes it back to Vault.")
+
+    def gone_back(self, key: str, known: Optional[Entry], read: Optional[KVEntry]) -> None:
+        """Note a lineage that a push read below the KV version synced here, if so."""
+        if went_back(known, read):
+            assert known is not None and known.version is not None and read is not None
+            with self._mutex:
+                self._back.append((key, read.version, known.version))
+
+    def gone_back_line(self, layout: Layout) -> Optional[str]:
+        """One warning line for the lineages ``gone_back`` noted, if any."""
+        if not self._back:
+            return None
+        key, now, synced = sorted(self._back)[0]
+        more = f" ({len(self._back)} lineages)" if len(self._back) > 1 else ""
+        return (f"warning: {went_back_line(layout.where('certificates', key), now, synced)}"
+                f"{more}: this push wrote back what this dir holds newer")
 
     def forget(self, kind: str, key: str) -> None:
         with self._mutex:
+            if kind == LINEAGES and key in self._kept:
+                return
             if self._entries[kind].pop(key, None) is not None:
                 self._changed = True
 
@@ -205,9 +324,12 @@ class Manifest:
         with self._mutex:
             if not self._changed:
                 return None
-            doc = {"format": FORMAT, "vault": self.vault,
-                   **{kind: {k: [e.version, e.fingerprint] for k, e in sorted(entries.items())}
-                      for kind, entries in self._entries.items()}}
+            doc: dict[str, object] = {
+                "format": FORMAT, "vault": self.vault,
+                **{kind: {k: [e.version, e.fingerprint] for k, e in sorted(entries.items())}
+                   for kind, entries in self._entries.items()}}
+            if self._newest is not None:
+                doc["newest"] = list(self._newest)
             self._changed = False
         try:
             make_dirs(os.path.dirname(self.path), 0o700)
@@ -231,6 +353,20 @@ def _entries(raw: object) -> dict[str, Entry]:
                     and set(fingerprint) <= _HEX:
                 out[key] = Entry(version, fingerprint)
     return out
+
+
+def _newest(raw: object) -> Optional[tuple[str, int, float]]:
+    """The manifest's ``newest``, if well-formed."""
+    if not isinstance(raw, list) or len(raw) != 3:
+        return None
+    name, version, when = raw
+    try:
+        validate_name(name)
+    except RecordError:
+        return None
+    if type(version) is not int or version < 1 or type(when) not in (int, float):
+        return None
+    return name, version, float(when)
 
 
 class Listed:

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 import configobj
 from certbot import errors
 
-from certbot_kvault._internal import renewal_conf
+from certbot_kvault._internal import confs, renewal_conf
 from certbot_kvault._internal.files import (
     ARCHIVE_FILE_RE,
     LIVE_README,
@@ -139,10 +139,11 @@ class Tree:
             raise TreeError(f"No renewal conf for lineage {name} ({path} is missing); "
                             "it is not a certbot lineage here.")
         try:
-            return configobj.ConfigObj(path, encoding="utf-8", default_encoding="utf-8",
-                                       file_error=True)
-        except configobj.ConfigObjError as e:
+            return confs.parse_file(path)
+        except confs.ConfError as e:
             raise TreeError(f"Renewal conf {path} cannot be parsed ({e}).") from None
+        except OSError as e:
+            raise TreeError(f"Cannot read {path} ({e.strerror or e}).") from None
 
     def read_lineage(self, name: str) -> LineageRecord:
         """The lineage as certbot keeps it: current version, earlier ones, portable conf."""
@@ -155,7 +156,7 @@ class Tree:
         current = None
         for kind in PEM_KINDS:
             link = conf[kind]
-            if not os.path.islink(link):
+            if not isinstance(link, str) or not os.path.islink(link):
                 raise TreeError(f"{link} is not a symlink into the archive; {where} is damaged "
                                 "(try `certbot update_symlinks`).")
             m = ARCHIVE_FILE_RE.match(os.path.basename(os.readlink(link)))
@@ -168,6 +169,8 @@ class Tree:
             current = version
         assert current is not None
         archive = conf["archive_dir"]
+        if not isinstance(archive, str):
+            raise TreeError(f"{where}: its renewal conf's archive_dir is not one path.")
 
         def pem_set(n: int) -> PemSet:
             return PemSet(**{k: _read_text(os.path.join(archive, f"{k}{n}.pem"), where)
@@ -203,8 +206,8 @@ class Tree:
                 seen.setdefault(int(m.group(2)), set()).add(m.group(1))
         return sorted(n for n, kinds in seen.items() if kinds == set(PEM_KINDS))
 
-    def screened_conf(self, name: str, portable_text: str,
-                      keep_local: bool = True) -> tuple[bytes, list[str]]:
+    def screened_conf(self, name: str, portable_text: str, keep_local: bool = True,
+                      where: str = "") -> tuple[bytes, list[str]]:
         """A portable conf from Vault with this machine's paths (and nothing else's), and
         the keys of Vault's conf that it ignored (see trust.py).
 
@@ -218,7 +221,7 @@ class Tree:
             name, portable_text, archive_dir=self.archive_dir(name),
             live_dir=self.live_dir(name), dirs=mine,
             local=self._local_params(name) if keep_local else {},
-            trusted=self.trust_vault_hooks)
+            trusted=self.trust_vault_hooks, where=where)
 
     def _local_params(self, name: str) -> dict[str, Any]:
         """This machine's current ``[renewalparams]`` of a lineage ({} if none or unreadable)."""
@@ -248,12 +251,12 @@ class Tree:
         m = ARCHIVE_FILE_RE.match(os.path.basename(os.readlink(link)))
         return int(m.group(2)) if m else None
 
-    def write_lineage(self, record: LineageRecord) -> Written:
+    def write_lineage(self, record: LineageRecord, where: str = "") -> Written:
         """Write a (validated) lineage as certbot would, conf last; with the keys of
         Vault's conf it ignored (judged against this machine's conf before it is
-        replaced)."""
+        replaced). ``where``: the record's Vault path, for the errors."""
         name = validate_name(record.name)
-        conf_bytes, ignored = self.screened_conf(name, record.renewal)
+        conf_bytes, ignored = self.screened_conf(name, record.renewal, where=where)
         switch_dirs = self._switch_dirs(name)
         self.ensure_base()
         archive = self.archive_dir(name)
@@ -297,7 +300,7 @@ class Tree:
         renewal conf, so it never looks there); never a lineage's own live dir."""
         dirs = (f".{name}..kvault-new", f".{name}..kvault-old")
         for d in dirs:
-            if os.path.exists(self.renewal_conf_path(d)):
+            if os.path.exists(self._p("renewal", d + ".conf")):  # fits: MAX_NAME_BYTES
                 raise TreeError(f"Lineage {name} cannot be written here: lineage {d} holds "
                                 f"the name of its temporary directory in {self._p('live')}.")
         return self._p("live", dirs[0]), self._p("live", dirs[1])
@@ -384,9 +387,9 @@ class Tree:
         for name in self.lineage_names():
             try:
                 server = self._load_conf(name).get("renewalparams", {}).get("server")
-            except TreeError:
+            except (TreeError, RecordError):  # RecordError: not a valid lineage name
                 continue
-            if server:
+            if isinstance(server, str) and server:
                 try:
                     urls[server_path_for_url(server)] = server
                 except RecordError:

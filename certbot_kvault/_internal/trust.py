@@ -43,6 +43,9 @@ INVALID = "invalid"
 
 TRUSTED_WITH_OPT_IN = (CODE, MACHINE)
 
+# How the screen (renewal_conf.py) names a key dropped for holding a %(...) template.
+TEMPLATE_MARK = " (template)"
+
 # certbot's renewal.py CONFIG_ITEMS without the hooks, installer, authenticator and
 # the dirs (rewritten from this machine's settings, see renewal_conf.DIR_PARAMS): what
 # certbot restores for every lineage and that only shapes the order.
@@ -162,8 +165,12 @@ def warning(name: str, ignored: list[str]) -> str:
     dropped = [k for k in ignored if k not in caps]
     parts = []
     if dropped:
-        parts.append(f"ignored from Vault's renewal conf: {shown(dropped)} (hooks and paths "
-                     "run only with --trust-vault-hooks; Vault settings never)")
+        if all(k.endswith(TEMPLATE_MARK) for k in dropped):
+            dropped = [k[:-len(TEMPLATE_MARK)] for k in dropped]
+            why = "a %(...) template: certbot would expand it"
+        else:
+            why = "hooks and paths run only with --trust-vault-hooks; Vault settings never"
+        parts.append(f"ignored from Vault's renewal conf: {shown(dropped)} ({why})")
     if caps:
         parts.append(f"waits from Vault's renewal conf capped: {shown(caps)} (this machine's "
                      "own renewal conf or certbot's flags may set more)")

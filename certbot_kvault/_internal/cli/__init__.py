@@ -14,7 +14,9 @@ against the commands by the tests).
 from __future__ import annotations
 
 import importlib
-from typing import Optional
+import os
+import sys
+from typing import Any, NoReturn, Optional
 
 import click
 
@@ -48,8 +50,35 @@ COMMANDS = {
 }
 
 
+# Set by the subcommand's options (common.py) in click's context meta, for the net below.
+META_LOGS_DIR = "certbot_kvault.logs_dir"
+META_VERBOSE = "certbot_kvault.verbose"
+LOG_NAME = "certbot-kvault.log"
+
+
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use (see the module's doc)."""
+    """A group whose subcommands are imported on first use (see the module's doc), and
+    the last net under them all: no traceback reaches a user."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort):
+            raise  # click's own: one line and its exit status
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            # The reader is gone (`| head`): nothing left to say to it, and not an
+            # error. Later writes (and Python's flush at exit) go nowhere.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass  # not a real file (tests' runner): nothing will flush into a pipe
+            sys.exit(0)
+        except Exception as e:  # noqa: BLE001 - the last net: anything unexpected
+            _unexpected(ctx, e)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -79,6 +108,45 @@ def main() -> None:
     VAULT_TOKEN or ~/.vault-token, VAULT_NAMESPACE, VAULT_CACERT, ...), plus
     KVAULT_MOUNT and KVAULT_PREFIX. See `certbot-kvault COMMAND --help`.
     """
+
+
+def _unexpected(ctx: click.Context, e: Exception) -> NoReturn:
+    """One line naming a log file that holds the traceback (printed too with -v); exit 1."""
+    import traceback
+
+    from certbot_kvault._internal.redact import one_line, redact
+
+    text = redact("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    where = _write_log(ctx.meta.get(META_LOGS_DIR), text)
+    if ctx.meta.get(META_VERBOSE):
+        click.echo(text, err=True, nl=False)
+    details = f"details in {where}" if where else "run with -v for details"
+    click.echo(f"error: unexpected {type(e).__name__}: {one_line(e)} ({details})", err=True)
+    sys.exit(1)
+
+
+def _write_log(logs_dir: Optional[str], text: str) -> Optional[str]:
+    """Append ``text`` to the logs dir's log, else to a new private temp file; its path."""
+    import tempfile
+    import time
+
+    stamp = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} certbot-kvault {' '.join(sys.argv[1:2])}\n"
+    if logs_dir:
+        path = os.path.join(os.path.abspath(logs_dir), LOG_NAME)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8", errors="replace") as f:
+                f.write(stamp + text)
+            return path
+        except OSError:
+            pass  # a logs dir this user may not write: a temp file instead
+    try:
+        fd, path = tempfile.mkstemp(prefix="certbot-kvault-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+            f.write(stamp + text)
+        return path
+    except OSError:
+        return None
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m`

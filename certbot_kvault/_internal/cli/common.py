@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 import click
 from certbot import errors
 
+from certbot_kvault._internal.cli import META_LOGS_DIR, META_VERBOSE
 from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.jobs import DEFAULT_WORKERS, Report, Tick
 from certbot_kvault._internal.layout import Layout
@@ -24,6 +25,7 @@ from certbot_kvault._internal.settings import VAULT_OPTIONS, VaultSettings
 from certbot_kvault._internal.vault import VaultClient
 
 if TYPE_CHECKING:  # the config dir's modules load when a command uses it: not for `list`
+    from certbot_kvault._internal.dirlock import DirLock
     from certbot_kvault._internal.tree import Tree
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,6 +73,16 @@ class Context:
                          logs_dir=self.opts.get("logs_dir") or DEFAULT_LOGS_DIR),
                     trust_vault_hooks=bool(self.opts.get("trust_vault_hooks")))
 
+    def dir_lock(self, create: bool = False) -> DirLock:
+        """certbot's lock on the config dir (dirlock.py), not taken yet; ``create``: make
+        the dir to lock it (pull, renew, run)."""
+        from certbot_kvault._internal.dirlock import DEFAULT_WAIT, DirLock
+
+        wait = self.opts.get("dir_lock_wait")
+        return DirLock(self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
+                       DEFAULT_WAIT if wait is None else wait,
+                       notify=lambda line: click.echo(line, err=True), create=create)
+
     def finish_pending(self) -> Report:
         """Every command that touches the tree first completes what a hook left undone."""
         from certbot_kvault._internal import sync
@@ -96,11 +108,17 @@ def common_options(tree: bool = True, json_opt: bool = False,
             opts = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("o_")}
             ctx = Context({k[2:]: v for k, v in opts.items()})
             _setup_logging(ctx.opts.get("verbose", 0))
+            # For the group's last net (cli/__init__.py): where a traceback goes.
+            meta = click.get_current_context().meta
+            meta[META_LOGS_DIR] = ctx.opts.get("logs_dir")
+            meta[META_VERBOSE] = ctx.opts.get("verbose", 0)
             try:
                 return fn(ctx, **kwargs)
             except (errors.Error, VaultError, RecordError) as e:
                 raise click.ClickException(_one_line(e)) from None
             except OSError as e:
+                if isinstance(e, BrokenPipeError):
+                    raise  # the reader went away: the group's net (cli/__init__.py)
                 raise click.ClickException(
                     f"{e.strerror or e}: {e.filename or ''}".strip(": ")) from None
             finally:
@@ -140,6 +158,16 @@ def common_options(tree: bool = True, json_opt: bool = False,
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def dir_lock_option(fn: F) -> F:
+    """--dir-lock-wait, for the commands that take certbot's lock on the config dir."""
+    return click.option(
+        "--dir-lock-wait", "o_dir_lock_wait", type=click.FloatRange(min=0), default=10.0,
+        show_default=True, envvar="KVAULT_DIR_LOCK_WAIT", metavar="SECONDS",
+        help="How long to wait for certbot's lock on the config dir (<config-dir>/"
+             ".certbot.lock: a certbot or certbot-kvault working there) before giving up "
+             "[KVAULT_DIR_LOCK_WAIT]")(fn)
 
 
 def trust_option(fn: F) -> F:

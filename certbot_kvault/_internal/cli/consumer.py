@@ -45,6 +45,12 @@ def list_(ctx: Context) -> None:
             click.echo(warning, err=True)
         d = status.entry.data
         domains = d.get("domains") or []
+        if not isinstance(domains, list) or not all(isinstance(n, str) for n in domains):
+            # A record's fields are data anyone who may write it chose: this one is not
+            # what push writes (the PEM has the names: `show` reads them from there).
+            click.echo(f"warning: lineage {name}: {layout.where('certificates', name)}: "
+                       "'domains' is not a list of names; shown without them", err=True)
+            domains = []
         # The certificate's own expiry, not the record's field (schedule.py).
         expires = None if status.not_after is None else floor_time(status.not_after)
         row = {"name": name, "subject": domains[0] if domains else None,

@@ -11,7 +11,13 @@ from typing import Optional
 import click
 
 from certbot_kvault._internal import migrate, sync
-from certbot_kvault._internal.cli.common import Context, common_options, print_report, progress_bar
+from certbot_kvault._internal.cli.common import (
+    Context,
+    common_options,
+    dir_lock_option,
+    print_report,
+    progress_bar,
+)
 from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.vault import VaultClient
 
@@ -32,6 +38,7 @@ from certbot_kvault._internal.vault import VaultClient
                    "--server)")
 @click.option("--dry-run", is_flag=True, help="Say what would be written; write nothing")
 @click.option("--force", is_flag=True, help="Replace records of ours that differ")
+@dir_lock_option
 @common_options(json_opt=True)
 def import_(ctx: Context, source: Optional[str], path: Optional[str], server: str,
             dns_entry: Optional[str], account: Optional[str], dry_run: bool,
@@ -52,9 +59,11 @@ def import_(ctx: Context, source: Optional[str], path: Optional[str], server: st
     tree = ctx.tree
     if not os.path.isdir(tree.config_dir):
         raise click.ClickException(f"{tree.config_dir} does not exist; pass --config-dir.")
-    with progress_bar(ctx, "import") as tick:
-        report = sync.push(tree, ctx.layout, workers=ctx.workers, progress=tick)
-    hook = tree.install_hook(kvault_bin())
+    with ctx.dir_lock() as lock:
+        lock.acquire()
+        with progress_bar(ctx, "import") as tick:
+            report = sync.push(tree, ctx.layout, workers=ctx.workers, progress=tick)
+        hook = tree.install_hook(kvault_bin())
     if not ctx.json:
         click.echo(f"deploy hook: {hook}")
     print_report(ctx, report, "imported")

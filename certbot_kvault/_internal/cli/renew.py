@@ -13,7 +13,12 @@ from typing import Any, Callable, Optional, TypeVar
 import click
 
 from certbot_kvault._internal import renewal, runner, saving, stopping
-from certbot_kvault._internal.cli.common import Context, common_options, trust_option
+from certbot_kvault._internal.cli.common import (
+    Context,
+    common_options,
+    dir_lock_option,
+    trust_option,
+)
 from certbot_kvault._internal.executables import kvault_bin
 from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from certbot_kvault._internal.planner import ALL, Rules
@@ -109,6 +114,7 @@ def _stop_options(fn: F) -> F:
 @_stop_options
 @click.argument("certbot_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CERTBOT-ARGS]")
 @trust_option
+@dir_lock_option
 @common_options()
 def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[float],
           lineage_locks: bool, retry_now: tuple[str, ...], ari: bool,
@@ -145,13 +151,15 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
                   retry_now=frozenset(v or ALL for v in retry_now),
                   every=any(a in _EVERY for a in args), dry_run="--dry-run" in args,
                   cert_name=_cert_name(args))
-    sys.exit(renewal.renew(
-        ctx.layout, ctx.tree, args, workers=ctx.workers, lock_wait=lock_wait,
-        lock_ttl=lock_ttl, rules=rules, metrics_file=metrics_file,
-        finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
-        say=_say, notify=_notify, stream=_stream, stream_err=_stream_err,
-        push_retry_for=push_retry_for, ari=AriClients() if ari else None,
-        stop=stopping.Stopping(grace=stop_grace, timeout=timeout)))
+    with ctx.dir_lock(create=True) as dir_lock:
+        code = renewal.renew(
+            ctx.layout, ctx.tree, args, workers=ctx.workers, lock_wait=lock_wait,
+            lock_ttl=lock_ttl, rules=rules, metrics_file=metrics_file,
+            finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
+            say=_say, notify=_notify, stream=_stream, stream_err=_stream_err,
+            push_retry_for=push_retry_for, ari=AriClients() if ari else None,
+            stop=stopping.Stopping(grace=stop_grace, timeout=timeout), dir_lock=dir_lock)
+    sys.exit(code)
 
 
 @click.command("run")
@@ -160,6 +168,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
 @_push_retry_option()
 @_stop_options
 @trust_option
+@dir_lock_option
 @common_options()
 def run_(ctx: Context, push_retry_for: float, stop_grace: float, timeout: float,
          certbot_args: tuple[str, ...]) -> None:
@@ -176,10 +185,12 @@ def run_(ctx: Context, push_retry_for: float, stop_grace: float, timeout: float,
     produced (a push failed, or reading it back differs), else 0.
     """
     args = runner.check_certbot_args(certbot_args)
-    code = renewal.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
-                       finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
-                       say=_say, notify=_notify, stream=_stream,
-                       push_retry_for=push_retry_for,
-                       stop=stopping.Stopping(grace=stop_grace, timeout=timeout))
+    with ctx.dir_lock(create=True) as dir_lock:
+        code = renewal.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
+                           finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
+                           say=_say, notify=_notify, stream=_stream,
+                           push_retry_for=push_retry_for,
+                           stop=stopping.Stopping(grace=stop_grace, timeout=timeout),
+                           dir_lock=dir_lock)
     if code:
         sys.exit(code)

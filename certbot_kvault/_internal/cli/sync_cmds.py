@@ -11,11 +11,12 @@ import sys
 import click
 from certbot import errors
 
-from certbot_kvault._internal import pending, sync
+from certbot_kvault._internal import confs, pending, sync
 from certbot_kvault._internal.cli.common import (
     DEFAULT_CONFIG_DIR,
     Context,
     common_options,
+    dir_lock_option,
     print_report,
     progress_bar,
     trust_option,
@@ -31,29 +32,42 @@ from certbot_kvault._internal.tree import Tree
 @click.command()
 @click.argument("names", nargs=-1)
 @trust_option
+@dir_lock_option
 @common_options(json_opt=True)
 def pull(ctx: Context, names: tuple[str, ...]) -> None:
-    """Rebuild the certbot config dir from Vault (all lineages, or NAMES, and all accounts)."""
+    """Rebuild the certbot config dir from Vault (all lineages, or NAMES, and all accounts).
+
+    Holds certbot's lock on the config dir meanwhile, as certbot does.
+    """
     for n in names:
         validate_name(n)
-    ctx.finish_pending()
-    with progress_bar(ctx, "pull") as tick:
-        report = sync.pull(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
-                           kvault_bin=kvault_bin(), progress=tick)
+    ctx.vault.login()  # a Vault that refuses us leaves no config dir behind
+    with ctx.dir_lock(create=True) as lock:
+        lock.acquire()
+        ctx.finish_pending()
+        with progress_bar(ctx, "pull") as tick:
+            report = sync.pull(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
+                               kvault_bin=kvault_bin(), progress=tick)
     print_report(ctx, report, "pulled")
 
 
 @click.command()
 @click.argument("names", nargs=-1)
+@dir_lock_option
 @common_options(json_opt=True)
 def push(ctx: Context, names: tuple[str, ...]) -> None:
-    """Write local lineages (all, or NAMES) and accounts to Vault; only what changed."""
+    """Write local lineages (all, or NAMES) and accounts to Vault; only what changed.
+
+    Holds certbot's lock on the config dir meanwhile, as certbot does.
+    """
     for n in names:
         validate_name(n)
-    report = ctx.finish_pending()
-    with progress_bar(ctx, "push") as tick:
-        report.merge(sync.push(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
-                               progress=tick))
+    with ctx.dir_lock() as lock:
+        lock.acquire()
+        report = ctx.finish_pending()
+        with progress_bar(ctx, "push") as tick:
+            report.merge(sync.push(ctx.tree, ctx.layout, list(names) or None,
+                                   workers=ctx.workers, progress=tick))
     print_report(ctx, report, "pushed")
 
 
@@ -104,7 +118,7 @@ def deploy_hook(ctx: Context) -> None:
         report = ctx.finish_pending()
         report.merge(sync.push(tree, ctx.layout, [name], workers=ctx.workers))
         failures = report.failed
-    except (errors.Error, VaultError) as e:
+    except (errors.Error, VaultError, OSError) as e:
         failures = [(f"lineage {name}", _one_line(e))]
     if failures:
         reason = "; ".join(f"{i}: {e}" for i, e in failures)
@@ -120,16 +134,16 @@ def deploy_hook(ctx: Context) -> None:
 
 def _apply_renewal_settings(ctx: Context, tree: Tree, name: str) -> None:
     """--kvault-* options saved in the lineage's renewal conf, where the env is silent."""
-    path = tree.renewal_conf_path(name)
-    if not os.path.exists(path):
+    try:
+        params = confs.parse_file(tree.renewal_conf_path(name)).get("renewalparams", {})
+    except (OSError, confs.ConfError):
+        return  # the push reads it again, and says what is wrong
+    if not isinstance(params, dict):
         return
-    import configobj
-
-    params = configobj.ConfigObj(path, encoding="utf-8").get("renewalparams", {})
     overrides = {}
     for option, field in SETTING_OPTIONS.items():
         value = params.get(f"kvault_{option.replace('-', '_')}")
-        if value:
+        if value and isinstance(value, str):
             overrides[field] = value
     if overrides:
         env_set = {f for f, var in ctx.settings.ENV.items() if os.environ.get(var)}
