@@ -47,7 +47,7 @@ from servers import Bao, Pebble, PowerDNS
 from certbot_kvault._internal import dns as kvault_dns
 from certbot_kvault._internal import dns01, propagation
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import clean_issued
+from certbot_kvault._internal.limits import clean_issued
 
 VAL_ZONE = "acme.example.net"
 

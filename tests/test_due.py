@@ -6,10 +6,17 @@ from __future__ import annotations
 import pytest
 
 from certbot_kvault._internal import due
-from certbot_kvault._internal.state import RenewalState, backoff_seconds, one_line
+from certbot_kvault._internal.state import (
+    MalformedState,
+    RenewalState,
+    backoff_seconds,
+    one_line,
+)
+from certbot_kvault._internal.timefmt import CLOCK_SKEW, floor_time, format_time, parse_time
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
+CRAFTED_TIME = "9999-12-31T23:59:59-23:59"
 
 
 def _decide(lifetime_days: float, age_days: float, *, rbe: str | None = None,
@@ -92,7 +99,7 @@ def test_state_remembers_failures_and_forgets_them_on_success() -> None:
     assert st.failures == 2 and st.next_attempt == NOW + 3600 + 7200
     assert st.in_backoff(NOW + 3600 + 7199) and not st.in_backoff(NOW + 3600 + 7200)
     st.ari_answer("ab12", NOW, NOW + DAY, NOW + 100, NOW + 6 * 3600)
-    back = RenewalState.from_kv(st.to_kv())
+    back = RenewalState.from_kv(st.to_kv(), now=NOW + 3600)
     assert (back.failures, back.last_error, back.ari_time) == (2, "again", NOW + 100)
     assert back.ari_for("ab12") == NOW + 100 and back.ari_for("other") is None
     assert not back.ari_check_due("ab12", NOW + 3600) and back.ari_check_due("other", NOW)
@@ -114,13 +121,62 @@ def test_an_error_from_vault_puts_no_terminal_escape_on_screen() -> None:
     assert st.last_error.isprintable()
 
 
-@pytest.mark.parametrize("data", [
-    {"consecutive_failures": "lots", "next_attempt": "tomorrow"},
-    {"consecutive_failures": -4, "last_error": 7, "ari_renewal_time": ["x"]},
-    {"consecutive_failures": None, "serial": {"a": 1}},
+@pytest.mark.parametrize(("data", "field"), [
+    ({"consecutive_failures": "lots", "next_attempt": "tomorrow"}, "consecutive_failures"),
+    ({"consecutive_failures": -4}, "consecutive_failures"),
+    ({"consecutive_failures": True}, "consecutive_failures"),
+    ({"consecutive_failures": 1, "last_error": 7}, "last_error"),
+    ({"ari_renewal_time": ["x"]}, "ari_renewal_time"),
+    ({"serial": {"a": 1}}, "serial"),
+    ({"next_attempt": "tomorrow"}, "next_attempt"),
+    # The issue's crafted time: it parses, and lies in the year 10000.
+    ({"consecutive_failures": 1, "last_attempt": "2027-01-15T08:00:00Z",
+      "next_attempt": "9999-12-31T23:59:59-23:59"}, "next_attempt"),
+    ({"last_success": "0001-01-01T00:00:00+23:59"}, "last_success"),
 ])
-def test_a_broken_state_record_reads_as_no_memory(data: dict[str, object]) -> None:
-    """A Vault writer can make a lineage renew early, never stop it for good."""
-    st = RenewalState.from_kv(data)
-    assert st.failures == 0 and not st.in_backoff(NOW)
-    assert st.ari_for("anything") is None
+def test_a_broken_state_record_is_refused_whole(data: dict[str, object], field: str) -> None:
+    """A Vault writer can make a lineage renew early, never stop it for good: a record
+    with one field wrong is not read at all (schedule.py then decides without it)."""
+    with pytest.raises(MalformedState, match=field):
+        RenewalState.from_kv(data, now=NOW)
+
+
+def test_state_times_are_bounded_by_what_a_renewer_writes() -> None:
+    """next_attempt at most the backoff cap after the last attempt, no attempt in the
+    future, the ARI next check at most the CA's longest Retry-After (1 day) from now."""
+    def read(**fields: object) -> RenewalState:
+        return RenewalState.from_kv({"consecutive_failures": 5, **fields}, now=NOW)
+
+    def ts(seconds: float) -> str:
+        return format_time(NOW + seconds)
+
+    ok = read(last_attempt=ts(-60), next_attempt=ts(-60 + DAY))
+    assert ok.in_backoff(NOW)
+    with pytest.raises(MalformedState, match="next_attempt .* backoff cap"):
+        read(last_attempt=ts(-60), next_attempt=ts(30 * DAY))
+    with pytest.raises(MalformedState, match="without last_attempt"):
+        read(next_attempt=ts(3600))
+    with pytest.raises(MalformedState, match="last_attempt .* in the future"):
+        read(last_attempt=ts(2 * DAY), next_attempt=ts(2 * DAY + 3600))
+    read(last_attempt=ts(CLOCK_SKEW - 10))   # another renewer's clock a little ahead
+    assert read(ari_next_check=ts(DAY)).ari_next_check == NOW + DAY
+    with pytest.raises(MalformedState, match="ari_next_check"):
+        read(ari_next_check=ts(7 * DAY))
+
+
+def test_times_from_vault_are_total() -> None:
+    """Reading answers None for anything but an RFC 3339 time from 1970 to 9000 (the crafted
+    one of the issue parses in Python and lies in the year 10000); formatting clamps."""
+    assert parse_time("2027-01-15T08:00:00+01:00") == parse_time("2027-01-15T07:00:00Z")
+    for text in (CRAFTED_TIME, "0001-01-01T00:00:00+23:59", "1969-12-31T23:59:59Z",
+                 "9000-01-01T00:00:01Z", "x" * 10_000, 1_800_000_000, ["2027-01-01"]):
+        assert parse_time(text) is None, text
+    assert floor_time(1e300) == "9000-01-01T00:00:00Z" and format_time(-1e12) == \
+        "1970-01-01T00:00:00Z" and floor_time(float("nan")) == "1970-01-01T00:00:00Z"
+
+
+def test_interval_longer_than_the_lifetime_is_due_since_issuance() -> None:
+    """`renew_before_expiry = 5000 years` (certbot parses it): due, and its time printable."""
+    d = _decide(90, 10, rbe="5000 years")
+    assert d.due and d.when == NOW - 10 * DAY
+    floor_time(d.when or 0)

@@ -11,12 +11,10 @@ from servers import Bao
 
 from certbot_kvault._internal.errors import VaultUnsupported
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import (
-    LockInfo,
-    Locks,
-)
+from certbot_kvault._internal.lease import MAX_TTL, LockInfo
+from certbot_kvault._internal.lock import Locks
 from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.timefmt import format_time, parse_time
+from certbot_kvault._internal.timefmt import CLOCK_SKEW, format_time, parse_time
 from certbot_kvault._internal.vault import VaultClient
 
 
@@ -123,6 +121,35 @@ def test_garbage_lock_is_taken_over(bao: Bao, vault_env: dict[str, str]) -> None
     lk = Locks(_layout(), ttl=30, owner="me")
     assert lk.try_acquire("renew") is None
     lk.release_all()
+
+
+@pytest.mark.parametrize("expires", ["9999-12-31T00:00:00Z", "far-future"])
+def test_a_lock_beyond_any_lease_is_stale_and_said(bao: Bao, vault_env: dict[str, str],
+                                                    expires: str) -> None:
+    """No holder writes an expiry more than MAX_TTL (+ skew) ahead, nor no time at all: a
+    planted one is taken over at once, in one line naming the lock and its owner; a lock
+    within the longest lease is not."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    for name, until in (("renew", expires),
+                        ("lineage-x", format_time(time.time() + MAX_TTL + 3 * CLOCK_SKEW)),
+                        ("lineage-y", format_time(time.time() + MAX_TTL))):
+        bao.api("POST", f"secret/data/{prefix}/locks/{name}",
+                json={"data": {"owner": f"ghost-{name}:1:\x1b[2J", "expires_at": until}})
+    said: list[str] = []
+    lk = Locks(_layout(), ttl=30, owner="me", notify=said.append)
+    assert lk.held_by_other("lineage-x") is None
+    assert lk.try_acquire("renew") is None
+    holder = lk.try_acquire("lineage-y")          # a long lease, held by a live renewer
+    assert holder is not None and holder.owner.startswith("ghost-lineage-y")
+    assert len(said) == 2, said
+    assert said[1].startswith(f"warning: lock renew (secret/data/{prefix}/locks/renew) held by "
+                              "ghost-renew:1:\\x1b[2J expires at ")
+    assert expires in said[1] and "taken as stale" in said[1]
+    assert "lock lineage-x " in said[0]
+    assert record(bao, prefix, "locks/renew")["owner"] == "me"  # type: ignore[index]
+    lk.release_all()
+    with pytest.raises(ValueError, match="lock TTL"):
+        Locks(_layout(), ttl=MAX_TTL + 1)
 
 
 def test_soft_deleted_lock_is_free(bao: Bao, vault_env: dict[str, str]) -> None:

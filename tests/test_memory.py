@@ -228,15 +228,18 @@ def test_renew_follows_the_cas_ari_window(bao: Bao, golden: Golden, vault_env: d
         asked = [p for p in stub.seen if "/ari/" in p]
         assert len(asked) == 1
 
-        # 2. For the new certificate the CA suggests a later window: not due, remembered.
-        window.update(start="2099-01-01T00:00:00Z", end="2099-01-02T00:00:00Z")
+        # 2. For the new certificate the CA suggests a later window (a year from now,
+        # before the lifetime rule's point of the 5-year certificate): not due, remembered.
+        day = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 365 * 86400))
+        after = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 366 * 86400))
+        window.update(start=f"{day}T00:00:00Z", end=f"{after}T00:00:00Z")
         _, args = fresh_dirs(tmp_path, "run2")
         proc = kvault("renew", *args, env=env)
         assert "nothing is due" in proc.stdout, proc.stdout + proc.stderr
         asked = [p for p in stub.seen if "/ari/" in p]
         assert len(asked) == 2 and asked[0] != asked[1]   # the new certificate's ID
         st = _state(bao, prefix, "calm")
-        assert st["ari_window_start"] == "2099-01-01T00:00:00Z"
+        assert st["ari_window_start"] == f"{day}T00:00:00Z"
         assert st["serial"] == record(bao, prefix, "certificates/calm")["serial"]  # type: ignore[index]
         next_check = parse_time(st["ari_next_check"])
         assert next_check is not None and next_check > time.time() + 6 * 3600 - 120
@@ -249,7 +252,7 @@ def test_renew_follows_the_cas_ari_window(bao: Bao, golden: Golden, vault_env: d
         assert "nothing is due" in proc.stdout
         assert stub.seen[seen:] == ["GET /dir"]
         row = json.loads(kvault("list", "--json", env=env).stdout)[0]
-        assert row["renewal_rule"] == "ari" and row["next_renewal"].startswith("2099-01-01")
+        assert row["renewal_rule"] == "ari" and row["next_renewal"].startswith(day)
 
 
 def test_lineage_locks_use_the_same_rule(bao: Bao, golden: Golden, vault_env: dict[str, str],

@@ -34,11 +34,12 @@ from certbot import errors
 from cryptography import x509
 from josepy.errors import DeserializationError
 
+from certbot_kvault._internal.limits import ARI_MAX_RETRY
 from certbot_kvault._internal.redact import one_line, redact
 
 DEFAULT_RETRY = 6 * 3600.0   # RFC 9773 §4.3 (and certbot): no usable Retry-After, or an error
 MIN_RETRY = 60.0             # RFC 9773 §4.3: a Retry-After is clamped to [1 minute, 1 day]
-MAX_RETRY = 86400.0
+MAX_RETRY = ARI_MAX_RETRY    # (limits.py: a remembered next check beyond it is refused)
 PY_VERSION = platform.python_version()
 # Older acme (2.7, certbot 2.7's) cannot read ARI answers: then nobody is asked.
 _RENEWAL_INFO: Any = getattr(messages, "RenewalInfo", None)
@@ -91,8 +92,10 @@ def _why(e: BaseException) -> str:
 
 
 def _http_url(value: object) -> Optional[str]:
-    """``value`` if it is an absolute http(s) URL with no whitespace or control chars."""
-    if not isinstance(value, str) or any(c.isspace() or ord(c) < 32 for c in value):
+    """``value`` if it is an absolute http(s) URL with no whitespace or control chars, of
+    at most 2048 characters (what the renewal memory keeps, state.py)."""
+    if not isinstance(value, str) or len(value) > 2048 \
+            or any(c.isspace() or ord(c) < 32 for c in value):
         return None
     parts = urllib.parse.urlsplit(value)
     return value if parts.scheme in ("http", "https") and parts.netloc else None

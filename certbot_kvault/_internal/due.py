@@ -21,6 +21,15 @@ keeps only the next time it may ask), so between two ARI checks it falls
 back to rules 2 and 3. certbot-kvault keeps the answer in Vault (state.py)
 and applies rule 1 until the next check.
 
+And one addition, the storm guard (``storm_guard``): a certificate that came
+from a renewal is not renewed again before a tenth of its lifetime has passed
+since its not_before, whatever ARI, ``renew_before_expiry`` or a conf in
+Vault say (a stale ARI window, or ``renew_before_expiry = 100 years`` planted
+or mistyped, would otherwise order a certificate every run until the CA's
+duplicate-certificate limit). planner.py skips such a lineage with one line;
+certbot's ``--force-renewal`` lifts it. A certificate with nine tenths of its
+lifetime left cannot expire while held back.
+
 Everything here is pure: timestamps in, a :class:`Decision` out.
 """
 from __future__ import annotations
@@ -38,6 +47,7 @@ LIFETIME = "lifetime"
 DISABLED = "autorenew off"
 
 _SHORT_LIFETIME = 10 * 86400
+STORM_GUARD_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +125,15 @@ def default_renewal_time(not_before: float, not_after: float) -> float:
     return not_before + lifetime * 2 / 3
 
 
+def storm_guard(not_before: float, not_after: float, *, renewed: bool,
+                now: float) -> Optional[float]:
+    """Until when a certificate that ``renewed`` (came from a renewal) is held back; None
+    when it is not (a first issuance, or a tenth of its lifetime has passed)."""
+    lifetime = not_after - not_before
+    until = not_before + lifetime * STORM_GUARD_SHARE
+    return until if renewed and lifetime > 0 and now < until else None
+
+
 def decide(not_before: float, not_after: float, settings: ConfSettings, *,
            ari_time: Optional[float], now: float) -> Decision:
     """certbot's ``should_autorenew`` (without its OCSP branch), from timestamps."""
@@ -129,7 +148,8 @@ def decide(not_before: float, not_after: float, settings: ConfSettings, *,
     if rbe is not None:
         when = not_after - (add_interval(now, rbe) - now)
         if now > when:  # i.e. not_after < now + interval, certbot's test
-            return Decision(True, when, BEFORE_EXPIRY)
+            # An interval longer than the lifetime (``100 years``): due since issuance.
+            return Decision(True, max(when, not_before), BEFORE_EXPIRY)
         candidates.append((when, BEFORE_EXPIRY))
     elif ari_time is None:
         when = default_renewal_time(not_before, not_after)

@@ -38,7 +38,8 @@ import configobj
 from certbot_kvault._internal import confs, renewal_conf
 from certbot_kvault._internal.errors import VaultError
 from certbot_kvault._internal.files import atomic_write, make_dirs
-from certbot_kvault._internal.records import LineageRecord, clean_issued
+from certbot_kvault._internal.limits import clean_issued
+from certbot_kvault._internal.records import LineageRecord
 from certbot_kvault._internal.timefmt import floor_time
 from certbot_kvault._internal.vault import VaultClient
 

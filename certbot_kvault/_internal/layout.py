@@ -26,7 +26,7 @@ from certbot_kvault._internal.records import (
     validate_name,
     validate_server_path,
 )
-from certbot_kvault._internal.state import RenewalState
+from certbot_kvault._internal.state import MalformedState, RenewalState
 from certbot_kvault._internal.vault import KVEntry, VaultClient
 
 
@@ -98,12 +98,16 @@ class Layout:
 
     # ---- renewal state (never a new version of the certificate) ---------------
 
-    def load_state(self, name: str) -> Optional[RenewalState]:
+    def load_state(self, name: str, now: Optional[float] = None) -> Optional[RenewalState]:
+        """The lineage's memory; MalformedState (naming its path) if it cannot be trusted."""
         entry = self.vault.read(self.path("state", validate_name(name)))
         if entry is None:
             return None
-        return RenewalState.from_kv(entry.data if isinstance(entry.data, dict) else {},
-                                    entry.version)
+        try:
+            return RenewalState.from_kv(entry.data if isinstance(entry.data, dict) else {},
+                                        entry.version, now)
+        except MalformedState as e:
+            raise MalformedState(f"{self.where('state', name)}: {e}") from None
 
     def save_state(self, name: str, state: RenewalState) -> None:
         """Last writer wins: two renewers of one lineage hold its lock in turn."""

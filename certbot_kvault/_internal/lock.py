@@ -35,6 +35,9 @@ inside the entry, a loser that retries after a pause. Clocks: ``expires_at``
 is compared with this machine's clock, so renewers' clocks must agree to
 well within the TTL (NTP does that).
 
+A lock is data from Vault like any record: one no holder could have written
+(lease.py) is stale, taken over at once with one warning naming it and its owner.
+
 KV v1 has no check-and-set: locking there would be a race, so :class:`Locks`
 refuses it with a sentence saying locking needs KV v2.
 """
@@ -53,15 +56,14 @@ from typing import Callable, Optional
 
 from certbot_kvault._internal.errors import VaultConflict, VaultError, VaultUnsupported
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.timefmt import floor_time, format_time, parse_time
+from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL, LockInfo
+from certbot_kvault._internal.timefmt import floor_time, format_time
 from certbot_kvault._internal.vault import VaultClient
 
 logger = logging.getLogger(__name__)
 
 GLOBAL_LOCK = "renew"
 LINEAGE_LOCK_PREFIX = "lineage-"
-DEFAULT_TTL = 300
-MIN_TTL = 2
 
 _PROCESS_OWNER: Optional[str] = None
 # What a released lock holds: no owner, an expiry long past.
@@ -82,31 +84,6 @@ def lineage_lock(name: str) -> str:
 
 
 @dataclasses.dataclass
-class LockInfo:
-    """A lock as read from Vault."""
-
-    name: str
-    path: str
-    owner: str
-    expires_at: Optional[float]
-    version: Optional[int]
-    acquired_at: Optional[float] = None
-
-    @property
-    def released(self) -> bool:
-        """A record its holder released (no owner): free, kept only for its version."""
-        return not self.owner
-
-    def expired(self, now: Optional[float] = None) -> bool:
-        # A lock without a readable expiry is garbage: anyone may take it.
-        return self.expires_at is None or self.expires_at <= (time.time() if now is None else now)
-
-    def describe(self) -> str:
-        until = format_time(self.expires_at) if self.expires_at is not None else "?"
-        return f"held by {self.owner or '?'} until {until} ({self.path})"
-
-
-@dataclasses.dataclass
 class _Held:
     version: int
     expires_at: float
@@ -120,9 +97,10 @@ class Locks:
     """
 
     def __init__(self, layout: Layout, ttl: float = DEFAULT_TTL, owner: Optional[str] = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        if ttl < MIN_TTL:
-            raise ValueError(f"lock TTL must be at least {MIN_TTL} seconds")
+                 clock: Callable[[], float] = time.time,
+                 notify: Optional[Callable[[str], None]] = None) -> None:
+        if not MIN_TTL <= ttl <= MAX_TTL:
+            raise ValueError(f"lock TTL must be from {MIN_TTL} to {MAX_TTL} seconds")
         vault = layout.vault
         if vault.kv_version != 2:
             raise VaultUnsupported(
@@ -134,6 +112,7 @@ class Locks:
         self.ttl = float(ttl)
         self.owner = owner or process_owner()
         self._clock = clock
+        self._notify = notify or (lambda line: logger.warning("%s", line))  # stale_line()
         self._held: dict[str, _Held] = {}
         self._lost: dict[str, str] = {}
         self._mutex = threading.Lock()
@@ -164,10 +143,13 @@ class Locks:
             entry = self.vault.read(self.path(name))
         if entry is None:
             return None
-        return LockInfo(name=name, path=self.where(name), owner=str(entry.data.get("owner") or ""),
-                        expires_at=parse_time(entry.data.get("expires_at")),
-                        version=entry.version,
-                        acquired_at=parse_time(entry.data.get("acquired_at")))
+        return LockInfo.from_entry(name, self.where(name), entry.data, entry.version)
+
+    def _stale(self, info: LockInfo, now: float) -> bool:
+        """Whether another's lock may be taken over now (an implausible one is said)."""
+        if info.implausible(now):
+            self._notify(info.stale_line())
+        return info.expired(now)
 
     def names(self) -> list[str]:
         """The names of the lock records in Vault (released ones included)."""
@@ -179,7 +161,7 @@ class Locks:
     def held_by_other(self, name: str) -> Optional[LockInfo]:
         """The lock if someone else holds it (not expired), else None."""
         info = self.read(name)
-        if info is None or info.owner == self.owner or info.expired(self._clock()):
+        if info is None or info.owner == self.owner or self._stale(info, self._clock()):
             return None
         return info
 
@@ -198,7 +180,7 @@ class Locks:
         path = self.path(name)
         now = self._clock()
         info = self._read_any(name)
-        if info is not None and info.owner != self.owner and not info.expired(now):
+        if info is not None and info.owner != self.owner and not self._stale(info, now):
             return info
         if info is None:
             cas = 0

@@ -7,8 +7,10 @@ arguments ``--force-renewal`` or ``--dry-run`` make every lineage a candidate
 (as they do for certbot) unless ``--due-within`` is given, ``--cert-name``
 narrows to one. A due lineage in
 failure backoff (state.py) is skipped with one line, unless ``--retry-now``
-names it (or all). Only what is left is pulled and renewed; when nothing is
-left, certbot is not started at all.
+names it (or all). A lineage renewed less than a tenth of its lifetime ago
+(the storm guard, schedule.py) is skipped with one line, unless certbot's
+``--force-renewal`` is given. Only what is left is pulled and renewed; when
+nothing is left, certbot is not started at all.
 
 Then the locks (lock.py):
 
@@ -39,13 +41,8 @@ from typing import Callable, Optional, Sequence
 
 from certbot_kvault._internal import sync
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import (
-    GLOBAL_LOCK,
-    LINEAGE_LOCK_PREFIX,
-    LockInfo,
-    Locks,
-    lineage_lock,
-)
+from certbot_kvault._internal.lease import LockInfo
+from certbot_kvault._internal.lock import GLOBAL_LOCK, LINEAGE_LOCK_PREFIX, Locks, lineage_lock
 from certbot_kvault._internal.schedule import LineageStatus
 from certbot_kvault._internal.timefmt import floor_time, parse_time
 from certbot_kvault._internal.vault import KVEntry
@@ -90,6 +87,7 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
     """(lineages to renew, lineages skipped in backoff, the line to say when none)."""
     names: list[str] = []
     backoff: list[str] = []
+    guarded: list[str] = []
     considered = [st for n, st in sorted(fleet.items())
                   if n not in (excluded or ()) and rules.cert_name in (None, n)]
     for st in considered:
@@ -101,6 +99,11 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
         else:
             wanted = st.due
         if not wanted:
+            continue
+        if not rules.every and st.guarded_until is not None:
+            # The storm guard (schedule.py): only certbot's --force-renewal lifts it.
+            notify(_guard_line(st))
+            guarded.append(st.name)
             continue
         if st.in_backoff() and not rules.dry_run and not rules.retries(st.name):
             notify(st.backoff_line())
@@ -115,8 +118,13 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
         what = f"nothing expires within {rules.due_within:g} days"
     else:
         what = "nothing is due"
+    held = []
     if backoff:
-        what += f" outside failure backoff ({len(backoff)} in backoff)"
+        held.append(f"failure backoff ({len(backoff)} in backoff)")
+    if guarded:
+        held.append(f"the storm guard ({len(guarded)} renewed too recently)")
+    if held:
+        what += " outside " + " and ".join(held)
     upcoming = [(st.next_renewal, st.name) for st in considered
                 if st.next_renewal is not None and st.name not in backoff]
     nxt = ""
@@ -124,6 +132,16 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
         when, name = min(upcoming)
         nxt = f"; next: {name} at {floor_time(when)}"
     return [], backoff, f"renew: {what} ({len(considered)} lineages checked{nxt})."
+
+
+def _guard_line(st: LineageStatus) -> str:
+    """The one line a renewer prints when the storm guard holds ``st`` back."""
+    assert st.guarded_until is not None and st.not_before is not None and st.lifetime
+    return (f"renew: skipping {st.name}: renewed at {floor_time(st.not_before)} (its "
+            f"certificate's start), less than a tenth of its lifetime "
+            f"({st.lifetime / 86400:.4g} days) ago, although {st.decision.describe()}; it may "
+            f"renew from {floor_time(st.guarded_until)} (`certbot-kvault renew -- "
+            f"--force-renewal --cert-name {st.name}` renews it now)")
 
 
 def read_all(layout: Layout, names: Sequence[str], workers: int) -> dict[str, KVEntry]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from certbot import errors
 
+from certbot_kvault._internal import limits
 from certbot_kvault._internal.settings import as_bool
 from certbot_kvault._internal.timefmt import floor_time
 
@@ -30,10 +31,6 @@ if TYPE_CHECKING:  # only annotations: records sit below the Vault connection
     from certbot_kvault._internal.vault import KVEntry
 
 PEM_KINDS = ("cert", "chain", "fullchain", "privkey")
-
-# Far above any real lineage's renewals; a bound keeps a hostile record from
-# naming archive files the filesystem refuses (one bad record must fail alone).
-MAX_VERSION = 10**6
 
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -149,24 +146,34 @@ class CertInfo:
         return format(self._cert.serial_number, "x")
 
 
-def inspect_pems(pems: PemSet, where: str, quick: bool = False) -> CertInfo:
+def inspect_pems(pems: PemSet, where: str,
+                 keys: Optional[dict[str, tuple[bytes, str]]] = None) -> CertInfo:
     """Parse and cross-check one version: every PEM parses, the key matches the cert.
 
-    ``quick``: an RSA key's own consistency is not checked (its cost is most of a
-    check; ``list`` checks every record)."""
+    ``keys`` remembers each private key text checked already (its public key and
+    type), so a key kept across archive versions (``reuse_key``) is loaded once.
+    """
     # Here, not at the top: `list`, `--help` and the like never parse a PEM.
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+    for kind, limit in limits.MAX_PEM_CHARS.items():
+        if len(getattr(pems, kind)) > limit:
+            raise RecordError(f"{where}: '{kind}' is longer than any certbot writes "
+                              f"({limit // 1024} KiB at most).")
     try:
         cert = x509.load_pem_x509_certificate(pems.cert.encode())
         # Parsed now, though only CertInfo reads them: certbot reads the names of
         # every certificate it renews, and would choke on this one later.
         len(cert.extensions)
-    except ValueError:
+        public = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
         raise RecordError(f"{where}: 'cert' is not a valid PEM certificate (or one of its "
                           "extensions cannot be parsed).") from None
+    problem = limits.key_problem(public)  # before anything costly is done with such a key
+    if problem is not None:
+        raise RecordError(f"{where}: {problem}.")
     for kind in ("chain", "fullchain"):
         if kind == "fullchain" and pems.cert.endswith("\n") \
                 and pems.fullchain == pems.cert + pems.chain:
@@ -177,26 +184,45 @@ def inspect_pems(pems: PemSet, where: str, quick: bool = False) -> CertInfo:
         except ValueError:
             raise RecordError(f"{where}: '{kind}' is not a valid PEM certificate chain.") \
                 from None
-    try:
-        key = serialization.load_pem_private_key(pems.privkey.encode(), password=None,
-                                                 **({"unsafe_skip_rsa_key_validation": True}
-                                                    if quick else {}))
-    except (ValueError, TypeError):
-        raise RecordError(f"{where}: 'privkey' is not a valid unencrypted PEM private key.") \
-            from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+    known = keys.get(pems.privkey) if keys is not None else None
+    if known is None:
+        known = _private_key(pems.privkey, where)
+        if keys is not None:
+            keys[pems.privkey] = known
+    key_der, key_type = known
+    if key_der != public.public_bytes(der, spki):
         raise RecordError(f"{where}: 'privkey' does not match the certificate's public key.")
     if not pems.fullchain.startswith(pems.cert.strip()):
         raise RecordError(f"{where}: 'fullchain' does not start with 'cert'.")
+    return CertInfo(cert, key_type)
+
+
+def _private_key(text: str, where: str) -> tuple[bytes, str]:
+    """(public key as SubjectPublicKeyInfo DER, key type) of a PEM private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        # The RSA consistency check (OpenSSL's RSA_check_key) costs seconds for an
+        # 8192-bit key and proves nothing the match with the certificate does not: a
+        # key that matches the certificate's public key is the lineage's key.
+        key = serialization.load_pem_private_key(text.encode(), password=None,
+                                                 unsafe_skip_rsa_key_validation=True)
+    except (ValueError, TypeError):
+        raise RecordError(f"{where}: 'privkey' is not a valid unencrypted PEM private key.") \
+            from None
+    public = key.public_key()
     if isinstance(key, rsa.RSAPrivateKey):
         key_type = "rsa"
     elif isinstance(key, ec.EllipticCurvePrivateKey):
         key_type = "ecdsa"
     else:
         key_type = type(key).__name__
-    return CertInfo(cert, key_type)
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der, key_type
 
 
 def _cert_domains(cert: x509.Certificate) -> list[str]:
@@ -224,39 +250,6 @@ def _ip_sans(cert: x509.Certificate) -> list[str]:
     return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
-ISSUED_KEYS = frozenset({"acme_server", "account", "profile", "profile_asked_as",
-                         "authenticator", "challenge",
-                         "certbot", "certbot_kvault", "host", "at", "vault_display_name",
-                         "vault_entity_id"})
-ISSUED_DNS_KEYS = frozenset({"domain", "validation", "txt", "via", "zone", "entry"})
-MAX_ISSUED_TEXT = 255
-MAX_ISSUED_NAMES = 100
-
-
-def clean_issued(raw: Any) -> Optional[dict[str, Any]]:
-    """A record's ``issued`` field as data: known keys with short strings only (it comes
-    from Vault, and ``show`` prints it); None when nothing usable is left."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)  # KV v1 through some tools stores it as text
-        except ValueError:
-            return None
-    if not isinstance(raw, dict):
-        return None
-
-    def short(d: dict[Any, Any], keys: frozenset[str]) -> dict[str, str]:
-        return {k: v[:MAX_ISSUED_TEXT] for k, v in d.items()
-                if k in keys and isinstance(v, str) and v}
-
-    out: dict[str, Any] = short(raw, ISSUED_KEYS)
-    names = raw.get("dns")
-    if isinstance(names, list):
-        dns = [short(n, ISSUED_DNS_KEYS) for n in names[:MAX_ISSUED_NAMES] if isinstance(n, dict)]
-        if any(dns):
-            out["dns"] = [n for n in dns if n]
-    return out or None
-
-
 @dataclasses.dataclass
 class LineageRecord:
     """certificates/<name>: the current version, its renewal conf and the earlier versions."""
@@ -272,21 +265,25 @@ class LineageRecord:
     kv_version: Optional[int] = None
     issued: Optional[dict[str, Any]] = None  # how this version was issued (issued.py)
 
-    def check(self, where: str, quick: bool = False) -> CertInfo:
-        """Refuse a bad record (RecordError); ``quick``: the current version's PEMs only,
-        without an RSA key's own consistency check (``flaw``)."""
+    def check(self, where: str) -> CertInfo:
         validate_name(self.name)
-        if not 1 <= self.version <= MAX_VERSION:
+        if not 1 <= self.version <= limits.MAX_VERSION:
             raise RecordError(f"{where}: 'version' must be an archive number from 1 to "
-                              f"{MAX_VERSION}.")
+                              f"{limits.MAX_VERSION}.")
         if not self.renewal.strip():
             raise RecordError(f"{where}: 'renewal' (the lineage's renewal conf) is empty.")
+        if len(self.renewal) > limits.MAX_CONF_CHARS:
+            raise RecordError(f"{where}: 'renewal' is longer than any renewal conf certbot "
+                              f"writes ({limits.MAX_CONF_CHARS // 1024} KiB at most).")
+        if len(self.archive) > limits.MAX_ARCHIVE_VERSIONS:
+            raise RecordError(f"{where}: it holds {len(self.archive)} archive versions; at most "
+                              f"{limits.MAX_ARCHIVE_VERSIONS} are kept.")
+        keys: dict[str, tuple[bytes, str]] = {}
         for n, pems in self.archive.items():
             if n < 1 or n >= self.version:
                 raise RecordError(f"{where}: archive version {n} is not below {self.version}.")
-            if not quick:
-                inspect_pems(pems, f"{where} (archive version {n})")
-        self.info = inspect_pems(self.pems, where, quick)
+            inspect_pems(pems, f"{where} (archive version {n})", keys)
+        self.info = inspect_pems(self.pems, where, keys)
         return self.info
 
     def to_kv(self) -> dict[str, Any]:
@@ -307,40 +304,41 @@ class LineageRecord:
         }
 
     @classmethod
-    def flaw(cls, name: str, entry: KVEntry, where: str) -> Optional[str]:
-        """What show, export and pull would refuse in this record, found quickly enough
-        for ``list`` to ask of every lineage (see ``check``); None: nothing."""
-        try:
-            cls.from_kv(name, entry, where, quick=True)
-        except RecordError as e:
-            return str(e)
-        return None
-
-    @classmethod
-    def from_kv(cls, name: str, entry: KVEntry, where: str,
-                quick: bool = False) -> LineageRecord:
+    def from_kv(cls, name: str, entry: KVEntry, where: str) -> LineageRecord:
         d = entry.data
         missing = [f for f in (*PEM_KINDS, "renewal", "version") if d.get(f) in (None, "")]
         if missing:
             raise RecordError(f"{where} is missing {', '.join(missing)}; push the lineage "
                               "again from a machine that has it.")
+        if limits.too_big(d, limits.MAX_RECORD_CHARS):
+            raise RecordError(f"{where} is larger than any lineage certbot makes "
+                              f"({limits.MAX_RECORD_CHARS // 2**20} MiB at most).")
         try:
-            version = int(d["version"])
+            version = limits.archive_number(d["version"])
+        except ValueError:
+            raise RecordError(f"{where}: 'version' must be an archive number from 1 to "
+                              f"{limits.MAX_VERSION}.") from None
+        try:
             archive_raw = d.get("archive") or {}
             if isinstance(archive_raw, str):
                 archive_raw = json.loads(archive_raw)
-            archive = {int(n): PemSet(**{k: str(p[k]) for k in PEM_KINDS})
+            if len(archive_raw) > limits.MAX_ARCHIVE_VERSIONS:
+                raise RecordError(f"{where}: it holds {len(archive_raw)} archive versions; at "
+                                  f"most {limits.MAX_ARCHIVE_VERSIONS} are kept.")
+            archive = {limits.archive_number(n): PemSet(**{k: _field(p, k, where)
+                                                          for k in PEM_KINDS})
                        for n, p in archive_raw.items()}
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
+                RecursionError):
             raise RecordError(f"{where}: 'version' or 'archive' is malformed.") from None
         record = cls(
             name=name, version=version,
-            pems=PemSet(**{k: str(d[k]) for k in PEM_KINDS}),
-            renewal=str(d["renewal"]),
+            pems=PemSet(**{k: _field(d, k, where) for k in PEM_KINDS}),
+            renewal=_field(d, "renewal", where),
             auto_renewable=as_bool(d.get("auto_renewable", True)),
             archive=archive, updated_at=d.get("updated_at"), kv_version=entry.version,
-            issued=clean_issued(d.get("issued")))
-        record.check(where, quick)
+            issued=limits.clean_issued(d.get("issued")))
+        record.check(where)
         return record
 
     def same_content(self, other: LineageRecord) -> bool:
@@ -406,11 +404,15 @@ class AccountRecord:
         return record
 
     def same_content(self, other: AccountRecord) -> bool:
-        """Equal as JSON, not as text: `vault kv put @meta.json` stores the JSON's keys,
-        which Vault gives back sorted."""
-        return self.server == other.server and all(
-            json.loads(getattr(self, f)) == json.loads(getattr(other, f))
-            for f in ("meta", "private_key", "regr"))
+        return self.to_kv() == other.to_kv()
+
+
+def _field(data: dict[str, Any], key: str, where: str) -> str:
+    """A text field (a number or a list is no PEM nor conf, whatever str() makes of it)."""
+    value = data[key]
+    if not isinstance(value, str):
+        raise RecordError(f"{where}: '{key}' is not text.")
+    return value
 
 
 def _json_text(value: Any) -> str:

@@ -33,6 +33,13 @@ def one_line(e: BaseException) -> str:
     return redact(" ".join(str(e).split())) or type(e).__name__
 
 
+def printable(text: str, limit: int) -> str:
+    """A value from Vault as safe to print: non-printable characters escaped (no terminal
+    escape reaches a screen), at most ``limit`` characters."""
+    shown = text if text.isprintable() else ascii(text)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
+
+
 class RedactFilter(logging.Filter):
     """Rewrite a record's message (and traceback text) with URL secrets redacted."""
 

@@ -142,7 +142,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
            push_retry_for: float, read: Callable[[], dict[str, LineageStatus]],
            stop: Stopping, dir_lock: DirLock) -> int:
-    with Locks(layout, ttl=lock_ttl) as locks:
+    with Locks(layout, ttl=lock_ttl, notify=notify) as locks:
         with stop.phase(PREPARE):
             each = rules.lineage_locks or rules.due_within is not None
             plan = (plan_each if each else plan_all)(layout, locks, lock_wait, workers, notify,

@@ -22,6 +22,7 @@ import certbot
 import configobj
 
 from certbot_kvault._internal import confs, trust
+from certbot_kvault._internal.limits import MAX_VAULT_WAIT
 from certbot_kvault._internal.records import PEM_KINDS, RecordError
 
 # Keys of a renewal conf that hold this machine's paths, and how Vault keeps
@@ -125,6 +126,13 @@ def _screen(conf: configobj.ConfigObj, local: dict[str, Any], trusted: bool,
     for key, value in local.items():
         if key in dropped or trust.untrusted(key, value, trusted):
             params[key] = value
+    # A wait from Vault is capped, unless this machine's own conf waits longer.
+    for key in [k for k in params if trust.is_wait(k) and k not in dropped]:
+        wait = trust.seconds(params[key])
+        limit = max(MAX_VAULT_WAIT, trust.seconds(local.get(key)) or 0)
+        if wait is not None and wait > limit:
+            params[key] = str(limit)
+            ignored.append(trust.capped(key, limit))
     return ignored
 
 

@@ -4,13 +4,16 @@
 due, not what exists); ``list``, ``show`` and the metrics file show the same
 answers. One :class:`LineageStatus` per lineage joins three things:
 
-- the certificate record (``not_before``/``not_after``/``serial`` fields, or
-  the PEM itself when a field is missing or malformed) and its renewal conf's
-  timing settings (due.py's ``conf_settings``);
+- the certificate itself (its PEM's dates and serial: the record's
+  ``not_before``/``not_after``/``serial`` fields are only compared with it,
+  and a record whose fields disagree is named in one warning) and its renewal
+  conf's timing settings (due.py's ``conf_settings``);
 - the renewal memory (state.py), when the token may read it (the ``reader``
-  policy does not grant it: its ``list`` then shows no failure state);
+  policy does not grant it: its ``list`` then shows no failure state); a
+  memory that cannot be trusted is named in one warning and left out;
 - certbot's rule (due.py) applied to both, the ARI answer included when it is
-  about the current certificate.
+  about the current certificate, and never later than the lifetime rule's
+  point (a remembered ARI time is data from Vault); and due.py's storm guard.
 
 ``refresh_ari`` asks the CA (ari.py) about the certificates whose last
 answer's Retry-After has passed, and keeps the answer in the memory: one
@@ -28,14 +31,22 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 from certbot_kvault._internal import jobs
-from certbot_kvault._internal.due import ConfSettings, Decision, conf_settings, decide
+from certbot_kvault._internal.due import (
+    ConfSettings,
+    Decision,
+    conf_settings,
+    decide,
+    default_renewal_time,
+    storm_guard,
+)
 from certbot_kvault._internal.errors import VaultPermissionDenied
 from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.state import RenewalState
+from certbot_kvault._internal.limits import MAX_CONF_CHARS, MAX_PEM_CHARS, archive_number
+from certbot_kvault._internal.state import MalformedState, RenewalState
 
 if TYPE_CHECKING:  # ari.py imports acme's client: only `renew` needs it, loaded there
     from certbot_kvault._internal.ari import AriClients
-from certbot_kvault._internal.timefmt import floor_time, parse_time
+from certbot_kvault._internal.timefmt import CLOCK_SKEW, floor_time, parse_time
 from certbot_kvault._internal.vault import KVEntry
 
 UNREADABLE = "unreadable record"
@@ -55,6 +66,14 @@ class LineageStatus:
     state: Optional[RenewalState] = None
     state_error: Optional[str] = None   # why the memory could not be read
     decision: Decision = Decision(True, None, UNREADABLE)
+    version: int = 0                    # the record's archive version (0: unreadable)
+    memory_warning: Optional[str] = None  # why the memory was left out (untrusted)
+    record_warning: Optional[str] = None  # the record's fields disagree with its cert
+
+    @property
+    def warnings(self) -> list[str]:
+        """The lines to print about this lineage's records (one each)."""
+        return [w for w in (self.record_warning, self.memory_warning) if w]
 
     @property
     def lifetime(self) -> Optional[float]:
@@ -78,14 +97,24 @@ class LineageStatus:
         return self.state.next_attempt if self.state is not None and self.in_backoff() else None
 
     @property
+    def guarded_until(self) -> Optional[float]:
+        """Until when the storm guard (due.py) holds the lineage back (None: it does not)."""
+        if self.not_before is None or self.not_after is None:
+            return None
+        last = self.state.last_success if self.state is not None else None
+        renewed = self.version >= 2 or (last is not None and last >= self.not_before - CLOCK_SKEW)
+        return storm_guard(self.not_before, self.not_after, renewed=renewed, now=self.now)
+
+    @property
     def next_renewal(self) -> Optional[float]:
-        """When the next attempt may happen: the rule's time, or the end of a backoff."""
+        """When the next attempt may happen: the rule's time, or the end of a backoff or
+        of the storm guard."""
         when = self.decision.when
         if self.decision.due:
             when = self.now if when is None else min(when, self.now)
-        until = self.backoff_until
-        if until is not None and when is not None:
-            return max(when, until)
+        for until in (self.backoff_until, self.guarded_until):
+            if until is not None and when is not None:
+                when = max(when, until)
         return when
 
     def cert_pem(self) -> str:
@@ -112,6 +141,7 @@ class LineageStatus:
             "next_renewal": ts(self.next_renewal),
             "in_backoff": self.in_backoff(),
             "backoff_until": ts(self.backoff_until),
+            "renewed_recently_until": ts(self.guarded_until),
         }
         if self.state is not None:
             out["state"] = self.state.as_json()
@@ -125,45 +155,65 @@ class LineageStatus:
 
 def status_of(name: str, entry: KVEntry, now: float, state: Optional[RenewalState] = None,
               state_error: Optional[str] = None,
-              settings: Optional[ConfSettings] = None) -> LineageStatus:
+              settings: Optional[ConfSettings] = None,
+              memory_warning: Optional[str] = None) -> LineageStatus:
     """A lineage's status from its raw record (and memory); never raises on bad data.
 
     ``settings``: the record's conf settings when the caller has them already (parsing
-    the conf is most of the cost of a status).
+    the conf is most of the cost of a status). ``memory_warning``: why the caller
+    left the memory out, kept with the status.
     """
     data = entry.data if isinstance(entry.data, dict) else {}
     renewal = data.get("renewal")
     if settings is None:
-        settings = conf_settings(renewal) if isinstance(renewal, str) else ConfSettings()
-    not_before = parse_time(data.get("not_before"))
-    not_after = parse_time(data.get("not_after"))
-    serial = data.get("serial") if isinstance(data.get("serial"), str) else None
-    if not_before is None or not_after is None:
-        not_before, not_after, serial = _from_pem(data.get("cert"), serial)
+        settings = conf_settings(renewal) if isinstance(renewal, str) \
+            and len(renewal) <= MAX_CONF_CHARS else ConfSettings()
+    not_before, not_after, serial = _from_pem(data.get("cert"))
     status = LineageStatus(name=name, now=now, entry=entry, settings=settings,
                            not_before=not_before, not_after=not_after, serial=serial,
-                           state=state, state_error=state_error)
+                           state=state, state_error=state_error,
+                           version=_version(data.get("version")),
+                           memory_warning=memory_warning)
     if not_before is None or not_after is None:
         return status
+    differ = [key for key, ours in (("not_before", not_before), ("not_after", not_after))
+              if key in data and parse_time(data[key]) != ours]
+    if "serial" in data and (not isinstance(data["serial"], str)
+                             or data["serial"].strip().lower().lstrip("0") != serial):
+        differ.append("serial")
+    if differ:
+        status.record_warning = (
+            f"warning: lineage {name}: the record's {', '.join(differ)} "
+            f"{'disagrees' if len(differ) == 1 else 'disagree'} with its certificate "
+            f"(not_after {floor_time(not_after)}, serial {serial}); the certificate decides")
     ari_time = state.ari_for(serial) if state is not None else None
-    if ari_time is not None and now >= not_after:
-        ari_time = min(ari_time, not_after)  # never ask ARI about an expired certificate
+    if ari_time is not None:
+        # A remembered ARI time is data from Vault: never later than the lifetime rule.
+        ari_time = min(ari_time, default_renewal_time(not_before, not_after))
     status.decision = decide(not_before, not_after, settings, ari_time=ari_time, now=now)
     return status
 
 
-def _from_pem(pem: object, serial: Optional[str]) -> tuple[Optional[float], Optional[float],
-                                                          Optional[str]]:
-    if not isinstance(pem, str):
-        return None, None, serial
+def _from_pem(pem: object) -> tuple[Optional[float], Optional[float], Optional[str]]:
+    """(not_before, not_after, serial in lowercase hex) of the record's certificate."""
+    if not isinstance(pem, str) or len(pem) > MAX_PEM_CHARS["cert"]:
+        return None, None, None
     from cryptography import x509
 
     try:
         cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+        return (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp(),
+                format(cert.serial_number, "x"))
+    except ValueError:  # UnicodeEncodeError included
+        return None, None, None
+
+
+def _version(value: object) -> int:
+    """The record's archive version (0 when it is not one)."""
+    try:
+        return archive_number(value)
     except ValueError:
-        return None, None, serial
-    return (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp(),
-            serial or format(cert.serial_number, "x"))
+        return 0
 
 
 def with_state(layout: Layout, name: str, entry: KVEntry, now: float,
@@ -174,20 +224,26 @@ def with_state(layout: Layout, name: str, entry: KVEntry, now: float,
     ``denied`` collects the first permission denial, so that a reader token
     is told once rather than asked for every lineage.
     """
-    state, error = _memory(layout, name, [] if denied is None else denied)
-    return status_of(name, entry, now, state, error, settings)
+    state, error, warning = _memory(layout, name, [] if denied is None else denied, now)
+    return status_of(name, entry, now, state, error, settings, warning)
 
 
-def _memory(layout: Layout, name: str,
-            denied: list[str]) -> tuple[Optional[RenewalState], Optional[str]]:
-    """A lineage's memory, or why this token cannot read it (asked once: see with_state)."""
+Memory = tuple[Optional[RenewalState], Optional[str], Optional[str]]
+
+
+def _memory(layout: Layout, name: str, denied: list[str], now: float) -> Memory:
+    """A lineage's memory, or why this token cannot read it (asked once: see with_state),
+    and the warning for a memory that cannot be trusted (left out)."""
     if denied:
-        return None, denied[0]
+        return None, denied[0], None
     try:
-        return layout.load_state(name), None
+        return layout.load_state(name, now), None, None
     except VaultPermissionDenied as e:
         denied.append(str(e))
-        return None, str(e)
+        return None, str(e), None
+    except MalformedState as e:
+        return None, None, (f"warning: lineage {name}: its renewal memory is ignored: {e}; "
+                            "its certificate alone decides, and the next attempt rewrites it")
 
 
 def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
@@ -211,16 +267,17 @@ def read_fleet(layout: Layout, names: Sequence[str], workers: int, *,
             return bare
         return with_state(layout, name, entry, when, denied, bare.settings)
 
-    def reads(name: str) -> tuple[Optional[KVEntry], Optional[RenewalState], Optional[str]]:
+    def reads(name: str) -> tuple[Optional[KVEntry], Memory]:
         entry = layout.read_lineage_raw(name)
         if entry is None or not with_memory:
-            return entry, None, None
-        return (entry, *_memory(layout, name, denied))
+            return entry, (None, None, None)
+        return entry, _memory(layout, name, denied, when)
 
-    def from_reads(name: str, fetched: jobs.Fetched[tuple[Optional[KVEntry],
-                   Optional[RenewalState], Optional[str]]]) -> Optional[LineageStatus]:
-        entry, state, error = fetched.get()
-        return None if entry is None else status_of(name, entry, when, state, error)
+    def from_reads(name: str, fetched: jobs.Fetched[tuple[Optional[KVEntry], Memory]]
+                   ) -> Optional[LineageStatus]:
+        entry, (state, error, warning) = fetched.get()
+        return None if entry is None else status_of(name, entry, when, state, error,
+                                                    memory_warning=warning)
 
     out = {}
 
@@ -265,6 +322,9 @@ def renewal_fleet(layout: Layout, workers: int, ari: Optional[AriClients], *,
     if ari is not None:
         for line in refresh_ari(fleet, layout, ari, workers):
             notify(line)
+    for _, st in sorted(fleet.items()):
+        for line in st.warnings:
+            notify(line)
     return fleet
 
 
@@ -304,7 +364,8 @@ def refresh_ari(fleet: dict[str, LineageStatus], layout: Layout, clients: AriCli
             layout.save_state(st.name, state)
         except Exception as e:  # noqa: BLE001 - the answer still counts for this run
             unsaved.append(f"{st.name}: {e}")
-        return status_of(st.name, st.entry, st.now, state)
+        return status_of(st.name, st.entry, st.now, state, settings=st.settings,
+                         memory_warning=st.memory_warning)
 
     for st, fresh in jobs.parallel(todo, one, workers):
         if fresh is not None:

@@ -16,9 +16,14 @@ it needs. It holds:
 - the ARI answer for the certificate with ``serial``: the suggested window,
   the renewal time picked in it and when the CA may be asked again.
 
-Records come from Vault, where anyone who may write can edit them: every
-field is parsed leniently (a malformed value reads as absent), so a broken
-state record can make a lineage renew early, never stop it for good.
+Records come from Vault, where anyone who may write can edit them, so a
+record is read whole or not at all: a field of the wrong type, a time that is
+not RFC 3339 from 1970 to 9000, an attempt in the future (beyond
+``CLOCK_SKEW``), a next attempt further than ``BACKOFF_CAP`` after the last
+attempt or an ARI next check further than ``ARI_MAX_RETRY`` from now make
+it :class:`MalformedState` (one line, naming the field). The renewer then
+decides from the certificate alone and the next attempt writes a sound record:
+a broken or planted memory can make a lineage renew early, never stop it.
 """
 from __future__ import annotations
 
@@ -26,12 +31,27 @@ import dataclasses
 import time
 from typing import Any, Optional
 
+from certbot_kvault._internal.limits import ARI_MAX_RETRY
+from certbot_kvault._internal.records import RecordError
 from certbot_kvault._internal.redact import redact
-from certbot_kvault._internal.timefmt import floor_time, format_time, parse_time
+from certbot_kvault._internal.timefmt import CLOCK_SKEW, BadTime, floor_time, format_time, read_time
 
 BACKOFF_BASE = 3600.0
 BACKOFF_CAP = 86400.0
 MAX_ERROR_CHARS = 300
+# Far above any count a renewer writes (one a run), far below what int() finds costly.
+MAX_FAILURES = 10**6
+# Longer texts than these are nothing a renewer writes (a serial is at most 40 hex
+# digits, RFC 5280; an explanation URL is a CA's web page).
+_MAX_TEXT = {"serial": 64, "ari_explanation_url": 2048, "last_error": 4096}
+_TIMES = {"last_attempt": "last_attempt", "last_success": "last_success",
+          "next_attempt": "next_attempt", "ari_window_start": "ari_start",
+          "ari_window_end": "ari_end", "ari_renewal_time": "ari_time",
+          "ari_next_check": "ari_next_check"}
+
+
+class MalformedState(RecordError):
+    """A state/<lineage> record that cannot be trusted; the message names the field."""
 
 
 def backoff_seconds(failures: int, lifetime: Optional[float]) -> float:
@@ -137,30 +157,56 @@ class RenewalState:
         return {k: v for k, v in data.items() if v is not None}
 
     @classmethod
-    def from_kv(cls, data: dict[str, Any], kv_version: Optional[int] = None) -> RenewalState:
-        try:
-            failures = max(0, int(data.get("consecutive_failures") or 0))
-        except (TypeError, ValueError):
+    def from_kv(cls, data: dict[str, Any], kv_version: Optional[int] = None,
+                now: Optional[float] = None) -> RenewalState:
+        """The record read whole, or MalformedState naming the first field that is wrong
+        (a field that is absent or null is simply absent)."""
+        failures = data.get("consecutive_failures")
+        if failures is None:
             failures = 0
-
-        def text(key: str) -> Optional[str]:
+        elif isinstance(failures, str) and failures.isdigit() and len(failures) <= 7:
+            failures = int(failures)
+        if isinstance(failures, bool) or not isinstance(failures, int) \
+                or not 0 <= failures <= MAX_FAILURES:
+            raise MalformedState(f"consecutive_failures is not a count from 0 to {MAX_FAILURES}")
+        texts: dict[str, Optional[str]] = {}
+        for key, limit in _MAX_TEXT.items():
             value = data.get(key)
-            return value if isinstance(value, str) and value else None
+            if value is not None and (not isinstance(value, str) or len(value) > limit):
+                raise MalformedState(f"{key} is not a text of at most {limit} characters")
+            texts[key] = value or None
+        times: dict[str, Optional[float]] = {}
+        for key, attr in _TIMES.items():
+            try:
+                times[attr] = read_time(data.get(key))
+            except BadTime:
+                raise MalformedState(f"{key} is not an RFC 3339 time from 1970 to 9000") \
+                    from None
+        error = texts["last_error"]
+        state = cls(failures=failures, last_error=None if error is None else one_line(error),
+                    serial=texts["serial"], ari_explanation=texts["ari_explanation_url"],
+                    kv_version=kv_version, **times)
+        state.check(time.time() if now is None else now)
+        return state
 
-        error = text("last_error")
-        return cls(
-            last_attempt=parse_time(data.get("last_attempt")),
-            last_success=parse_time(data.get("last_success")),
-            failures=failures,
-            last_error=None if error is None else one_line(error),
-            next_attempt=parse_time(data.get("next_attempt")),
-            serial=text("serial"),
-            ari_start=parse_time(data.get("ari_window_start")),
-            ari_end=parse_time(data.get("ari_window_end")),
-            ari_time=parse_time(data.get("ari_renewal_time")),
-            ari_next_check=parse_time(data.get("ari_next_check")),
-            ari_explanation=text("ari_explanation_url"),
-            kv_version=kv_version)
+    def check(self, now: float) -> None:
+        """MalformedState unless every time is one a renewer could have written by ``now``."""
+        for key in ("last_attempt", "last_success"):
+            when = getattr(self, key)
+            if when is not None and when > now + CLOCK_SKEW:
+                raise MalformedState(f"{key} {floor_time(when)} is in the future")
+        if self.next_attempt is not None:
+            if self.last_attempt is None:
+                raise MalformedState("next_attempt is set without last_attempt")
+            if self.next_attempt > self.last_attempt + BACKOFF_CAP + CLOCK_SKEW:
+                raise MalformedState(f"next_attempt {floor_time(self.next_attempt)} is more "
+                                     f"than the backoff cap ({BACKOFF_CAP / 3600:g} h) after "
+                                     f"last_attempt {floor_time(self.last_attempt)}")
+        if self.ari_next_check is not None \
+                and self.ari_next_check > now + ARI_MAX_RETRY + CLOCK_SKEW:
+            raise MalformedState(f"ari_next_check {floor_time(self.ari_next_check)} is more "
+                                 f"than the CA's longest Retry-After ({ARI_MAX_RETRY / 3600:g} "
+                                 "h) from now")
 
     def as_json(self) -> dict[str, Any]:
         """For ``list``/``show --json``: the Vault form without ``updated_at``."""

@@ -14,17 +14,26 @@ its paths as files to read and write. So the keys of a pulled conf's
 - ``connection``: kvault's own Vault connection settings, which would make
   the plugin send this machine's token to another Vault;
 - ``invalid``: a ``server`` that is not an http(s) URL, an ``account`` that
-  is not a valid account id;
+  is not a valid account id, an ``rsa_key_size`` outside what certbot makes
+  (2048 to 8192 bits), a wait (``*_propagation_seconds``,
+  ``kvault_propagation_timeout``) that is not a whole number of seconds;
 - ``None``: data that only shapes the ACME order.
 
 ``code`` and ``machine`` keys are kept only when the operator trusts Vault
 with them (``--trust-vault-hooks``); ``connection`` and ``invalid`` keys never.
+
+Waits are data that certbot turns into ``time.sleep`` and deadlines, so a wait
+from Vault longer than ``limits.MAX_VAULT_WAIT`` (600 s) is capped there
+(renewal_conf.py), unless this machine's own conf of the lineage sets more; a
+machine's certbot flags (``-- --kvault-propagation-seconds N``) win over the
+conf anyway.
 """
 from __future__ import annotations
 
 import urllib.parse
 from typing import Any, Optional
 
+from certbot_kvault._internal.limits import MAX_RSA_BITS, MIN_RSA_BITS
 from certbot_kvault._internal.records import RecordError, server_path_for_url, validate_name
 
 CODE = "code"
@@ -61,6 +70,21 @@ CHALLENGE_ONLY_AUTHENTICATORS = frozenset({"kvault", "standalone", "webroot", "m
 # kvault's options that say which Vault the plugin talks to.
 CONNECTION_KEYS = frozenset({"kvault_vault_addr", "kvault_vault_namespace",
                              "kvault_vault_cacert", "kvault_mount", "kvault_prefix"})
+
+
+CAPPED = "capped at"
+
+
+def is_wait(key: str) -> bool:
+    """A plugin's wait in seconds (certbot's dns-* ``propagation_seconds``, ours)."""
+    return key.endswith("_propagation_seconds") or key == "kvault_propagation_timeout"
+
+
+def seconds(value: Any) -> Optional[int]:
+    """A whole, non-negative number of seconds as a conf holds it, else None."""
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 12:
+        return int(value.strip())
+    return None
 
 
 def _is_none(value: Any) -> bool:
@@ -101,8 +125,13 @@ def classify(key: str, value: Any) -> Optional[str]:
         except RecordError:
             return INVALID
         return None
+    if key == "rsa_key_size":
+        bits = seconds(value)  # a whole number, as certbot's _restore_int wants
+        return None if bits is not None and MIN_RSA_BITS <= bits <= MAX_RSA_BITS else INVALID
     if key in DATA_KEYS:
         return None
+    if is_wait(key):
+        return None if seconds(value) is not None else INVALID
     if key in MACHINE_KEYS or key.endswith("_credentials") or isinstance(value, dict):
         return MACHINE
     if key.startswith("kvault_") or key.endswith("_propagation_seconds"):
@@ -120,13 +149,29 @@ def untrusted(key: str, value: Any, trust_vault_hooks: bool) -> bool:
     return not (trust_vault_hooks and cls in TRUSTED_WITH_OPT_IN)
 
 
+def capped(key: str, limit: int) -> str:
+    """How ``warning`` is told that a wait from Vault was capped at ``limit`` seconds."""
+    return f"{key} ({CAPPED} {limit} s)"
+
+
 def warning(name: str, ignored: list[str]) -> str:
-    """The one line that tells the operator what of a lineage's conf was not used."""
+    """The one line that tells the operator what of a lineage's conf was not used (and
+    which waits were capped, entries made by ``capped``)."""
     # Key names come from Vault too: no terminal escapes reach the operator's screen.
-    if all(k.endswith(TEMPLATE_MARK) for k in ignored):
-        ignored = [k[:-len(TEMPLATE_MARK)] for k in ignored]
-        why = "a %(...) template: certbot would expand it"
-    else:
-        why = "hooks and paths run only with --trust-vault-hooks; Vault settings never"
-    keys = ", ".join(k if k.isprintable() else ascii(k) for k in ignored)
-    return f"warning: lineage {name}: ignored from Vault's renewal conf: {keys} ({why})"
+    def shown(keys: list[str]) -> str:
+        return ", ".join(k if k.isprintable() else ascii(k) for k in keys)
+
+    caps = [k for k in ignored if f" ({CAPPED} " in k]
+    dropped = [k for k in ignored if k not in caps]
+    parts = []
+    if dropped:
+        if all(k.endswith(TEMPLATE_MARK) for k in dropped):
+            dropped = [k[:-len(TEMPLATE_MARK)] for k in dropped]
+            why = "a %(...) template: certbot would expand it"
+        else:
+            why = "hooks and paths run only with --trust-vault-hooks; Vault settings never"
+        parts.append(f"ignored from Vault's renewal conf: {shown(dropped)} ({why})")
+    if caps:
+        parts.append(f"waits from Vault's renewal conf capped: {shown(caps)} (this machine's "
+                     "own renewal conf or certbot's flags may set more)")
+    return f"warning: lineage {name}: {'; '.join(parts)}"

@@ -20,8 +20,9 @@ from certbot_kvault._internal.cli.common import (
     progress_bar,
 )
 from certbot_kvault._internal.errors import VaultPermissionDenied
-from certbot_kvault._internal.records import LineageRecord, validate_name
+from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
 from certbot_kvault._internal.schedule import LineageStatus, read_fleet, with_state
+from certbot_kvault._internal.state import MalformedState
 from certbot_kvault._internal.timefmt import floor_time
 
 
@@ -43,6 +44,8 @@ def list_(ctx: Context) -> None:
     with progress_bar(ctx, "list") as tick:
         fleet = read_fleet(layout, layout.list_lineages(), ctx.workers, progress=tick)
     for name, status in sorted(fleet.items()):
+        for warning in status.warnings:
+            click.echo(warning, err=True)
         d = status.entry.data
         domains = d.get("domains") or []
         if not isinstance(domains, list) or not all(isinstance(n, str) for n in domains):
@@ -51,12 +54,13 @@ def list_(ctx: Context) -> None:
             click.echo(f"warning: lineage {name}: {layout.where('certificates', name)}: "
                        "'domains' is not a list of names; shown without them", err=True)
             domains = []
+        # The certificate's own expiry, not the record's field (schedule.py).
+        expires = None if status.not_after is None else floor_time(status.not_after)
         row = {"name": name, "subject": domains[0] if domains else None,
-               "domains": domains, "not_after": d.get("not_after"),
+               "domains": domains, "not_after": expires,
                "auto_renewable": bool(d.get("auto_renewable", True)),
                "version": d.get("version"),
-               "error": LineageRecord.flaw(name, status.entry,
-                                           layout.where("certificates", name))}
+               "error": _flaw(name, status, layout.where("certificates", name))}
         row.update(status.as_json())
         rows.append(row)
     if ctx.json:
@@ -74,12 +78,21 @@ def list_(ctx: Context) -> None:
         sys.exit(1)
 
 
+def _flaw(name: str, status: LineageStatus, where: str) -> Optional[str]:
+    """What show, export and pull would refuse in a record (they read it the same way)."""
+    try:
+        LineageRecord.from_kv(name, status.entry, where)
+    except RecordError as e:
+        return str(e)
+    return None
+
+
 def _table(rows: list[dict[str, Any]], fleet: dict[str, LineageStatus]) -> None:
     table = [("NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE", "NEXT_RENEWAL", "FAILURES")]
     for r in rows:
         status = fleet[r["name"]]
-        # SUBJECT and EXPIRATION are a record's fields: whoever may write it could plant
-        # terminal escapes, shown escaped here (--json escapes them itself).
+        # SUBJECT is a record's field: whoever may write it could plant terminal
+        # escapes, shown escaped here (--json escapes them itself).
         table.append((r["name"], _printable(r["subject"] or "-"),
                       _printable(r["not_after"] or "-"),
                       "yes" if r["auto_renewable"] else "no",
@@ -98,6 +111,8 @@ def _printable(value: object) -> str:
 def _next(status: LineageStatus) -> str:
     if status.backoff_until is not None:
         return f"{floor_time(status.backoff_until)} (backoff)"
+    if status.due and status.guarded_until is not None:
+        return f"{floor_time(status.guarded_until)} (renewed recently)"
     if status.due:
         return "now"
     when = status.next_renewal
@@ -117,6 +132,8 @@ def show(ctx: Context, name: str) -> None:
         raise click.ClickException(f"No lineage {name} in Vault ({where}).")
     record = LineageRecord.from_kv(name, entry, where)
     status = with_state(layout, name, entry, time.time())
+    for line in status.warnings:
+        click.echo(line, err=True)
     info = record.info
     assert info is not None
     out = {"name": name, "subject": info.domains[0] if info.domains else None,
@@ -319,6 +336,8 @@ def rm(ctx: Context, name: str, purge: bool) -> None:
             f"permission denied: rm needs delete on {paths} (and read on the first) "
             f"({layout.vault.settings.where}); policies/reader.hcl and renewer.hcl grant no "
             "delete: use an operator's token.") from None
+    except MalformedState:
+        had_state = True  # a broken memory goes with its lineage all the same
     layout.delete_state(name, purge=purge)
     layout.delete_lineage(name, purge=purge)
     suffix = " (all versions)" if purge else ""

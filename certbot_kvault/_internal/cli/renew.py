@@ -20,7 +20,7 @@ from certbot_kvault._internal.cli.common import (
     trust_option,
 )
 from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.lock import DEFAULT_TTL, MIN_TTL
+from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from certbot_kvault._internal.planner import ALL, Rules
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,7 +89,7 @@ def _stop_options(fn: F) -> F:
               envvar="KVAULT_LOCK_WAIT", metavar="SECONDS",
               help="How long to wait for another renewer's lock before giving up (exit 0) "
                    "[KVAULT_LOCK_WAIT]")
-@click.option("--lock-ttl", type=click.IntRange(min=MIN_TTL), default=DEFAULT_TTL,
+@click.option("--lock-ttl", type=click.IntRange(min=MIN_TTL, max=MAX_TTL), default=DEFAULT_TTL,
               show_default=True, envvar="KVAULT_LOCK_TTL", metavar="SECONDS",
               help="Lease of the Vault lock; renewed every TTL/3 while we run, taken over "
                    "by others this long after we die [KVAULT_LOCK_TTL]")
