@@ -48,13 +48,13 @@ from bench_push_start import push_times  # noqa: E402
 from helpers import ThrowawayCA, renewal_conf  # noqa: E402
 from servers import free_port, start_openbao_dev  # noqa: E402
 
-from certbot_kvault._internal import sync  # noqa: E402
-from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.records import LineageRecord, PemSet  # noqa: E402
-from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
-from certbot_kvault._internal.state import RenewalState  # noqa: E402
-from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient  # noqa: E402
+from certbot_kvault._internal.store.layout import Layout  # noqa: E402
+from certbot_kvault._internal.store.records import LineageRecord, PemSet  # noqa: E402
+from certbot_kvault._internal.store.state import RenewalState  # noqa: E402
+from certbot_kvault._internal.sync import push as sync  # noqa: E402
+from certbot_kvault._internal.tree.storage import Dirs, Tree  # noqa: E402
+from certbot_kvault._internal.vault.client import VaultClient  # noqa: E402
+from certbot_kvault._internal.vault.settings import VaultSettings  # noqa: E402
 
 KVAULT = str(Path(sys.executable).with_name("certbot-kvault"))
 BAO = str(Path(sys.executable).with_name("bao"))
@@ -138,9 +138,9 @@ def cpu_profile(bao_addr: str, token: str, prefix: str, work: Path) -> None:
     sys.path.insert(0, str(BENCH))
     import floor  # noqa: PLC0415 - bench/ is on the path only now
 
-    from certbot_kvault._internal import records as records_mod
-    from certbot_kvault._internal import tree as tree_mod
-    from certbot_kvault._internal import vault as vault_mod
+    from certbot_kvault._internal.store import records as records_mod
+    from certbot_kvault._internal.tree import storage as tree_mod
+    from certbot_kvault._internal.vault import client as vault_mod
 
     spent: dict[str, float] = collections.defaultdict(float)
 

@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sync import make_tree  # noqa: E402
 from servers import start_openbao_dev  # noqa: E402
 
-from certbot_kvault._internal import sync  # noqa: E402
-from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient  # noqa: E402
+from certbot_kvault._internal.store.layout import Layout  # noqa: E402
+from certbot_kvault._internal.sync import push as sync  # noqa: E402
+from certbot_kvault._internal.vault.client import VaultClient  # noqa: E402
+from certbot_kvault._internal.vault.settings import VaultSettings  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 KVAULT = str(REPO / ".venv" / "bin" / "certbot-kvault")

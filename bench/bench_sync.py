@@ -28,11 +28,11 @@ sys.path.insert(0, str(REPO / "tests"))
 from helpers import ThrowawayCA, renewal_conf  # noqa: E402
 from servers import free_port, start_openbao_dev  # noqa: E402
 
-from certbot_kvault._internal import sync  # noqa: E402
-from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
-from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient  # noqa: E402
+from certbot_kvault._internal.store.layout import Layout  # noqa: E402
+from certbot_kvault._internal.sync import push as sync  # noqa: E402
+from certbot_kvault._internal.tree.storage import Dirs, Tree  # noqa: E402
+from certbot_kvault._internal.vault.client import VaultClient  # noqa: E402
+from certbot_kvault._internal.vault.settings import VaultSettings  # noqa: E402
 
 
 def make_tree(root: Path, n: int) -> Tree:

@@ -20,13 +20,13 @@ import pytest
 from helpers import KVAULT, Golden, fresh_dirs, golden_env, kv_version, kvault, record, seed
 from servers import Bao
 
-from certbot_kvault._internal import sync
-from certbot_kvault._internal.errors import VaultConflict
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import AccountRecord, LineageRecord
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.records import AccountRecord, LineageRecord
+from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.tree.storage import Dirs, Tree
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultConflict
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 FLEET = 30          # lineages pushed by every racer
 RACERS = 10         # concurrent `certbot-kvault push` processes

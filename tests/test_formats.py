@@ -29,8 +29,8 @@ from helpers import (
 )
 from servers import Bao
 
-from certbot_kvault._internal import export
-from certbot_kvault._internal.dir_owner import OWNER_FILE
+from certbot_kvault._internal.apps import export
+from certbot_kvault._internal.apps.dir_owner import OWNER_FILE
 
 
 @pytest.fixture

@@ -33,13 +33,13 @@ from helpers import (
 )
 from servers import Bao, RaftCluster
 
-from certbot_kvault._internal import sync
-from certbot_kvault._internal.errors import VaultError
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.renew.locks import GLOBAL_LOCK, Locks, lineage_lock
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.tree.storage import Dirs, Tree
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultError
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 
 def _prefix(request: pytest.FixtureRequest) -> str:

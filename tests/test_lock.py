@@ -9,13 +9,13 @@ import pytest
 from helpers import record
 from servers import Bao
 
-from certbot_kvault._internal.errors import VaultUnsupported
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lease import MAX_TTL, LockInfo
-from certbot_kvault._internal.lock import Locks
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.timefmt import CLOCK_SKEW, format_time, parse_time
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.renew.lease import MAX_TTL, LockInfo
+from certbot_kvault._internal.renew.locks import Locks
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.timefmt import CLOCK_SKEW, format_time, parse_time
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultUnsupported
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 
 def _layout(**overrides: str) -> Layout:

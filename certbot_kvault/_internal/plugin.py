@@ -18,15 +18,18 @@ from certbot import achallenges, errors, interfaces, util
 from certbot.display import util as display_util
 from certbot.plugins import dns_common_lexicon
 
-from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import dns01, issued, pending, sync
-from certbot_kvault._internal.dns import DNSError
-from certbot_kvault._internal.errors import VaultError
-from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.settings import SETTING_OPTIONS, VaultSettings
-from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.dns import challenge as dns01
+from certbot_kvault._internal.dns import entries as kvault_dns
+from certbot_kvault._internal.dns.entries import DNSError
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.sync import issued
+from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.tree import pending
+from certbot_kvault._internal.tree.executables import kvault_bin
+from certbot_kvault._internal.tree.storage import Dirs, Tree
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultError
+from certbot_kvault._internal.vault.settings import SETTING_OPTIONS, VaultSettings
 
 logger = logging.getLogger(__name__)
 

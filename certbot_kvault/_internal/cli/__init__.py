@@ -149,7 +149,7 @@ def _unexpected(ctx: click.Context, e: Exception) -> NoReturn:
     """One line naming a log file that holds the traceback (printed too with -v); exit 1."""
     import traceback
 
-    from certbot_kvault._internal.redact import one_line, redact
+    from certbot_kvault._internal.vault.redact import one_line, redact
 
     text = redact("".join(traceback.format_exception(type(e), e, e.__traceback__)))
     where = _write_log(ctx.meta.get(META_LOGS_DIR), text)

@@ -11,19 +11,19 @@ from typing import Any, Optional
 
 import click
 
-from certbot_kvault._internal import export
-from certbot_kvault._internal import watch as watch_mod
+from certbot_kvault._internal.apps import export
+from certbot_kvault._internal.apps import watch as watch_mod
 from certbot_kvault._internal.cli.common import (
     Context,
     common_options,
     note_pending,
     progress_bar,
 )
-from certbot_kvault._internal.errors import VaultPermissionDenied
-from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
-from certbot_kvault._internal.schedule import LineageStatus, read_fleet, with_state
-from certbot_kvault._internal.state import MalformedState
-from certbot_kvault._internal.timefmt import floor_time
+from certbot_kvault._internal.renew.status import LineageStatus, read_fleet, with_state
+from certbot_kvault._internal.store.records import LineageRecord, RecordError, validate_name
+from certbot_kvault._internal.store.state import MalformedState
+from certbot_kvault._internal.store.timefmt import floor_time
+from certbot_kvault._internal.vault.errors import VaultPermissionDenied
 
 
 @click.command("list")
@@ -156,7 +156,7 @@ def show(ctx: Context, name: str) -> None:
             continue  # KV v1 keeps no versions
         click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}"
                    f"{notes.get(key, '')}")
-    from certbot_kvault._internal import issued  # show's alone: `list` never needs it
+    from certbot_kvault._internal.sync import issued  # show's alone: `list` never needs it
 
     for key, value in _renewal_lines(status) + issued.lines(record.issued):
         click.echo(f"{key}: {value}")

@@ -13,11 +13,11 @@ from typing import Any, Optional
 
 import click
 
-from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import dns01
 from certbot_kvault._internal.cli.common import Context, common_options
-from certbot_kvault._internal.errors import VaultConflict
-from certbot_kvault._internal.records import validate_name
+from certbot_kvault._internal.dns import challenge as dns01
+from certbot_kvault._internal.dns import entries as kvault_dns
+from certbot_kvault._internal.store.records import validate_name
+from certbot_kvault._internal.vault.errors import VaultConflict
 
 
 @click.group("dns")

@@ -11,7 +11,7 @@ from typing import Optional
 import click
 from click.core import ParameterSource
 
-from certbot_kvault._internal import migrate, sync
+from certbot_kvault._internal.apps import migrate
 from certbot_kvault._internal.cli.common import (
     Context,
     common_options,
@@ -19,8 +19,9 @@ from certbot_kvault._internal.cli.common import (
     print_report,
     progress_bar,
 )
-from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.tree.executables import kvault_bin
+from certbot_kvault._internal.vault.client import VaultClient
 
 
 @click.command("import")

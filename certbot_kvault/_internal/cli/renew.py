@@ -12,16 +12,17 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
-from certbot_kvault._internal import renewal, runner, saving, stopping
 from certbot_kvault._internal.cli.common import (
     Context,
     common_options,
     dir_lock_option,
     trust_option,
 )
-from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
-from certbot_kvault._internal.planner import ALL, Rules
+from certbot_kvault._internal.renew import flows as renewal
+from certbot_kvault._internal.renew import runner, saving, stopping
+from certbot_kvault._internal.renew.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
+from certbot_kvault._internal.renew.plan import ALL, Rules
+from certbot_kvault._internal.tree.executables import kvault_bin
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -145,7 +146,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
     renewal failed or Vault could not be updated, else 0.
     """
     args = runner.check_certbot_args(certbot_args)
-    from certbot_kvault._internal.ari import AriClients  # acme's client: only renew needs it
+    from certbot_kvault._internal.renew.ari import AriClients  # acme's client: only renew needs it
 
     rules = Rules(due_within=due_within, lineage_locks=lineage_locks,
                   retry_now=frozenset(v or ALL for v in retry_now),

@@ -11,7 +11,6 @@ import sys
 import click
 from certbot import errors
 
-from certbot_kvault._internal import confs, pending, sync
 from certbot_kvault._internal.cli.common import (
     DEFAULT_CONFIG_DIR,
     Context,
@@ -21,12 +20,14 @@ from certbot_kvault._internal.cli.common import (
     progress_bar,
     trust_option,
 )
-from certbot_kvault._internal.errors import VaultError
-from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.records import validate_name
-from certbot_kvault._internal.redact import one_line as _one_line
-from certbot_kvault._internal.settings import SETTING_OPTIONS
-from certbot_kvault._internal.tree import Tree
+from certbot_kvault._internal.store.records import validate_name
+from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.tree import confs, pending
+from certbot_kvault._internal.tree.executables import kvault_bin
+from certbot_kvault._internal.tree.storage import Tree
+from certbot_kvault._internal.vault.errors import VaultError
+from certbot_kvault._internal.vault.redact import one_line as _one_line
+from certbot_kvault._internal.vault.settings import SETTING_OPTIONS
 
 
 @click.command()

@@ -1,0 +1,8 @@
+"""Moving certbot state between the config dir and Vault.
+
+``pull`` (Vault -> layout -> records -> tree) and ``push`` (the reverse,
+fenced), over ``jobs``' bounded thread pool; ``issued`` (how each version was
+issued: the plugin's notes in the config dir, the field a push stamps).
+
+May import: tree, store, vault.
+"""

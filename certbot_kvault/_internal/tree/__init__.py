@@ -1,0 +1,11 @@
+"""The certbot config dir on disk, as certbot keeps it.
+
+``files`` (the one atomic writer), ``storage`` (lineages and accounts read and
+written as certbot stores them, the deploy hook), renewal confs: ``confs``
+(parsed as data), ``trust`` (the one screen of what a conf from Vault may
+decide here) and ``portable`` (a conf made portable for Vault and local again);
+``manifest`` (what this dir last synced), ``pending`` (pushes still owed) and
+``dirlock`` (certbot's lock on the dir).
+
+May import: store, vault.
+"""
