@@ -20,7 +20,7 @@ from servers import Bao
 from test_dir_lock import Holder
 
 from certbot_kvault._internal.cli import main
-from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.sync import pull as sync
 
 
 def _boom(*args: object, **kwargs: object) -> None:

@@ -23,7 +23,8 @@ from certbot_kvault._internal.dns import entries as kvault_dns
 from certbot_kvault._internal.dns.entries import DNSError
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.sync import issued
-from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS, Report
+from certbot_kvault._internal.sync.push import push
 from certbot_kvault._internal.tree import pending
 from certbot_kvault._internal.tree.executables import kvault_bin
 from certbot_kvault._internal.tree.storage import Dirs, Tree
@@ -210,7 +211,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         """Push what this certbot run changed (certbot calls this after issuance)."""
         self._push_changed()
 
-    def _push_changed(self, workers: int = sync.DEFAULT_WORKERS) -> None:
+    def _push_changed(self, workers: int = DEFAULT_WORKERS) -> None:
         tree = self._tree()
         after = tree.fingerprints()
         changed = sorted(n for n, fp in after.items()
@@ -232,13 +233,13 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
                 self._vault.close()
                 self._vault = None
 
-    def _push(self, tree: Tree, names: list[str], workers: int = sync.DEFAULT_WORKERS) -> None:
+    def _push(self, tree: Tree, names: list[str], workers: int = DEFAULT_WORKERS) -> None:
         if pending.parent_pushes() is not None:
             return  # `certbot-kvault renew`/`run` pushes after certbot, checked against its pull
         try:
-            report = sync.push(tree, self.layout, names, workers=workers)
+            report = push(tree, self.layout, names, workers=workers)
         except VaultError as e:
-            report = sync.Report(failed=[(f"lineage {n}", str(e)) for n in names])
+            report = Report(failed=[(f"lineage {n}", str(e)) for n in names])
         failed = [i.split(" ", 1)[1] for i, _ in report.failed if i.startswith("lineage ")]
         for name in failed:
             pending.mark(tree, name, "; ".join(e for _, e in report.failed))

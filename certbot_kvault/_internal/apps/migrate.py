@@ -44,7 +44,7 @@ from certbot_kvault._internal.store.records import (
     server_path_for_url,
     validate_name,
 )
-from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS, FATAL, Report, Tick, parallel
 from certbot_kvault._internal.tree import portable as renewal_conf
 from certbot_kvault._internal.tree import trust
 from certbot_kvault._internal.vault.client import VaultClient
@@ -96,7 +96,7 @@ def split_path(path: str) -> tuple[str, str]:
 
 
 def read(kind: str, source: VaultClient, path: str, layout: Layout, opts: Options,
-         workers: int = sync.DEFAULT_WORKERS) -> Plan:
+         workers: int = DEFAULT_WORKERS) -> Plan:
     """What importing their layout at ``path`` (read through ``source``) would write."""
     if not trust.valid_server_url(opts.server):
         raise MigrationError(f"--server {opts.server!r} is not the http(s) URL of an ACME "
@@ -247,7 +247,7 @@ def _found(reader: _Reader, conf: _ConfMaker, sub: str, cert_field: str) -> Foun
         d = reader.read(sub) or {}
         record = conf.lineage(validate_name(name), d.get(cert_field), d.get("chain"),
                               d.get("privkey"), where, cert_field)
-    except sync.FATAL:
+    except FATAL:
         raise
     except (RecordError, VaultError) as e:
         return Found(name, None, [where], str(e))
@@ -256,7 +256,7 @@ def _found(reader: _Reader, conf: _ConfMaker, sub: str, cert_field: str) -> Foun
 
 def _epages_lineages(reader: _Reader, conf: _ConfMaker, workers: int) -> list[Found]:
     keys = [f"certificates/{k}" for k in reader.list("certificates")]
-    return [f for _, f in sync.parallel(keys, lambda k: _found(reader, conf, k, "cert"),
+    return [f for _, f in parallel(keys, lambda k: _found(reader, conf, k, "cert"),
                                         workers)]
 
 
@@ -268,7 +268,7 @@ def _installer_lineages(reader: _Reader, conf: _ConfMaker, workers: int) -> list
     # one lineage, named (as certbot names it) by the first name the certificate lists.
     copies: dict[str, list[Found]] = {}
     out: list[Found] = []
-    for _, f in sync.parallel(reader.list(""), lambda k: _found(reader, conf, k, "crt"),
+    for _, f in parallel(reader.list(""), lambda k: _found(reader, conf, k, "crt"),
                               workers):
         if f.record is None:
             out.append(f)
@@ -345,16 +345,16 @@ def _our_account(layout: Layout, opts: Options) -> Optional[str]:
 
 
 def apply(layout: Layout, plan: Plan, *, force: bool = False, dry_run: bool = False,
-          progress: sync.Tick = None) -> sync.Report:
+          progress: Tick = None) -> Report:
     """Write the plan's records: absent ones, identical ones count as unchanged, others
     are refused unless ``force`` (a lineage then becomes the next version, Vault's one
     kept in its archive). ``dry_run``: decide the same, write nothing."""
-    report = sync.Report(failed=list(plan.failed), warnings=list(plan.warnings))
+    report = Report(failed=list(plan.failed), warnings=list(plan.warnings))
     # DNS entries and accounts first: the lineages' confs name them.
     for done, item in enumerate(plan.items, 1):
         try:
             changed = _apply_one(layout, item, force, dry_run)
-        except sync.FATAL:
+        except FATAL:
             raise
         except (RecordError, VaultError) as e:  # a lost race included: one line, the rest go on
             report.failed.append((item.item, str(e)))

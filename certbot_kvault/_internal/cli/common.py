@@ -85,9 +85,9 @@ class Context:
 
     def finish_pending(self) -> Report:
         """Every command that touches the tree first completes what a hook left undone."""
-        from certbot_kvault._internal.sync import push as sync
+        from certbot_kvault._internal.sync.push import finish_pending
 
-        report = sync.finish_pending(self.tree, self.layout, self.workers)
+        report = finish_pending(self.tree, self.layout, self.workers)
         for item, err in report.failed:
             click.echo(f"pending push of {item} still failing: {err}", err=True)
         return report

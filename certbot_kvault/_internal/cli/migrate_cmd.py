@@ -19,7 +19,7 @@ from certbot_kvault._internal.cli.common import (
     print_report,
     progress_bar,
 )
-from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.sync.push import push
 from certbot_kvault._internal.tree.executables import kvault_bin
 from certbot_kvault._internal.vault.client import VaultClient
 
@@ -71,7 +71,7 @@ def import_(ctx: Context, source: Optional[str], path: Optional[str], server: st
     with ctx.dir_lock() as lock:
         lock.acquire()
         with progress_bar(ctx, "import") as tick:
-            report = sync.push(tree, ctx.layout, workers=ctx.workers, progress=tick)
+            report = push(tree, ctx.layout, workers=ctx.workers, progress=tick)
         hook = tree.install_hook(kvault_bin())
     if not ctx.json:
         click.echo(f"deploy hook: {hook}")

@@ -21,7 +21,8 @@ from certbot_kvault._internal.cli.common import (
     trust_option,
 )
 from certbot_kvault._internal.store.records import validate_name
-from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.sync import pull as sync_pull
+from certbot_kvault._internal.sync import push as sync_push
 from certbot_kvault._internal.tree import confs, pending
 from certbot_kvault._internal.tree.executables import kvault_bin
 from certbot_kvault._internal.tree.storage import Tree
@@ -47,8 +48,8 @@ def pull(ctx: Context, names: tuple[str, ...]) -> None:
         lock.acquire()
         ctx.finish_pending()
         with progress_bar(ctx, "pull") as tick:
-            report = sync.pull(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
-                               kvault_bin=kvault_bin(), progress=tick)
+            report = sync_pull.pull(ctx.tree, ctx.layout, list(names) or None,
+                                    workers=ctx.workers, kvault_bin=kvault_bin(), progress=tick)
     print_report(ctx, report, "pulled")
 
 
@@ -73,8 +74,8 @@ def push(ctx: Context, names: tuple[str, ...], force: bool) -> None:
         lock.acquire()
         report = ctx.finish_pending()
         with progress_bar(ctx, "push") as tick:
-            report.merge(sync.push(ctx.tree, ctx.layout, list(names) or None,
-                                   workers=ctx.workers, progress=tick, force=force))
+            report.merge(sync_push.push(ctx.tree, ctx.layout, list(names) or None,
+                                        workers=ctx.workers, progress=tick, force=force))
     print_report(ctx, report, "pushed")
 
 
@@ -123,7 +124,7 @@ def deploy_hook(ctx: Context) -> None:
         return
     try:
         report = ctx.finish_pending()
-        report.merge(sync.push(tree, ctx.layout, [name], workers=ctx.workers))
+        report.merge(sync_push.push(tree, ctx.layout, [name], workers=ctx.workers))
         failures = report.failed
     except (errors.Error, VaultError, OSError) as e:
         failures = [(f"lineage {name}", _one_line(e))]

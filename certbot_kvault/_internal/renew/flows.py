@@ -59,7 +59,8 @@ from certbot_kvault._internal.renew.status import LineageStatus, remember, renew
 from certbot_kvault._internal.renew.stopping import CERTBOT, PREPARE, SAVE, StopNow, Stopping
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.store.records import LineageRecord, RecordError, validate_name
-from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.sync.jobs import Report, parallel
+from certbot_kvault._internal.sync.pull import pull
 from certbot_kvault._internal.tree import confs
 from certbot_kvault._internal.tree import manifest as synced
 from certbot_kvault._internal.tree.dirlock import DirLock
@@ -100,7 +101,7 @@ def _states(tree: Tree) -> dict[str, State]:
 
 def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wait: float,
           lock_ttl: int, rules: Rules, metrics_file: Optional[str],
-          finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
+          finish_pending: Callable[[], Report], kvault_bin: Optional[str],
           say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify] = None,
           push_retry_for: float = DEFAULT_PUSH_RETRY_FOR,
           ari: Optional[AriClients] = None, stop: Optional[Stopping] = None,
@@ -141,7 +142,7 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
 
 def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait: float,
            lock_ttl: int, rules: Rules, metrics: Metrics,
-           finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
+           finish_pending: Callable[[], Report], kvault_bin: Optional[str],
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
            push_retry_for: float, read: Callable[[], dict[str, LineageStatus]],
            stop: Stopping, dir_lock: DirLock) -> int:
@@ -167,7 +168,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
 
             dir_lock.acquire()
             finished = finish_pending()
-            pulled = sync.pull(tree, layout, plan.names, workers=workers,
+            pulled = pull(tree, layout, plan.names, workers=workers,
                                kvault_bin=kvault_bin, used_accounts_only=True)
         for line in pulled.warnings:
             notify(line)
@@ -284,7 +285,7 @@ def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,
     later push from this config dir cannot replace it with ours."""
     if not names:
         return
-    report = sync.pull(tree, layout, names, workers=workers, accounts=False)
+    report = pull(tree, layout, names, workers=workers, accounts=False)
     for item, err in report.failed:
         notify(f"error: {item}: {err}")
 
@@ -293,7 +294,7 @@ def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,
 
 
 def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
-        finish_pending: Callable[[], sync.Report], kvault_bin: Optional[str],
+        finish_pending: Callable[[], Report], kvault_bin: Optional[str],
         say: Notify, notify: Notify, stream: Notify,
         push_retry_for: float = DEFAULT_PUSH_RETRY_FOR, stop: Optional[Stopping] = None,
         dir_lock: Optional[DirLock] = None) -> int:
@@ -311,7 +312,7 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
                 layout.vault.login()  # before the config dir is made to lock it
                 dir_lock.acquire()
                 finished = finish_pending()
-                pulled = sync.pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
+                pulled = pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
             for line in pulled.warnings:
                 notify(line)
             for item, err in pulled.failed:
@@ -385,7 +386,7 @@ def verify(tree: Tree, layout: Layout, workers: int) -> list[str]:
                     f"{local.version} (or other content)")
         return None
 
-    for _, problem in sync.parallel(tree.lineage_names(), check_lineage, workers):
+    for _, problem in parallel(tree.lineage_names(), check_lineage, workers):
         if problem:
             problems.append(problem)
     urls = tree.server_urls()

@@ -49,7 +49,7 @@ from certbot_kvault._internal.renew.locks import (
 from certbot_kvault._internal.renew.status import LineageStatus
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.store.timefmt import floor_time, parse_time
-from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.sync.jobs import parallel
 from certbot_kvault._internal.vault.client import KVEntry
 
 Notify = Callable[[str], None]
@@ -152,7 +152,7 @@ def _guard_line(st: LineageStatus) -> str:
 def read_all(layout: Layout, names: Sequence[str], workers: int) -> dict[str, KVEntry]:
     """The raw Vault entries of these lineages (in parallel); missing ones are left out."""
     out = {}
-    for name, entry in sync.parallel(names, layout.read_lineage_raw, workers):
+    for name, entry in parallel(names, layout.read_lineage_raw, workers):
         if entry is not None:
             out[name] = entry
     return out
@@ -162,7 +162,7 @@ def busy_lineages(locks: Locks, workers: int) -> dict[str, LockInfo]:
     """Lineages whose lineage-<name> lock another renewer holds right now."""
     keys = [k for k in locks.names() if k.startswith(LINEAGE_LOCK_PREFIX)]
     busy = {}
-    for key, info in sync.parallel(keys, locks.held_by_other, workers):
+    for key, info in parallel(keys, locks.held_by_other, workers):
         if info is not None:
             busy[key[len(LINEAGE_LOCK_PREFIX):]] = info
     return busy

@@ -21,7 +21,8 @@ from certbot import errors
 from certbot_kvault._internal.renew.runner import Notify
 from certbot_kvault._internal.renew.stopping import SAVE, StopNow, Stopping
 from certbot_kvault._internal.store.layout import Layout
-from certbot_kvault._internal.sync import push as sync
+from certbot_kvault._internal.sync.jobs import Report
+from certbot_kvault._internal.sync.push import push
 from certbot_kvault._internal.tree import pending
 from certbot_kvault._internal.tree.storage import Tree
 from certbot_kvault._internal.vault.errors import is_transient
@@ -32,7 +33,7 @@ _MAX_BACKOFF = 10.0
 
 def save(tree: Tree, layout: Layout, names: Optional[list[str]], workers: int,
          retry_for: float, notify: Notify, stop: Stopping, expected: dict[str, int],
-         at_stake: Optional[list[str]] = None) -> sync.Report:
+         at_stake: Optional[list[str]] = None) -> Report:
     """The fenced push of what certbot changed, within the grace when stopping; an urgent
     stop abandons it, and what it was to save keeps a pending mark."""
     try:
@@ -42,7 +43,7 @@ def save(tree: Tree, layout: Layout, names: Optional[list[str]], workers: int,
                                     stop=stop)
     except StopNow:
         stake = list(names or []) if at_stake is None else at_stake
-        return not_saved(tree, layout, sync.Report(), stake, stop.not_saved_reason())
+        return not_saved(tree, layout, Report(), stake, stop.not_saved_reason())
 
 
 def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
@@ -50,8 +51,8 @@ def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
                      notify: Notify, expected: Optional[dict[str, int]] = None,
                      sleep: Callable[[float], None] = time.sleep,
                      clock: Callable[[], float] = time.monotonic,
-                     stop: Optional[Stopping] = None) -> sync.Report:
-    """``sync.push``, tried again while Vault is unreachable, sealed or answering 5xx.
+                     stop: Optional[Stopping] = None) -> Report:
+    """``push``, tried again while Vault is unreachable, sealed or answering 5xx.
 
     Only while something renewed here is at stake (``at_stake``, default
     ``names``): a container's new certificate exists nowhere else. Pauses grow
@@ -65,7 +66,7 @@ def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
     delay = 1.0
     while True:
         try:
-            report = sync.push(tree, layout, names, workers=workers, expected=expected)
+            report = push(tree, layout, names, workers=workers, expected=expected)
         except errors.Error as e:
             if not stake:
                 raise
@@ -73,7 +74,7 @@ def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
             if stop is not None and stop.remaining() < left:
                 left, flag = stop.remaining(), "--stop-grace"
             if not is_transient(e) or left <= 0:
-                return not_saved(tree, layout, sync.Report(), stake, str(e))
+                return not_saved(tree, layout, Report(), stake, str(e))
             pause = min(left, delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
             what = ", ".join(stake[:5]) + (f" and {len(stake) - 5} more" if len(stake) > 5
                                            else "")
@@ -94,8 +95,8 @@ def push_until_saved(tree: Tree, layout: Layout, names: Optional[list[str]], *,
         return report
 
 
-def not_saved(tree: Tree, layout: Layout, report: sync.Report, names: list[str],
-               reason: str) -> sync.Report:
+def not_saved(tree: Tree, layout: Layout, report: Report, names: list[str],
+               reason: str) -> Report:
     """Each lineage failed in ``report``, saying so, with a pending mark."""
     for name in names:
         mark = pending.mark(tree, name, reason)

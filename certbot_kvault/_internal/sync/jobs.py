@@ -1,6 +1,11 @@
 """The per-item work of pull, push and the renewal planner: a bounded thread pool and
 the report of what each item did.
 
+``outcome`` runs one item's work: a bad record, a refused path or a local file
+error (ENOSPC, EROFS, EACCES...) fails that item alone, in one line; a Vault
+that is down, sealed or refuses the token (``FATAL``), or answers 5xx, stops the
+whole run.
+
 ``parallel`` keeps at most twice the workers' number of items in flight, so a
 fleet of 10 000 lineages costs time in proportion but no more memory;
 ``prefetched`` runs only the reads there and hands each result to the caller's
@@ -13,7 +18,24 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 from typing import Callable, Collection, Generator, Generic, Iterable, Iterator, Optional, TypeVar
+
+import requests
+from certbot import errors
+
+from certbot_kvault._internal.store.records import RecordError
+from certbot_kvault._internal.vault.errors import (
+    VaultAuthError,
+    VaultError,
+    VaultNotFound,
+    VaultSealed,
+    VaultUnreachable,
+    VaultUnsupported,
+    is_transient,
+)
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,6 +86,35 @@ class Report:
         return {"written": self.written, "unchanged": self.unchanged,
                 "failed": [{"item": i, "error": e} for i, e in self.failed],
                 "warnings": self.warnings}
+
+
+# Errors that mean "Vault as a whole is not usable": stop at once.
+FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsupported)
+
+
+def outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
+    """One item's work: True written, False unchanged; a bad record or a local OSError fails it."""
+    report = Report()
+    try:
+        changed = fn()
+    except FATAL:
+        raise
+    except (RecordError, VaultError, errors.PluginError, OSError) as e:  # TreeError too
+        if is_transient(e) or isinstance(e, requests.RequestException):
+            raise  # Vault itself answers 5xx: as FATAL, for the caller to retry
+        logger.debug("%s failed: %s", item, e)
+        report.failed.append((item, describe(e) if isinstance(e, OSError) else str(e)))
+        return report
+    (report.written if changed else report.unchanged).append(item)
+    return report
+
+
+
+
+def describe(e: OSError) -> str:
+    """A local file error as one line: the system's reason and the file."""
+    reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    return f"{reason}: {e.filename}" if e.filename else reason
 
 
 class Fetched(Generic[R]):

@@ -1,40 +1,31 @@
-"""Moving certbot state between the config dir and Vault.
+"""push: tree -> records -> layout -> Vault, only what changed, fenced under ``renew``.
 
-pull: Vault -> layout -> tree.  push: tree -> layout -> Vault. Both work lineage by
-lineage in a bounded thread pool over the client's kept-alive connections, holding at
-most a window of records in memory: 10 000 lineages cost time in proportion, not memory.
-
-A bad record (corrupt PEM, key/cert mismatch, hostile name, lost check-and-set race,
-denied path) fails alone and is reported; a Vault that is down, sealed or refuses our
-token stops the whole run at the first request. Nothing is ever half-written: a lineage
-is one Vault secret, and on disk its renewal conf is written last.
+Each lineage's local half (its fingerprint, reading and checking its files)
+runs in the calling thread as the pool takes it, its Vault half (read,
+compare, check-and-set write, a lost race told) in a worker (jobs.py). What
+the manifest (manifest.py) knows unchanged is not even read; a changed record
+is written with check-and-set against the KV version last synced, or, fenced,
+against the one this run pulled. A bad record or a lost race fails alone; a
+Vault that is down, sealed or refuses our token stops the whole run. A
+lineage is one Vault secret, so it never changes by halves.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable, Collection, Optional
-
-import requests
-from certbot import errors
+from typing import Optional
 
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.store.records import (
     AccountRecord,
     LineageRecord,
     RecordError,
-    server_path_for_url,
     validate_name,
 )
 from certbot_kvault._internal.sync import issued
-from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS as DEFAULT_WORKERS
-from certbot_kvault._internal.sync.jobs import Fetched, run_reports, run_reports_fetched
-from certbot_kvault._internal.sync.jobs import Report as Report
-from certbot_kvault._internal.sync.jobs import Tick as Tick
-from certbot_kvault._internal.sync.jobs import parallel as parallel
-from certbot_kvault._internal.tree import confs, pending, trust
+from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS, Report, Tick, outcome, run_reports
+from certbot_kvault._internal.tree import pending
 from certbot_kvault._internal.tree import portable as renewal_conf
-from certbot_kvault._internal.tree.files import describe
 from certbot_kvault._internal.tree.manifest import (
     ACCOUNTS,
     LINEAGES,
@@ -46,170 +37,11 @@ from certbot_kvault._internal.tree.manifest import (
     check_and_set,
     lineage_fingerprint,
 )
-from certbot_kvault._internal.tree.storage import Tree, TreeError, Written
+from certbot_kvault._internal.tree.storage import Tree
 from certbot_kvault._internal.vault.client import KVEntry
-from certbot_kvault._internal.vault.errors import (
-    VaultAuthError,
-    VaultConflict,
-    VaultError,
-    VaultNotFound,
-    VaultSealed,
-    VaultUnreachable,
-    VaultUnsupported,
-    is_transient,
-    lost_race,
-)
+from certbot_kvault._internal.vault.errors import VaultConflict, lost_race
 
 logger = logging.getLogger(__name__)
-
-# Errors that mean "Vault as a whole is not usable": stop at once.
-FATAL = (VaultUnreachable, VaultSealed, VaultAuthError, VaultNotFound, VaultUnsupported)
-
-
-def _outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
-    """One item's work: True written, False unchanged; a bad record or a local OSError fails it."""
-    report = Report()
-    try:
-        changed = fn()
-    except FATAL:
-        raise
-    except (RecordError, TreeError, VaultError, errors.PluginError, OSError) as e:
-        if is_transient(e) or isinstance(e, requests.RequestException):
-            raise  # Vault itself answers 5xx: as FATAL, for the caller to retry
-        logger.debug("%s failed: %s", item, e)
-        report.failed.append((item, describe(e) if isinstance(e, OSError) else str(e)))
-        return report
-    (report.written if changed else report.unchanged).append(item)
-    return report
-
-
-# ---- pull ------------------------------------------------------------------
-
-
-def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
-         workers: int = DEFAULT_WORKERS, kvault_bin: Optional[str] = None,
-         accounts: bool = True, used_accounts_only: bool = False, progress: Tick = None) -> Report:
-    """Rebuild the config dir from Vault: accounts, then the named (or all) lineages.
-
-    ``used_accounts_only``: pull only the accounts the pulled lineages' renewal
-    confs name (renewing), since with several accounts for one server and
-    ``--server`` on certbot's command line certbot asks which one to use.
-    """
-    layout.vault.login()  # once, before the workers: a refused login stops everything
-    tree.ensure_base()
-    tree.remove_leftovers()  # before the workers, whose temp files it would take
-    report = Report()
-    manifest = Manifest(tree, layout.vault.settings)
-    if accounts and not used_accounts_only:
-        report.merge(run_reports((f"{s}\0{i}" for s, i in layout.list_accounts()),
-                                 lambda key: _pull_account(tree, layout, *key.split("\0"),
-                                                           manifest=manifest), workers))
-    wanted = names if names is not None else layout.list_lineages()
-    asking = renewal_conf.profile_asks()  # one warning for all lineages, not one each
-    report.merge(run_reports_fetched(
-        wanted, layout.read_lineage_raw,
-        lambda name, entry: _pull_lineage(tree, layout, name, entry, manifest, asking),
-        workers, progress))
-    if asking:
-        report.warnings.append(renewal_conf.profiles_ignored_warning(asking))
-    if accounts and used_accounts_only:
-        used = _used_accounts(tree, report.done("lineage"))
-        if used is None:  # a lineage without account/server: certbot may need any of them
-            used = {(s, i): [] for s, i in layout.list_accounts()}
-        users = {f"{s}\0{i}": (s, i, lineages) for (s, i), lineages in used.items()}
-
-        def pull_used(key: str) -> Report:
-            server_path, account_id, lineages = users[key]
-            return _pull_account(tree, layout, server_path, account_id, used_by=lineages,
-                                 manifest=manifest)
-
-        report.merge(run_reports(sorted(users), pull_used, workers))
-    report.warnings += filter(None, [manifest.save()])
-    tree.install_hook(kvault_bin)
-    return report
-
-
-def _used_accounts(tree: Tree,
-                   names: Collection[str]) -> Optional[dict[tuple[str, str], list[str]]]:
-    """(server path, account id) -> the lineages whose renewal conf names it; None if one
-    names no account or server."""
-    used: dict[tuple[str, str], list[str]] = {}
-    for name in sorted(names):
-        try:
-            conf = confs.parse_file(tree.renewal_conf_path(name))
-            params = conf.get("renewalparams", {})
-            account, server = params.get("account"), params.get("server")
-            if not (account and server and isinstance(account, str) and isinstance(server, str)):
-                return None
-            used.setdefault((server_path_for_url(server), account), []).append(name)
-        except (OSError, confs.ConfError, RecordError):
-            return None
-    return used
-
-
-def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str,
-                  *, used_by: Optional[list[str]] = None, manifest: Manifest) -> Report:
-    def work() -> bool:
-        record = layout.load_account(server_path, account_id)
-        where = layout.where('accounts', server_path, account_id)
-        if record is None and used_by:
-            raise RecordError(f"lineage {', '.join(used_by)} uses ACME account {account_id}, "
-                              f"which is not in Vault ({where}); its renewal will fail.")
-        if record is None:
-            raise RecordError(f"{where} vanished while pulling.")
-        changed = tree.write_account(record)
-        manifest.note(ACCOUNTS, account_key(server_path, account_id), record.kv_version,
-                      account_fingerprint(record))
-        return changed
-
-    return _outcome(f"account {account_id}", work)
-
-
-def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Optional[KVEntry]],
-                  manifest: Manifest,
-                  asking: Optional[list[tuple[str, str, str]]] = None) -> Report:
-    warnings: list[str] = []
-    pulled: Optional[KVEntry] = None
-    written: Optional[Written] = None
-
-    def work() -> bool:
-        nonlocal pulled, written
-        entry = fetched.get()
-        record = None if entry is None else \
-            LineageRecord.from_kv(name, entry, layout.where("certificates", name))
-        if record is None or entry is None:
-            raise RecordError(f"No lineage {name} in Vault ({layout.where('certificates', name)}"
-                              "); see `certbot-kvault list`.")
-        if behind := manifest.behind(name, entry, layout.where("certificates", name)):
-            raise RecordError(behind)
-        local = tree.current_version(name)
-        if local is not None and local > record.version:
-            # Newer here than in Vault: a renewal that never reached Vault.
-            # Pulling would point live/ back at the old certificate.
-            raise RecordError(f"Lineage {name} is at version {local} here but {record.version} "
-                              f"in Vault: run `certbot-kvault push {name}` first.")
-        written = tree.write_lineage(record, layout.where("certificates", name))
-        if written.ignored:
-            warnings.append(trust.warning(name, written.ignored))
-        if asking is not None and (profile := renewal_conf.profile_asked(record.renewal)):
-            asking.append((name, *profile))
-        pulled = entry
-        return written.changed
-
-    report = _outcome(f"lineage {name}", work)
-    report.warnings += warnings
-    if pulled is not None and pulled.version is not None:
-        report.versions[name] = pulled.version
-    # A lineage pulled whole is as Vault has it; any other is compared by the next push.
-    if written is not None and pulled is not None and not warnings:
-        manifest.note(LINEAGES, name, pulled.version, lineage_fingerprint(
-            tree, name, pulled=True, written=written), pulled.data.get("updated_at"))
-    else:
-        manifest.forget(LINEAGES, name)
-    return report
-
-
-# ---- push ------------------------------------------------------------------
 
 
 def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
@@ -295,7 +127,7 @@ def _push_account(tree: Tree, layout: Layout, urls: dict[str, str], server_path:
                             None if winner is None else winner.version) from None
         return True
 
-    report = _outcome(f"account {account_id}", work)
+    report = outcome(f"account {account_id}", work)
     manifest.settle(ACCOUNTS, key, agreed[0] if agreed and report.ok else None)
     return report
 
@@ -325,7 +157,7 @@ class _LineagePush:
             self.local = self.tree.read_lineage(self.name)
             return False  # not told yet: the Vault half decides
 
-        report = _outcome(f"lineage {self.name}", work)
+        report = outcome(f"lineage {self.name}", work)
         if self.local is None:  # unchanged, or failed here: nothing to ask Vault
             self.done = self._settled(report)
         return self
@@ -333,7 +165,7 @@ class _LineagePush:
     def vault_half(self) -> Report:
         if self.done is not None:
             return self.done
-        return self._settled(_outcome(f"lineage {self.name}", self._write))
+        return self._settled(outcome(f"lineage {self.name}", self._write))
 
     def _settled(self, report: Report) -> Report:
         if self.fenced:

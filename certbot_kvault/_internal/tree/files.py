@@ -73,12 +73,6 @@ def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) 
         raise
 
 
-def describe(e: OSError) -> str:
-    """A local file error as one line: the system's reason and the file."""
-    reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
-    return f"{reason}: {e.filename}" if e.filename else reason
-
-
 def create_file(path: str, data: bytes, mode: int, group: Optional[int] = None) -> None:
     """Write a new file in place (it must not exist), private until its ``mode`` (and
     ``group``) is set: for a directory no reader knows of yet, where a temp file and a
