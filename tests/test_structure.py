@@ -132,8 +132,7 @@ def test_no_private_names_across_modules() -> None:
 
 
 def test_low_modules_import_nothing_above_them() -> None:
-    lowest = ("vault.settings", "vault.errors", "vault.redact", "tree.files", "store.timefmt",
-              "tree.executables")
+    lowest = ("vault.settings", "vault.errors", "vault.redact", "tree.files", "store.timefmt")
     for name in lowest:
         assert GRAPH[f"{PREFIX}.{name}"] <= {f"{PREFIX}.{n}" for n in lowest}, name
     # The Vault connection knows nothing of certbot's tree, records or flows.

@@ -26,7 +26,6 @@ from certbot_kvault._internal.sync import issued
 from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS, Report
 from certbot_kvault._internal.sync.push import push
 from certbot_kvault._internal.tree import pending
-from certbot_kvault._internal.tree.executables import kvault_bin
 from certbot_kvault._internal.tree.storage import Dirs, Tree
 from certbot_kvault._internal.vault.client import VaultClient
 from certbot_kvault._internal.vault.errors import VaultError
@@ -130,7 +129,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
     def _wire(self) -> None:
         """Install the deploy hook and register the one exit push."""
         tree = self._tree()
-        hook = tree.install_hook(kvault_bin())
+        hook = tree.install_hook()
         logger.debug("kvault deploy hook at %s", hook)
         if not self._exit_push_registered:
             self._exit_push_registered = True

@@ -20,7 +20,6 @@ from certbot_kvault._internal.cli.common import (
     progress_bar,
 )
 from certbot_kvault._internal.sync.push import push
-from certbot_kvault._internal.tree.executables import kvault_bin
 from certbot_kvault._internal.vault.client import VaultClient
 
 
@@ -72,7 +71,7 @@ def import_(ctx: Context, source: Optional[str], path: Optional[str], server: st
         lock.acquire()
         with progress_bar(ctx, "import") as tick:
             report = push(tree, ctx.layout, workers=ctx.workers, progress=tick)
-        hook = tree.install_hook(kvault_bin())
+        hook = tree.install_hook()
     if not ctx.json:
         click.echo(f"deploy hook: {hook}")
     print_report(ctx, report, "imported")

@@ -22,7 +22,6 @@ from certbot_kvault._internal.renew import flows as renewal
 from certbot_kvault._internal.renew import runner, saving, stopping
 from certbot_kvault._internal.renew.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from certbot_kvault._internal.renew.plan import ALL, Rules
-from certbot_kvault._internal.tree.executables import kvault_bin
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -156,7 +155,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
         code = renewal.renew(
             ctx.layout, ctx.tree, args, workers=ctx.workers, lock_wait=lock_wait,
             lock_ttl=lock_ttl, rules=rules, metrics_file=metrics_file,
-            finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
+            finish_pending=ctx.finish_pending,
             say=_say, notify=_notify, stream=_stream, stream_err=_stream_err,
             push_retry_for=push_retry_for, ari=AriClients() if ari else None,
             stop=stopping.Stopping(grace=stop_grace, timeout=timeout), dir_lock=dir_lock)
@@ -188,7 +187,7 @@ def run_(ctx: Context, push_retry_for: float, stop_grace: float, timeout: float,
     args = runner.check_certbot_args(certbot_args)
     with ctx.dir_lock(create=True) as dir_lock:
         code = renewal.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
-                           finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
+                           finish_pending=ctx.finish_pending,
                            say=_say, notify=_notify, stream=_stream,
                            push_retry_for=push_retry_for,
                            stop=stopping.Stopping(grace=stop_grace, timeout=timeout),

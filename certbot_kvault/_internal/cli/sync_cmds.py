@@ -24,7 +24,6 @@ from certbot_kvault._internal.store.records import validate_name
 from certbot_kvault._internal.sync import pull as sync_pull
 from certbot_kvault._internal.sync import push as sync_push
 from certbot_kvault._internal.tree import confs, pending
-from certbot_kvault._internal.tree.executables import kvault_bin
 from certbot_kvault._internal.tree.storage import Tree
 from certbot_kvault._internal.vault.errors import VaultError
 from certbot_kvault._internal.vault.redact import one_line as _one_line
@@ -49,7 +48,7 @@ def pull(ctx: Context, names: tuple[str, ...]) -> None:
         ctx.finish_pending()
         with progress_bar(ctx, "pull") as tick:
             report = sync_pull.pull(ctx.tree, ctx.layout, list(names) or None,
-                                    workers=ctx.workers, kvault_bin=kvault_bin(), progress=tick)
+                                    workers=ctx.workers, progress=tick)
     print_report(ctx, report, "pulled")
 
 

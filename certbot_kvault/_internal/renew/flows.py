@@ -101,7 +101,7 @@ def _states(tree: Tree) -> dict[str, State]:
 
 def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wait: float,
           lock_ttl: int, rules: Rules, metrics_file: Optional[str],
-          finish_pending: Callable[[], Report], kvault_bin: Optional[str],
+          finish_pending: Callable[[], Report],
           say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify] = None,
           push_retry_for: float = DEFAULT_PUSH_RETRY_FOR,
           ari: Optional[AriClients] = None, stop: Optional[Stopping] = None,
@@ -127,7 +127,7 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
     with stop.handling():
         try:
             code = _renew(layout, tree, args, workers, lock_wait, lock_ttl, rules, metrics,
-                          finish_pending, kvault_bin, say, notify, stream, stream_err,
+                          finish_pending, say, notify, stream, stream_err,
                           push_retry_for, read, stop, dir_lock or DirLock(None))
         except StopNow:  # before certbot started: nothing to save
             code = stop.exit_code
@@ -142,7 +142,7 @@ def renew(layout: Layout, tree: Tree, args: list[str], *, workers: int, lock_wai
 
 def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait: float,
            lock_ttl: int, rules: Rules, metrics: Metrics,
-           finish_pending: Callable[[], Report], kvault_bin: Optional[str],
+           finish_pending: Callable[[], Report],
            say: Notify, notify: Notify, stream: Notify, stream_err: Optional[Notify],
            push_retry_for: float, read: Callable[[], dict[str, LineageStatus]],
            stop: Stopping, dir_lock: DirLock) -> int:
@@ -168,8 +168,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
 
             dir_lock.acquire()
             finished = finish_pending()
-            pulled = pull(tree, layout, plan.names, workers=workers,
-                               kvault_bin=kvault_bin, used_accounts_only=True)
+            pulled = pull(tree, layout, plan.names, workers=workers, used_accounts_only=True)
         for line in pulled.warnings:
             notify(line)
         failed: set[str] = set()
@@ -294,7 +293,7 @@ def _take_back(tree: Tree, layout: Layout, names: list[str], workers: int,
 
 
 def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
-        finish_pending: Callable[[], Report], kvault_bin: Optional[str],
+        finish_pending: Callable[[], Report],
         say: Notify, notify: Notify, stream: Notify,
         push_retry_for: float = DEFAULT_PUSH_RETRY_FOR, stop: Optional[Stopping] = None,
         dir_lock: Optional[DirLock] = None) -> int:
@@ -312,7 +311,7 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
                 layout.vault.login()  # before the config dir is made to lock it
                 dir_lock.acquire()
                 finished = finish_pending()
-                pulled = pull(tree, layout, None, workers=workers, kvault_bin=kvault_bin)
+                pulled = pull(tree, layout, None, workers=workers)
             for line in pulled.warnings:
                 notify(line)
             for item, err in pulled.failed:

@@ -39,8 +39,8 @@ from certbot_kvault._internal.vault.client import KVEntry
 
 
 def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
-         workers: int = DEFAULT_WORKERS, kvault_bin: Optional[str] = None,
-         accounts: bool = True, used_accounts_only: bool = False, progress: Tick = None) -> Report:
+         workers: int = DEFAULT_WORKERS, accounts: bool = True,
+         used_accounts_only: bool = False, progress: Tick = None) -> Report:
     """Rebuild the config dir from Vault: accounts, then the named (or all) lineages.
 
     ``used_accounts_only``: pull only the accounts the pulled lineages' renewal
@@ -77,7 +77,7 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
 
         report.merge(run_reports(sorted(users), pull_used, workers))
     report.warnings += filter(None, [manifest.save()])
-    tree.install_hook(kvault_bin)
+    tree.install_hook()
     return report
 
 

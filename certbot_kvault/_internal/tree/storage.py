@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
+import sys
 from typing import Any, Iterator, Optional
 
 import configobj
@@ -407,15 +409,26 @@ class Tree:
 
     # ---- the deploy hook ---------------------------------------------------------
 
-    def install_hook(self, kvault_bin: Optional[str]) -> str:
-        """Put the deploy hook in renewal-hooks/deploy (certbot runs it on every issuance)."""
+    def install_hook(self) -> str:
+        """Put the deploy hook in renewal-hooks/deploy (certbot runs it on every issuance),
+        calling this certbot-kvault (``kvault_bin``)."""
         self.ensure_base()
         text = _read_text(HOOK_SOURCE, "the packaged deploy hook")
-        if kvault_bin:
+        executable = kvault_bin()
+        if executable:
             text = text.replace('KVAULT_BIN_DEFAULT="certbot-kvault"',
-                                f'KVAULT_BIN_DEFAULT="{kvault_bin}"')
+                                f'KVAULT_BIN_DEFAULT="{executable}"')
         path = self._p("renewal-hooks", "deploy", HOOK_NAME)
         data = text.encode("utf-8")
         if not same_file(path, data, 0o755):
             atomic_write(path, data, 0o755)
         return path
+
+
+def kvault_bin() -> Optional[str]:
+    """The certbot-kvault executable the deploy hook calls: the one beside this Python
+    (a virtualenv's, a container's), else the one on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("certbot-kvault")
