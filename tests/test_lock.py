@@ -9,8 +9,7 @@ import pytest
 from helpers import record
 from servers import Bao
 
-from certbot_kvault._internal.renew.lease import MAX_TTL, LockInfo
-from certbot_kvault._internal.renew.locks import Locks
+from certbot_kvault._internal.renew.locks import MAX_TTL, LockInfo, Locks
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.store.timefmt import CLOCK_SKEW, format_time, parse_time
 from certbot_kvault._internal.vault.client import VaultClient

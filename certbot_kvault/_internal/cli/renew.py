@@ -20,7 +20,7 @@ from certbot_kvault._internal.cli.common import (
 )
 from certbot_kvault._internal.renew import flows as renewal
 from certbot_kvault._internal.renew import runner, saving, stopping
-from certbot_kvault._internal.renew.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
+from certbot_kvault._internal.renew.locks import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from certbot_kvault._internal.renew.plan import ALL, Rules
 
 F = TypeVar("F", bound=Callable[..., Any])

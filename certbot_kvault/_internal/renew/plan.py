@@ -39,10 +39,10 @@ import random
 import time
 from typing import Callable, Optional, Sequence
 
-from certbot_kvault._internal.renew.lease import LockInfo
 from certbot_kvault._internal.renew.locks import (
     GLOBAL_LOCK,
     LINEAGE_LOCK_PREFIX,
+    LockInfo,
     Locks,
     lineage_lock,
 )
