@@ -43,12 +43,14 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from certbot import errors
 
-from certbot_kvault._internal.renew import account_choice
 from certbot_kvault._internal.renew.locks import GLOBAL_LOCK, Locks, lineage_lock
 from certbot_kvault._internal.renew.metrics import Metrics
 from certbot_kvault._internal.renew.plan import Rules, plan_all, plan_each
 from certbot_kvault._internal.renew.runner import (
+    AccountNotChosen,
     Notify,
+    account_ambiguity,
+    accounts_to_name,
     certbot_failures,
     dir_args,
     failure_reasons,
@@ -189,7 +191,7 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         output = ""
         base = ["renew", "--no-random-sleep-on-renew", *dir_args(tree), *args, *force]
         # With --server, certbot leaves the account to the user: each lineage's own.
-        accounts = account_choice.to_name(tree, allowed, args)
+        accounts = accounts_to_name(tree, allowed, args)
         used = sorted(set(accounts.values()))
         with dir_lock.released(lambda: stop.stopping), stop.phase(CERTBOT):  # certbot takes it
             if allowed and set(allowed) == set(local) and (
@@ -321,9 +323,9 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
                     f"Not running certbot: {len(pulled.failed)} record(s) could not be pulled "
                     "from Vault (above); certbot could otherwise create duplicate lineages. "
                     "Fix or `certbot-kvault rm` them.")
-            ambiguous = account_choice.ambiguity(tree, args)
+            ambiguous = account_ambiguity(tree, args)
             if ambiguous:
-                raise account_choice.AccountNotChosen(ambiguous)
+                raise AccountNotChosen(ambiguous)
             extra = []
             if args and args[0] == "renew" and "--no-random-sleep-on-renew" not in args:
                 # Without a TTY certbot would sleep up to 8 minutes first.
