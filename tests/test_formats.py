@@ -30,7 +30,7 @@ from helpers import (
 from servers import Bao
 
 from certbot_kvault._internal.apps import export
-from certbot_kvault._internal.apps.dir_owner import OWNER_FILE
+from certbot_kvault._internal.apps.export import OWNER_FILE
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from servers import Bao
 from stubs import TcpFaultProxy
 
 from certbot_kvault._internal.apps import export
-from certbot_kvault._internal.apps.dir_owner import OWNER_FILE
+from certbot_kvault._internal.apps.export import OWNER_FILE
 from certbot_kvault._internal.apps.watch import DATA, Watcher, write_set
 
 WAIT = 30.0  # only how long a wait may take before the test fails; nothing asserts timing

@@ -14,7 +14,7 @@ switch and the key after it still gets two versions: it reads them again on
 the reload that follows).
 Plain files an earlier ``export --dir`` wrote are adopted first (hard-linked
 into a version dir), so turning them into links changes no content. A
-directory belongs to one lineage (dir_owner.py): a watch into
+directory belongs to one lineage (export.claim): a watch into
 another lineage's is refused before anything of it is switched away, so two
 watchers never fight over one directory.
 
@@ -43,7 +43,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from certbot import errors
 
-from certbot_kvault._internal.apps.dir_owner import DATA_LINK, DirTaken, claim
+from certbot_kvault._internal.apps.export import DATA_LINK, DirTaken, claim
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.store.records import LineageRecord, RecordError
 from certbot_kvault._internal.tree.files import create_file, make_dirs, remove_tree
@@ -125,7 +125,7 @@ def write_set(directory: str, files: list[FileSpec], owner: Optional[str] = None
     Already right: nothing is touched. Otherwise the new set is switched in
     whole (see the module docstring); a failure leaves the previous set as it
     was, and what this call made is removed. With ``owner``, the directory must
-    be (or become) that lineage's first (``dir_owner.claim``). ``key_group``: the key
+    be (or become) that lineage's first (``export.claim``). ``key_group``: the key
     files' group.
     """
     directory = os.path.abspath(directory)

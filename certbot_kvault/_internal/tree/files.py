@@ -1,12 +1,18 @@
 """Writing files the way certbot does: atomic writes with a mode, directories with modes.
 
-Every file is written to a temp file and renamed into place, so a reader
-never sees half of one; a private key can take the group and group/other bits
-of the key before it (certbot's ``compute_private_key_mode`` and
-``copy_ownership_and_apply_mode``); directories get exactly the mode asked,
-parents included, without touching the process umask (safe in worker
-threads). Also: "is this file already right", and a directory of links
-replaced as a whole (``replace_links``), so no reader sees half of them switched.
+The one atomic writer of the package (the config dir, export directories,
+``export --watch``'s file sets, the manifest, metrics, marks and notes): every
+file is first complete in a private temp file beside it (``staged``: mode, and
+group, set before anyone could read it), then renamed into place
+(``atomic_write``; ``write_together`` renames several only once all are
+staged, so a failure leaves none of them), so a reader never sees half of one.
+A private key can take the group and group/other bits of the key before it
+(certbot's ``compute_private_key_mode`` and ``copy_ownership_and_apply_mode``);
+directories get exactly the mode asked, parents included, without touching the
+process umask (safe in worker threads). Also: "is this file already right", a
+new file in a directory no reader knows yet (``create_file``), and a directory
+of links replaced as a whole (``replace_links``), so no reader sees half of
+them switched.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import os
 import re
 import shutil
 import stat
-from typing import Optional
+from typing import Callable, Optional
 
 from certbot.compat import filesystem
 
@@ -39,17 +45,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) -> None:
-    """Write via a temp file and a rename; ``like``: a private key to take the group and
-    group/other bits from (certbot's rule for a new version of a key)."""
+def staged(directory: str, data: bytes, mode: int, *, group: Optional[int] = None,
+           like: Optional[str] = None, meant: Optional[str] = None) -> str:
+    """A complete private temp file in ``directory`` holding ``data``, with ``mode`` (and
+    ``group``), or with the group and group/other bits of the private key ``like``
+    (certbot's rule for a new version of a key): ready to be renamed or linked into
+    place. An error names ``meant`` (the file it is for), never the temp file."""
     try:
-        fd, tmp = _temp_file(os.path.dirname(path))
+        fd, tmp = _temp_file(directory)
     except OSError as e:  # the file meant, not a random temp name, in what the user is told
-        raise OSError(e.errno, e.strerror, path) from None
+        raise OSError(e.errno, e.strerror, meant or directory) from None
     try:
         # No fsync, as certbot's storage: the rename keeps readers from ever
         # seeing half a file, and the tree is a cache that `pull` rebuilds.
         try:
+            if group is not None:
+                os.fchown(fd, -1, group)
             _write_all(fd, data)
             if like is None:
                 os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
@@ -64,13 +75,69 @@ def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) 
                     copy_user=False, copy_group=True)
             except FileNotFoundError:
                 os.chmod(tmp, mode)  # removed meanwhile: nothing to follow
+    except BaseException as e:
+        _unlink(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:
+            raise OSError(e.errno, e.strerror, meant or directory) from None
+        raise
+    return tmp
+
+
+def _unlink(path: str) -> None:
+    if os.path.lexists(path):
+        os.unlink(path)
+
+
+def atomic_write(path: str, data: bytes, mode: int, like: Optional[str] = None) -> None:
+    """Write via a temp file and a rename; ``like``: a private key to take the group and
+    group/other bits from (certbot's rule for a new version of a key)."""
+    tmp = staged(os.path.dirname(path), data, mode, like=like, meant=path)
+    try:
         filesystem.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink(tmp)
         if isinstance(e, OSError) and e.filename == tmp:
             raise OSError(e.errno, e.strerror, path) from None
         raise
+
+
+class NotAllWritten(OSError):
+    """``write_together`` failed; ``renamed`` of its files were in place by then (the
+    error names the file meant, or the directory)."""
+
+    def __init__(self, cause: OSError, renamed: int) -> None:
+        super().__init__(cause.errno, cause.strerror, cause.filename)
+        self.renamed = renamed
+
+
+def write_together(directory: str, files: list[tuple[str, bytes, int, Optional[int]]],
+                   before_rename: Optional[Callable[[], None]] = None) -> list[str]:
+    """Write ``files`` (name, content, mode, group or None) into ``directory`` together:
+    each is staged first, and only once all are (and ``before_rename`` has not
+    raised) are they renamed into place, in order; their paths. A failure while
+    staging leaves none of them (NotAllWritten with ``renamed`` 0)."""
+    staged_files: list[tuple[str, str]] = []
+    renamed = 0
+    try:
+        for name, data, mode, group in files:
+            path = os.path.join(directory, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            # A temp file that cannot be made is the directory's fault, not the file's.
+            staged_files.append((staged(directory, data, mode, group=group, meant=directory),
+                                 path))
+        if before_rename is not None:
+            before_rename()
+        for tmp, path in staged_files:
+            filesystem.replace(tmp, path)
+            renamed += 1
+    except BaseException as e:
+        for tmp, _ in staged_files[renamed:]:
+            _unlink(tmp)
+        if isinstance(e, OSError):
+            raise NotAllWritten(e, renamed) from None
+        raise
+    return [path for _, path in staged_files]
 
 
 def create_file(path: str, data: bytes, mode: int, group: Optional[int] = None) -> None:
