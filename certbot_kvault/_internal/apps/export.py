@@ -9,9 +9,10 @@
 - ``env``: ``VAR='value'`` lines for ``eval``/``source``, in our
   ``SSL_CERT_<NAME>_*`` style or in Kontena's (``LE_CERTIFICATE_<name>_*`` and
   ``SSL_CERT_<name>``, for apps leaving Kontena);
-- ``k8s-secret``: a ``kubernetes.io/tls`` Secret for ``kubectl apply -f -``.
-  The YAML is written here: every scalar double-quoted with everything outside
-  printable ASCII escaped, the PEMs base64, so no YAML library is needed.
+- ``k8s-secret``: a ``kubernetes.io/tls`` Secret for ``kubectl apply -f -``, as
+  JSON (``json.dumps``, ASCII only: every string escaped by the standard library,
+  no quoting rules of ours), which kubectl reads as JSON and any YAML parser as
+  YAML; the PEMs base64.
 
 Files are written together (files.write_together): each is staged as a temp
 file in the target dir, then all are renamed into place (the key last), so a
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -417,50 +419,30 @@ def k8s_label_value(text: str) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
 
 
-def yaml_str(text: str) -> str:
-    """A YAML double-quoted scalar: printable ASCII as is, everything else escaped."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif 0x20 <= code <= 0x7E:
-            out.append(ch)
-        elif code <= 0xFF:
-            out.append(f"\\x{code:02x}")
-        elif 0xD800 <= code <= 0xDFFF:
-            out.append("\\ufffd")  # a lone surrogate (from JSON) has no UTF-8 form
-        elif code <= 0xFFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return '"' + "".join(out) + '"'
-
-
 def k8s_secret(record: LineageRecord, opts: Optional[Options] = None) -> str:
-    """The lineage as a ``kubernetes.io/tls`` Secret (YAML): tls.crt the full chain (the
+    """The lineage as a ``kubernetes.io/tls`` Secret (JSON): tls.crt the full chain (the
     certificate alone with cert_type cert), tls.key, and ca.crt the chain if asked."""
     opts = opts or Options()
     pems = record.pems
     cert = pems.cert if opts.cert_type == "cert" else pems.fullchain
-    data = [("tls.crt", cert), ("tls.key", pems.privkey)]
+    data = {"tls.crt": cert, "tls.key": pems.privkey}
     if opts.ca_crt:
-        data.append(("ca.crt", pems.chain))
-    info = record.info
-    lines = ["apiVersion: v1", "kind: Secret", "type: kubernetes.io/tls", "metadata:",
-             f"  name: {yaml_str(opts.secret_name or k8s_name(record.name))}"]
+        data["ca.crt"] = pems.chain
+    metadata: dict[str, object] = {"name": opts.secret_name or k8s_name(record.name)}
     if opts.namespace:
-        lines.append(f"  namespace: {yaml_str(opts.namespace)}")
-    lines += ["  labels:",
-              f"    app.kubernetes.io/managed-by: {yaml_str('certbot-kvault')}",
-              f"    certbot-kvault/lineage: {yaml_str(k8s_label_value(record.name))}",
-              f"    certbot-kvault/version: {yaml_str(str(record.version))}",
-              "  annotations:",
-              f"    certbot-kvault/lineage: {yaml_str(record.name)}"]
+        metadata["namespace"] = opts.namespace
+    metadata["labels"] = {"app.kubernetes.io/managed-by": "certbot-kvault",
+                          "certbot-kvault/lineage": k8s_label_value(record.name),
+                          "certbot-kvault/version": str(record.version)}
+    annotations = {"certbot-kvault/lineage": record.name}
+    info = record.info
     if info is not None:
-        lines += [f"    certbot-kvault/domains: {yaml_str(','.join(info.domains))}",
-                  f"    certbot-kvault/not-after: {yaml_str(info.not_after)}"]
-    lines.append("data:")
-    lines += [f"  {key}: {yaml_str(base64.b64encode(text.encode('utf-8')).decode('ascii'))}"
-              for key, text in data]
-    return "\n".join(lines) + "\n"
+        annotations.update({"certbot-kvault/domains": ",".join(info.domains),
+                            "certbot-kvault/not-after": info.not_after})
+    metadata["annotations"] = annotations
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+              "metadata": metadata,
+              "data": {key: base64.b64encode(text.encode("utf-8")).decode("ascii")
+                       for key, text in data.items()}}
+    # ensure_ascii: no raw character a YAML reader would take for a line break.
+    return json.dumps(secret, indent=2, ensure_ascii=True) + "\n"
