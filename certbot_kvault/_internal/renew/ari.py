@@ -3,11 +3,18 @@
 certbot 5 asks ARI when it renews and forgets the answer when it exits. A
 stateless renewer decides what is due before it pulls anything and keeps the
 answer in Vault between runs (state.py), so it asks the CA itself, as certbot
-does (acme's ``ClientNetwork`` for TLS and User-Agent, its ``RenewalInfo`` to
-read the answer), and returns the whole answer: the window, the time picked in
-it once, and when the CA may be asked again. Owned here: one directory fetch per
-server per run (failures cached too: an unreachable CA costs one request per
-run, not one per lineage), the certificate ID, Retry-After and its clamps.
+does (acme's ``ClientNetwork`` for TLS and User-Agent, ``ClientV2.get_directory``
+for the directory, ``RenewalInfo`` to read the answer), and returns the whole
+answer: the window, the time picked in it once, and when the CA may be asked
+again. Owned here: one directory fetch per server per run (failures cached too:
+an unreachable CA costs one request per run, not one per lineage), the
+certificate ID, Retry-After and its clamps.
+
+acme's ``ClientV2.retry_after`` (in every acme from 2.7 to 5.x) is not used for
+Retry-After: it returns a naive datetime, in local time for a number of seconds
+but in UTC for an HTTP-date (an hour off under TZ=Europe/Berlin), reads a date's
+zone offset as days, and asks the wall clock rather than the run's clock. The
+next check is kept in the renewal memory, so it must be an exact instant.
 """
 from __future__ import annotations
 
@@ -125,8 +132,10 @@ class AriClients:
         self.notes: list[str] = []
         self._base: dict[str, Optional[str]] = {}   # server -> renewalInfo URL, or None
         self._mutex = threading.Lock()
+        # The directory is read with the network's own timeout (get_directory passes none).
         self._net = acme_client.ClientNetwork(key=None, verify_ssl=True, user_agent=(
-            f"CertbotACMEClient/{certbot.__version__} (certbot-kvault ARI) Py/{PY_VERSION}"))
+            f"CertbotACMEClient/{certbot.__version__} (certbot-kvault ARI) Py/{PY_VERSION}"),
+            timeout=math.ceil(timeout))
 
     def supported(self, server: str) -> bool:
         """Does ``server``'s directory offer ``renewalInfo``? Never raises."""
@@ -146,18 +155,24 @@ class AriClients:
                               f" {shown} not asked, the lifetime rule applies")
             return None
         try:
-            directory = self._net.get(server, timeout=self.timeout).json()
-            if not isinstance(directory, dict):
-                raise ValueError("the answer is not a JSON object")
+            directory = acme_client.ClientV2.get_directory(server, self._net)
         except Exception as e:  # noqa: BLE001 - any failure only means "not asked"
-            self.notes.append(f"ARI: could not read the ACME directory {shown}: {_why(e)};"
+            # acme's Directory takes a JSON object; anything else fails on it as a
+            # TypeError or AttributeError.
+            why = "the answer is not a JSON object" if isinstance(
+                e, (TypeError, AttributeError)) else _why(e)
+            self.notes.append(f"ARI: could not read the ACME directory {shown}: {why};"
                               " the lifetime rule applies")
             return None
-        base = _http_url(directory.get("renewalInfo"))
-        if base is None and "renewalInfo" in directory:
+        try:
+            offered = directory["renewalInfo"]
+        except KeyError:
+            return None  # Pebble 2.4 and OpenBao's PKI ACME: no ARI, nothing wrong
+        base = _http_url(offered)
+        if base is None:
             self.notes.append(f"ARI: the ACME directory {shown} has a renewalInfo that is not"
                               " an http(s) URL; the lifetime rule applies")
-        return base  # None also for Pebble 2.4 and OpenBao's PKI ACME: no ARI, nothing wrong
+        return base
 
     def ask(self, server: str, cert_pem: str) -> Optional[AriAnswer]:
         """The CA's renewal info for ``cert_pem``; None when the CA has no ARI or the cert
