@@ -64,7 +64,6 @@ from certbot_kvault._internal.store.records import LineageRecord, RecordError, v
 from certbot_kvault._internal.sync.jobs import Report, parallel
 from certbot_kvault._internal.sync.pull import pull
 from certbot_kvault._internal.tree import confs
-from certbot_kvault._internal.tree import manifest as synced
 from certbot_kvault._internal.tree.dirlock import DirLock
 from certbot_kvault._internal.tree.storage import Tree
 
@@ -382,7 +381,7 @@ def verify(tree: Tree, layout: Layout, workers: int) -> list[str]:
             return f"lineage {name}: {e}"
         if remote is None:
             return f"lineage {name}: not in Vault ({layout.where('certificates', name)})"
-        if not (remote.same_content(local) or synced.as_pulled(tree, remote, local)):
+        if not (remote.same_content(local) or tree.as_pulled(remote, local)):
             return (f"lineage {name}: Vault holds version {remote.version}, this machine "
                     f"{local.version} (or other content)")
         return None

@@ -33,7 +33,6 @@ from certbot_kvault._internal.tree.manifest import (
     Manifest,
     account_fingerprint,
     account_key,
-    as_pulled,
     check_and_set,
     lineage_fingerprint,
 )
@@ -194,7 +193,7 @@ class _LineagePush:
             if remote is not None:
                 local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
                     local.renewal, remote.renewal))
-                if remote.same_content(local) or as_pulled(self.tree, remote, local):
+                if remote.same_content(local) or self.tree.as_pulled(remote, local):
                     self.agreed.append(entry.version)
                     return False
                 if expected is not None and entry.version != expected:

@@ -6,7 +6,7 @@ value, far from the parse; certbot itself reads renewal confs that way. A conf
 in Vault is written by any renewer's token, so every conf this package parses,
 from Vault or from disk, is parsed here, with interpolation off: a value is
 what the text says. ``drop_templates`` takes out the values certbot would
-expand, for the screen of Vault's confs (renewal_conf.py) to name them; none
+expand, for the screen of Vault's confs (trust.py) to name them; none
 may reach a conf on disk. A conf that cannot be parsed (bad syntax, duplicate
 keys, bytes that are not UTF-8) is a ``ConfError`` with a one-line reason.
 """
@@ -40,7 +40,11 @@ def parse_text(text: str) -> configobj.ConfigObj:
 def parse_file(path: str) -> configobj.ConfigObj:
     """A conf from a file (OSError if it cannot be read)."""
     with open(path, "rb") as f:
-        data = f.read()
+        return parse_bytes(f.read())
+
+
+def parse_bytes(data: bytes) -> configobj.ConfigObj:
+    """A conf from a file's bytes (UTF-8, a BOM allowed, as certbot reads it)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

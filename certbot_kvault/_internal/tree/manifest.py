@@ -10,10 +10,10 @@ change someone else made in Vault meanwhile is caught (sync.py).
 A lineage's fingerprint covers everything ``Tree.read_lineage`` reads: the
 renewal conf's bytes, the ``live/`` links' targets and every file of its
 archive dir (contents, never modification times). A conf whose paths are not
-the ones pull writes (``renewal_conf.has_paths``) has no fingerprint: the
-files it names could be anywhere, so that lineage is always read back. An
-account's is its record as push sends it. ``as_pulled`` tells a lineage that
-differs from Vault's only by what pull keeps from this machine (trust.py).
+the ones pull writes (``portable.has_paths``) has no fingerprint: the
+files it names could be anywhere, so that lineage is always read back; nor has
+a lineage just pulled whose conf holds a setting of this machine's own
+(``trust.holds_untrusted``). An account's is its record as push sends it.
 
 A Vault restored from an older snapshot holds lower KV versions than the
 manifest. A pull compares each record it reads; a push, which reads nothing of
@@ -43,12 +43,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from certbot_kvault._internal.store.records import (
     AccountRecord,
-    LineageRecord,
     RecordError,
     validate_name,
 )
 from certbot_kvault._internal.store.timefmt import parse_time
-from certbot_kvault._internal.tree import portable as renewal_conf
+from certbot_kvault._internal.tree import confs, portable, trust
 from certbot_kvault._internal.tree.files import atomic_write, make_dirs
 from certbot_kvault._internal.tree.storage import Tree, Written
 from certbot_kvault._internal.vault.client import KVEntry
@@ -143,8 +142,12 @@ def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False,
         else:
             with open(tree.renewal_conf_path(name), "rb") as f:
                 conf = f.read()
-        if not renewal_conf.has_paths(conf, archive_dir=archive, live_dir=live) or \
-                (pulled and renewal_conf.holds_untrusted(conf, tree.trust_vault_hooks)):
+        try:
+            parsed = confs.parse_bytes(conf)
+        except confs.ConfError:
+            return None
+        if not portable.has_paths(parsed, archive_dir=archive, live_dir=live) or \
+                (pulled and trust.holds_untrusted(parsed, tree.trust_vault_hooks)):
             return None
         if whole is not None and whole.files is not None:
             links = sorted(whole.links.items())
@@ -174,23 +177,6 @@ def lineage_fingerprint(tree: Tree, name: str, pulled: bool = False,
     for file, data in files:
         add(b"file", os.fsencode(file), data)
     return digest.hexdigest()
-
-
-def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
-    """Whether the local lineage is exactly what pulling ``remote`` gives here, with
-    no setting of this machine's own.
-
-    Then only keys that pull does not take from Vault (trust.py) differ, and
-    pushing would just erase them from Vault for the machines that trust them.
-    """
-    if not remote.same_content(dataclasses.replace(local, renewal=remote.renewal)):
-        return False
-    try:
-        with open(tree.renewal_conf_path(remote.name), "rb") as f:
-            on_disk = f.read()
-        return on_disk == tree.screened_conf(remote.name, remote.renewal, keep_local=False)[0]
-    except (OSError, RecordError):
-        return False
 
 
 class Manifest:

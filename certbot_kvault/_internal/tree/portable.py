@@ -2,9 +2,9 @@
 
 A lineage's renewal conf goes to Vault with this machine's paths replaced by
 config-dir-relative ones and placeholders (``portable_conf``), and comes back
-with the pulling machine's paths (``screened_conf``), minus the
-``[renewalparams]`` keys Vault may not decide here (trust.py sorts them):
-those keep the value this machine's own conf holds. The ACME profile keys
+with the pulling machine's paths (``screened_conf``), through trust.py's
+screen: what Vault may not decide here keeps the value this machine's own
+conf holds. The ACME profile keys
 (certbot >= 4.0) are data like any order setting; a certbot older than that
 ignores them and deletes them when it rewrites a conf, so pull tells of them
 once and push keeps Vault's. Confs are parsed as data (confs.py): a value
@@ -21,7 +21,6 @@ from typing import Any, Optional
 import certbot
 import configobj
 
-from certbot_kvault._internal.store.limits import MAX_VAULT_WAIT
 from certbot_kvault._internal.store.records import PEM_KINDS, RecordError
 from certbot_kvault._internal.tree import confs, trust
 
@@ -29,10 +28,6 @@ from certbot_kvault._internal.tree import confs, trust
 # them portable (relative to the config dir / placeholders).
 TOP_PATH_KEYS = ("archive_dir", *PEM_KINDS)
 DIR_PARAMS = ("config_dir", "work_dir", "logs_dir")
-
-# ``[renewalparams]`` keys certbot cannot renew right without: dropped (a template), they
-# would make it use another CA or account, or no plugin; the lineage is refused instead.
-NEEDED_PARAMS = ("server", "account", "authenticator")
 
 # ``[renewalparams]`` keys of certbot >= 4.0 (--preferred-profile/--required-profile).
 PROFILE_KEYS = ("preferred_profile", "required_profile")
@@ -91,49 +86,8 @@ def screened_conf(name: str, portable_text: str, *, archive_dir: str, live_dir: 
         for key in DIR_PARAMS:
             if key in params:
                 params[key] = os.path.abspath(dirs[key])
-    templates = confs.drop_templates(conf)
-    for key in NEEDED_PARAMS:
-        if ("renewalparams", key) in templates:
-            raise RecordError(f"{where}: its renewal conf's '{key}' holds a %(...) template, "
-                              "which certbot would expand: not pulled; fix the record")
-    # Named as trust.py names the keys it drops: those of [renewalparams] bare.
-    ignored = [".".join(p[1:] if p[0] == "renewalparams" else p) + trust.TEMPLATE_MARK
-               for p in templates]
-    ignored += _screen(conf, local, trusted,
-                       [p[1] for p in templates if p[0] == "renewalparams" and len(p) == 2])
+    ignored = trust.screen(conf, local, trusted, where)
     return _conf_text(conf).encode("utf-8"), ignored
-
-
-def _screen(conf: configobj.ConfigObj, local: dict[str, Any], trusted: bool,
-            templates: list[str]) -> list[str]:
-    """Drop what trust.py keeps from Vault; ``templates``: the keys of
-    ``[renewalparams]`` already dropped for holding one (this machine keeps its own)."""
-    params = conf.get("renewalparams")
-    if not isinstance(params, configobj.Section):
-        return []
-    dropped: dict[str, Any] = dict.fromkeys(templates)
-    ignored = []
-    for key in list(params):
-        value = params[key]
-        if not trust.untrusted(key, value, trusted):
-            continue
-        dropped[key] = params.pop(key)
-        if local.get(key) == value:
-            continue  # this machine's own setting, pushed earlier: nothing ignored
-        invalid = trust.classify(key, value) == trust.INVALID
-        ignored.append(f"{key} (invalid)" if invalid else key)
-    # What Vault may not set is this machine's to keep.
-    for key, value in local.items():
-        if key in dropped or trust.untrusted(key, value, trusted):
-            params[key] = value
-    # A wait from Vault is capped, unless this machine's own conf waits longer.
-    for key in [k for k in params if trust.is_wait(k) and k not in dropped]:
-        wait = trust.seconds(params[key])
-        limit = max(MAX_VAULT_WAIT, trust.seconds(local.get(key)) or 0)
-        if wait is not None and wait > limit:
-            params[key] = str(limit)
-            ignored.append(trust.capped(key, limit))
-    return ignored
 
 
 def _conf_text(conf: configobj.ConfigObj) -> str:
@@ -212,46 +166,9 @@ def profiles_ignored_warning(asking: list[tuple[str, str, str]],
             f"{'.'.join(map(str, PROFILES_SINCE))} (Vault keeps them)")
 
 
-def has_paths(conf_text: bytes, *, archive_dir: str, live_dir: str) -> bool:
-    """Whether a conf on disk names exactly the ``archive_dir`` and ``live/`` links that
-    ``screened_conf`` gives it, read as plain text (no parsing: fast, and anything
-    unusual, such as a quoted or repeated path key, is simply not these paths)."""
+def has_paths(conf: configobj.ConfigObj, *, archive_dir: str, live_dir: str) -> bool:
+    """Whether a conf names exactly the ``archive_dir`` and ``live/`` links that
+    ``screened_conf`` gives it."""
     want = {"archive_dir": archive_dir,
             **{kind: os.path.join(live_dir, f"{kind}.pem") for kind in PEM_KINDS}}
-    seen: dict[str, str] = {}
-    for raw in conf_text.decode("utf-8", "replace").splitlines():
-        line = raw.strip()
-        if line.startswith("["):
-            break
-        key, eq, value = line.partition("=")
-        if eq and key.strip() in want:
-            if key.strip() in seen:
-                return False
-            seen[key.strip()] = value.strip()
-    return seen == want
-
-
-def holds_untrusted(conf_text: bytes, trusted: bool) -> bool:
-    """Whether a conf's ``[renewalparams]`` holds a key that pull keeps from this
-    machine's own conf (trust.py), read as plain text; a subsection or anything it
-    cannot tell counts as one."""
-    inside = False
-    for raw in conf_text.decode("utf-8", "replace").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("[["):
-            if inside:
-                return True
-            continue
-        if line.startswith("["):
-            inside = line == "[renewalparams]"
-            continue
-        key, eq, value = line.partition("=")
-        if inside and eq:
-            value = value.strip()
-            if value[:1] in ("'", '"'):
-                return True
-            if trust.untrusted(key.strip(), value, trusted):
-                return True
-    return False
+    return all(conf.get(key) == path for key, path in want.items())

@@ -227,6 +227,23 @@ class Tree:
             local=self._local_params(name) if keep_local else {},
             trusted=self.trust_vault_hooks, where=where)
 
+    def as_pulled(self, remote: LineageRecord, local: LineageRecord) -> bool:
+        """Whether the local lineage is exactly what pulling ``remote`` gives here, with
+        no setting of this machine's own.
+
+        Then only keys that pull does not take from Vault (trust.py) differ, and
+        pushing would just erase them from Vault for the machines that trust them.
+        """
+        if not remote.same_content(dataclasses.replace(local, renewal=remote.renewal)):
+            return False
+        try:
+            with open(self.renewal_conf_path(remote.name), "rb") as f:
+                on_disk = f.read()
+            return on_disk == self.screened_conf(remote.name, remote.renewal,
+                                                 keep_local=False)[0]
+        except (OSError, RecordError):
+            return False
+
     def _local_params(self, name: str) -> dict[str, Any]:
         """This machine's current ``[renewalparams]`` of a lineage ({} if none or unreadable)."""
         try:

@@ -1,10 +1,16 @@
-"""What a renewal conf from Vault may decide on this machine.
+"""What a renewal conf from Vault may decide on this machine: the one screen.
 
 Anyone who can write ``certificates/*`` (every renewer's policy) writes the
 renewal confs that every other renewer pulls, and certbot runs what a renewal
 conf says: its hooks as shell commands, its installer against local services,
-its paths as files to read and write. So the keys of a pulled conf's
-``[renewalparams]`` are sorted here, in one place, into:
+its paths as files to read and write. ``screen`` takes out of a pulled conf
+(parsed once, as data: confs.py) what it may not decide here, and everything
+that asks the same question asks it here: the pull's localised conf
+(portable.py), whether a conf on disk holds a setting of this machine's own
+(``holds_untrusted``, for the manifest), whether a lineage on disk is just
+what a pull gives (``Tree.as_pulled``). First every value holding a ``%(...)``
+template, which certbot would expand (the lineage is refused when that value
+is one of ``NEEDED_PARAMS``); then the keys of ``[renewalparams]``, sorted into:
 
 - ``code``: what certbot executes (hooks, an installer other than kvault, an
   authenticator that reconfigures a local web server);
@@ -22,19 +28,22 @@ its paths as files to read and write. So the keys of a pulled conf's
 ``code`` and ``machine`` keys are kept only when the operator trusts Vault
 with them (``--trust-vault-hooks``); ``connection`` and ``invalid`` keys never.
 
+What a dropped key held on this machine's own conf of the lineage stays.
 Waits are data that certbot turns into ``time.sleep`` and deadlines, so a wait
-from Vault longer than ``limits.MAX_VAULT_WAIT`` (600 s) is capped there
-(renewal_conf.py), unless this machine's own conf of the lineage sets more; a
-machine's certbot flags (``-- --kvault-propagation-seconds N``) win over the
-conf anyway.
+from Vault longer than ``limits.MAX_VAULT_WAIT`` (600 s) is capped, unless this
+machine's own conf of the lineage sets more; a machine's certbot flags
+(``-- --kvault-propagation-seconds N``) win over the conf anyway.
 """
 from __future__ import annotations
 
 import urllib.parse
 from typing import Any, Optional
 
-from certbot_kvault._internal.store.limits import MAX_RSA_BITS, MIN_RSA_BITS
+import configobj
+
+from certbot_kvault._internal.store.limits import MAX_RSA_BITS, MAX_VAULT_WAIT, MIN_RSA_BITS
 from certbot_kvault._internal.store.records import RecordError, server_path_for_url, validate_name
+from certbot_kvault._internal.tree import confs
 
 CODE = "code"
 MACHINE = "machine"
@@ -43,11 +52,15 @@ INVALID = "invalid"
 
 TRUSTED_WITH_OPT_IN = (CODE, MACHINE)
 
-# How the screen (renewal_conf.py) names a key dropped for holding a %(...) template.
+# How the screen names a key dropped for holding a %(...) template.
 TEMPLATE_MARK = " (template)"
 
+# ``[renewalparams]`` keys certbot cannot renew right without: dropped (a template), they
+# would make it use another CA or account, or no plugin; the lineage is refused instead.
+NEEDED_PARAMS = ("server", "account", "authenticator")
+
 # certbot's renewal.py CONFIG_ITEMS without the hooks, installer, authenticator and
-# the dirs (rewritten from this machine's settings, see renewal_conf.DIR_PARAMS): what
+# the dirs (rewritten from this machine's settings, see portable.DIR_PARAMS): what
 # certbot restores for every lineage and that only shapes the order.
 DATA_KEYS = frozenset({
     "user_agent", "server", "account", "http01_address", "preferred_chain", "key_type",
@@ -147,6 +160,56 @@ def untrusted(key: str, value: Any, trust_vault_hooks: bool) -> bool:
     if cls is None:
         return False
     return not (trust_vault_hooks and cls in TRUSTED_WITH_OPT_IN)
+
+
+def screen(conf: configobj.ConfigObj, local: dict[str, Any], trusted: bool,
+           where: str) -> list[str]:
+    """Take out of ``conf`` (Vault's, parsed as data) what it may not decide here; the
+    keys it ignored, as ``warning`` names them. What Vault may not set keeps
+    ``local``'s value (this machine's ``[renewalparams]`` of the lineage).
+    RecordError (naming ``where``) when a value certbot needs holds a template."""
+    templates = confs.drop_templates(conf)
+    for key in NEEDED_PARAMS:
+        if ("renewalparams", key) in templates:
+            raise RecordError(f"{where}: its renewal conf's '{key}' holds a %(...) template, "
+                              "which certbot would expand: not pulled; fix the record")
+    # Named as the keys of [renewalparams] are below: bare.
+    ignored = [".".join(p[1:] if p[0] == "renewalparams" else p) + TEMPLATE_MARK
+               for p in templates]
+    params = conf.get("renewalparams")
+    if not isinstance(params, configobj.Section):
+        return ignored
+    # The keys dropped for a template: this machine keeps its own.
+    dropped: dict[str, Any] = dict.fromkeys(
+        p[1] for p in templates if p[0] == "renewalparams" and len(p) == 2)
+    for key in list(params):
+        value = params[key]
+        if not untrusted(key, value, trusted):
+            continue
+        dropped[key] = params.pop(key)
+        if local.get(key) == value:
+            continue  # this machine's own setting, pushed earlier: nothing ignored
+        ignored.append(f"{key} (invalid)" if classify(key, value) == INVALID else key)
+    # What Vault may not set is this machine's to keep.
+    for key, value in local.items():
+        if key in dropped or untrusted(key, value, trusted):
+            params[key] = value
+    # A wait from Vault is capped, unless this machine's own conf waits longer.
+    for key in [k for k in params if is_wait(k) and k not in dropped]:
+        wait = seconds(params[key])
+        limit = max(MAX_VAULT_WAIT, seconds(local.get(key)) or 0)
+        if wait is not None and wait > limit:
+            params[key] = str(limit)
+            ignored.append(capped(key, limit))
+    return ignored
+
+
+def holds_untrusted(conf: configobj.ConfigObj, trusted: bool) -> bool:
+    """Whether a conf's ``[renewalparams]`` holds a key that ``screen`` keeps from this
+    machine's own conf rather than Vault's (then the two differ)."""
+    params = conf.get("renewalparams")
+    return isinstance(params, configobj.Section) and any(
+        untrusted(key, params[key], trusted) for key in params)
 
 
 def capped(key: str, limit: int) -> str:
