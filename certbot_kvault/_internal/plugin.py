@@ -19,7 +19,7 @@ from certbot.display import util as display_util
 from certbot.plugins import dns_common_lexicon
 
 from certbot_kvault._internal.dns import challenge as dns01
-from certbot_kvault._internal.dns import entries as kvault_dns
+from certbot_kvault._internal.dns import entries as dns_entries
 from certbot_kvault._internal.dns.entries import DNSError
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.sync import issued
@@ -54,7 +54,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         self._pushed: set[str] = set()
         self._before: dict[str, tuple[Optional[int], int]] = {}
         self._exit_push_registered = False
-        self._entries: Optional[kvault_dns.EntrySet] = None
+        self._entries: Optional[dns_entries.EntrySet] = None
         self._dns_lookup: Optional[dns01.Lookup] = None
         self._txt: Optional[dns01.TxtRun] = None
 
@@ -261,10 +261,10 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         no INI file on disk."""
         self._entry_set()
 
-    def _entry_set(self) -> kvault_dns.EntrySet:
+    def _entry_set(self) -> dns_entries.EntrySet:
         if self._entries is None:
             try:
-                self._entries = kvault_dns.load_entries(self.layout, self.conf("dns"))
+                self._entries = dns_entries.load_entries(self.layout, self.conf("dns"))
             except VaultError as e:
                 raise errors.PluginError(f"kvault: cannot read the DNS provider entries: {e}") \
                     from None
@@ -307,8 +307,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
             # Chosen from certbot's interactive menu: prepare() ran before the
             # choice, so it wired nothing.
             self._wire()
-        names = [(kvault_dns.achall_domain(a),
-                  a.validation_domain_name(kvault_dns.achall_domain(a))) for a in achalls]
+        names = [(dns_entries.achall_domain(a),
+                  a.validation_domain_name(dns_entries.achall_domain(a))) for a in achalls]
         run = self._txt = dns01.TxtRun(self._lookup(), self._ttl)
         try:
             # Where each record goes (aliases, entries, zones, servers to ask)

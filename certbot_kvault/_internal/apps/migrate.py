@@ -31,7 +31,7 @@ from certbot import errors
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certbot_kvault._internal.dns import entries as kvault_dns
+from certbot_kvault._internal.dns import entries as dns_entries
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.store.records import (
     AccountRecord,
@@ -45,8 +45,7 @@ from certbot_kvault._internal.store.records import (
     validate_name,
 )
 from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS, FATAL, Report, Tick, parallel
-from certbot_kvault._internal.tree import portable as renewal_conf
-from certbot_kvault._internal.tree import trust
+from certbot_kvault._internal.tree import portable, trust
 from certbot_kvault._internal.vault.client import VaultClient
 from certbot_kvault._internal.vault.errors import VaultError, VaultNotFound
 
@@ -183,8 +182,8 @@ def _epages_dns(reader: _Reader, plan: Plan, layout: Layout) -> Optional[dict[st
     if not isinstance(token, str) or not token.strip():
         plan.failed.append((f"dns {DNSIMPLE}", f"{where} has no 'token' field."))
         return None
-    record = {kvault_dns.PROVIDER_FIELD: DNSIMPLE, "auth_token": token.strip()}
-    kvault_dns.check_options(DNSIMPLE, {"auth_token": ""}, layout.where("dns", DNSIMPLE))
+    record = {dns_entries.PROVIDER_FIELD: DNSIMPLE, "auth_token": token.strip()}
+    dns_entries.check_options(DNSIMPLE, {"auth_token": ""}, layout.where("dns", DNSIMPLE))
     plan.items.append(Item(f"dns {DNSIMPLE}", layout.where("dns", DNSIMPLE), where,
                            "provider dnsimple, options: auth_token", record))
     return record
@@ -310,7 +309,7 @@ class _ConfMaker:
         params["authenticator"] = "kvault" if self.dns else "standalone"
         if self.dns:
             params["kvault_dns"] = self.dns
-        return renewal_conf.new_conf(name, {**params, "server": self.server,
+        return portable.new_conf(name, {**params, "server": self.server,
                                             **_key_params(privkey)})
 
 

@@ -54,7 +54,7 @@ def list_(ctx: Context) -> None:
             click.echo(f"warning: lineage {name}: {layout.where('certificates', name)}: "
                        "'domains' is not a list of names; shown without them", err=True)
             domains = []
-        # The certificate's own expiry, not the record's field (schedule.py).
+        # The certificate's own expiry, not the record's field (renew/status.py).
         expires = None if status.not_after is None else floor_time(status.not_after)
         row = {"name": name, "subject": domains[0] if domains else None,
                "domains": domains, "not_after": expires,

@@ -1,7 +1,7 @@
 """`certbot-kvault run` and `certbot-kvault renew`: stateless certbot runs against Vault.
 
-Thin click commands: they parse the options, call renewal.py (the flows;
-planner.py picks the locks and lineages, runner.py runs certbot; docs/DESIGN.md
+Thin click commands: they parse the options, call renew/flows.py (the flows;
+plan.py picks the locks and lineages, runner.py runs certbot; docs/DESIGN.md
 explains the design) and print what it reports: results and certbot's output
 on stdout, progress and errors on stderr.
 """
@@ -18,8 +18,7 @@ from certbot_kvault._internal.cli.common import (
     dir_lock_option,
     trust_option,
 )
-from certbot_kvault._internal.renew import flows as renewal
-from certbot_kvault._internal.renew import runner, saving, stopping
+from certbot_kvault._internal.renew import flows, runner, saving, stopping
 from certbot_kvault._internal.renew.locks import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from certbot_kvault._internal.renew.plan import ALL, Rules
 
@@ -152,7 +151,7 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
                   every=any(a in _EVERY for a in args), dry_run="--dry-run" in args,
                   cert_name=_cert_name(args))
     with ctx.dir_lock(create=True) as dir_lock:
-        code = renewal.renew(
+        code = flows.renew(
             ctx.layout, ctx.tree, args, workers=ctx.workers, lock_wait=lock_wait,
             lock_ttl=lock_ttl, rules=rules, metrics_file=metrics_file,
             finish_pending=ctx.finish_pending,
@@ -186,7 +185,7 @@ def run_(ctx: Context, push_retry_for: float, stop_grace: float, timeout: float,
     """
     args = runner.check_certbot_args(certbot_args)
     with ctx.dir_lock(create=True) as dir_lock:
-        code = renewal.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
+        code = flows.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
                            finish_pending=ctx.finish_pending,
                            say=_say, notify=_notify, stream=_stream,
                            push_retry_for=push_retry_for,

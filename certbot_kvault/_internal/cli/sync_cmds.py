@@ -1,6 +1,6 @@
 """``certbot-kvault pull``, ``push`` and ``deploy-hook``: the config dir and Vault.
 
-Thin click commands over sync.py; ``deploy-hook`` is what certbot runs after
+Thin click commands over sync/ (pull.py, push.py); ``deploy-hook`` is what certbot runs after
 every issuance or renewal (the hook that pull/import/the plugin install).
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from requests.exceptions import HTTPError, RequestException
 
-from certbot_kvault._internal.dns import entries as kvault_dns
+from certbot_kvault._internal.dns import entries as dns_entries
 from certbot_kvault._internal.dns import propagation
 from certbot_kvault._internal.dns.entries import DnsEntry, DNSError, EntrySet
 from certbot_kvault._internal.vault.redact import one_line
@@ -68,8 +68,8 @@ def parse_aliases(text: Optional[str]) -> dict[str, str]:
             raise DNSError(f"--kvault-dns-alias: expected NAME=TARGET, got {item[:80]!r}.")
         name = name.strip()
         base = name[2:] if name.startswith("*.") else name
-        out[validation_name(kvault_dns.dns_name(base, "--kvault-dns-alias NAME"))] = \
-            kvault_dns.dns_name(target, "--kvault-dns-alias TARGET")
+        out[validation_name(dns_entries.dns_name(base, "--kvault-dns-alias NAME"))] = \
+            dns_entries.dns_name(target, "--kvault-dns-alias TARGET")
     if len(out) > MAX_ALIASES:
         raise DNSError(f"--kvault-dns-alias: at most {MAX_ALIASES} aliases.")
     return out
@@ -159,7 +159,7 @@ class ZoneWriter:
     def _client(self, zone: str) -> Any:
         from lexicon.client import Client  # with the first DNS operation: lexicon is heavy
 
-        return Client(kvault_dns.lexicon_config(self.entry, zone, self.ttl))
+        return Client(dns_entries.lexicon_config(self.entry, zone, self.ttl))
 
     def zone_for(self, name: str) -> str:
         """The provider's zone holding ``name``: the longest guess the account hosts, never
@@ -170,10 +170,10 @@ class ZoneWriter:
 
         claimed = self.entry.zone_claiming(name)
         guesses = [g for g in base_domain_name_guesses(name)
-                   if claimed is None or kvault_dns.in_zone(g, claimed)]
+                   if claimed is None or dns_entries.in_zone(g, claimed)]
         for guess in guesses:
             try:
-                with kvault_dns.quiet_tldextract(), self._client(guess):
+                with dns_entries.quiet_tldextract(), self._client(guess):
                     self._zones[name] = guess
                     return guess
             except Exception as e:  # noqa: BLE001 - lexicon raises anything; sorted below
@@ -194,7 +194,7 @@ class ZoneWriter:
 
     def _op(self, op: str, zone: str, name: str, value: str) -> None:
         try:
-            with kvault_dns.quiet_tldextract(), self._client(zone) as operations:
+            with dns_entries.quiet_tldextract(), self._client(zone) as operations:
                 getattr(operations, op)(rtype="TXT", name=name, content=value)
         except Exception as e:  # noqa: BLE001 - as in zone_for
             what = "add" if op == "create_record" else "remove"

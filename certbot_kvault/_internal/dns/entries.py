@@ -10,7 +10,7 @@
   the ``ConfigResolver`` a lexicon ``Client`` takes.
 * **Glue.** :func:`achall_domain` bridges certbot versions.
 
-Where each TXT goes and writing it is dns01.py; the active propagation check
+Where each TXT goes and writing it is challenge.py; the active propagation check
 and the CNAME lookups, plain DNS without lexicon or Vault, are propagation.py.
 lexicon runs tldextract on every ``Client``; its answer does
 not matter here (the authenticator always names the zone through

@@ -9,7 +9,7 @@ each answers every expected TXT value, with short growing intervals, bounded
 by a timeout. ``--kvault-dns-resolver`` replaces the discovered servers with
 one server of the user's choosing (:func:`parse_server`). Plain dnspython:
 no lexicon, no Vault and no certbot plugin machinery, so it is tested alone
-against a DNS server. Its errors are dns.py's ``DNSError``, the one error of
+against a DNS server. Its errors are entries.py's ``DNSError``, the one error of
 the DNS-01 half.
 """
 from __future__ import annotations

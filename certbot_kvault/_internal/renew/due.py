@@ -26,7 +26,7 @@ from a renewal is not renewed again before a tenth of its lifetime has passed
 since its not_before, whatever ARI, ``renew_before_expiry`` or a conf in
 Vault say (a stale ARI window, or ``renew_before_expiry = 100 years`` planted
 or mistyped, would otherwise order a certificate every run until the CA's
-duplicate-certificate limit). planner.py skips such a lineage with one line;
+duplicate-certificate limit). plan.py skips such a lineage with one line;
 certbot's ``--force-renewal`` lifts it. A certificate with nine tenths of its
 lifetime left cannot expire while held back.
 
@@ -87,7 +87,7 @@ def conf_settings(conf_text: str) -> ConfSettings:
     params = params if isinstance(params, dict) else {}
 
     def text(value: object) -> Optional[str]:
-        # A template is no setting: the pull drops it (renewal_conf.py).
+        # A template is no setting: the pull drops it (trust.py).
         if not isinstance(value, str) or not value.strip() or confs.templated(value):
             return None
         return value.strip()

@@ -4,8 +4,8 @@ Both start from whatever the config dir holds (usually nothing: a fresh
 container or CI job), rebuild it from Vault, run certbot (runner.py) with the
 same ``--config-dir``/``--work-dir``/``--logs-dir``, and push the result back.
 ``renew`` first decides from Vault alone which lineages are due (certbot's
-rule, schedule.py/due.py; failure backoff from state.py), takes its lease
-lock(s) and pulls only those lineages and the accounts they use (planner.py);
+rule, status.py/due.py; failure backoff from state.py), takes its lease
+lock(s) and pulls only those lineages and the accounts they use (plan.py);
 when nothing is due it starts no certbot at all. Afterwards it remembers each
 attempt in the lineage's ``state/`` record, so the next stateless run knows
 what failed and when it may try again.

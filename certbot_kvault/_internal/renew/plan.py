@@ -1,6 +1,6 @@
 """Which lock a renewer takes and which lineages it renews under it.
 
-First the rule (due.py, through schedule.py): every lineage's record and
+First the rule (due.py, through status.py): every lineage's record and
 renewal memory is read from Vault and certbot's own rule says which are due;
 ``--due-within DAYS`` replaces the rule by a window on ``not_after``; certbot
 arguments ``--force-renewal`` or ``--dry-run`` make every lineage a candidate
@@ -8,11 +8,11 @@ arguments ``--force-renewal`` or ``--dry-run`` make every lineage a candidate
 narrows to one. A due lineage in
 failure backoff (state.py) is skipped with one line, unless ``--retry-now``
 names it (or all). A lineage renewed less than a tenth of its lifetime ago
-(the storm guard, schedule.py) is skipped with one line, unless certbot's
+(the storm guard, status.py) is skipped with one line, unless certbot's
 ``--force-renewal`` is given. Only what is left is pulled and renewed; when
 nothing is left, certbot is not started at all.
 
-Then the locks (lock.py):
+Then the locks (locks.py):
 
 - by default the global lock ``renew``; lineages that a per-lineage renewer
   holds (``lineage-<name>`` locks) are left to it;
@@ -54,7 +54,7 @@ from certbot_kvault._internal.vault.client import KVEntry
 
 Notify = Callable[[str], None]
 Fleet = dict[str, LineageStatus]
-# Reads the fleet the rule decides on (schedule.renewal_fleet, as the caller wants it).
+# Reads the fleet the rule decides on (status.renewal_fleet, as the caller wants it).
 ReadFleet = Callable[[], Fleet]
 
 ALL = "*"
@@ -106,7 +106,7 @@ def choose(fleet: Fleet, rules: Rules, notify: Notify,
         if not wanted:
             continue
         if not rules.every and st.guarded_until is not None:
-            # The storm guard (schedule.py): only certbot's --force-renewal lifts it.
+            # The storm guard (status.py): only certbot's --force-renewal lifts it.
             notify(_guard_line(st))
             guarded.append(st.name)
             continue

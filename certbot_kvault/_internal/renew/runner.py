@@ -4,7 +4,7 @@
 ``--logs-dir`` as certbot-kvault itself, so arguments that name other
 directories are refused. certbot is told that its parent pushes
 (``KVAULT_PARENT_PUSH``), so the deploy hook and the kvault plugin leave the
-push to the caller (renewal.py says why). Its output goes to the caller's
+push to the caller (flows.py says why). Its output goes to the caller's
 ``stream`` (and ``stream_err``) as it comes, newlines included. A stop
 (stopping.py: a signal, the run's ``--timeout``) is passed on to it, and to
 the hooks it runs: without a terminal it runs in a process group of its own,

@@ -165,7 +165,7 @@ class Layout:
     def delete_dns(self, name: str, purge: bool = True) -> None:
         self.vault.delete(self.path("dns", validate_name(name, "DNS entry")), purge=purge)
 
-    # ---- locks (raw access; the lease logic lives in lock.py) -------------------
+    # ---- locks (raw access; the lease logic lives in renew/locks.py) -------------------
 
     def lock_path(self, name: str) -> str:
         return self.path("locks", validate_name(name, "lock"))

@@ -5,8 +5,8 @@ other renewer reads, so each size, count and wait is held to what certbot and
 a CA ever produce, with room to spare, before anything costly is done with it:
 a small record must not cost minutes of CPU, nor a conf hours of sleep. The
 README's security model quotes these numbers; records.py, trust.py and
-schedule.py apply them. (Times have their own range in timefmt.py, the
-renewal memory's bounds are state.py's, a lock's lease lock.py's.)
+renew/status.py apply them. (Times have their own range in timefmt.py, the
+renewal memory's bounds are state.py's, a lock's lease renew/locks.py's.)
 
 - a certificate with a CA's 100 names of 253 characters is about 36 KB of
   PEM; chains hold 2 to 4 certificates; an 8192-bit RSA key is 6.4 KB of PEM;

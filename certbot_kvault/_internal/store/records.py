@@ -6,7 +6,7 @@ ACME account), with the name, server-path and account-id rules they share.
 Records are validated when read *and* before they are written: a corrupt PEM,
 a key that does not match its certificate or a hostile name is refused with a
 one-line error naming where the record came from, and nothing is written.
-Where a record lives in Vault is layout.py's business; on disk, tree.py's.
+Where a record lives in Vault is layout.py's business; on disk, tree/storage.py's.
 """
 from __future__ import annotations
 

@@ -38,8 +38,7 @@ import configobj
 from certbot_kvault._internal.store.limits import clean_issued
 from certbot_kvault._internal.store.records import LineageRecord
 from certbot_kvault._internal.store.timefmt import floor_time
-from certbot_kvault._internal.tree import confs
-from certbot_kvault._internal.tree import portable as renewal_conf
+from certbot_kvault._internal.tree import confs, portable
 from certbot_kvault._internal.tree.files import atomic_write, make_dirs
 from certbot_kvault._internal.vault.client import VaultClient
 from certbot_kvault._internal.vault.errors import VaultError
@@ -186,7 +185,7 @@ def describe(renewal: str, dns: list[dict[str, str]], host: Optional[str],
     challenge = CHALLENGES.get(authenticator) or (
         "dns-01" if authenticator.startswith("dns-") else
         text(params.get("pref_challs")).split(",")[0].strip() or "unknown")
-    profile = renewal_conf.profile_asked(renewal)
+    profile = portable.profile_asked(renewal)
     out: dict[str, Any] = {
         "acme_server": text(params.get("server")),
         "account": text(params.get("account")),

@@ -24,8 +24,7 @@ from certbot_kvault._internal.sync.jobs import (
     run_reports,
     run_reports_fetched,
 )
-from certbot_kvault._internal.tree import confs, trust
-from certbot_kvault._internal.tree import portable as renewal_conf
+from certbot_kvault._internal.tree import confs, portable, trust
 from certbot_kvault._internal.tree.manifest import (
     ACCOUNTS,
     LINEAGES,
@@ -57,13 +56,13 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
                                  lambda key: _pull_account(tree, layout, *key.split("\0"),
                                                            manifest=manifest), workers))
     wanted = names if names is not None else layout.list_lineages()
-    asking = renewal_conf.profile_asks()  # one warning for all lineages, not one each
+    asking = portable.profile_asks()  # one warning for all lineages, not one each
     report.merge(run_reports_fetched(
         wanted, layout.read_lineage_raw,
         lambda name, entry: _pull_lineage(tree, layout, name, entry, manifest, asking),
         workers, progress))
     if asking:
-        report.warnings.append(renewal_conf.profiles_ignored_warning(asking))
+        report.warnings.append(portable.profiles_ignored_warning(asking))
     if accounts and used_accounts_only:
         used = _used_accounts(tree, report.done("lineage"))
         if used is None:  # a lineage without account/server: certbot may need any of them
@@ -143,7 +142,7 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Option
         written = tree.write_lineage(record, layout.where("certificates", name))
         if written.ignored:
             warnings.append(trust.warning(name, written.ignored))
-        if asking is not None and (profile := renewal_conf.profile_asked(record.renewal)):
+        if asking is not None and (profile := portable.profile_asked(record.renewal)):
             asking.append((name, *profile))
         pulled = entry
         return written.changed

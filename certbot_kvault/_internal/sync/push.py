@@ -24,8 +24,7 @@ from certbot_kvault._internal.store.records import (
 )
 from certbot_kvault._internal.sync import issued
 from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS, Report, Tick, outcome, run_reports
-from certbot_kvault._internal.tree import pending
-from certbot_kvault._internal.tree import portable as renewal_conf
+from certbot_kvault._internal.tree import pending, portable
 from certbot_kvault._internal.tree.manifest import (
     ACCOUNTS,
     LINEAGES,
@@ -48,7 +47,7 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
          expected: Optional[dict[str, int]] = None, progress: Tick = None) -> Report:
     """Write local accounts and the named (or all) lineages to Vault; only what changed.
 
-    Unchanged since the last pull or push (synced.py): not even read. Changed: written
+    Unchanged since the last pull or push (manifest.py): not even read. Changed: written
     with check-and-set against the KV version last synced (so a change since loses).
     ``force``: the manifest is not asked (each record is read and compared: a repair).
 
@@ -191,7 +190,7 @@ class _LineagePush:
             except RecordError:
                 pass  # replaced by the good local one
             if remote is not None:
-                local = dataclasses.replace(local, renewal=renewal_conf.kept_profiles(
+                local = dataclasses.replace(local, renewal=portable.kept_profiles(
                     local.renewal, remote.renewal))
                 if remote.same_content(local) or self.tree.as_pulled(remote, local):
                     self.agreed.append(entry.version)

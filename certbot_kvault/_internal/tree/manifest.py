@@ -5,7 +5,7 @@ account that a pull or push left equal on both sides, the manifest keeps the KV
 version Vault held then (KV v2; none on KV v1) and a SHA-256 fingerprint of the
 content as it was on disk. A push skips what still has that fingerprint, and
 writes what differs with check-and-set against the recorded version, so a
-change someone else made in Vault meanwhile is caught (sync.py).
+change someone else made in Vault meanwhile is caught (sync/push.py).
 
 A lineage's fingerprint covers everything ``Tree.read_lineage`` reads: the
 renewal conf's bytes, the ``live/`` links' targets and every file of its

@@ -2,7 +2,7 @@
 
 certbot only warns when a deploy hook fails, so a push that found Vault
 unusable leaves ``<config-dir>/kvault/pending/NAME``; every command that
-touches the tree completes those first (``sync.finish_pending``), and the
+touches the tree completes those first (``push.finish_pending``), and the
 Vault-only commands mention them. Here too: the banner such a failure prints,
 how a certbot started by ``certbot-kvault renew``/``run`` knows that its
 parent pushes (``KVAULT_PARENT_PUSH``), so the hook stands down, and which

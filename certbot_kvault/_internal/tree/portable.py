@@ -9,7 +9,7 @@ conf holds. The ACME profile keys
 ignores them and deletes them when it rewrites a conf, so pull tells of them
 once and push keeps Vault's. Confs are parsed as data (confs.py): a value
 holding a ``%(`` template, which certbot would expand, never reaches disk.
-Pure text in, text out; reading and writing the confs on disk is tree.py's.
+Pure text in, text out; reading and writing the confs on disk is storage.py's.
 """
 from __future__ import annotations
 

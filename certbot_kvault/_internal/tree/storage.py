@@ -6,7 +6,7 @@ modes, ``privkey`` 0600 (a new version takes the group and group/other bits
 of the key before it, as certbot's ``save_successor``; a key already right is
 left alone) and ``private_key.json`` 0400, relative ``live/``
 symlinks, ``archive/<name>/<kind>N.pem`` numbering and a renewal conf with
-this machine's paths (renewal_conf.py turns Vault's portable conf into it).
+this machine's paths (portable.py turns Vault's portable conf into it).
 Every file is written to a temp file and renamed into place (files.py), a
 lineage's four ``live/`` links are switched together by replacing the whole
 directory, and its renewal conf is written last: certbot only sees a lineage
@@ -35,8 +35,7 @@ from certbot_kvault._internal.store.records import (
     validate_name,
     validate_server_path,
 )
-from certbot_kvault._internal.tree import confs
-from certbot_kvault._internal.tree import portable as renewal_conf
+from certbot_kvault._internal.tree import confs, portable
 from certbot_kvault._internal.tree.files import (
     ARCHIVE_FILE_RE,
     LIVE_README,
@@ -153,7 +152,7 @@ class Tree:
         """The lineage as certbot keeps it: current version, earlier ones, portable conf."""
         conf = self._load_conf(name)
         where = f"lineage {name} in {self.config_dir}"
-        for key in renewal_conf.TOP_PATH_KEYS:
+        for key in portable.TOP_PATH_KEYS:
             if key not in conf:
                 raise TreeError(f"Renewal conf of {name} has no '{key}'; repair it with "
                                 "`certbot certificates` or re-issue.")
@@ -188,7 +187,7 @@ class Tree:
         params = conf.get("renewalparams", {})
         autorenew = as_bool(params.get("autorenew"), default=True)
         record = LineageRecord(name=name, version=current, pems=pems,
-                               renewal=renewal_conf.portable_conf(name, conf),
+                               renewal=portable.portable_conf(name, conf),
                                auto_renewable=autorenew, archive=older)
         try:
             record.check(where)
@@ -221,7 +220,7 @@ class Tree:
         """
         mine = {"config_dir": self.config_dir, "work_dir": self.dirs.work_dir,
                 "logs_dir": self.dirs.logs_dir}
-        return renewal_conf.screened_conf(
+        return portable.screened_conf(
             name, portable_text, archive_dir=self.archive_dir(name),
             live_dir=self.live_dir(name), dirs=mine,
             local=self._local_params(name) if keep_local else {},
