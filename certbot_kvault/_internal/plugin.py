@@ -4,6 +4,8 @@ As an installer it stores every certificate it is given in Vault and wires
 the deploy hook into the config dir, so that issuance and every renewal push
 the lineage (certbot never calls an installer's ``deploy_cert`` on
 ``certonly`` or ``renew``; it always runs ``renewal-hooks/deploy/``).
+
+May import: apps, renew, sync, tree, dns, store, vault (not the CLI).
 """
 from __future__ import annotations
 
