@@ -540,8 +540,7 @@ class Harness:
             sorted(n for n in ("case", "cwd", "home", "tmp") if (self.root / n).exists())
 
 
-# click's own ClickException says "Error:".
-STDERR_WORDS = ("error:", "Error:", "warning:", "note:", "renew:", "pending push of")
+STDERR_WORDS = ("error:", "warning:", "note:", "renew:", "pending push of")
 
 
 def check_output(result: Result, args: tuple[str, ...]) -> None:

@@ -450,7 +450,7 @@ def test_certificate_names_and_pems_with_control_characters_are_refused(
         for args in (["show", name], ["export", name, "--format", "env"]):
             proc = kvault(*args, env=env, check=False)
             assert proc.returncode == 1 and proc.stdout == ""
-            assert proc.stderr == f"Error: secret/{prefix}/certificates/{name}: {why}\n"
+            assert proc.stderr == f"error: secret/{prefix}/certificates/{name}: {why}\n"
     root, args = fresh_dirs(tmp_path)
     pulled = kvault("pull", *args, env=env, check=False)
     assert pulled.returncode == 1 and "\x1b" not in pulled.stderr
@@ -494,7 +494,7 @@ def test_a_certificate_whose_names_cannot_be_read_is_refused(
                 json={"data": {**calm, **_bit_string_name_pems()}})
     assert r.status_code == 200, r.text
     env = golden_env(bao, golden, prefix)
-    why = (f"Error: secret/{prefix}/certificates/calm: 'cert' is not a valid PEM certificate "
+    why = (f"error: secret/{prefix}/certificates/calm: 'cert' is not a valid PEM certificate "
            "(or its names or extensions cannot be parsed).\n")
     for args in (["show", "calm"], ["show", "calm", "--json"], ["export", "calm", "--format",
                                                                 "env"]):
@@ -503,5 +503,5 @@ def test_a_certificate_whose_names_cannot_be_read_is_refused(
     root, args = fresh_dirs(tmp_path)
     pulled = kvault("pull", *args, env=env, check=False)
     assert pulled.returncode == 1
-    assert pulled.stderr == "error: lineage calm: " + why[len("Error: "):]
+    assert pulled.stderr == "error: lineage calm: " + why[len("error: "):]
     assert (root / "config" / "renewal" / "due.conf").exists()
