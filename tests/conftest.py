@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import image as built_images  # noqa: E402
 import servers  # noqa: E402
 from helpers import (  # noqa: E402
+    GENERATED_CASES,
     SCRUB_NAMES,
     SCRUB_PREFIXES,
     Golden,
@@ -273,8 +274,30 @@ def certbot(certbot_dirs: CertbotDirs, pebble: Pebble) -> CertbotRunner:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The image tests by name, outcome and time, even under -q: the record that this run
-    built the image and ran it (scripts/test.sh runs the suite quietly)."""
+    """Even under -q (scripts/test.sh runs the suite quietly): the generated hostile
+    records' case count and failures, and the image tests by name, outcome and time."""
+    _generated_summary(terminalreporter)
+    _image_summary(terminalreporter)
+
+
+def _generated_summary(terminalreporter: Any) -> None:
+    """How many cases the Hypothesis properties (tests/test_generated.py) tried."""
+    reports = [r for outcome in ("passed", "failed", "error")
+               for r in terminalreporter.stats.get(outcome, [])
+               if getattr(r, "nodeid", "").startswith("tests/test_generated.py::")
+               and (r.when == "call" or r.outcome != "passed")]
+    if not reports:
+        return
+    failed = sum(1 for r in reports if r.outcome != "passed")
+    each = ", ".join(f"{what} {n}" for what, n in GENERATED_CASES.items())
+    terminalreporter.write_line(
+        f"hypothesis: {sum(GENERATED_CASES.values())} generated cases run ({each}), "
+        f"{failed} failures in {len(reports)} properties (derandomized: the same cases "
+        f"every run)")
+
+
+def _image_summary(terminalreporter: Any) -> None:
+    """The image tests: the record that this run built the image and ran it."""
     reports = [r for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
                for r in terminalreporter.stats.get(outcome, [])
                if getattr(r, "nodeid", "").startswith("tests/test_image.py::")

@@ -41,9 +41,11 @@ class LockInfo:
         return not self.owner
 
     def expired(self, now: Optional[float] = None) -> bool:
-        # A lock without a readable expiry is garbage: anyone may take it.
+        # A released lock is free whatever expiry it shows, and one without a readable
+        # expiry is garbage: anyone may take either.
         when = time.time() if now is None else now
-        return self.expires_at is None or self.expires_at <= when or self.implausible(when)
+        return self.released or self.expires_at is None or self.expires_at <= when \
+            or self.implausible(when)
 
     def implausible(self, now: float) -> bool:
         """Held, with an expiry no holder writes: beyond the longest lease, or no time."""

@@ -57,6 +57,7 @@ from typing import Callable, Optional
 from certbot_kvault._internal.errors import VaultConflict, VaultError, VaultUnsupported
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL, LockInfo
+from certbot_kvault._internal.records import RecordError
 from certbot_kvault._internal.timefmt import floor_time, format_time
 from certbot_kvault._internal.vault import VaultClient
 
@@ -152,11 +153,12 @@ class Locks:
         return info.expired(now)
 
     def names(self) -> list[str]:
-        """The names of the lock records in Vault (released ones included)."""
+        """The names of the lock records in Vault (released ones included); a key that is
+        no valid lock name (anyone may write below locks/) is no lock of ours."""
         folder = posixpath.dirname(self.path(GLOBAL_LOCK))
         with self.vault.at_leader():
             keys = self.vault.list_keys(folder)
-        return [k for k in keys if not k.endswith("/")]
+        return [k for k in keys if not k.endswith("/") and _valid(self.layout, k)]
 
     def held_by_other(self, name: str) -> Optional[LockInfo]:
         """The lock if someone else holds it (not expired), else None."""
@@ -384,6 +386,14 @@ class Locks:
 
     def __exit__(self, *exc: object) -> None:
         self.release_all()
+
+
+def _valid(layout: Layout, name: str) -> bool:
+    try:
+        layout.lock_path(name)
+    except RecordError:
+        return False
+    return True
 
 
 def _metadata_version(vault: VaultClient, path: str) -> Optional[int]:
