@@ -32,6 +32,24 @@ from helpers import (  # noqa: E402
 )
 from servers import Bao, BaoAcme, Pebble, PowerDNS, RaftCluster  # noqa: E402
 
+# --------------------------------------------------------------------------- order
+
+# Under pytest-xdist (scripts/test.sh: ``-n 4 --dist loadfile --no-loadscope-reorder``)
+# each file runs whole on one worker (its module fixtures once), files handed out in
+# collection order. The slowest go first, so that none is left running alone at the
+# end; measured on the 2-core machine, slowest first (README, Development, says why).
+SLOW_FIRST = ("test_concurrency.py", "test_ha.py", "test_installer.py", "test_stop.py",
+              "test_bounds.py", "test_fencing.py", "test_due_ages.py", "test_image.py",
+              "test_migrate.py", "test_hostile.py", "test_watch.py", "test_renew.py",
+              "test_dns.py", "test_memory.py", "test_roundtrip.py", "test_interrupted.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same order
+        rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -271,6 +289,21 @@ def certbot(certbot_dirs: CertbotDirs, pebble: Pebble) -> CertbotRunner:
 
 # --------------------------------------------------------------------------- report
 
+# Under pytest-xdist (scripts/test.sh) the image is built in a worker: the controller,
+# which prints the summary, gets its description from the worker's ``workeroutput``.
+_WORKERS_BUILT: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["kvault_built"] = [built.describe() for built in built_images.BUILT]
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: no such hook without it (.venv-min)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _WORKERS_BUILT.extend(getattr(node, "workeroutput", {}).get("kvault_built", []))
+
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The image tests by name, outcome and time, even under -q: the record that this run
@@ -282,8 +315,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not reports:
         return
     terminalreporter.section("the image (tests/test_image.py)")
-    for built in built_images.BUILT:
-        terminalreporter.write_line(f"built {built.describe()}")
+    for built in [b.describe() for b in built_images.BUILT] + _WORKERS_BUILT:
+        terminalreporter.write_line(f"built {built}")
     for r in sorted(reports, key=lambda r: r.nodeid):
         outcome = r.outcome.upper() if r.when == "call" else f"ERROR at {r.when}"
         terminalreporter.write_line(f"{outcome:8} {r.nodeid.split('::', 1)[1]} "
