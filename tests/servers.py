@@ -62,9 +62,12 @@ def _claim_block() -> bool:
     import tempfile
 
     locks = Path(tempfile.gettempdir()) / "certbot-kvault-test-ports"
-    locks.mkdir(exist_ok=True)
     for start in range(PORT_LOW, _ephemeral_low() - PORT_BLOCK + 1, PORT_BLOCK):
-        f = open(locks / f"{start}.lock", "w")  # noqa: SIM115 - held until exit
+        try:
+            locks.mkdir(exist_ok=True)
+            f = open(locks / f"{start}.lock", "a")  # noqa: SIM115 - held until exit
+        except OSError:  # e.g. another user's lock dir: the kernel's ports below
+            continue
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
