@@ -19,8 +19,8 @@ path "secret/metadata/certbot/certificates/*" {
 }
 
 # What Vault's `default` policy already grants, repeated for tokens made with
-# no_default_policy: KV version detection, "who am I", and renewing our own
-# token during long runs.
+# no_default_policy: KV version detection, "who am I", renewing our own token
+# during long runs, and `certbot-kvault status` asking what this token may do.
 path "sys/internal/ui/mounts/secret" {
   capabilities = ["read"]
 }
@@ -28,5 +28,8 @@ path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
 path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+path "sys/capabilities-self" {
   capabilities = ["update"]
 }

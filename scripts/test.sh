@@ -47,7 +47,7 @@ for m in pkgutil.walk_packages(p.__path__, p.__name__ + "."): importlib.import_m
         tests/test_cli.py \
         tests/test_hostile.py tests/test_keymodes.py tests/test_diagnostics.py \
         tests/test_fencing.py tests/test_ari.py tests/test_due.py tests/test_memory.py \
-        tests/test_profiles.py tests/test_jobs.py tests/test_bounds.py
+        tests/test_profiles.py tests/test_jobs.py tests/test_bounds.py tests/test_accounts.py
 }
 
 min_pid=

@@ -54,8 +54,9 @@ def test_list_table_and_json(pushed):
     assert rows[0]["domains"] == ["cli.example.com", "www.cli.example.com"]
     assert rows[0]["not_after"].endswith("Z") and rows[0]["auto_renewable"] is True
     assert set(rows[0]) == {"name", "subject", "domains", "not_after", "auto_renewable",
-                            "version", "due", "renewal_rule", "next_renewal", "in_backoff",
-                            "backoff_until", "renewed_recently_until", "state"}
+                            "version", "error", "due", "renewal_rule", "next_renewal",
+                            "in_backoff", "backoff_until", "renewed_recently_until", "state"}
+    assert rows[0]["error"] is None
     assert lines[1].split()[-1] == "0" and rows[0]["state"] == {"consecutive_failures": 0}
 
 

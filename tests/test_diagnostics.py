@@ -11,15 +11,19 @@
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from helpers import (
+    ThrowawayCA,
     approle,
     certonly_args,
     error_line,
@@ -28,6 +32,7 @@ from helpers import (
     load_policy,
     one_line_error,
     pdns_entry,
+    renewal_conf,
     resolver_opt,
     scrubbed_env,
     secret_id_uses_left,
@@ -49,9 +54,13 @@ def _policy_rw(prefix: str) -> str:
 
 
 def _seed(bao: Bao, prefix: str, names: list[str]) -> None:
+    """Lineages that list, show and pull take (made by a CA of the test's own)."""
+    ca = ThrowawayCA()
+    now = datetime.datetime.now(datetime.timezone.utc)
     for name in names:
+        record = ca.lineage(name, name, now, datetime.timedelta(days=90), renewal_conf(name))
         r = bao.api("POST", f"secret/data/{prefix}/certificates/{name}",
-                    {"data": {"domains": [name], "not_after": "2030-01-01T00:00:00Z"}})
+                    {"data": record.to_kv()})
         assert r.status_code == 200, r.text
 
 
@@ -142,8 +151,37 @@ def test_vault_client_kinds(vault_env: dict[str, str], bao: Bao) -> None:
                        match=f"needs create/update on secret/data/{prefix}/x"):
         denied.write(f"{prefix}/x", {"a": "1"})
     assert bao.api("POST", "auth/token/revoke", {"token": token}).status_code == 204
-    with pytest.raises(VaultAuthError, match="rejected the token: it is invalid or expired"):
+    with pytest.raises(VaultAuthError, match=re.escape(
+            f"Vault at {bao.addr} stopped taking the token in VAULT_TOKEN during this run: "
+            "it was revoked, or expired (it may not look itself up, so its TTL is unknown)")):
         denied.read(f"{prefix}/x")
+
+
+def test_token_expired_or_revoked_during_a_run(vault_env: dict[str, str], bao: Bao) -> None:
+    """Vault answers an expired token as it answers one that never existed; a token this
+    run looked up before is told apart: its TTL ran out, or it was revoked before."""
+    prefix = vault_env["KVAULT_PREFIX"]
+
+    def token(ttl: str) -> str:
+        r = bao.api("POST", "auth/token/create", {"ttl": ttl, "renewable": False})
+        assert r.status_code == 200, r.text
+        value: str = r.json()["auth"]["client_token"]
+        return value
+
+    short, long = token("3s"), token("1h")
+    clients = {t: VaultClient(VaultSettings.from_env(token=t)) for t in (short, long)}
+    for client in clients.values():
+        assert client.read(f"{prefix}/x") is None  # logged in: lookup-self gave the TTL
+    assert bao.api("POST", "auth/token/revoke", {"token": long}).status_code == 204
+    with pytest.raises(VaultAuthError, match=re.escape(
+            f"Vault at {bao.addr} stopped taking the token in VAULT_TOKEN during this run, ")
+            + r"\d+s before its TTL would have ended: it was revoked; set VAULT_TOKEN"):
+        clients[long].read(f"{prefix}/x")
+    time.sleep(3.5)
+    with pytest.raises(VaultAuthError, match=r"The token in VAULT_TOKEN expired during this "
+                       r"run \(its TTL of [0-3]s ran out, and it is not renewable\); give a "
+                       "token with a longer TTL"):
+        clients[short].read(f"{prefix}/x")
 
 
 # ---- 3. not Vault at VAULT_ADDR, 4. VAULT_ADDR unset -----------------------------------------

@@ -85,7 +85,7 @@ def test_pull_says_who_holds_the_lock(bao: Bao, golden: Golden, vault_env: dict[
         lock = config / ".certbot.lock"
         assert _stderr_lines(proc) == [
             f"note: waiting up to 1s for {lock}, held by pid {pid}",
-            f"Error: {config} is in use: certbot's lock {lock} is held by pid {pid} (certbot, "
+            f"error: {config} is in use: certbot's lock {lock} is held by pid {pid} (certbot, "
             "or certbot-kvault); waited 1s (--dir-lock-wait): run again when it is done."]
     assert sorted(p.name for p in config.iterdir()) == [".certbot.lock"]
 

@@ -257,8 +257,10 @@ def test_cli_dns_add_list_rm(vault_env: dict[str, str], pdns: PowerDNS,
     assert layout_from_env().load_dns("pdns") == pdns_entry(pdns)
 
     r = cli("dns", "add", "bad", "--provider", "powerdnz", "--option", "auth_token=sekrit")
-    assert r.exit_code == 1 and "Unknown DNS provider 'powerdnz'" in r.output
-    assert "sekrit" not in r.output
+    assert r.exit_code == 1 and r.output == (
+        "error: Unknown DNS provider 'powerdnz' (--provider): it must be a dns-lexicon "
+        "provider name, e.g. powerdns, cloudflare, route53. Did you mean powerdns?\n")
+    assert "sekrit" not in r.output and "--force" not in r.output  # nothing to replace
     r = cli("dns", "add", "bad", "--provider", "powerdns", "--option", "api_key=sekrit")
     assert r.exit_code == 1 and "has no option api_key" in r.output
     assert "sekrit" not in r.output

@@ -307,7 +307,7 @@ def test_dns_check(vault_env: dict[str, str], val: PowerDNS, front: PowerDNS,
                       check=False)
         line = one_line_error(proc)
         print(f"[{entry_name}] {line}")
-        assert proc.returncode == 1 and line.startswith("Error: ") and expect in line
+        assert proc.returncode == 1 and line.startswith("error: ") and expect in line
         assert "--propagation-timeout" in line or entry_name != "validation"
         assert val.api_key not in proc.stdout + proc.stderr
         writes = patches(val, mark)

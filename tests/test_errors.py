@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import hvac
@@ -76,8 +77,18 @@ def test_token_without_permission(vault_env, bao, tree, monkeypatch):
 def test_invalid_and_expired_token(vault_env, bao, tree, monkeypatch):
     monkeypatch.setenv("VAULT_TOKEN", "s.not-a-token")
     err = one_line_error(kvault("push", "--config-dir", str(tree), check=False))
-    assert "rejected the token: it is invalid or expired" in err
+    assert err == (f"error: Vault at {bao.addr} does not know the token in VAULT_TOKEN: it was "
+                   "never issued, was revoked, or has expired (Vault keeps nothing of an "
+                   "expired token, so it cannot say which); set VAULT_TOKEN to a valid token "
+                   "(or unset it and run `vault login`).")
     assert "s.not-a-token" not in err
+    # One that expired: the same answer from Vault, so the same words.
+    r = bao.api("POST", "auth/token/create", {"ttl": "1s", "renewable": False})
+    expired = r.json()["auth"]["client_token"]
+    time.sleep(2)
+    monkeypatch.setenv("VAULT_TOKEN", expired)
+    assert one_line_error(kvault("push", "--config-dir", str(tree), check=False)) == err
+    assert expired not in err
     monkeypatch.delenv("VAULT_TOKEN")
     err = one_line_error(kvault("status", check=False))
     assert "No Vault credentials" in err and "VAULT_TOKEN" in err
@@ -116,6 +127,37 @@ def test_corrupt_pem_in_vault(vault_env, bao, tree, tmp_path):
     assert (target / "renewal" / "two.example.com.conf").exists()
     assert not (target / "renewal" / "one.example.com.conf").exists()
     assert not (target / "archive" / "one.example.com").exists()
+
+
+def test_list_flags_what_show_export_and_pull_refuse(vault_env, bao, tree, tmp_path):
+    """A corrupt certificate and a key of another lineage: `list` no longer shows them as
+    fine while show, export and pull refuse them."""
+    _push(tree)
+    prefix = vault_env["KVAULT_PREFIX"]
+    where = f"secret/{prefix}/certificates"
+    other = _raw_client(bao).secrets.kv.v2.read_secret_version(
+        f"{prefix}/certificates/two.example.com", mount_point="secret",
+        raise_on_deleted_version=False)["data"]["data"]
+    _patch_record(bao, prefix, "one.example.com",
+                  cert="-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    proc = kvault("list", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert rows["one.example.com"][4] == "CORRUPT" and rows["two.example.com"][4] != "CORRUPT"
+    flagged = f"error: lineage one.example.com: {where}/one.example.com: 'cert' is not a " \
+              "valid PEM certificate"
+    assert proc.stderr.startswith(flagged) and len(proc.stderr.splitlines()) == 1, proc.stderr
+    show = one_line_error(kvault("show", "one.example.com", check=False))
+    assert show.startswith(f"error: {where}/one.example.com: 'cert' is not a valid PEM")
+    # A key that does not match: found too, with --json.
+    _patch_record(bao, prefix, "one.example.com", cert=other["cert"],
+                  fullchain=other["cert"] + other["chain"])
+    proc = kvault("list", "--json", check=False)
+    assert proc.returncode == 1
+    errors = {r["name"]: r["error"] for r in json.loads(proc.stdout)}
+    assert errors == {"one.example.com": f"{where}/one.example.com: 'privkey' does not match "
+                                         "the certificate's public key.",
+                      "two.example.com": None}
 
 
 def test_cert_with_unparsable_extension_in_vault(vault_env, bao, tree, tmp_path):

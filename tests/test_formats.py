@@ -6,15 +6,27 @@ line each, nothing written).
 from __future__ import annotations
 
 import base64
+import grp
+import json
 import os
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import configobj
 import pytest
 import yaml
-from helpers import Golden, kvault, one_line_error, record, seed
+from helpers import (
+    Golden,
+    fresh_dirs,
+    golden_env,
+    kv_version,
+    kvault,
+    one_line_error,
+    record,
+    seed,
+)
 from servers import Bao
 
 from certbot_kvault._internal import export
@@ -156,7 +168,7 @@ def test_a_directory_holds_one_lineage(vault: dict[str, Any], tmp_path: Path) ->
     kvault("export", "calm", "--dir", str(out))
     before = {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in out.iterdir()}
     line = one_line_error(run("shop-1.example.com", "--dir", str(out), "--format", "bundle"))
-    assert line == (f"Error: {out} holds the files of lineage calm (its {OWNER_FILE} "
+    assert line == (f"error: {out} holds the files of lineage calm (its {OWNER_FILE} "
                     "says so); not writing shop-1.example.com over them: give "
                     "shop-1.example.com a directory of its own (--dir; --dir '/certs/{name}' "
                     "for several), or remove that directory if calm no longer uses it.")
@@ -196,7 +208,8 @@ def test_kontena_env_names(vault: dict[str, Any]) -> None:
 def test_unknown_lineage(vault: dict[str, Any], vault_env: dict[str, str],
                          tmp_path: Path) -> None:
     for fmt in ("k8s-secret", "pem"):
-        proc = run("nope.example.com", "--format", fmt, "--dir", str(tmp_path / "out"))
+        where = ["--dir", str(tmp_path / "out")] if fmt == "pem" else []
+        proc = run("nope.example.com", "--format", fmt, *where)
         line = one_line_error(proc)
         assert f"No lineage nope.example.com in Vault (secret/{vault_env['KVAULT_PREFIX']}"\
                "/certificates/nope.example.com)" in line, line
@@ -219,7 +232,8 @@ def test_corrupt_record(bao: Bao, golden: Golden, vault: dict[str, Any],
         put(bao, prefix, name, data)
     for name, fmt in (("garbled", "pem"), ("mismatched", "k8s-secret"),
                       ("mismatched", "env"), ("no-fullchain", "bundle")):
-        proc = run(name, "--format", fmt, "--dir", str(out))
+        where = ["--dir", str(out)] if fmt in ("pem", "bundle") else []
+        proc = run(name, "--format", fmt, *where)
         line = one_line_error(proc)
         assert f"secret/{prefix}/certificates/{name}" in line and cases[name][1] in line, line
         assert proc.stdout == "" and not out.exists()
@@ -259,6 +273,13 @@ def test_unwritable_dir_writes_nothing(vault: dict[str, Any], tmp_path: Path) ->
      "--secret-name 'Web_TLS' is not a valid Kubernetes name"),
     (["--format", "k8s-secret", "--namespace", "a.b"],
      "--namespace 'a.b' is not a valid Kubernetes namespace"),
+    (["--key-mode", "0644"], "--key-mode '0644' must be an octal mode the owner may read "
+                             "and others may not, e.g. 0640 or 0440."),
+    (["--key-mode", "rw-r-----"], "--key-mode 'rw-r-----' must be an octal mode"),
+    (["--key-group", "no-such-group-here"], "--key-group 'no-such-group-here': no such group"),
+    (["--format", "env", "--key-mode", "0640"], "--key-mode does not apply to --format env"),
+    (["--format", "env"], "--dir does not apply to --format env, which prints to stdout"),
+    (["--format", "k8s-secret"], "--dir does not apply to --format k8s-secret"),
 ])
 def test_bad_options(vault: dict[str, Any], tmp_path: Path, args: list[str],
                      message: str) -> None:
@@ -266,3 +287,86 @@ def test_bad_options(vault: dict[str, Any], tmp_path: Path, args: list[str],
     proc = run("calm", "--dir", str(out), *args)
     assert message in one_line_error(proc)
     assert proc.stdout == "" and not out.exists()
+
+
+# ---- the key's mode and group ----------------------------------------------------------
+
+
+def _group() -> int:
+    """A group other than ours, as an admin gives a key to (ssl-cert, for nginx)."""
+    names = {g.gr_name: g.gr_gid for g in grp.getgrall() if g.gr_gid != os.getgid()}
+    return next(names[n] for n in ("ssl-cert", "adm", "nogroup", *sorted(names)) if n in names)
+
+
+def test_key_mode_and_group(vault: dict[str, Any], tmp_path: Path) -> None:
+    """`--key-mode 0640 --key-group G`: apps that read the key as a group, as a pulled
+    tree keeps the key's group; plain files, a bundle and --once's file set."""
+    gid = _group()
+    name = grp.getgrgid(gid).gr_name
+    out = tmp_path / "pem"
+    kvault("export", "calm", "--dir", str(out), "--key-mode", "0640", "--key-group", name)
+    key, cert = (out / "privkey.pem").stat(), (out / "cert.pem").stat()
+    assert (key.st_mode & 0o7777, key.st_gid) == (0o640, gid)
+    assert (cert.st_mode & 0o7777, cert.st_gid) == (0o644, os.getgid())
+    assert (out / "privkey.pem").read_text() == vault["privkey"]
+
+    bundle = tmp_path / "bundle"
+    kvault("export", "calm", "--dir", str(bundle), "--format", "bundle", "--key-mode", "0440",
+           "--key-group", str(gid))
+    st = (bundle / "calm.pem").stat()
+    assert (st.st_mode & 0o7777, st.st_gid) == (0o440, gid)
+
+    watched = tmp_path / "watched"
+    kvault("export", "calm", "--dir", str(watched), "--once")
+    assert (watched / "privkey.pem").stat().st_gid == os.getgid()
+    # The same files with the key given to the group: a new set, the key's group set.
+    proc = kvault("export", "calm", "--dir", str(watched), "--once", "--key-mode", "0640",
+                  "--key-group", name)
+    assert proc.stdout.startswith("wrote: calm version 1 to "), proc.stdout
+    st = (watched / "privkey.pem").stat()
+    assert (st.st_mode & 0o7777, st.st_gid) == (0o640, gid)
+    again = kvault("export", "calm", "--dir", str(watched), "--once", "--key-mode", "0640",
+                   "--key-group", name)
+    assert again.stdout.startswith("current: calm version 1 in "), again.stdout
+
+
+# ---- one version -----------------------------------------------------------------------
+
+
+def test_one_version_everywhere_after_a_renewal_and_a_conf_push(
+        bao: Bao, golden: Golden, vault_env: dict[str, str], tmp_path: Path) -> None:
+    """The certificate's version (archive number: certbot's certN.pem) is what users see:
+    `show` (which names Vault's KV version beside it), `list --json`, export's lines, env
+    lines, the Secret's label and KVAULT_VERSION. A renewal makes it 2; a renewal conf
+    pushed alone adds a KV version, not a certificate version."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["due"])
+    env = golden_env(bao, golden, prefix)
+    certs = tmp_path / "certs"
+    kvault("export", "due", "--dir", str(certs), "--once", env=env)
+    root, args = fresh_dirs(tmp_path)
+    assert "renewed: due (version 2" in kvault("renew", *args, env=env).stdout
+    conf_path = root / "config" / "renewal" / "due.conf"
+    conf = configobj.ConfigObj(str(conf_path), encoding="utf-8")
+    conf["renewalparams"]["key_type"] = "rsa"  # a setting changed, pushed alone
+    conf.write()
+    assert "1 pushed" in kvault("push", *args, env=env).stdout
+    kv = kv_version(bao, prefix, "certificates/due")
+    assert kv >= 3 and record(bao, prefix, "certificates/due")["version"] == 2  # type: ignore
+
+    shown = json.loads(kvault("show", "due", "--json", env=env).stdout)
+    assert (shown["version"], shown["kv_version"]) == (2, kv)
+    text = kvault("show", "due", env=env).stdout
+    assert "version: 2 (the certificate's: certbot's cert2.pem)\n" in text
+    assert f"kv_version: {kv} (Vault's version of the record" in text
+    [row] = json.loads(kvault("list", "--json", env=env).stdout)
+    assert row["version"] == 2
+    log = tmp_path / "version"
+    once = kvault("export", "due", "--dir", str(certs), "--once", "--exec",
+                  f"sh -c 'echo $KVAULT_VERSION > {log}'", env=env)
+    assert once.stdout == f"wrote: due version 2 to {certs}\n"
+    assert log.read_text() == "2\n"
+    lines = kvault("export", "due", "--format", "env", env=env).stdout
+    assert "SSL_CERT_DUE_VERSION=2\n" in lines
+    secret = yaml.safe_load(kvault("export", "due", "--format", "k8s-secret", env=env).stdout)
+    assert secret["metadata"]["labels"]["certbot-kvault/version"] == "2"

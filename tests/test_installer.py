@@ -172,7 +172,7 @@ def test_hook_leaves_a_lineage_that_is_not_vaults(vault_env, certbot, certbot_di
     dead = {**hook_env, "VAULT_ADDR": f"http://127.0.0.1:{free_port()}"}
     proc = kvault("deploy-hook", env=dead, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("Error: deploy hook: not pushing local.example.com: nothing "
+    assert proc.stderr.startswith("error: deploy hook: not pushing local.example.com: nothing "
                                   f"in {config} says it is kept in Vault, and Vault could not "
                                   "be asked (")
     assert proc.stderr.rstrip().endswith(

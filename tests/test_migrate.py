@@ -15,6 +15,7 @@ import json
 import os
 import pty
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -368,3 +369,34 @@ def test_account_key_as_pem_becomes_certbots_jwk(issued: Issued) -> None:
     assert account_key_json(json.loads(key_json), "w") == json.dumps(json.loads(key_json))
     with pytest.raises(RecordError, match="^secret/x/account/private_key: neither a JWK"):
         account_key_json({"private_key": "garbage"}, "secret/x/account/private_key")
+
+
+def test_epages_account_identical_to_ours_is_unchanged(
+        bao: Bao, issued: Issued, pebble: Pebble, names: tuple[str, str],
+        tmp_path: Path) -> None:
+    """Our account was pushed from certbot's files; ePages' copy of it was put with
+    `kv put @meta.json`, so Vault gives its JSON back with sorted keys: the same account."""
+    base, prefix = names
+    env = env_for(bao, prefix, pebble)
+    ours = tmp_path / "ours"
+    (ours / "config").mkdir(parents=True)
+    shutil.copytree(issued.config / "accounts", ours / "config" / "accounts", symlinks=True)
+    kvault("push", "--config-dir", str(ours / "config"), env=env)
+    assert [p.rsplit("/", 1)[1] for p in walk(bao, f"{prefix}/accounts")] == [issued.account_id]
+    epages_layout(bao, issued, base, "dnsimple-token", {})
+    args = ["import", "--from", "epages", "--path", f"{base}/lets-encrypt", "--server",
+            pebble.directory_url]
+    proc = kvault(*args, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "1 imported, 1 unchanged, 0 failed", proc.stdout
+    # Another account's meta there: refused, without a word about lineages.
+    meta = json.loads((issued.account_dir / "meta.json").read_text())
+    bao_cli(bao, "kv", "put", f"{base}/lets-encrypt/account/meta",
+            *[f"{k}={v}" for k, v in {**meta, "creation_host": "elsewhere"}.items()
+              if v is not None])
+    refused = kvault(*args, env=env, check=False)
+    where = f"secret/{prefix}/accounts/{server_path_for_url(pebble.directory_url)}/" \
+            f"{issued.account_id}"
+    assert [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: account {issued.account_id}: {where} exists with other content; --force "
+        "replaces it."], refused.stderr

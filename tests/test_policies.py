@@ -50,7 +50,7 @@ def test_policy_files_are_for_secret_certbot(kind: str) -> None:
     for p in paths:
         assert p.startswith(("secret/data/certbot/", "secret/metadata/certbot/",
                              "sys/internal/ui/mounts/secret", "auth/token/lookup-self",
-                             "auth/token/renew-self")), p
+                             "auth/token/renew-self", "sys/capabilities-self")), p
     assert "sudo" not in text and '"*"' not in text
 
 
@@ -138,6 +138,36 @@ def test_reader_policy(bao: Bao, golden: Golden, vault_env: dict[str, str],
         layout.load_state("calm")
     proc = kvault("renew", *args, env=env, check=False)
     assert proc.returncode == 1 and "permission denied" in proc.stderr
+
+
+def test_reader_token_status_and_list_explain_themselves(bao: Bao, golden: Golden,
+                                                         vault_env: dict[str, str]) -> None:
+    """A reader token made with -no-default-policy: `status` knows its capabilities
+    (reader.hcl grants sys/capabilities-self, as `default` does), and `list` says once
+    why FAILURES is `?`."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm", "due"])
+    token = _token(bao, load_policy(bao, "reader", prefix))
+    env = golden_env(bao, golden, prefix, token)
+    status = json.loads(kvault("status", "--json", env=env).stdout)
+    assert "unknown" not in status, status["unknown"]
+    assert status["capabilities"]["certificates (data)"] == ["read"]
+    assert status["capabilities"]["state (data)"] == ["deny"]
+    listed = kvault("list", env=env)
+    assert [line.split()[-1] for line in listed.stdout.splitlines()[1:]] == ["?", "?"]
+    assert listed.stderr.splitlines() == [
+        "note: FAILURES is ? because this token may not read the renewal memory (permission "
+        f"denied: needs read on secret/data/{prefix}/state/calm ({'Vault at ' + bao.addr}); "
+        "grant it in the token's policy (see policies/ in the certbot-kvault docs).)"]
+    # rm is an operator's: what the reader lacks for it is delete, not read.
+    versions = kv_version(bao, prefix, "certificates/calm")
+    err = kvault("rm", "calm", env=env, check=False)
+    assert err.returncode == 1 and err.stderr == (
+        f"error: permission denied: rm needs delete on secret/data/{prefix}/state/calm and "
+        f"secret/data/{prefix}/certificates/calm (and read on the first) (Vault at {bao.addr})"
+        "; policies/reader.hcl and renewer.hcl grant no delete: use an operator's token.\n")
+    assert kv_version(bao, prefix, "certificates/calm") == versions
+    assert record(bao, prefix, "certificates/calm") is not None
 
 
 def test_dns_policies_give_exactly_their_entries(bao: Bao, vault_env: dict[str, str]) -> None:

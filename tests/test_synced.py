@@ -215,3 +215,80 @@ def test_kv_v1_skips_unchanged_too(bao: Bao, golden: Golden, kv1_mount: str,
         proxy.stop()
     doc = json.loads((root / "config" / "kvault" / "synced.json").read_text())
     assert {v[0] for v in doc["lineages"].values()} == {None}  # no versions on KV v1
+
+
+def _stats(root: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime in ns) of every file and link below root."""
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_ino,
+                                                                       st.st_mtime_ns)
+    return out
+
+
+def test_second_pull_reports_unchanged_and_writes_nothing(bao: Bao, golden: Golden,
+                                                          vault_env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """The README's `12 pulled, 988 unchanged`: what a pull did not need to write counts
+    as unchanged, like push's, and it is not written (same inode, same mtime)."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, NAMES)
+    env = golden_env(bao, golden, prefix)
+    root, args = fresh_dirs(tmp_path)
+    first = kvault("pull", *args, env=env)
+    pulled, unchanged, failed = _tally(first.stdout)
+    assert (unchanged, failed) == (0, 0) and pulled > len(NAMES), first.stdout
+    before = _stats(root / "config")
+    assert any(p.startswith("archive/") for p in before)
+    again = kvault("pull", "-v", *args, env=env)
+    assert again.stdout.splitlines() == [f"0 pulled, {pulled} unchanged, 0 failed"], again.stdout
+    assert _stats(root / "config") == before
+    # One lineage changed in Vault: that one is pulled, the rest are not touched.
+    _bump(root / "config", "calm", 30)
+    kvault("push", *args, env=env)
+    _bump(root / "config", "calm", 20)  # Vault's says 30 days: the pull writes it back
+    third = kvault("pull", "-v", *args, env=env)
+    assert third.stdout.splitlines() == ["pulled: lineage calm",
+                                         f"1 pulled, {pulled - 1} unchanged, 0 failed"]
+    after = _stats(root / "config")
+    # (the manifest: the push and this pull saw a new KV version of calm)
+    assert {p for p in after if after[p] != before.get(p)} == {"renewal/calm.conf",
+                                                               "kvault/synced.json"}
+
+
+def test_push_force_repairs_a_record_corrupted_in_vault(bao: Bao, golden: Golden,
+                                                        vault_env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    """A record damaged in Vault, good files here: `push` trusts the manifest and says
+    unchanged; `push --force NAME` compares and rewrites it, with check-and-set against
+    the version it read."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm", "due"])
+    env = golden_env(bao, golden, prefix)
+    _, args = fresh_dirs(tmp_path)
+    kvault("pull", *args, env=env)
+    good = record(bao, prefix, "certificates/calm")
+    assert good is not None
+    damaged = {**good, "cert": good["cert"].replace("MII", "XXX", 1)}
+    assert bao.api("POST", f"secret/data/{prefix}/certificates/calm",
+                   json={"data": damaged}).status_code == 200
+    broken = kv_version(bao, prefix, "certificates/calm")
+    assert kvault("show", "calm", env=env, check=False).returncode == 1
+
+    plain = json.loads(kvault("push", "--json", *args, "calm", env=env).stdout)
+    assert "lineage calm" in plain["unchanged"] and plain["written"] == []
+    assert kv_version(bao, prefix, "certificates/calm") == broken
+
+    due = kv_version(bao, prefix, "certificates/due")
+    forced = json.loads(kvault("push", "--json", "--force", *args, "calm", env=env).stdout)
+    assert forced["written"] == ["lineage calm"] and forced["failed"] == [], forced
+    assert kv_version(bao, prefix, "certificates/calm") == broken + 1
+    repaired = record(bao, prefix, "certificates/calm")
+    assert repaired is not None and repaired["cert"] == good["cert"]
+    assert kvault("show", "calm", env=env).returncode == 0
+    assert kv_version(bao, prefix, "certificates/due") == due  # not named: not touched
+    # Again: Vault holds this machine's lineage now, nothing to write.
+    again = json.loads(kvault("push", "--json", "--force", *args, "calm", env=env).stdout)
+    assert again["written"] == [] and "lineage calm" in again["unchanged"]

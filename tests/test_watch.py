@@ -21,7 +21,6 @@ from helpers import (
     KVAULT,
     Golden,
     golden_env,
-    kv_version,
     kvault,
     layout_from_env,
     load_policy,
@@ -109,9 +108,9 @@ def test_watch_follows_new_versions_and_reloads_once_each(
     assert os.stat(d / "cert.pem").st_mode & 0o777 == 0o644
 
     expected = []
-    for data in (calm, due):
-        _put(bao, prefix, "due", data)  # another process pushes a renewal
-        expected.append(f"due {kv_version(bao, prefix, 'certificates/due')} {d}")
+    for version, data in enumerate((calm, due), start=2):
+        _put(bao, prefix, "due", {**data, "version": version})  # another process renews
+        expected.append(f"due {version} {d}")  # the certificate's version, as `show` says
         cert, key = data["cert"], data["privkey"]
         _until(lambda: _read(d / "cert.pem") == cert  # noqa: B023
                and _read(d / "privkey.pem") == key, "the new version's files")  # noqa: B023
@@ -160,8 +159,8 @@ def test_watch_survives_vault_gone_for_a_while(
         assert one_line_error(once).startswith(
             f"error: Cannot reach Vault at http://127.0.0.1:{proxy.port} ")
         assert not (tmp_path / "init").exists()
-        _put(bao, prefix, "due", calm)  # straight to OpenBao, past the proxy
-        version = kv_version(bao, prefix, "certificates/due")
+        version = 2
+        _put(bao, prefix, "due", {**calm, "version": version})  # straight to OpenBao
         assert snapshot(d) == before  # the app's files do not change while Vault is gone
         _until(lambda: _read(d / "cert.pem") == calm["cert"], "the write after the outage",
                timeout=outage + WAIT)
@@ -277,13 +276,13 @@ def test_once_and_bad_input(bao: Bao, golden: Golden, vault_env: dict[str, str],
         f"error: No lineage nosuch in Vault ({where}/nosuch)."
     assert not (tmp_path / "x").exists() or os.listdir(tmp_path / "x") == []
     assert fails("due", "calm", "--dir", str(tmp_path / "both"), "--once") == (
-        "Error: 2 lineages need one directory each: put {name} in --dir "
+        "error: 2 lineages need one directory each: put {name} in --dir "
         "(e.g. --dir /certs/{name}).")
     assert fails("due", "--dir", str(d), "--exec", "true") == (
-        "Error: --exec runs after a version --watch or --once wrote: add --watch or "
+        "error: --exec runs after a version --watch or --once wrote: add --watch or "
         "--once.")
     assert fails("due", "--format", "env", "--watch") == (
-        "Error: --watch and --once write files: use --format pem or bundle with --dir DIR.")
+        "error: --watch and --once write files: use --format pem or bundle with --dir DIR.")
     (tmp_path / "afile").write_text("")
     line = fails("due", "--dir", str(tmp_path / "afile" / "certs"), "--once")
     assert line.startswith("error: cannot write lineage due to ") and "Not a directory" in line
@@ -410,7 +409,7 @@ def test_a_directory_belongs_to_one_lineage(bao: Bao, golden: Golden,
         assert one_line_error(proc) == f"error: {refusal}", mode
         assert snapshot(shared) == first
     assert one_line_error(kvault("export", "calm", "--dir", str(shared), env=env,
-                                 check=False)) == f"Error: {refusal}"
+                                 check=False)) == f"error: {refusal}"
     assert snapshot(shared) == first
     proc = kvault("export", "due", "--dir", str(shared), "--once", *own, env=env)
     assert proc.stdout.startswith("current: due version 1 in ")
@@ -485,4 +484,4 @@ def test_exec_gets_no_vault_credentials(bao: Bao, golden: Golden, vault_env: dic
     assert (seen["KVAULT_LINEAGE"], seen["KVAULT_DIR"]) == ("due", str(d))
     assert one_line_error(kvault("export", "due", "--dir", str(d), "--once", "--exec-env",
                                  "VAULT_ADDR", env=env, check=False)) == (
-        "Error: --exec-env names what --exec's command gets: add --exec CMD.")
+        "error: --exec-env names what --exec's command gets: add --exec CMD.")

@@ -37,6 +37,7 @@ class Auth:
         self._token_expires_at: Optional[float] = None
         self._token_ttl: int = 0
         self._token_renewable = False
+        self._ttl_known = False  # a given token looked itself up (its TTL is known)
         self.logged_in = False
         # True only for a token we got from a machine login: ours to revoke.
         self._own_token = False
@@ -72,6 +73,7 @@ class Auth:
                     logger.debug("The token may not look itself up; its TTL is unknown")
                     info = {}
                 data = info.get("data") or {}
+                self._ttl_known = bool(data)
                 self._set_token_times(int(data.get("ttl") or 0), bool(data.get("renewable")))
                 self._own_token = False
             else:
@@ -116,8 +118,7 @@ class Auth:
         """One sentence; ``reason`` is Vault's own words (which never echo a credential)."""
         s = self.settings
         if method == "token":
-            return (f"Vault at {s.addr} rejected the token: it is invalid or expired. "
-                    "Set VAULT_TOKEN to a valid token (or run `vault login`).")
+            return self._token_message()
         what = {"approle": f"AppRole login (auth/{s.approle_mount}): check VAULT_ROLE_ID "
                            "and VAULT_SECRET_ID",
                 "kubernetes": f"Kubernetes login (auth/{s.k8s_mount}, role {s.k8s_role}): "
@@ -126,6 +127,37 @@ class Auth:
                        "bound claims and the token's audience"}[method]
         said = f" (Vault said: {reason})" if reason and reason != "permission denied" else ""
         return f"Vault at {s.addr} refused the {what}{said}."
+
+    def _token_message(self) -> str:
+        """Why Vault no longer takes the token we were given, as far as it can be told.
+
+        Vault answers an unknown token the same whatever the reason: an expired token is
+        deleted, so it is as unknown as a mistyped one. Only a token this run looked up
+        before can be told apart: its TTL ran out, or it was revoked before that.
+        """
+        s = self.settings
+        source = "VAULT_TOKEN" if s.token else "~/.vault-token"
+        fix = ("run `vault login` (it writes ~/.vault-token) or set VAULT_TOKEN"
+               if source != "VAULT_TOKEN" else "set VAULT_TOKEN to a valid token (or unset it "
+                                               "and run `vault login`)")
+        if not self.logged_in:
+            return (f"Vault at {s.addr} does not know the token in {source}: it was never "
+                    "issued, was revoked, or has expired (Vault keeps nothing of an expired "
+                    f"token, so it cannot say which); {fix}.")
+        expires = self._token_expires_at
+        if expires is not None and time.monotonic() >= expires - 2:
+            renewal = "it could not be renewed" if self._token_renewable else \
+                "it is not renewable"
+            return (f"The token in {source} expired during this run (its TTL of "
+                    f"{self._token_ttl}s ran out, and {renewal}); give a token with a longer "
+                    "TTL, or log in with AppRole, Kubernetes or JWT, which log in again by "
+                    "themselves.")
+        when = "" if expires is None else \
+            f", {expires - time.monotonic():.0f}s before its TTL would have ended"
+        why = "it was revoked" if self._ttl_known else \
+            "it was revoked, or expired (it may not look itself up, so its TTL is unknown)"
+        return (f"Vault at {s.addr} stopped taking the token in {source} during this "
+                f"run{when}: {why}; {fix}.")
 
     def _set_token_times(self, ttl: int, renewable: bool) -> None:
         self._token_ttl = ttl

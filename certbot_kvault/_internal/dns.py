@@ -92,8 +92,9 @@ def available_providers() -> dict[str, bool]:
     return dict(_lexicon_discovery().find_providers())
 
 
-def check_provider(provider: str, where: str, entry_name: str = "NAME") -> None:
-    """Refuse a provider name lexicon does not know or cannot load."""
+def check_provider(provider: str, where: str, entry_name: Optional[str] = None) -> None:
+    """Refuse a provider name lexicon does not know or cannot load. ``entry_name``: the
+    stored entry that names it (the fix is then to replace that entry)."""
     providers = available_providers()
     if provider in providers and providers[provider]:
         return
@@ -102,10 +103,11 @@ def check_provider(provider: str, where: str, entry_name: str = "NAME") -> None:
                        f"`pip install 'dns-lexicon[{provider}]'` where certbot runs.")
     close = difflib.get_close_matches(provider, list(providers), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    fix = "" if entry_name is None else (
+        f" Fix it with `certbot-kvault dns add {entry_name} --provider PROVIDER --option "
+        "KEY=VALUE ... --force`.")
     raise DNSError(f"Unknown DNS provider {provider!r} ({where}): it must be a dns-lexicon "
-                   f"provider name, e.g. powerdns, cloudflare, route53.{hint} Fix it with "
-                   f"`certbot-kvault dns add {entry_name} --provider PROVIDER --option "
-                   "KEY=VALUE ... --force`.")
+                   f"provider name, e.g. powerdns, cloudflare, route53.{hint}{fix}")
 
 
 class _OptionsParser(argparse.ArgumentParser):

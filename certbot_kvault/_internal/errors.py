@@ -202,3 +202,46 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, VaultError) and isinstance(
         e.__context__, (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway,
                         hvac.exceptions.VaultDown, hvac.exceptions.UnexpectedError))
+
+
+def check_address(settings: VaultSettings) -> None:
+    """Refuse an address that cannot be Vault's (requests would only say "No connection
+    adapters were found"), naming the variable or option that gave it."""
+    parts = urllib.parse.urlsplit(settings.addr)
+    if parts.scheme.lower() in ("http", "https") and parts.netloc:
+        return
+    rest = settings.addr.split("://", 1)[-1] or "vault.example.com:8200"
+    raise VaultError(f"{settings.source('addr')} is {settings.addr!r}: Vault's address needs "
+                     f"http:// or https:// (e.g. https://{rest}).")
+
+
+def path_missing(e: hvac.exceptions.InvalidPath, path: str,
+                 settings: VaultSettings) -> VaultError:
+    """A 404 on ``path``: the namespace does not exist, or nothing is there."""
+    if settings.namespace and "namespace not found" in " ".join(map(str, e.errors or ())):
+        return namespace_missing(settings)
+    return VaultPathMissing(f"Vault error on {path} ({type(e).__name__}): {first_line(e)}",
+                            said=e.errors or ())
+
+
+def mount_missing(settings: VaultSettings) -> VaultNotFound:
+    """The KV mount does not exist (in the namespace, when one is set)."""
+    mount, ns = settings.mount, settings.namespace
+    if ns:
+        return VaultNotFound(
+            f"KV mount '{mount}' does not exist in namespace '{ns}' "
+            f"({settings.source('namespace')}) at {settings.addr}; enable it there (`vault "
+            f"secrets enable -namespace={ns} -path={mount} kv-v2`), or set "
+            f"{settings.source('mount')} to your KV mount or {settings.source('namespace')} "
+            "to its namespace.")
+    return VaultNotFound(
+        f"KV mount '{mount}' does not exist at {settings.addr}; enable it (`vault secrets "
+        f"enable -path={mount} kv-v2`) or set {settings.source('mount')} to your KV mount.")
+
+
+def namespace_missing(settings: VaultSettings) -> VaultNotFound:
+    """Vault answered "namespace not found" for VAULT_NAMESPACE."""
+    ns, var = settings.namespace, settings.source("namespace")
+    return VaultNotFound(
+        f"Namespace '{ns}' ({var}) does not exist at {settings.addr}; create it (`vault "
+        f"namespace create {ns}`) or set {var} to an existing namespace.")

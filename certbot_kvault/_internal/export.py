@@ -66,12 +66,35 @@ class Options:
     secret_name: Optional[str] = None
     namespace: Optional[str] = None
     ca_crt: bool = False
+    key_mode: Optional[str] = None   # octal, e.g. 0640: apps that read the key as a group
+    key_group: Optional[str] = None  # a group name or id
+
+    @property
+    def key_file_mode(self) -> int:
+        """The mode of the files that hold the key (the key, a bundle); 0600 by default."""
+        return 0o600 if self.key_mode is None else int(self.key_mode, 8)
+
+    @property
+    def key_gid(self) -> Optional[int]:
+        """The group of the files that hold the key; None: the process's own."""
+        if self.key_group is None:
+            return None
+        if self.key_group.isdigit():
+            return int(self.key_group)
+        import grp
+
+        try:
+            return grp.getgrnam(self.key_group).gr_gid
+        except KeyError:
+            raise ExportError(f"--key-group {self.key_group!r}: no such group on this "
+                              "machine.") from None
 
     def check(self, fmt: str) -> None:
         """Refuse, in one line naming the flag, what ``fmt`` does not use or a bad name;
         called before anything is read, so a wrong command costs no Vault request."""
-        uses = {"pem": {"cert_file", "chain_file", "fullchain_file", "key_file", "cert_type"},
-                "bundle": {"bundle_file", "cert_type"},
+        uses = {"pem": {"cert_file", "chain_file", "fullchain_file", "key_file", "cert_type",
+                        "key_mode", "key_group"},
+                "bundle": {"bundle_file", "cert_type", "key_mode", "key_group"},
                 "env": {"env_style", "cert_type"},
                 "k8s-secret": {"secret_name", "namespace", "ca_crt", "cert_type"}}[fmt]
         for f in dataclasses.fields(self):
@@ -94,6 +117,7 @@ class Options:
                 seen[name] = field
         if self.bundle_file is not None:
             _check_file_name(self.bundle_file, "bundle_file")
+        self._check_key_access()
         if self.secret_name is not None and not _is_k8s_name(self.secret_name):
             raise ExportError(f"--secret-name {self.secret_name!r} is not a valid Kubernetes "
                               "name (lower-case letters, digits, '-' and '.', at most 253).")
@@ -101,6 +125,23 @@ class Options:
                                                and _K8S_LABEL.match(self.namespace)):
             raise ExportError(f"--namespace {self.namespace!r} is not a valid Kubernetes "
                               "namespace (lower-case letters, digits and '-', at most 63).")
+
+    def _check_key_access(self) -> None:
+        if self.key_mode is not None:
+            try:
+                mode = int(self.key_mode, 8)
+            except ValueError:
+                mode = -1
+            # Owner reads it; the group may (the point of the option); others never.
+            if not 0 <= mode <= 0o770 or not mode & 0o400 or mode & 0o007:
+                raise ExportError(f"--key-mode {self.key_mode!r} must be an octal mode the "
+                                  "owner may read and others may not, e.g. 0640 or 0440.")
+        gid = self.key_gid
+        if gid is not None and os.geteuid() != 0 and gid not in (os.getegid(),
+                                                                  *os.getgroups()):
+            # Found now, before any file is written.
+            raise ExportError(f"--key-group {self.key_group}: this user is not in that group, "
+                              "so it cannot give the key to it (run as root or as a member).")
 
     def _pem_names(self) -> list[tuple[str, str]]:
         defaults = (("cert_file", "cert.pem"), ("chain_file", "chain.pem"),
@@ -130,12 +171,14 @@ def planned_files(record: LineageRecord, fmt: str,
     """(file name, content, mode) of each file ``fmt`` writes, the key last."""
     opts = opts or Options()
     pems = record.pems
+    key_mode = opts.key_file_mode
     if fmt == "bundle":
         cert = pems.cert if opts.cert_type == "cert" else pems.fullchain
-        return [(opts.bundle_file or f"{record.name}.pem", _joined(pems.privkey, cert), 0o600)]
+        return [(opts.bundle_file or f"{record.name}.pem", _joined(pems.privkey, cert),
+                 key_mode)]
     cert = pems.fullchain if opts.cert_type == "fullchain" else pems.cert
     texts = {"cert_file": (cert, 0o644), "chain_file": (pems.chain, 0o644),
-             "fullchain_file": (pems.fullchain, 0o644), "key_file": (pems.privkey, 0o600)}
+             "fullchain_file": (pems.fullchain, 0o644), "key_file": (pems.privkey, key_mode)}
     return [(name, texts[field][0].encode("utf-8"), texts[field][1])
             for field, name in opts._pem_names() if name]
 
@@ -150,6 +193,7 @@ def file_set(record: LineageRecord, fmt: str,
 def export_files(record: LineageRecord, directory: str, fmt: str,
                  opts: Optional[Options] = None) -> list[str]:
     """Write the lineage's files into ``directory``; returns the paths written."""
+    opts = opts or Options()
     files = planned_files(record, fmt, opts)
     directory = os.path.abspath(directory)
     try:
@@ -157,13 +201,14 @@ def export_files(record: LineageRecord, directory: str, fmt: str,
     except OSError as e:
         raise ExportError(f"Cannot create {directory}: {e.strerror or e}; nothing was "
                           "written.") from None
-    return write_together(directory, files, owner=record.name)
+    return write_together(directory, files, owner=record.name, key_group=opts.key_gid)
 
 
 def write_together(directory: str, files: list[tuple[str, bytes, int]],
-                   owner: Optional[str] = None) -> list[str]:
+                   owner: Optional[str] = None, key_group: Optional[int] = None) -> list[str]:
     """Stage every file as a temp file in ``directory``, then rename them all into place;
-    with ``owner``, only once the directory is that lineage's (``dir_owner.claim``)."""
+    with ``owner``, only once the directory is that lineage's (``dir_owner.claim``). The
+    files that hold the key (the only ones others may not read) get ``key_group``."""
     staged: list[tuple[str, str]] = []
     renamed = 0
     try:
@@ -174,6 +219,8 @@ def write_together(directory: str, files: list[tuple[str, bytes, int]],
             # mkstemp makes the file 0600, so a key is never readable by others.
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kvault-", suffix=".tmp")
             staged.append((tmp, path))
+            if key_group is not None and not mode & 0o007:
+                os.chown(tmp, -1, key_group)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             filesystem.chmod(tmp, mode)

@@ -79,11 +79,14 @@ def describe(e: OSError) -> str:
     return f"{reason}: {e.filename}" if e.filename else reason
 
 
-def create_file(path: str, data: bytes, mode: int) -> None:
-    """Write a new file in place (it must not exist), private until its ``mode`` is set:
-    for a directory no reader knows of yet, where a temp file and a rename buy nothing."""
+def create_file(path: str, data: bytes, mode: int, group: Optional[int] = None) -> None:
+    """Write a new file in place (it must not exist), private until its ``mode`` (and
+    ``group``) is set: for a directory no reader knows of yet, where a temp file and a
+    rename buy nothing."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
+        if group is not None:
+            os.fchown(fd, -1, group)
         _write_all(fd, data)
         os.fchmod(fd, mode)
     finally:
@@ -192,16 +195,16 @@ def remove_tree(path: str) -> None:
 
 
 def replace_links(path: str, targets: dict[str, str], new: str, old: str, readme: bytes,
-                  dir_mode: int, file_mode: int) -> None:
+                  dir_mode: int, file_mode: int) -> bool:
     """Make ``path`` a directory whose links ``name -> target`` are ``targets``, switched
     all at once: built in ``new`` (with whatever else ``path`` held, and ``readme`` as
     README if it held none), then swapped in (``replace_dir``). Leftover ``new``/``old``
-    dirs of a killed call are removed first; links already right are left alone."""
+    dirs of a killed call are removed first; links already right are left alone (False)."""
     if os.path.exists(os.path.join(path, "README")) and all(
             os.path.islink(os.path.join(path, link))
             and os.readlink(os.path.join(path, link)) == target
             for link, target in targets.items()):
-        return
+        return False
     for leftover in (new, old):
         remove_tree(leftover)
     os.mkdir(new, dir_mode)
@@ -217,6 +220,7 @@ def replace_links(path: str, targets: dict[str, str], new: str, old: str, readme
         # ``new`` is ours alone until it is swapped in: no temp file needed.
         create_file(os.path.join(new, "README"), readme, file_mode)
     replace_dir(new, path, old)
+    return True
 
 
 def _carry_over(src: str, dst: str, skip: set[str]) -> None:

@@ -55,6 +55,11 @@ class Report:
     def ok(self) -> bool:
         return not self.failed
 
+    def done(self, kind: str) -> list[str]:
+        """The names of the items of ``kind`` ('lineage') written or found unchanged."""
+        return [i.split(" ", 1)[1] for i in self.written + self.unchanged
+                if i.startswith(kind + " ")]
+
     def as_dict(self) -> dict[str, object]:
         return {"written": self.written, "unchanged": self.unchanged,
                 "failed": [{"item": i, "error": e} for i, e in self.failed],

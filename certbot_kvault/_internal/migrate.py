@@ -365,8 +365,8 @@ def apply(layout: Layout, plan: Plan, *, force: bool = False, dry_run: bool = Fa
 
 def _apply_one(layout: Layout, item: Item, force: bool, dry_run: bool) -> bool:
     rec = item.record
-    refuse = RecordError(f"{item.where} exists with other content; --force replaces it "
-                         "(a lineage as its next version).")
+    how = " (a lineage as its next version)" if isinstance(rec, LineageRecord) else ""
+    refuse = RecordError(f"{item.where} exists with other content; --force replaces it{how}.")
     if isinstance(rec, dict):
         name = item.item.split(" ", 1)[1]
         ours_dns = layout.load_dns(name)
@@ -381,8 +381,8 @@ def _apply_one(layout: Layout, item: Item, force: bool, dry_run: bool) -> bool:
         entry = layout.vault.read(layout.path("accounts", rec.server_path, rec.account_id))
         if entry is not None:
             try:
-                if AccountRecord.from_kv(rec.server_path, rec.account_id, entry,
-                                         item.where).same_content(rec):
+                if _same_json(AccountRecord.from_kv(rec.server_path, rec.account_id, entry,
+                                                    item.where).to_kv(), rec.to_kv()):
                     return False
             except RecordError:
                 pass
@@ -409,3 +409,10 @@ def _apply_one(layout: Layout, item: Item, force: bool, dry_run: bool) -> bool:
     if not dry_run:
         layout.save_lineage(record, cas=entry.version if entry else 0)
     return True
+
+
+def _same_json(ours: dict[str, Any], theirs: dict[str, Any]) -> bool:
+    """Equal as JSON, not as text: `vault kv put @meta.json` (their way) stores the JSON's
+    keys, which Vault gives back sorted; ours holds the text certbot wrote."""
+    return ours["server"] == theirs["server"] and all(
+        json.loads(ours[f]) == json.loads(theirs[f]) for f in ("meta", "private_key", "regr"))

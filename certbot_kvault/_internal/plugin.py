@@ -95,7 +95,9 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
 
     def _settings(self) -> VaultSettings:
         overrides = {field: self.conf(option) for option, field in SETTING_OPTIONS.items()}
-        return VaultSettings.from_env(**overrides)
+        return VaultSettings.from_env(
+            flags={field: f"--kvault-{option}" for option, field in SETTING_OPTIONS.items()},
+            **overrides)
 
     @property
     def vault(self) -> VaultClient:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from certbot import errors
 
-from certbot_kvault._internal import confs, sync, synced
+from certbot_kvault._internal import account_choice, confs, sync, synced
 from certbot_kvault._internal.dirlock import DirLock
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
@@ -185,17 +185,24 @@ def _renew(layout: Layout, tree: Tree, args: list[str], workers: int, lock_wait:
         rcs: dict[str, int] = {}
         output = ""
         base = ["renew", "--no-random-sleep-on-renew", *dir_args(tree), *args, *force]
+        # With --server, certbot leaves the account to the user: each lineage's own.
+        accounts = account_choice.to_name(tree, allowed, args)
+        used = sorted(set(accounts.values()))
         with dir_lock.released(lambda: stop.stopping), stop.phase(CERTBOT):  # certbot takes it
-            if allowed and set(allowed) == set(local):
-                rc, output = run_certbot(base, stream, stream_err, stop)
+            if allowed and set(allowed) == set(local) and (
+                    not accounts or (set(accounts) == set(allowed) and len(used) == 1)):
+                rc, output = run_certbot([*base, *(["--account", *used] if used else [])],
+                                         stream, stream_err, stop)
             else:
                 # The dir holds lineages this renewer may not touch (kept from
-                # earlier runs, or held by other renewers): one certbot each.
+                # earlier runs, or held by other renewers), or they use several
+                # accounts: one certbot each.
                 for name in allowed:
                     if stop.stopping:
                         break
-                    rcs[name], one_out = run_certbot([*base, "--cert-name", name], stream,
-                                                     stream_err, stop)
+                    named = ["--account", accounts[name]] if name in accounts else []
+                    rcs[name], one_out = run_certbot([*base, "--cert-name", name, *named],
+                                                     stream, stream_err, stop)
                     rc = rc or rcs[name]
                     output += one_out
         after = _states(tree)
@@ -311,6 +318,9 @@ def run(layout: Layout, tree: Tree, args: list[str], *, workers: int,
                     f"Not running certbot: {len(pulled.failed)} record(s) could not be pulled "
                     "from Vault (above); certbot could otherwise create duplicate lineages. "
                     "Fix or `certbot-kvault rm` them.")
+            ambiguous = account_choice.ambiguity(tree, args)
+            if ambiguous:
+                raise account_choice.AccountNotChosen(ambiguous)
             extra = []
             if args and args[0] == "renew" and "--no-random-sleep-on-renew" not in args:
                 # Without a TTY certbot would sleep up to 8 minutes first.

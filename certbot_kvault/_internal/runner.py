@@ -35,7 +35,16 @@ DIR_FLAGS = ("--config-dir", "--work-dir", "--logs-dir")
 _FAILURE_RE = re.compile(r"/live/([^/\s]+)/fullchain\.pem \(failure\)")
 _PARSEFAIL_RE = re.compile(r"/renewal/([^/\s]+)\.conf \(parsefail\)")
 # certbot's log line for each failed lineage (renewal.py: "Failed to renew ... with error").
-_REASON_RE = re.compile(r"Failed to renew certificate (\S+) with error: ([^\n]*)")
+_REASON_RE = re.compile(r"Failed to renew certificate (\S+) with error: (.*)")
+# Where certbot's next message starts: the lines of an error (often its cause, e.g.
+# the setting that "Missing command line flag or config entry" names) come before.
+_NEXT_MESSAGE_RE = re.compile(
+    r"^(Failed to renew certificate |All renewals |The following |(- )+-|Processing |"
+    r"Renewing |Saving debug log|Ask for help|\d+ renew failure|Congratulations|"
+    r"Hook |Running |Waiting |Cleaning up)")
+_REASON_LINES = 8
+# A line of certbot's renewal summary ("  .../fullchain.pem (failure)"): not an error's.
+_SUMMARY_RE = re.compile(r"\.(pem|conf) \((success|failure|skipped|parsefail)\)$")
 
 
 class CertbotNotFound(errors.Error):
@@ -172,6 +181,20 @@ def certbot_failures(rc: int, rcs: dict[str, int], output: str, asked: Sequence[
 
 
 def failure_reasons(output: str) -> dict[str, str]:
-    """certbot's one-line error for each lineage it failed to renew (last one wins)."""
-    return {name: reason.strip() for name, reason in _REASON_RE.findall(output)
-            if reason.strip()}
+    """certbot's error for each lineage it failed to renew (last one wins), with the lines
+    that follow it up to certbot's next message, joined into one line."""
+    reasons: dict[str, str] = {}
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        found = _REASON_RE.search(line)
+        if found is None:
+            continue
+        parts = [found.group(2)]
+        for more in lines[i + 1:i + 1 + _REASON_LINES]:
+            if _NEXT_MESSAGE_RE.match(more.strip()) or _SUMMARY_RE.search(more.strip()):
+                break
+            parts.append(more)
+        reason = " ".join(" ".join(parts).split())
+        if reason:
+            reasons[found.group(1)] = reason
+    return reasons

@@ -110,6 +110,9 @@ class VaultSettings:
     ha_deadline: float = 30.0
     # True when from_env found no address anywhere and fell back to DEFAULT_ADDR.
     addr_is_default: bool = False
+    # The options that were passed (field -> flag), so messages name what was given.
+    given: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False,
+                                                 compare=False)
 
     # Each field, the variable that sets it; the same names as the vault CLI
     # where the vault CLI has one.
@@ -138,9 +141,13 @@ class VaultSettings:
     }, repr=False, compare=False)
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None,
-                 **overrides: Any) -> VaultSettings:
-        """Settings from the environment; non-None ``overrides`` win (CLI options)."""
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, *,
+                 flags: Optional[Mapping[str, str]] = None, **overrides: Any) -> VaultSettings:
+        """Settings from the environment; non-None ``overrides`` win (CLI options).
+
+        ``flags``: field -> the option that overrides it, for ``source`` (default: the
+        CLI's ``--vault-*`` options).
+        """
         env = os.environ if environ is None else environ
         settings = cls()
         for name, var in settings.ENV.items():
@@ -160,7 +167,17 @@ class VaultSettings:
         settings.addr = settings.addr.rstrip("/")
         settings.addr_is_default = (env.get("VAULT_ADDR") in (None, "")
                                     and overrides.get("addr") in (None, ""))
+        names = flags if flags is not None else {field: flag for flag, field, _, _ in
+                                                 VAULT_OPTIONS}
+        # An override equal to the variable is click reading the variable for its option.
+        settings.given = {name: names.get(name, name) for name, value in overrides.items()
+                          if value not in (None, "")
+                          and value != env.get(settings.ENV.get(name, ""))}
         return settings
+
+    def source(self, field: str) -> str:
+        """What set ``field``, for a message: the option passed, else its variable."""
+        return self.given.get(field) or self.ENV.get(field, field)
 
     @property
     def where(self) -> str:

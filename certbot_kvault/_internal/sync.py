@@ -111,8 +111,7 @@ def pull(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     if asking:
         report.warnings.append(renewal_conf.profiles_ignored_warning(asking))
     if accounts and used_accounts_only:
-        pulled = [i[len("lineage "):] for i in report.written if i.startswith("lineage ")]
-        used = _used_accounts(tree, pulled)
+        used = _used_accounts(tree, report.done("lineage"))
         if used is None:  # a lineage without account/server: certbot may need any of them
             used = {(s, i): [] for s, i in layout.list_accounts()}
         users = {f"{s}\0{i}": (s, i, lineages) for (s, i), lineages in used.items()}
@@ -156,10 +155,10 @@ def _pull_account(tree: Tree, layout: Layout, server_path: str, account_id: str,
                               f"which is not in Vault ({where}); its renewal will fail.")
         if record is None:
             raise RecordError(f"{where} vanished while pulling.")
-        tree.write_account(record)
+        changed = tree.write_account(record)
         manifest.note(ACCOUNTS, account_key(server_path, account_id), record.kv_version,
                       account_fingerprint(record))
-        return True
+        return changed
 
     return _outcome(f"account {account_id}", work)
 
@@ -193,7 +192,7 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Option
         if asking is not None and (profile := renewal_conf.profile_asked(record.renewal)):
             asking.append((name, *profile))
         pulled = entry
-        return True
+        return written.changed
 
     report = _outcome(f"lineage {name}", work)
     report.warnings += warnings
@@ -212,12 +211,13 @@ def _pull_lineage(tree: Tree, layout: Layout, name: str, fetched: Fetched[Option
 
 
 def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
-         workers: int = DEFAULT_WORKERS, accounts: bool = True,
+         workers: int = DEFAULT_WORKERS, accounts: bool = True, force: bool = False,
          expected: Optional[dict[str, int]] = None, progress: Tick = None) -> Report:
     """Write local accounts and the named (or all) lineages to Vault; only what changed.
 
     Unchanged since the last pull or push (synced.py): not even read. Changed: written
     with check-and-set against the KV version last synced (so a change since loses).
+    ``force``: the manifest is not asked (each record is read and compared: a repair).
 
     ``expected`` (lineage -> KV version seen at pull time, ``Report.versions``)
     fences those lineages: the write is a check-and-set against that version,
@@ -228,7 +228,7 @@ def push(tree: Tree, layout: Layout, names: Optional[list[str]] = None,
     fence = expected or {}
     layout.vault.login()
     report = Report()
-    manifest = Manifest(tree, layout.vault.settings)
+    manifest = Manifest(tree, layout.vault.settings, ignored=force)
     report.warnings += manifest.check_newest(layout)  # Vault restored from a snapshot?
     if accounts:
         urls = tree.server_urls()

@@ -196,8 +196,11 @@ def as_pulled(tree: Tree, remote: LineageRecord, local: LineageRecord) -> bool:
 class Manifest:
     """The manifest of one config dir for one Vault; safe to use from the push workers."""
 
-    def __init__(self, tree: Tree, settings: VaultSettings) -> None:
+    def __init__(self, tree: Tree, settings: VaultSettings, ignored: bool = False) -> None:
+        """``ignored``: ``get`` knows nothing (push --force compares everything), while
+        what is noted and kept is saved as ever."""
         self.path = os.path.join(tree.config_dir, MANIFEST)
+        self._ignored = ignored
         self.vault = vault_id(settings)
         self._entries: dict[str, dict[str, Entry]] = {LINEAGES: {}, ACCOUNTS: {}}
         # (lineage, KV version, when that version was made): the newest this dir knows.
@@ -219,6 +222,8 @@ class Manifest:
                 logger.debug("%s not used (%s): every record is read back", self.path, e)
 
     def get(self, kind: str, key: str) -> Optional[Entry]:
+        if self._ignored:
+            return None
         with self._mutex:
             return self._entries[kind].get(key)
 

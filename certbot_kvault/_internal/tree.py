@@ -87,6 +87,7 @@ class Written:
     conf: bytes
     links: dict[str, str]
     files: Optional[dict[str, bytes]]
+    changed: bool = True  # False: every file, link and the conf were right already
 
 
 class Tree:
@@ -269,6 +270,7 @@ class Tree:
         versions = {**record.archive, record.version: record.pems}
         file_mode = self.file_mode
         files: Optional[dict[str, bytes]] = {} if fresh else None
+        changed = fresh
         for n, pems in sorted(versions.items()):
             for kind in PEM_KINDS:
                 path = os.path.join(archive, f"{kind}{n}.pem")
@@ -283,17 +285,20 @@ class Tree:
                     if not same_file(path, data, None):
                         atomic_write(path, data, BASE_PRIVKEY_MODE,
                                       like=key_to_follow(archive, n))
+                        changed = True
                 elif not same_file(path, data, file_mode):
                     atomic_write(path, data, file_mode)
+                    changed = True
         # All four at once: switched one by one, a kill could pair a cert with another key.
         links = {f"{kind}.pem": os.path.relpath(
             os.path.join(archive, f"{kind}{record.version}.pem"), live) for kind in PEM_KINDS}
-        replace_links(live, links, *switch_dirs, readme=LIVE_README.format(prefix="").encode(),
-                      dir_mode=self.dir_mode, file_mode=file_mode)
+        changed |= replace_links(live, links, *switch_dirs, dir_mode=self.dir_mode,
+                                 file_mode=file_mode, readme=LIVE_README.format(prefix="").encode())
         conf_path = self.renewal_conf_path(name)
         if not same_file(conf_path, conf_bytes, None):
             atomic_write(conf_path, conf_bytes, file_mode)
-        return Written(ignored=ignored, conf=conf_bytes, links=links, files=files)
+            changed = True
+        return Written(ignored, conf_bytes, links, files, changed)
 
     def _switch_dirs(self, name: str) -> tuple[str, str]:
         """Where ``live/NAME`` is rebuilt and swapped from (certbot finds lineages by their
@@ -363,7 +368,7 @@ class Tree:
             raise TreeError(str(e)) from None
         return record
 
-    def write_account(self, record: AccountRecord) -> None:
+    def write_account(self, record: AccountRecord) -> bool:
         self.ensure_base()
         # certbot makes the server dirs and the account dir 0700, parents included.
         d = self._p("accounts", record.server_path,
@@ -371,6 +376,7 @@ class Tree:
         make_dirs(d, 0o700)
         remove_temp_files(d)
         mode = self.file_mode
+        changed = False
         # meta and regr first: certbot loads an account by its key file.
         for fname, text, fmode in (("meta.json", record.meta, mode),
                                    ("regr.json", record.regr, mode),
@@ -380,6 +386,8 @@ class Tree:
             # A key with the right content keeps whatever mode the admin gave it.
             if not same_file(path, data, None if fname == "private_key.json" else fmode):
                 atomic_write(path, data, fmode)
+                changed = True
+        return changed  # False: the three files were right already
 
     def server_urls(self) -> dict[str, str]:
         """server_path -> directory URL, as the renewal confs name them."""

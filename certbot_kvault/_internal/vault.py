@@ -29,14 +29,16 @@ from certbot_kvault._internal.errors import (
     VaultConflict,
     VaultError,
     VaultNotAnAPI,
-    VaultNotFound,
     VaultPathMissing,
     VaultPermissionDenied,
     VaultSealed,
     VaultUnsupported,
+    check_address,
     first_line,
     leaderless,
+    mount_missing,
     no_leader,
+    path_missing,
     redirected_to,
     transport_error,
 )
@@ -64,6 +66,7 @@ class VaultClient:
     """
 
     def __init__(self, settings: VaultSettings, pool_size: int = 16) -> None:
+        check_address(settings)
         self.settings = settings
         self._session, self._direct = make_session(settings, pool_size)
         # `with at_leader():` this thread's requests go to the active node (the locks').
@@ -141,10 +144,9 @@ class VaultClient:
                 raise VaultError(f"Vault rejected the request on {path}: {first_line(e)}",
                                  said=e.errors or ()) from None
             except hvac.exceptions.InvalidPath as e:
-                # A 404: below a KV mount, an absent secret (the callers' None or []).
-                raise VaultPathMissing(
-                    f"Vault error on {path} ({type(e).__name__}): {first_line(e)}",
-                    said=e.errors or ()) from None
+                # A 404: below a KV mount, an absent secret (the callers' None or []);
+                # anywhere, a namespace that does not exist.
+                raise path_missing(e, path, self.settings) from None
             except hvac.exceptions.VaultError as e:
                 if leaderless(e):
                     if election.again():
@@ -196,7 +198,7 @@ class VaultClient:
                 raise self._mount_not_visible() from None
             except VaultError as e:
                 if isinstance(e, VaultPathMissing) or e.vault_said("no matching mount"):
-                    raise self._mount_missing() from None
+                    raise mount_missing(self.settings) from None
                 raise
             data = (info or {}).get("data") or {}
             if data.get("type") not in ("kv", "generic", None):
@@ -206,13 +208,6 @@ class VaultClient:
             version = str((data.get("options") or {}).get("version") or "1")
             self._kv_version = 2 if version == "2" else 1
         return self._kv_version
-
-    def _mount_missing(self) -> VaultNotFound:
-        mount = self.settings.mount
-        return VaultNotFound(
-            f"KV mount '{mount}' does not exist at {self.settings.addr}; enable it "
-            f"(`vault secrets enable -path={mount} kv-v2`) or set KVAULT_MOUNT to your KV "
-            "mount.")
 
     def _mount_not_visible(self) -> VaultError:
         """Tell a missing mount from a token without rights below it.
@@ -227,7 +222,7 @@ class VaultClient:
         except hvac.exceptions.InvalidPath as e:
             said = " ".join(str(x) for x in (e.errors or []))
             if "no handler for route" in said or "unsupported path" in said:
-                return self._mount_missing()
+                return mount_missing(self.settings)
         except Exception:  # noqa: BLE001 - the probe only refines the message below
             logger.debug("mount probe failed", exc_info=True)
         return VaultPermissionDenied(

@@ -45,7 +45,7 @@ from certbot import errors
 
 from certbot_kvault._internal.dir_owner import DATA_LINK, DirTaken, claim
 from certbot_kvault._internal.errors import VaultError, VaultPermissionDenied, is_transient
-from certbot_kvault._internal.files import make_dirs, remove_tree
+from certbot_kvault._internal.files import create_file, make_dirs, remove_tree
 from certbot_kvault._internal.layout import Layout
 from certbot_kvault._internal.records import LineageRecord, RecordError
 from certbot_kvault._internal.redact import one_line
@@ -118,14 +118,15 @@ def _links_right(directory: str, names: list[str]) -> bool:
                and os.readlink(os.path.join(directory, n)) == f"{DATA}/{n}" for n in names)
 
 
-def write_set(directory: str, files: list[FileSpec],
-              owner: Optional[str] = None) -> tuple[bool, bool]:
+def write_set(directory: str, files: list[FileSpec], owner: Optional[str] = None,
+              key_group: Optional[int] = None) -> tuple[bool, bool]:
     """Make ``directory`` hold exactly ``files``; returns (changed, held a set before).
 
     Already right: nothing is touched. Otherwise the new set is switched in
     whole (see the module docstring); a failure leaves the previous set as it
     was, and what this call made is removed. With ``owner``, the directory must
-    be (or become) that lineage's first (``dir_owner.claim``).
+    be (or become) that lineage's first (``dir_owner.claim``). ``key_group``: the key
+    files' group.
     """
     directory = os.path.abspath(directory)
     want = {name: (text.encode("utf-8"), mode) for name, text, mode in files}
@@ -141,15 +142,18 @@ def write_set(directory: str, files: list[FileSpec],
     before = current_set(directory)
     if before is None and _adopt_plain_files(directory, list(want)):
         before = current_set(directory)
-    if before == want and _links_right(directory, list(want)):
+    # The files that hold the key are the only ones others may not read (export.py).
+    keys = [name for name, (_, mode) in want.items() if mode & 0o007 == 0]
+    if before == want and _links_right(directory, list(want)) and (key_group is None or all(
+            os.stat(os.path.join(directory, DATA, k)).st_gid == key_group for k in keys)):
         _clean(directory)
         return False, True
     new = _version_dir(directory)
     try:
-        # Certificates first and the key last, each created with its mode before a
-        # byte is in it: a key is never readable with another file's permissions.
-        for name, (data, mode) in sorted(want.items(), key=lambda kv: kv[1][1] & 0o077 == 0):
-            _create(os.path.join(new, name), data, mode)
+        # Certificates first and the key last, each private until its mode (and group) is
+        # set: a key is never readable with another file's permissions.
+        for name, (data, mode) in sorted(want.items(), key=lambda kv: kv[0] in keys):
+            create_file(os.path.join(new, name), data, mode, key_group if name in keys else None)
         _switch(directory, os.path.basename(new))
     except BaseException:
         remove_tree(new)
@@ -166,14 +170,6 @@ def _version_dir(directory: str) -> str:
     # keeps its own 0600.
     os.chmod(new, 0o755)  # noqa: S103
     return new
-
-
-def _create(path: str, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                 mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(fd, mode)  # the exact mode whatever the umask, while the file is empty
-        f.write(data)
 
 
 def _switch(directory: str, target: str) -> None:
@@ -260,7 +256,8 @@ class Watcher:
     def __init__(self, layout: Layout, targets: dict[str, str],
                  files: Callable[[LineageRecord], list[FileSpec]], say: Say,
                  exec_argv: Optional[list[str]] = None, interval: float = DEFAULT_INTERVAL,
-                 stop: Optional[Stop] = None, exec_env: Sequence[str] = ()) -> None:
+                 stop: Optional[Stop] = None, exec_env: Sequence[str] = (),
+                 key_group: Optional[int] = None) -> None:
         self.layout = layout
         self.targets = [Target(n, d) for n, d in targets.items()]
         self.files = files
@@ -269,6 +266,7 @@ class Watcher:
         self.exec_env = tuple(exec_env)
         self.interval = interval
         self.stop = stop or Stop()
+        self.key_group = key_group            # the group of the files that hold the key
         self.down: Optional[str] = None       # Vault's transient failure, said once
         self.cheap = True                     # metadata reads allowed (KV v2)
 
@@ -362,9 +360,9 @@ class Watcher:
             record.version, record.info.serial if record.info else "")
         if mark in (t.seen, t.bad):
             return None
-        changed, had_set = write_set(t.directory, self.files(record), owner=t.name)
+        changed, had_set = write_set(t.directory, self.files(record), t.name, self.key_group)
         t.seen = mark
-        version = str(record.kv_version or record.version)
+        version = str(record.version)  # the certificate's (archive number), as `show` says
         where_to = os.path.abspath(t.directory)
         if not changed:
             self.say(f"current: {t.name} version {version} in {where_to}")

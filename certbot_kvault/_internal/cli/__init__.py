@@ -14,9 +14,11 @@ against the commands by the tests).
 from __future__ import annotations
 
 import importlib
+import io
 import os
+import re
 import sys
-from typing import Any, NoReturn, Optional
+from typing import IO, Any, NoReturn, Optional
 
 import click
 
@@ -56,6 +58,31 @@ META_VERBOSE = "certbot_kvault.verbose"
 LOG_NAME = "certbot-kvault.log"
 
 
+class _Lowercase(click.ClickException):
+    """A click error shown as certbot-kvault's other lines are, ``error: ...`` (click
+    writes "Error:"), usage and hint lines kept."""
+
+    def __init__(self, original: click.ClickException) -> None:
+        super().__init__(original.message)
+        self.original = original
+
+    def show(self, file: Optional[IO[Any]] = None) -> None:
+        shown = io.StringIO()
+        self.original.show(shown)
+        text = re.sub(r"^Error: ", "error: ", shown.getvalue(), count=1, flags=re.MULTILINE)
+        click.echo(text, file=file, err=file is None, nl=False)
+
+
+class _LowercaseUsage(_Lowercase):
+    exit_code = click.UsageError.exit_code
+
+
+def _lowercase(e: click.ClickException) -> click.ClickException:
+    if isinstance(e, _Lowercase):
+        return e
+    return (_LowercaseUsage if isinstance(e, click.UsageError) else _Lowercase)(e)
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use (see the module's doc), and
     the last net under them all: no traceback reaches a user."""
@@ -63,9 +90,10 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit,
-                click.exceptions.Abort):
-            raise  # click's own: one line and its exit status
+        except click.exceptions.ClickException as e:
+            raise _lowercase(e) from None  # click's own: one line and its exit status
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
@@ -79,6 +107,13 @@ class LazyGroup(click.Group):
             sys.exit(0)
         except Exception as e:  # noqa: BLE001 - the last net: anything unexpected
             _unexpected(ctx, e)
+
+    def make_context(self, info_name: Optional[str], args: list[str],
+                     parent: Optional[click.Context] = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as e:
+            raise _lowercase(e) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

@@ -19,7 +19,8 @@ from certbot_kvault._internal.cli.common import (
     note_pending,
     progress_bar,
 )
-from certbot_kvault._internal.records import LineageRecord, validate_name
+from certbot_kvault._internal.errors import VaultPermissionDenied
+from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
 from certbot_kvault._internal.schedule import LineageStatus, read_fleet, with_state
 from certbot_kvault._internal.state import MalformedState
 from certbot_kvault._internal.timefmt import floor_time
@@ -33,7 +34,9 @@ def list_(ctx: Context) -> None:
     NEXT_RENEWAL is when certbot's rule makes the lineage due (`now` when it
     is; the end of a failure backoff when that is later); FAILURES counts the
     renewals that failed in a row (`?` when this token may not read the
-    renewal memory, e.g. with the reader policy).
+    renewal memory, e.g. with the reader policy). A record that show, export
+    and pull would refuse (a corrupt certificate, a key that does not match it)
+    says `CORRUPT` there, with one line on stderr, and the exit status is 1.
     """
     note_pending(ctx)
     layout = ctx.layout
@@ -56,12 +59,35 @@ def list_(ctx: Context) -> None:
         row = {"name": name, "subject": domains[0] if domains else None,
                "domains": domains, "not_after": expires,
                "auto_renewable": bool(d.get("auto_renewable", True)),
-               "version": d.get("version")}
+               "version": d.get("version"),
+               "error": _flaw(name, status, layout.where("certificates", name))}
         row.update(status.as_json())
         rows.append(row)
     if ctx.json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
-        return
+    else:
+        _table(rows, fleet)
+    for r in rows:
+        if r["error"]:
+            click.echo(f"error: lineage {r['name']}: {r['error']}", err=True)
+    denied = next((s.state_error for s in fleet.values() if s.state_error), None)
+    if denied and not ctx.json:  # --json has it per lineage (state_error)
+        click.echo(f"note: FAILURES is ? because this token may not read the renewal "
+                   f"memory ({denied})", err=True)
+    if any(r["error"] for r in rows):
+        sys.exit(1)
+
+
+def _flaw(name: str, status: LineageStatus, where: str) -> Optional[str]:
+    """What show, export and pull would refuse in a record (they read it the same way)."""
+    try:
+        LineageRecord.from_kv(name, status.entry, where)
+    except RecordError as e:
+        return str(e)
+    return None
+
+
+def _table(rows: list[dict[str, Any]], fleet: dict[str, LineageStatus]) -> None:
     table = [("NAME", "SUBJECT", "EXPIRATION", "AUTO_RENEWABLE", "NEXT_RENEWAL", "FAILURES")]
     for r in rows:
         status = fleet[r["name"]]
@@ -69,7 +95,8 @@ def list_(ctx: Context) -> None:
         # escapes, shown escaped here (--json escapes them itself).
         table.append((r["name"], _printable(r["subject"] or "-"),
                       _printable(r["not_after"] or "-"),
-                      "yes" if r["auto_renewable"] else "no", _next(status),
+                      "yes" if r["auto_renewable"] else "no",
+                      "CORRUPT" if r["error"] else _next(status),
                       "?" if status.state_error else str(status.failures)))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for line in table:
@@ -113,14 +140,22 @@ def show(ctx: Context, name: str) -> None:
            "domains": info.domains, "not_before": info.not_before,
            "not_after": info.not_after, "serial": info.serial, "key_type": info.key_type,
            "auto_renewable": record.auto_renewable, "version": record.version,
-           "updated_at": record.updated_at, **status.as_json(), "issued": record.issued}
+           "kv_version": record.kv_version, "updated_at": record.updated_at,
+           **status.as_json(), "issued": record.issued}
     if ctx.json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
+    # Two numbers: users mean the first (export, env lines, the Secret, KVAULT_VERSION).
+    notes = {"version": f" (the certificate's: certbot's cert{record.version}.pem)",
+             "kv_version": " (Vault's version of the record: a renewal conf pushed alone "
+                           "adds one too)"}
     for key in ("name", "subject", "domains", "not_before", "not_after", "serial", "key_type",
-                "auto_renewable", "version", "updated_at"):
+                "auto_renewable", "version", "kv_version", "updated_at"):
         value = out[key]
-        click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+        if key == "kv_version" and value is None:
+            continue  # KV v1 keeps no versions
+        click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}"
+                   f"{notes.get(key, '')}")
     from certbot_kvault._internal import issued  # show's alone: `list` never needs it
 
     for key, value in _renewal_lines(status) + issued.lines(record.issued):
@@ -168,6 +203,12 @@ def _shape_options(fn: Any) -> Any:
                                            "made a valid Kubernetes name]"),
         click.option("--namespace", help="k8s-secret: the Secret's namespace [kubectl's]"),
         click.option("--ca-crt", is_flag=True, help="k8s-secret: add ca.crt (the chain)"),
+        click.option("--key-mode", metavar="MODE",
+                     help="pem, bundle: the octal mode of the file(s) holding the key, e.g. "
+                          "0640 for an app that reads it as a group [0600]"),
+        click.option("--key-group", metavar="GROUP",
+                     help="pem, bundle: the group (name or id) of the file(s) holding the key "
+                          "[the user's]"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -225,6 +266,9 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
     options.check(fmt)
     if fmt not in ("env", "k8s-secret") and not directory:
         raise click.ClickException(f"--format {fmt} writes files: pass --dir DIR.")
+    if fmt in ("env", "k8s-secret") and directory and not (watch or once):
+        raise click.ClickException(f"--dir does not apply to --format {fmt}, which prints to "
+                                   "stdout (redirect it to a file).")
     if fmt in ("env", "k8s-secret") and (watch or once):
         raise click.ClickException("--watch and --once write files: use --format pem or "
                                    "bundle with --dir DIR.")
@@ -242,7 +286,7 @@ def export_(ctx: Context, names: tuple[str, ...], directory: Optional[str], fmt:
         watcher = watch_mod.Watcher(ctx.layout, dirs,
                                     lambda r: export.file_set(r, fmt, options), _say, argv,
                                     interval, None if once else watch_mod.stop_on_signals(),
-                                    exec_env)
+                                    exec_env, key_group=options.key_gid)
         sys.exit(watcher.once() if once else watcher.run())
     for name in names:
         record = ctx.layout.load_lineage(validate_name(name))
@@ -283,6 +327,15 @@ def rm(ctx: Context, name: str, purge: bool) -> None:
     # goes, and a lineage issued again later under this name starts with no failures.
     try:
         had_state = layout.load_state(name) is not None
+    except VaultPermissionDenied:
+        # An application's token (reader.hcl): what it lacks for rm is delete.
+        kind = "metadata" if purge else "data"
+        paths = " and ".join(layout.vault.api_path(layout.path(area, name), kind)
+                             for area in ("state", "certificates"))
+        raise click.ClickException(
+            f"permission denied: rm needs delete on {paths} (and read on the first) "
+            f"({layout.vault.settings.where}); policies/reader.hcl and renewer.hcl grant no "
+            "delete: use an operator's token.") from None
     except MalformedState:
         had_state = True  # a broken memory goes with its lineage all the same
     layout.delete_state(name, purge=purge)

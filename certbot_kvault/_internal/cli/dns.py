@@ -98,7 +98,7 @@ def dns_add(ctx: Context, name: str, provider: str, provider_options: tuple[str,
     layout = ctx.layout
     where = layout.where("dns", name)
     provider = provider.strip()
-    kvault_dns.check_provider(provider, f"--provider for {where}")
+    kvault_dns.check_provider(provider, "--provider")
     options = _parse_options(provider_options)
     kvault_dns.check_options(provider, options, where)
     served = list(kvault_dns.parse_zones(list(zones), "--zone"))

@@ -9,6 +9,7 @@ import os
 from typing import Optional
 
 import click
+from click.core import ParameterSource
 
 from certbot_kvault._internal import migrate, sync
 from certbot_kvault._internal.cli.common import (
@@ -58,7 +59,14 @@ def import_(ctx: Context, source: Optional[str], path: Optional[str], server: st
                                "--from.")
     tree = ctx.tree
     if not os.path.isdir(tree.config_dir):
-        raise click.ClickException(f"{tree.config_dir} does not exist; pass --config-dir.")
+        origin = click.get_current_context().get_parameter_source("o_config_dir")
+        given = {ParameterSource.COMMANDLINE: "--config-dir ",
+                 ParameterSource.ENVIRONMENT: "KVAULT_CONFIG_DIR="}.get(origin) if origin \
+            else None
+        raise click.ClickException(
+            f"{given}{tree.config_dir} does not exist: it is certbot's config dir to import."
+            if given else f"{tree.config_dir} (the default) does not exist; pass --config-dir "
+                          "(certbot's config dir to import).")
     with ctx.dir_lock() as lock:
         lock.acquire()
         with progress_bar(ctx, "import") as tick:

@@ -53,11 +53,17 @@ def pull(ctx: Context, names: tuple[str, ...]) -> None:
 
 @click.command()
 @click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True,
+              help="Compare with Vault whatever kvault/synced.json says, and write what "
+                   "differs or is damaged there (check-and-set against the version read): "
+                   "repairs a record corrupted in Vault from this machine's files")
 @dir_lock_option
 @common_options(json_opt=True)
-def push(ctx: Context, names: tuple[str, ...]) -> None:
+def push(ctx: Context, names: tuple[str, ...], force: bool) -> None:
     """Write local lineages (all, or NAMES) and accounts to Vault; only what changed.
 
+    A lineage unchanged here since the last pull or push is not even read back;
+    --force reads it, and rewrites it when Vault's copy differs or is damaged.
     Holds certbot's lock on the config dir meanwhile, as certbot does.
     """
     for n in names:
@@ -67,7 +73,7 @@ def push(ctx: Context, names: tuple[str, ...]) -> None:
         report = ctx.finish_pending()
         with progress_bar(ctx, "push") as tick:
             report.merge(sync.push(ctx.tree, ctx.layout, list(names) or None,
-                                   workers=ctx.workers, progress=tick))
+                                   workers=ctx.workers, progress=tick, force=force))
     print_report(ctx, report, "pushed")
 
 
