@@ -226,15 +226,22 @@ def _private_key(text: str, where: str) -> tuple[bytes, str]:
 
 def _cert_domains(cert: x509.Certificate) -> list[str]:
     """The CN first, then the DNS and IP SANs, as certbot lists a certificate's names."""
-    try:
-        from acme.crypto_util import get_identifiers_from_x509
-    except ImportError:
+    import importlib
+
+    # import_module, not a from-import: acme wraps crypto_util in a module subclass, and a
+    # from-import asks the wrapper for __path__, a lookup CPython 3.13.0 can fail with
+    # "SystemError: error return without exception set" (seen in a pytest-xdist worker).
+    get_identifiers_from_x509 = getattr(importlib.import_module("acme.crypto_util"),
+                                        "get_identifiers_from_x509", None)
+    if get_identifiers_from_x509 is None:
         # acme 2.7 lacks it, and certbot's get_names_from_cert (deprecated since)
         # lists DNS names only: IP SANs (RFC 8738 orders) are added here.
         from certbot.crypto_util import get_names_from_cert
         from cryptography.hazmat.primitives import serialization
         pem = cert.public_bytes(serialization.Encoding.PEM)
         return get_names_from_cert(pem) + _ip_sans(cert)
+    dns_names: list[str]
+    ips: list[str]
     dns_names, ips = get_identifiers_from_x509(cert.subject, cert.extensions)
     return dns_names + ips
 
