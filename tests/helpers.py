@@ -54,6 +54,8 @@ from certbot_kvault._internal.store.records import LineageRecord, PemSet
 from certbot_kvault._internal.vault.client import VaultClient, VaultSettings
 
 KVAULT = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
+# Cases each Hypothesis property of test_generated.py ran, for the terminal summary.
+GENERATED_CASES: dict[str, int] = {}
 # Variables of the outer environment that must never leak into a test.
 SCRUB_PREFIXES = ("VAULT_", "KVAULT_", "BAO_")
 SCRUB_NAMES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")

@@ -37,11 +37,72 @@ POLL = 0.05
 # --------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Ports. A port a test was given stays its own while nothing listens on it (Pebble's
+# http-01 port between two certbot runs, a proxy's port while it refuses): so ports
+# come from below the kernel's ephemeral range, which no outgoing connection takes,
+# and each test process (a pytest-xdist worker, a session without xdist, the lowest
+# versions' run beside it, another checkout's suite) from a block of its own, held by
+# an flock for the life of the process; a port is never handed out twice by one process.
+PORT_LOW = 10000
+PORT_BLOCK = 250
+_ports: list[int] = []
+_port_blocks: list[Any] = []  # the open lock files: closing one frees its block
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _claim_block() -> bool:
+    """Take the first block no other process holds; False when none is left."""
+    import fcntl
+    import tempfile
+
+    locks = Path(tempfile.gettempdir()) / "certbot-kvault-test-ports"
+    for start in range(PORT_LOW, _ephemeral_low() - PORT_BLOCK + 1, PORT_BLOCK):
+        try:
+            locks.mkdir(exist_ok=True)
+            f = open(locks / f"{start}.lock", "a")  # noqa: SIM115 - held until exit
+        except OSError:  # e.g. another user's lock dir: the kernel's ports below
+            continue
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _port_blocks.append(f)
+        _ports.extend(range(start + PORT_BLOCK - 1, start - 1, -1))
+        return True
+    return False
+
+
+def _bindable(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(udp: bool = False) -> int:
+    """A TCP port (``udp``: TCP and UDP) free on 127.0.0.1, this process's alone."""
+    while _ports or _claim_block():
+        port = _ports.pop()
+        if _bindable(port, socket.SOCK_STREAM) and (
+                not udp or _bindable(port, socket.SOCK_DGRAM)):
+            return port
+    # Every block taken (or no room below the ephemeral range): the kernel's choice.
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not udp or _bindable(port, socket.SOCK_DGRAM):
+            return port
+    raise RuntimeError("no free port found")
 
 
 def listening(port: int) -> bool:
@@ -52,15 +113,7 @@ def listening(port: int) -> bool:
 
 def free_udp_tcp_port() -> int:
     """A port free for both TCP and UDP on 127.0.0.1 (for DNS servers)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free UDP+TCP port found")
+    return free_port(udp=True)
 
 
 def session() -> requests.Session:

@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import servers
+
 
 @dataclasses.dataclass
 class Request:
@@ -109,8 +111,9 @@ class TcpFaultProxy:
         self.seen: list[str] = []
         self._srv = socket.socket()
         self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._srv.bind(("127.0.0.1", 0))
-        self.port: int = self._srv.getsockname()[1]
+        # A port of servers.free_port: free while the proxy refuses, none other takes it.
+        self.port: int = servers.free_port()
+        self._srv.bind(("127.0.0.1", self.port))
         self._srv.listen(64)
         self._start(self._srv)
 

@@ -154,7 +154,8 @@ def test_picked_is_random_and_inside_the_window(ca: AriCA, pems: dict[str, str])
     (email.utils.formatdate(NOW - 3600, usegmt=True), 60),      # a date in the past
     (None, 21600),                                              # absent: 6 h
     ("soon", 21600),                                            # unreadable: 6 h
-])
+], ids=["seconds", "date", "under-a-minute", "over-a-day", "past-date", "absent",
+        "unreadable"])  # not the dates: pytest-xdist's workers must collect the same ids
 def test_next_check_honors_retry_after(ca: AriCA, pems: dict[str, str],
                                        header: Optional[str], wait: int) -> None:
     ca.headers["Retry-After"] = header

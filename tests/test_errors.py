@@ -189,8 +189,8 @@ def test_cert_with_unparsable_extension_in_vault(vault_env, bao, tree, tmp_path)
     target = tmp_path / "pulled"
     proc = kvault("pull", "--config-dir", str(target), check=False)
     assert proc.returncode == 1, proc.stderr
-    assert ("certificates/one.example.com: 'cert' is not a valid PEM certificate (or one of "
-            "its extensions cannot be parsed)") in proc.stderr
+    assert ("certificates/one.example.com: 'cert' is not a valid PEM certificate (or its "
+            "names or extensions cannot be parsed)") in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (target / "renewal" / "two.example.com.conf").exists()
     assert not (target / "archive" / "one.example.com").exists()

@@ -8,9 +8,11 @@ Pebble.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -341,3 +343,165 @@ def test_huge_archive_version_fails_alone(bao: Bao, golden: Golden, vault_env: d
            "archive number" in proc.stderr, proc.stderr
     assert (root / "config" / "renewal" / "calm.conf").exists()
     assert not (root / "config" / "archive" / "due").exists()
+
+
+# ---- found by the generated records (test_generated.py), one example each ---------------
+
+
+@pytest.mark.parametrize("bad", ["x\\y", "-x", "l" * 241 + ".com"], ids=["backslash", "dash",
+                                                                          "too-long"])
+def test_a_key_that_is_no_lineage_name_is_left_out(bao: Bao, golden: Golden,
+                                                   vault_env: dict[str, str], tmp_path: Path,
+                                                   bad: str) -> None:
+    """A key below certificates/ that no lineage may be named made `list` and `renew` end
+    for the whole fleet ("Error: Invalid lineage name ..."): it is one warning there, one
+    error line in `pull`, and every other lineage is listed, decided and pulled."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm"])
+    calm = record(bao, prefix, "certificates/calm")
+    r = bao.api("POST", f"secret/data/{prefix}/certificates/{urllib.parse.quote(bad, safe='')}",
+                json={"data": calm})
+    assert r.status_code == 200, r.text
+    env = golden_env(bao, golden, prefix)
+
+    listed = kvault("list", "--json", env=env)
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["calm"]
+    [line] = listed.stderr.splitlines()
+    assert line.startswith(f"warning: secret/{prefix}/certificates: Invalid lineage name ")
+    assert line.endswith("; not listed") and repr(bad)[:50] in line
+
+    root, args = fresh_dirs(tmp_path)
+    renewed = kvault("renew", *args, "--no-ari", env=env)
+    assert renewed.stdout.startswith("renew: nothing is due (1 lineages checked"), renewed.stdout
+    assert renewed.stderr.splitlines() == [line.replace("; not listed", "; left out")]
+
+    pulled = kvault("pull", *args, env=env, check=False)
+    assert pulled.returncode == 1
+    [error] = pulled.stderr.splitlines()
+    assert error.startswith("error: lineage ") and "Invalid lineage name" in error
+    assert (root / "config" / "renewal" / "calm.conf").exists()
+
+
+def test_show_with_an_updated_at_of_another_type(bao: Bao, golden: Golden,
+                                                 vault_env: dict[str, str]) -> None:
+    """`updated_at` was printed as it came: a list made `show` end in "error: unexpected
+    TypeError", a text with a line break broke its lines. Only a time is shown."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm"])
+    env = golden_env(bao, golden, prefix)
+    calm = record(bao, prefix, "certificates/calm")
+    assert calm is not None
+    for planted, shown in (([True], "None"), ("\n2030-01-01T00:00:00Z", "2030-01-01T00:00:00Z"),
+                           ({"at": 1}, "None")):
+        r = bao.api("POST", f"secret/data/{prefix}/certificates/calm",
+                    json={"data": {**calm, "updated_at": planted}})
+        assert r.status_code == 200, r.text
+        proc = kvault("show", "calm", env=env)
+        assert f"\nupdated_at: {shown}\n" in proc.stdout, proc.stdout
+        assert proc.stderr == ""
+        as_json = json.loads(kvault("show", "calm", "--json", env=env).stdout)
+        assert as_json["updated_at"] == (None if shown == "None" else shown)
+
+
+def _escaped_names_pems() -> dict[str, str]:
+    """A certificate and key whose subject and DNS name hold terminal escapes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    evil = "evil\x1b]0;pwned\x07\x1b[2J.example.com"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, evil)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=89))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(evil)]), critical=False)
+            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+    privkey = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return {"cert": cert, "chain": cert, "fullchain": cert + cert, "privkey": privkey}
+
+
+def test_certificate_names_and_pems_with_control_characters_are_refused(
+        bao: Bao, golden: Golden, vault_env: dict[str, str], tmp_path: Path) -> None:
+    """A certificate whose names hold terminal escapes reached the terminal through `show`
+    (subject, domains) and `export --format env`; a PEM with control characters after
+    its END line parsed and went into the files and env lines. No CA issues either:
+    refused in one line, like any other record no CA makes."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm", "due"])
+    env = golden_env(bao, golden, prefix)
+    calm = record(bao, prefix, "certificates/calm")
+    due = record(bao, prefix, "certificates/due")
+    assert calm is not None and due is not None
+    for path, data in (("calm", {**calm, **_escaped_names_pems()}),
+                       ("due", {**due, "fullchain": due["fullchain"] + "\x1b[2J\x1f"})):
+        r = bao.api("POST", f"secret/data/{prefix}/certificates/{path}", json={"data": data})
+        assert r.status_code == 200, r.text
+
+    for name, why in (("calm", "a name in its certificate holds characters that are not "
+                               "printable; no CA issues such a name."),
+                      ("due", "'fullchain' holds characters no PEM has (control characters "
+                              "or non-ASCII).")):
+        for args in (["show", name], ["export", name, "--format", "env"]):
+            proc = kvault(*args, env=env, check=False)
+            assert proc.returncode == 1 and proc.stdout == ""
+            assert proc.stderr == f"error: secret/{prefix}/certificates/{name}: {why}\n"
+    root, args = fresh_dirs(tmp_path)
+    pulled = kvault("pull", *args, env=env, check=False)
+    assert pulled.returncode == 1 and "\x1b" not in pulled.stderr
+    assert len(pulled.stderr.splitlines()) == 2, pulled.stderr
+    assert not (root / "config" / "live" / "calm").exists()
+
+
+def _bit_string_name_pems() -> dict[str, str]:
+    """A certificate whose subject and issuer CN are DER BIT STRINGs: it loads, and reading
+    its names raises TypeError (what one flipped byte of a golden PEM gave)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "\x00bits.example.com")])
+    der = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+           .public_key(key.public_key()).serial_number(7).not_valid_before(now)
+           .not_valid_after(now + datetime.timedelta(days=90)).sign(key, hashes.SHA256())
+           .public_bytes(serialization.Encoding.DER))
+    cn_utf8 = bytes([0x06, 0x03, 0x55, 0x04, 0x03, 0x0C])  # OID 2.5.4.3, then UTF8String
+    assert der.count(cn_utf8) == 2
+    cert = x509.load_der_x509_certificate(der.replace(cn_utf8, cn_utf8[:-1] + b"\x03"))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    privkey = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return {"cert": pem, "chain": pem, "fullchain": pem + pem, "privkey": privkey}
+
+
+def test_a_certificate_whose_names_cannot_be_read_is_refused(
+        bao: Bao, golden: Golden, vault_env: dict[str, str], tmp_path: Path) -> None:
+    """It loaded and passed the checks; reading its names raised TypeError: `show` ended in
+    "error: unexpected TypeError: oid must be X500_UNIQUE_IDENTIFIER for BitString type."."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    seed(bao, golden, prefix, ["calm", "due"])
+    calm = record(bao, prefix, "certificates/calm")
+    assert calm is not None
+    r = bao.api("POST", f"secret/data/{prefix}/certificates/calm",
+                json={"data": {**calm, **_bit_string_name_pems()}})
+    assert r.status_code == 200, r.text
+    env = golden_env(bao, golden, prefix)
+    why = (f"error: secret/{prefix}/certificates/calm: 'cert' is not a valid PEM certificate "
+           "(or its names or extensions cannot be parsed).\n")
+    for args in (["show", "calm"], ["show", "calm", "--json"], ["export", "calm", "--format",
+                                                                "env"]):
+        proc = kvault(*args, env=env, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", why)
+    root, args = fresh_dirs(tmp_path)
+    pulled = kvault("pull", *args, env=env, check=False)
+    assert pulled.returncode == 1
+    assert pulled.stderr == "error: lineage calm: " + why[len("error: "):]
+    assert (root / "config" / "renewal" / "due.conf").exists()

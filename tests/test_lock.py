@@ -270,3 +270,42 @@ def test_acquire_takes_over_after_expiry(vault_env: dict[str, str]) -> None:
 def test_kv1_refused_with_clear_message(vault_env: dict[str, str], kv1_mount: str) -> None:
     with pytest.raises(VaultUnsupported, match="Locking needs a KV v2 mount"):
         Locks(_layout(mount=kv1_mount))
+
+
+# ---- found by the generated records (test_generated.py) ----------------------------------
+
+
+def test_a_released_lock_is_free_whatever_its_expiry(bao: Bao, vault_env: dict[str, str]
+                                                     ) -> None:
+    """A released record (no owner) with an expiry ahead, as any writer may leave one,
+    kept every `renew` out ("another renewer is at work ... held by ?"), exit 0."""
+    prefix = vault_env["KVAULT_PREFIX"]
+    bao.api("POST", f"secret/data/{prefix}/locks/renew",
+            json={"data": {"owner": "", "expires_at": format_time(time.time() + 600)}})
+    lk = Locks(_layout(), ttl=30, owner="me")
+    assert lk.try_acquire("renew") is None
+    assert record(bao, prefix, "locks/renew")["owner"] == "me"  # type: ignore[index]
+    lk.release_all()
+
+
+def test_lock_keys_and_the_longest_lineage_name(bao: Bao, vault_env: dict[str, str]) -> None:
+    """A key below locks/ that is no lock name (anyone may write one) made every full
+    `renew` end in "Error: Invalid lock name"; and a lineage named with the longest name
+    a lineage may have (237 bytes) could not be locked ("lineage-" makes it longer)."""
+    from certbot_kvault._internal.renew.locks import lineage_lock
+    from certbot_kvault._internal.renew.plan import busy_lineages
+    from certbot_kvault._internal.store.records import MAX_NAME_BYTES
+
+    prefix = vault_env["KVAULT_PREFIX"]
+    until = format_time(time.time() + 600)
+    for key in ("lineage-x%5Cy", "lineage-" + "l" * 300, "lineage-held"):
+        r = bao.api("POST", f"secret/data/{prefix}/locks/{key}",
+                    json={"data": {"owner": "other:1:x", "expires_at": until}})
+        assert r.status_code == 200, r.text
+    lk = Locks(_layout(), ttl=30, owner="me")
+    assert sorted(lk.names()) == ["lineage-held"]
+    assert sorted(busy_lineages(lk, 2)) == ["held"]
+    longest = "m" * (MAX_NAME_BYTES - 4) + ".com"
+    assert lk.try_acquire(lineage_lock(longest)) is None
+    assert lk.holds(lineage_lock(longest))
+    lk.release_all()

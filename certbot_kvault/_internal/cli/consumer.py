@@ -41,8 +41,11 @@ def list_(ctx: Context) -> None:
     note_pending(ctx)
     layout = ctx.layout
     rows: list[dict[str, Any]] = []
+    names, bad = layout.lineage_names()
+    for reason in bad:
+        click.echo(f"warning: {reason}; not listed", err=True)
     with progress_bar(ctx, "list") as tick:
-        fleet = read_fleet(layout, layout.list_lineages(), ctx.workers, progress=tick)
+        fleet = read_fleet(layout, names, ctx.workers, progress=tick)
     for name, status in sorted(fleet.items()):
         for warning in status.warnings:
             click.echo(warning, err=True)

@@ -59,6 +59,7 @@ import time
 from typing import Any, Callable, Optional
 
 from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.records import RecordError
 from certbot_kvault._internal.store.timefmt import CLOCK_SKEW, floor_time, format_time, parse_time
 from certbot_kvault._internal.vault.client import VaultClient
 from certbot_kvault._internal.vault.errors import VaultConflict, VaultError, VaultUnsupported
@@ -89,9 +90,11 @@ class LockInfo:
         return not self.owner
 
     def expired(self, now: Optional[float] = None) -> bool:
-        # A lock without a readable expiry is garbage: anyone may take it.
+        # A released lock is free whatever expiry it shows, and one without a readable
+        # expiry is garbage: anyone may take either.
         when = time.time() if now is None else now
-        return self.expires_at is None or self.expires_at <= when or self.implausible(when)
+        return self.released or self.expires_at is None or self.expires_at <= when \
+            or self.implausible(when)
 
     def implausible(self, now: float) -> bool:
         """Held, with an expiry no holder writes: beyond the longest lease, or no time."""
@@ -210,11 +213,12 @@ class Locks:
         return info.expired(now)
 
     def names(self) -> list[str]:
-        """The names of the lock records in Vault (released ones included)."""
+        """The names of the lock records in Vault (released ones included); a key that is
+        no valid lock name (anyone may write below locks/) is no lock of ours."""
         folder = posixpath.dirname(self.path(GLOBAL_LOCK))
         with self.vault.at_leader():
             keys = self.vault.list_keys(folder)
-        return [k for k in keys if not k.endswith("/")]
+        return [k for k in keys if not k.endswith("/") and _valid(self.layout, k)]
 
     def held_by_other(self, name: str) -> Optional[LockInfo]:
         """The lock if someone else holds it (not expired), else None."""
@@ -442,6 +446,14 @@ class Locks:
 
     def __exit__(self, *exc: object) -> None:
         self.release_all()
+
+
+def _valid(layout: Layout, name: str) -> bool:
+    try:
+        layout.lock_path(name)
+    except RecordError:
+        return False
+    return True
 
 
 def _metadata_version(vault: VaultClient, path: str) -> Optional[int]:

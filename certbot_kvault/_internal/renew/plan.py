@@ -28,7 +28,7 @@ got the lock skips the lineages that the previous holder renewed meanwhile
 ``-- --force-renewal`` orders each certificate once.
 
 The answer is a :class:`Plan`; the locks taken stay with the caller's
-:class:`~certbot_kvault._internal.lock.Locks`. Nothing here prints: skips and
+:class:`~certbot_kvault._internal.renew.locks.Locks`. Nothing here prints: skips and
 waits go to the caller's ``notify``.
 """
 from __future__ import annotations

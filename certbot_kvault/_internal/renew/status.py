@@ -318,13 +318,12 @@ def renewal_fleet(layout: Layout, workers: int, ari: Optional[AriClients], *,
         server = st.settings.server
         return ari is not None and server is not None and ari.supported(server)
 
-    fleet = read_fleet(layout, layout.list_lineages(), workers, with_memory=matters)
-    if ari is not None:
-        for line in refresh_ari(fleet, layout, ari, workers):
-            notify(line)
-    for _, st in sorted(fleet.items()):
-        for line in st.warnings:
-            notify(line)
+    names, bad = layout.lineage_names()
+    fleet = read_fleet(layout, names, workers, with_memory=matters)
+    lines = refresh_ari(fleet, layout, ari, workers) if ari is not None else []
+    lines += [f"warning: {line}; left out" for line in bad]
+    for line in lines + [w for _, st in sorted(fleet.items()) for w in st.warnings]:
+        notify(line)
     return fleet
 
 

@@ -20,8 +20,10 @@ import time
 from typing import Any, Iterator, Optional
 
 from certbot_kvault._internal.store.records import (
+    MAX_NAME_BYTES,
     AccountRecord,
     LineageRecord,
+    RecordError,
     validate_name,
     validate_server_path,
 )
@@ -65,6 +67,18 @@ class Layout:
     def list_lineages(self) -> list[str]:
         return sorted(k for k in self.vault.list_keys(self.path("certificates"))
                       if not k.endswith("/"))
+
+    def lineage_names(self) -> tuple[list[str], list[str]]:
+        """The lineages listed, and a one-line reason for each other key below
+        certificates/: a name no lineage may have (nothing can be read or written under
+        it, and the reason shows it escaped)."""
+        names, bad = [], []
+        for name in self.list_lineages():
+            try:
+                names.append(validate_name(name))
+            except RecordError as e:
+                bad.append(f"{self.where('certificates')}: {e}")
+        return names, bad
 
     def read_lineage_raw(self, name: str) -> Optional[KVEntry]:
         validate_name(name)
@@ -168,4 +182,6 @@ class Layout:
     # ---- locks (raw access; the lease logic lives in renew/locks.py) -------------------
 
     def lock_path(self, name: str) -> str:
-        return self.path("locks", validate_name(name, "lock"))
+        # No file is named after a lock: a lineage's (renew/locks.py: "lineage-" + its name) may
+        # be as long as the longest lineage name allows.
+        return self.path("locks", validate_name(name, "lock", MAX_NAME_BYTES + len("lineage-")))

@@ -27,6 +27,7 @@ renewal memory's bounds are state.py's, a lock's lease renew/locks.py's.)
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Optional
 
 MAX_VERSION = 10**6   # archive numbers: far above any lineage's renewals
@@ -43,6 +44,21 @@ MAX_VAULT_WAIT = 600
 # RFC 9773 §4.3: a Retry-After is clamped to [1 minute, 1 day] (ari.py); a remembered
 # next check further than this from now is no CA's answer (state.py).
 ARI_MAX_RETRY = 86400.0
+
+
+# PEM is printable ASCII in lines (RFC 7468): anything else is no PEM, and would reach the
+# files, the env lines and the terminals of those who export it.
+_NOT_PEM = re.compile(r"[^\x20-\x7e\t\r\n]")
+
+
+def pem_problem(kind: str, text: str) -> Optional[str]:
+    """What is wrong with a PEM field's text before it is parsed, if anything."""
+    limit = MAX_PEM_CHARS[kind]
+    if len(text) > limit:
+        return f"is longer than any certbot writes ({limit // 1024} KiB at most)"
+    if _NOT_PEM.search(text):
+        return "holds characters no PEM has (control characters or non-ASCII)"
+    return None
 
 
 def archive_number(value: Any) -> int:
@@ -73,6 +89,26 @@ def too_big(value: Any, budget: int) -> bool:
         if budget < 0:
             return True
     return False
+
+
+def cert_problem(cert: Any, public: Any) -> Optional[str]:
+    """Why a certificate is one no CA issues for certbot, if it is: its key (key_problem),
+    or a name (subject CN, DNS SAN) holding a character that is not printable (a DNS
+    name is printable ASCII; a terminal escape in one would reach every `show`)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    cert.issuer  # noqa: B018 - parsed here: a name that cannot be (TypeError) is no CA's
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        pass
+    if any(not isinstance(n, str) or not n.isprintable() for n in names):
+        return "a name in its certificate holds characters that are not printable; no CA " \
+               "issues such a name"
+    return key_problem(public)
 
 
 def key_problem(public: Any) -> Optional[str]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from certbot import errors
 
 from certbot_kvault._internal.store import limits
-from certbot_kvault._internal.store.timefmt import floor_time
+from certbot_kvault._internal.store.timefmt import floor_time, parse_time
 from certbot_kvault._internal.vault.settings import as_bool
 
 if TYPE_CHECKING:  # only annotations: records sit below the Vault connection
@@ -46,14 +46,14 @@ class RecordError(errors.PluginError):
     """A record in Vault (or about to go there) is malformed; the message names it."""
 
 
-def validate_name(name: str, what: str = "lineage") -> str:
-    """Refuse names that could escape a directory or a Vault path."""
+def validate_name(name: str, what: str = "lineage", max_bytes: int = MAX_NAME_BYTES) -> str:
+    """Refuse names that could escape a directory or a Vault path, or not fit a file's."""
     if not isinstance(name, str) or not name or name in (".", "..") or _BAD_NAME.search(name) \
             or name != name.strip() or name.startswith("-"):
         raise RecordError(f"Invalid {what} name {name!r}: it must be non-empty and hold no '/', "
                           "'\\', '..' or control characters.")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise RecordError(f"Invalid {what} name {name!r}: it is longer than {MAX_NAME_BYTES} "
+    if len(name.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise RecordError(f"Invalid {what} name {name!r}: it is longer than {max_bytes} "
                           f"bytes, so the files certbot and certbot-kvault make for it would "
                           f"not fit the filesystem's {NAME_MAX}-byte name limit.")
     return name
@@ -158,20 +158,19 @@ def inspect_pems(pems: PemSet, where: str,
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
-    for kind, limit in limits.MAX_PEM_CHARS.items():
-        if len(getattr(pems, kind)) > limit:
-            raise RecordError(f"{where}: '{kind}' is longer than any certbot writes "
-                              f"({limit // 1024} KiB at most).")
+    for kind in PEM_KINDS:
+        problem = limits.pem_problem(kind, getattr(pems, kind))
+        if problem is not None:
+            raise RecordError(f"{where}: '{kind}' {problem}.")
     try:
         cert = x509.load_pem_x509_certificate(pems.cert.encode())
-        # Parsed now, though only CertInfo reads them: certbot reads the names of
-        # every certificate it renews, and would choke on this one later.
-        len(cert.extensions)
-        public = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise RecordError(f"{where}: 'cert' is not a valid PEM certificate (or one of its "
+        # Names and extensions parsed now (cert_problem), though only CertInfo shows them:
+        # certbot reads the names of every certificate it renews, and would choke later.
+        problem = limits.cert_problem(cert, cert.public_key())  # before any costly work
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: a bad name's type
+        raise RecordError(f"{where}: 'cert' is not a valid PEM certificate (or its names or "
                           "extensions cannot be parsed).") from None
-    problem = limits.key_problem(public)  # before anything costly is done with such a key
+    public = cert.public_key()
     if problem is not None:
         raise RecordError(f"{where}: {problem}.")
     for kind in ("chain", "fullchain"):
@@ -227,15 +226,22 @@ def _private_key(text: str, where: str) -> tuple[bytes, str]:
 
 def _cert_domains(cert: x509.Certificate) -> list[str]:
     """The CN first, then the DNS and IP SANs, as certbot lists a certificate's names."""
-    try:
-        from acme.crypto_util import get_identifiers_from_x509
-    except ImportError:
+    import importlib
+
+    # import_module, not a from-import: acme wraps crypto_util in a module subclass, and a
+    # from-import asks the wrapper for __path__, a lookup CPython 3.13.0 can fail with
+    # "SystemError: error return without exception set" (seen in a pytest-xdist worker).
+    get_identifiers_from_x509 = getattr(importlib.import_module("acme.crypto_util"),
+                                        "get_identifiers_from_x509", None)
+    if get_identifiers_from_x509 is None:
         # acme 2.7 lacks it, and certbot's get_names_from_cert (deprecated since)
         # lists DNS names only: IP SANs (RFC 8738 orders) are added here.
         from certbot.crypto_util import get_names_from_cert
         from cryptography.hazmat.primitives import serialization
         pem = cert.public_bytes(serialization.Encoding.PEM)
         return get_names_from_cert(pem) + _ip_sans(cert)
+    dns_names: list[str]
+    ips: list[str]
     dns_names, ips = get_identifiers_from_x509(cert.subject, cert.extensions)
     return dns_names + ips
 
@@ -331,12 +337,13 @@ class LineageRecord:
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
                 RecursionError):
             raise RecordError(f"{where}: 'version' or 'archive' is malformed.") from None
+        at = parse_time(d.get("updated_at"))  # `show` prints it: a time, or nothing
         record = cls(
-            name=name, version=version,
-            pems=PemSet(**{k: _field(d, k, where) for k in PEM_KINDS}),
+            name=name, version=version, pems=PemSet(**{k: _field(d, k, where) for k in PEM_KINDS}),
             renewal=_field(d, "renewal", where),
             auto_renewable=as_bool(d.get("auto_renewable", True)),
-            archive=archive, updated_at=d.get("updated_at"), kv_version=entry.version,
+            archive=archive, kv_version=entry.version,
+            updated_at=None if at is None else floor_time(at),
             issued=limits.clean_issued(d.get("issued")))
         record.check(where)
         return record

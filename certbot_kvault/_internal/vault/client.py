@@ -2,12 +2,12 @@
 
 This is the only module that knows Vault's KV and sys HTTP routes. Its
 :class:`VaultClient` owns the request wrapper through which every call goes and
-that turns each failure into one :mod:`~certbot_kvault._internal.errors` class,
+that turns each failure into one :mod:`~certbot_kvault._internal.vault.errors` class,
 and the KV operations everything else talks in (``read``/``write``/``list_keys``/
 ``delete`` below the mount), plus the introspection calls of `status`. Settings come from
-:mod:`~certbot_kvault._internal.settings`, logins from
-:mod:`~certbot_kvault._internal.auth`, the HTTP session (TLS, retries, HA
-consistency) from :mod:`~certbot_kvault._internal.session`.
+:mod:`~certbot_kvault._internal.vault.settings`, logins from
+:mod:`~certbot_kvault._internal.vault.auth`, the HTTP session (TLS, retries, HA
+consistency) from :mod:`~certbot_kvault._internal.vault.session`.
 """
 from __future__ import annotations
 
