@@ -37,9 +37,9 @@ from bench_perf import env_for, pem_sets, seed  # noqa: E402
 from helpers import KVAULT, dir_args  # noqa: E402
 from servers import start_openbao_dev  # noqa: E402
 
-from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient  # noqa: E402
+from certbot_kvault._internal.store.layout import Layout  # noqa: E402
+from certbot_kvault._internal.vault.client import VaultClient  # noqa: E402
+from certbot_kvault._internal.vault.settings import VaultSettings  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str], expect: str, problems: list[str]) -> float:

@@ -48,13 +48,14 @@ from bench_push_start import push_times  # noqa: E402
 from helpers import ThrowawayCA, renewal_conf  # noqa: E402
 from servers import free_port, start_openbao_dev  # noqa: E402
 
-from certbot_kvault._internal import sync  # noqa: E402
-from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.records import LineageRecord, PemSet  # noqa: E402
-from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
-from certbot_kvault._internal.state import RenewalState  # noqa: E402
-from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient  # noqa: E402
+from certbot_kvault._internal.store.layout import Layout  # noqa: E402
+from certbot_kvault._internal.store.records import LineageRecord, PemSet  # noqa: E402
+from certbot_kvault._internal.store.state import RenewalState  # noqa: E402
+from certbot_kvault._internal.sync.jobs import parallel  # noqa: E402
+from certbot_kvault._internal.sync.pull import pull  # noqa: E402
+from certbot_kvault._internal.tree.storage import Dirs, Tree  # noqa: E402
+from certbot_kvault._internal.vault.client import VaultClient  # noqa: E402
+from certbot_kvault._internal.vault.settings import VaultSettings  # noqa: E402
 
 KVAULT = str(Path(sys.executable).with_name("certbot-kvault"))
 BAO = str(Path(sys.executable).with_name("bao"))
@@ -81,7 +82,7 @@ def seed(layout: Layout, n: int, pems: list[PemSet]) -> None:
         if i % 10 == 0:
             layout.save_state(name, RenewalState(failures=1, last_error="bench"))
 
-    for _ in sync.parallel(range(n), one, 8):
+    for _ in parallel(range(n), one, 8):
         pass
 
 
@@ -138,9 +139,10 @@ def cpu_profile(bao_addr: str, token: str, prefix: str, work: Path) -> None:
     sys.path.insert(0, str(BENCH))
     import floor  # noqa: PLC0415 - bench/ is on the path only now
 
-    from certbot_kvault._internal import records as records_mod
-    from certbot_kvault._internal import tree as tree_mod
-    from certbot_kvault._internal import vault as vault_mod
+    from certbot_kvault._internal.store import records as records_mod
+    from certbot_kvault._internal.sync import pull as pull_mod
+    from certbot_kvault._internal.tree import storage as tree_mod
+    from certbot_kvault._internal.vault import client as vault_mod
 
     spent: dict[str, float] = collections.defaultdict(float)
 
@@ -162,14 +164,14 @@ def cpu_profile(bao_addr: str, token: str, prefix: str, work: Path) -> None:
     wrap(tree_mod, "atomic_write", "atomic file writes")
     wrap(tree_mod, "replace_links", "live/ links switched")
     wrap(tree_mod, "create_file", "files written in place (new archive dir)")
-    wrap(sync, "lineage_fingerprint", "manifest fingerprint")
+    wrap(pull_mod, "lineage_fingerprint", "manifest fingerprint")
     wrap(tree_mod.Tree, "write_lineage", "tree writes, all")
     settings = VaultSettings.from_env({}, addr=bao_addr, token=token, mount="secret",
                                       prefix=prefix)
     layout = Layout(VaultClient(settings))
     dest = work / "profile"
     t0 = time.process_time()
-    report = sync.pull(Tree(Dirs(str(dest / "c"), str(dest / "w"), str(dest / "l"))), layout,
+    report = pull(Tree(Dirs(str(dest / "c"), str(dest / "w"), str(dest / "l"))), layout,
                        workers=1, accounts=False)
     total = time.process_time() - t0
     t0 = time.process_time()

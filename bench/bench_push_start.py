@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sync import make_tree  # noqa: E402
 from servers import start_openbao_dev  # noqa: E402
 
-from certbot_kvault._internal import sync  # noqa: E402
-from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient  # noqa: E402
+from certbot_kvault._internal.store.layout import Layout  # noqa: E402
+from certbot_kvault._internal.sync.push import push  # noqa: E402
+from certbot_kvault._internal.vault.client import VaultClient  # noqa: E402
+from certbot_kvault._internal.vault.settings import VaultSettings  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 KVAULT = str(REPO / ".venv" / "bin" / "certbot-kvault")
@@ -58,7 +58,7 @@ def push_times(addr: str, token: str, work: Path, n: int, rounds: int) -> tuple[
         layout = Layout(VaultClient(settings, pool_size=32))
         for times in (first, second):
             t0 = time.perf_counter()
-            report = sync.push(tree, layout, accounts=False)
+            report = push(tree, layout, accounts=False)
             times.append(time.perf_counter() - t0)
             assert report.ok, report.failed
         assert len(report.unchanged) == n and not report.written, "second push wrote"

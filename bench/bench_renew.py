@@ -63,7 +63,7 @@ from servers import (  # noqa: E402
     stop_all,
 )
 
-from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
+from certbot_kvault._internal.tree.storage import Dirs, Tree  # noqa: E402
 
 LIFETIME = datetime.timedelta(days=90)
 AGE_CALM = datetime.timedelta(days=10)   # 80 days left: not due by any rule

@@ -28,11 +28,12 @@ sys.path.insert(0, str(REPO / "tests"))
 from helpers import ThrowawayCA, renewal_conf  # noqa: E402
 from servers import free_port, start_openbao_dev  # noqa: E402
 
-from certbot_kvault._internal import sync  # noqa: E402
-from certbot_kvault._internal.layout import Layout  # noqa: E402
-from certbot_kvault._internal.settings import VaultSettings  # noqa: E402
-from certbot_kvault._internal.tree import Dirs, Tree  # noqa: E402
-from certbot_kvault._internal.vault import VaultClient  # noqa: E402
+from certbot_kvault._internal.store.layout import Layout  # noqa: E402
+from certbot_kvault._internal.sync.pull import pull  # noqa: E402
+from certbot_kvault._internal.sync.push import push  # noqa: E402
+from certbot_kvault._internal.tree.storage import Dirs, Tree  # noqa: E402
+from certbot_kvault._internal.vault.client import VaultClient  # noqa: E402
+from certbot_kvault._internal.vault.settings import VaultSettings  # noqa: E402
 
 
 def make_tree(root: Path, n: int) -> Tree:
@@ -80,19 +81,19 @@ def main() -> None:
         for workers in (1, 8):
             lay = layout(f"bench-w{workers}")
             results[f"push w{workers}"] = timed(
-                sync.push, tree, lay, workers=workers, accounts=False)
+                push, tree, lay, workers=workers, accounts=False)
             results[f"push again w{workers}"] = timed(
-                sync.push, tree, lay, workers=workers, accounts=False)
+                push, tree, lay, workers=workers, accounts=False)
             dest = Tree(Dirs(str(work / f"pull{workers}"), str(work / "w"), str(work / "l")))
             results[f"pull w{workers}"] = timed(
-                sync.pull, dest, lay, workers=workers, accounts=False)
+                pull, dest, lay, workers=workers, accounts=False)
 
         def peak_pull(count: int) -> int:
             lay = layout("bench-w8")
             names = [f"host{i:05d}.example.com" for i in range(count)]
             dest = Tree(Dirs(str(work / f"mem{count}"), str(work / "w"), str(work / "l")))
             tracemalloc.start()
-            sync.pull(dest, lay, names=names, workers=8, accounts=False)
+            pull(dest, lay, names=names, workers=8, accounts=False)
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             shutil.rmtree(dest.config_dir)

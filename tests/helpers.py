@@ -49,9 +49,9 @@ from servers import Bao, Pebble, PowerDNS
 from stubs import Answer, HttpStub, Request
 
 from certbot_kvault._internal.cli import main
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import LineageRecord, PemSet
-from certbot_kvault._internal.vault import VaultClient, VaultSettings
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.records import LineageRecord, PemSet
+from certbot_kvault._internal.vault.client import VaultClient, VaultSettings
 
 KVAULT = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
 # Cases each Hypothesis property of test_generated.py ran, for the terminal summary.

@@ -27,7 +27,7 @@ from helpers import Golden, record
 from servers import Bao, Pebble, free_port, make_listener_cert
 from stubs import Answer, HttpStub, Request
 
-from certbot_kvault._internal.ari import AriClients, AriError, cert_id
+from certbot_kvault._internal.renew.ari import AriClients, AriError, cert_id
 
 HAS_ARI = hasattr(messages, "RenewalInfo")
 needs_ari = pytest.mark.skipif(not HAS_ARI, reason="this acme cannot read ARI answers")

@@ -35,11 +35,11 @@ from helpers import (
 )
 from servers import Bao
 
-from certbot_kvault._internal.errors import VaultAuthError
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import Locks
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.renew.locks import Locks
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultAuthError
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 AUDIENCE = "https://vault.example.com"
 

@@ -46,17 +46,17 @@ from helpers import (
 )
 from servers import Bao
 
-from certbot_kvault._internal import trust
-from certbot_kvault._internal.limits import MAX_ARCHIVE_VERSIONS
-from certbot_kvault._internal.records import (
+from certbot_kvault._internal.store.limits import MAX_ARCHIVE_VERSIONS
+from certbot_kvault._internal.store.records import (
     LineageRecord,
     PemSet,
     RecordError,
     server_path_for_url,
 )
-from certbot_kvault._internal.renewal_conf import screened_conf
-from certbot_kvault._internal.timefmt import format_time
-from certbot_kvault._internal.vault import KVEntry
+from certbot_kvault._internal.store.timefmt import format_time
+from certbot_kvault._internal.tree import trust
+from certbot_kvault._internal.tree.portable import screened_conf
+from certbot_kvault._internal.vault.client import KVEntry
 
 DAY = 86400.0
 CRAFTED = "9999-12-31T23:59:59-23:59"

@@ -14,7 +14,7 @@ import pytest
 from helpers import cli, kvault, layout_from_env, token_with_policy
 from servers import run_certbot
 
-from certbot_kvault._internal.state import RenewalState
+from certbot_kvault._internal.store.state import RenewalState
 
 ISSUE = ("--agree-tos", "--register-unsafely-without-email")
 
@@ -180,7 +180,7 @@ def test_deploy_hook_outside_certbot(vault_env, monkeypatch):
 
 def test_packaged_hook_is_the_repo_hook():
     repo = Path(__file__).resolve().parent.parent
-    packaged = repo / "certbot_kvault" / "_internal" / "hooks" / "00-update-vault.sh"
+    packaged = repo / "certbot_kvault" / "_internal" / "tree" / "hooks" / "00-update-vault.sh"
     assert (repo / "hooks" / "deploy" / "00-update-vault.sh").read_bytes() == \
         packaged.read_bytes()
     subprocess.run(["sh", "-n", str(packaged)], check=True)
@@ -221,8 +221,8 @@ def test_export_pem_bundle_env(pushed, tmp_path):
 def test_read_only_commands_note_pending_pushes(pushed, tmp_path, monkeypatch):
     """A deploy hook that could not reach Vault left a mark: list/show/status say so on
     stderr (status --json also in "pending"), and push nothing themselves."""
-    from certbot_kvault._internal import pending
-    from certbot_kvault._internal.tree import Dirs, Tree
+    from certbot_kvault._internal.tree import pending
+    from certbot_kvault._internal.tree.storage import Dirs, Tree
 
     config = tmp_path / "le"
     shutil.copytree(pushed["config"], config, symlinks=True)

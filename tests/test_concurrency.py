@@ -20,13 +20,13 @@ import pytest
 from helpers import KVAULT, Golden, fresh_dirs, golden_env, kv_version, kvault, record, seed
 from servers import Bao
 
-from certbot_kvault._internal import sync
-from certbot_kvault._internal.errors import VaultConflict
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import AccountRecord, LineageRecord
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.records import AccountRecord, LineageRecord
+from certbot_kvault._internal.sync.push import push
+from certbot_kvault._internal.tree.storage import Dirs, Tree
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultConflict
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 FLEET = 30          # lineages pushed by every racer
 RACERS = 10         # concurrent `certbot-kvault push` processes
@@ -176,7 +176,7 @@ def _other(record: LineageRecord) -> LineageRecord:
 def test_lost_race_to_the_same_lineage_is_unchanged(bao: Bao, golden: Golden, tmp_path: Path,
                                                     fenced: bool) -> None:
     prefix, tree, client = _setup(bao, golden, tmp_path)
-    report = sync.push(tree, _Racer(client, _same), ["calm"], accounts=False,
+    report = push(tree, _Racer(client, _same), ["calm"], accounts=False,
                        expected={"calm": 1} if fenced else None)
     assert report.ok and report.unchanged == ["lineage calm"], report
     assert kv_version(bao, prefix, "certificates/calm") == 2
@@ -187,7 +187,7 @@ def test_lost_race_to_the_same_lineage_is_unchanged(bao: Bao, golden: Golden, tm
 def test_lost_race_to_other_content_names_both_versions(bao: Bao, golden: Golden,
                                                         tmp_path: Path, fenced: bool) -> None:
     prefix, tree, client = _setup(bao, golden, tmp_path)
-    report = sync.push(tree, _Racer(client, _other), ["calm"], accounts=False,
+    report = push(tree, _Racer(client, _other), ["calm"], accounts=False,
                        expected={"calm": 1} if fenced else None)
     [(item, error)] = report.failed
     assert item == "lineage calm", report
@@ -220,7 +220,7 @@ def test_lost_race_to_another_account_names_both_versions(bao: Bao, golden: Gold
     def theirs(record: AccountRecord) -> AccountRecord:
         return dataclasses.replace(record, meta=json.dumps({"theirs": True}))
 
-    report = sync.push(tree, _Racer(client, theirs), [])
+    report = push(tree, _Racer(client, theirs), [])
     [(item, error)] = report.failed
     account_id = item.split()[-1]
     assert item.startswith("account "), report

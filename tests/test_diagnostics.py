@@ -41,11 +41,15 @@ from helpers import (
 from servers import Bao, PowerDNS, listening
 from stubs import Answer, HttpStub
 
-from certbot_kvault._internal.errors import VaultAuthError, VaultNotAnAPI, VaultPermissionDenied
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.redact import redact
-from certbot_kvault._internal.settings import DEFAULT_ADDR, VaultSettings
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import (
+    VaultAuthError,
+    VaultNotAnAPI,
+    VaultPermissionDenied,
+)
+from certbot_kvault._internal.vault.redact import redact
+from certbot_kvault._internal.vault.settings import DEFAULT_ADDR, VaultSettings
 
 
 def _policy_rw(prefix: str) -> str:

@@ -31,9 +31,9 @@ from helpers import (
 )
 from servers import Pebble, PowerDNS, run_certbot
 
-from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import propagation
-from certbot_kvault._internal.layout import Layout
+from certbot_kvault._internal.dns import entries as kvault_dns
+from certbot_kvault._internal.dns import propagation
+from certbot_kvault._internal.store.layout import Layout
 
 CHALLENGE = f"_acme-challenge.{ZONE}"
 

@@ -44,10 +44,11 @@ from helpers import (
 )
 from servers import Bao, Pebble, PowerDNS
 
-from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import dns01, propagation
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.limits import clean_issued
+from certbot_kvault._internal.dns import challenge as dns01
+from certbot_kvault._internal.dns import entries as kvault_dns
+from certbot_kvault._internal.dns import propagation
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.limits import clean_issued
 
 VAL_ZONE = "acme.example.net"
 
@@ -549,7 +550,7 @@ def test_issued_stays_with_its_version_and_works_on_kv1(bao: Bao, golden: Any, k
 
 def test_notes_newest_per_name_and_a_day_at_most(tmp_path: Path) -> None:
     """What the plugin notes in the config dir and the push reads back (a fake clock)."""
-    from certbot_kvault._internal import issued
+    from certbot_kvault._internal.sync import issued
 
     config = str(tmp_path)
     old = issued.note(config, [{"domain": "a.example.com", "entry": "old", "txt": "t1"}])

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from certbot_kvault._internal import due
-from certbot_kvault._internal.state import (
+from certbot_kvault._internal.renew import due
+from certbot_kvault._internal.store.state import (
     MalformedState,
     RenewalState,
     backoff_seconds,
     one_line,
 )
-from certbot_kvault._internal.timefmt import CLOCK_SKEW, floor_time, format_time, parse_time
+from certbot_kvault._internal.store.timefmt import CLOCK_SKEW, floor_time, format_time, parse_time
 
 DAY = 86400.0
 NOW = 1_800_000_000.0

@@ -47,10 +47,10 @@ from helpers import (
 )
 from servers import Bao, BaoAcme, Pebble, PowerDNS, certbot_executable, run_certbot
 
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import LineageRecord
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.records import LineageRecord
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 DAY = 86400.0
 # How far before or after certbot's point the synthetic certificates sit: far

@@ -11,7 +11,7 @@ import pytest
 from helpers import kvault, layout_from_env, one_line_error, snapshot, token_with_policy
 from servers import free_port, run_certbot
 
-from certbot_kvault._internal.records import RecordError, validate_name
+from certbot_kvault._internal.store.records import RecordError, validate_name
 
 
 @pytest.fixture(scope="module")

@@ -47,8 +47,8 @@ from servers import Bao
 from stubs import Answer, HttpStub, Request
 
 from certbot_kvault._internal.cli import main
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.stopping import DEFAULT_GRACE
+from certbot_kvault._internal.renew.stopping import DEFAULT_GRACE
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "examples"

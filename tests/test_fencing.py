@@ -243,7 +243,7 @@ def test_renew_pulls_only_the_accounts_its_lineages_use(bao: Bao, golden: Golden
 
 
 def test_failures_from_exit_status_disk_and_summary() -> None:
-    from certbot_kvault._internal.runner import certbot_failures
+    from certbot_kvault._internal.renew.runner import certbot_failures
 
     live = "/etc/letsencrypt/live/{}/fullchain.pem (failure)\n"
     asked = ["a", "b", "c"]

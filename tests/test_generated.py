@@ -68,20 +68,20 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from servers import Bao
 
-from certbot_kvault._internal import planner, schedule
-
 # Imported before any case: the CLI imports acme lazily, and that first import, made
 # in-process by a case inside an xdist worker, fails on CPython 3.13.0 with
 # "SystemError: error return without exception set" in josepy's module wrapper (not
 # seen in the console script's own process, which every other CLI test runs).
 import acme.crypto_util  # noqa: E402,F401  isort: skip
 from certbot_kvault._internal.cli import main
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lease import MAX_TTL
-from certbot_kvault._internal.lock import Locks
-from certbot_kvault._internal.state import BACKOFF_CAP
-from certbot_kvault._internal.timefmt import CLOCK_SKEW, parse_time
-from certbot_kvault._internal.vault import VaultClient, VaultSettings
+from certbot_kvault._internal.renew import plan as planner
+from certbot_kvault._internal.renew import status as schedule
+from certbot_kvault._internal.renew.locks import MAX_TTL, Locks
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.state import BACKOFF_CAP
+from certbot_kvault._internal.store.timefmt import CLOCK_SKEW, parse_time
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 # Cases per property; the README's reliability section quotes their sum. The run on the
 # lowest versions (scripts/test.sh) tries a share of them: KVAULT_GENERATED_SHARE.
@@ -669,7 +669,7 @@ def test_generated_lineage_records(sentinels: Harness) -> None:
 
 
 def _entry(data: dict[str, Any]) -> Any:
-    from certbot_kvault._internal.vault import KVEntry
+    from certbot_kvault._internal.vault.client import KVEntry
 
     return KVEntry(dict(data), 1)
 
@@ -713,7 +713,7 @@ def test_generated_renewal_decision(sentinels: Harness) -> None:
             chosen, _backoff, none = planner.choose(fleet, rules, lines.append)
             assert chosen or none
             assert CONTROL not in chosen or rules.every or rules.due_within is not None
-        # The locks renew takes (planner.py) with that fleet, under the planted lock.
+        # The locks renew takes (renew/plan.py) with that fleet, under the planted lock.
         for plan in (planner.plan_all, planner.plan_each):
             with Locks(layout, ttl=30, notify=lines.append) as held:
                 planned = plan(layout, held, 0, 2, lines.append,

@@ -33,13 +33,13 @@ from helpers import (
 )
 from servers import Bao, RaftCluster
 
-from certbot_kvault._internal import sync
-from certbot_kvault._internal.errors import VaultError
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import GLOBAL_LOCK, Locks, lineage_lock
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.renew.locks import GLOBAL_LOCK, Locks, lineage_lock
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.sync.pull import pull
+from certbot_kvault._internal.tree.storage import Dirs, Tree
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultError
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 
 def _prefix(request: pytest.FixtureRequest) -> str:
@@ -246,7 +246,7 @@ def test_pulls_and_lists_through_a_standby_survive_sigkill_of_the_leader(
                 # A write first, as a renewer's push: it goes to the leader, and its
                 # newer index makes the pull's reads go there too (forward-active-node).
                 layout.vault.write(probe, {"i": str(i)})
-                report = sync.pull(tree, layout, workers=2)
+                report = pull(tree, layout, workers=2)
                 names = layout.list_lineages()
                 bad = "" if report.ok and names == ["calm", "short"] else f"{report} {names}"
             except BaseException:  # noqa: BLE001 - any failure is what we count

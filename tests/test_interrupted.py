@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from helpers import KVAULT, dir_args, golden_env, kvault, record, seed, snapshot
 from servers import Bao, run_certbot
 
-from certbot_kvault._internal import files
-from certbot_kvault._internal.records import PEM_KINDS, LineageRecord, PemSet
-from certbot_kvault._internal.tree import Dirs, Tree, TreeError
+from certbot_kvault._internal.store.records import PEM_KINDS, LineageRecord, PemSet
+from certbot_kvault._internal.tree import files
+from certbot_kvault._internal.tree.storage import Dirs, Tree, TreeError
 
 GOLDEN = ("due", "calm", "short")  # three different key pairs to cycle through
 FLEET = 60          # lineages the tree already has at version 2 (Vault: version 3)

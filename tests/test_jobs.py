@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from certbot_kvault._internal import jobs
+from certbot_kvault._internal.sync import jobs
 
 
 def test_reads_in_the_pool_the_rest_in_the_callers_thread_in_order() -> None:

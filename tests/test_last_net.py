@@ -19,8 +19,8 @@ from helpers import KVAULT, Golden, fresh_dirs, golden_env, seed
 from servers import Bao
 from test_dir_lock import Holder
 
-from certbot_kvault._internal import sync
 from certbot_kvault._internal.cli import main
+from certbot_kvault._internal.sync import pull as sync
 
 
 def _boom(*args: object, **kwargs: object) -> None:

@@ -18,7 +18,7 @@ import pytest
 from helpers import Golden, fresh_dirs, golden_env, kv_version, kvault, record, seed
 from servers import Bao
 
-from certbot_kvault._internal.records import RecordError, validate_name
+from certbot_kvault._internal.store.records import RecordError, validate_name
 
 NAMES = ["due", "calm", "short"]
 LONG = "l" * 241 + ".com"            # 245 characters: certbot takes it, our files would not fit
@@ -43,7 +43,7 @@ def _synced(config: Path) -> dict[str, Any]:
 
 
 def test_name_bound_counts_bytes() -> None:
-    from certbot_kvault._internal.records import MAX_NAME_BYTES
+    from certbot_kvault._internal.store.records import MAX_NAME_BYTES
 
     assert MAX_NAME_BYTES == 237  # 255 - len(".NAME-0001..kvault-new" - NAME)
     assert validate_name(LONGEST) == LONGEST

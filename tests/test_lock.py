@@ -9,13 +9,12 @@ import pytest
 from helpers import record
 from servers import Bao
 
-from certbot_kvault._internal.errors import VaultUnsupported
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lease import MAX_TTL, LockInfo
-from certbot_kvault._internal.lock import Locks
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.timefmt import CLOCK_SKEW, format_time, parse_time
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.renew.locks import MAX_TTL, LockInfo, Locks
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.timefmt import CLOCK_SKEW, format_time, parse_time
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultUnsupported
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 
 def _layout(**overrides: str) -> Layout:
@@ -293,9 +292,9 @@ def test_lock_keys_and_the_longest_lineage_name(bao: Bao, vault_env: dict[str, s
     """A key below locks/ that is no lock name (anyone may write one) made every full
     `renew` end in "Error: Invalid lock name"; and a lineage named with the longest name
     a lineage may have (237 bytes) could not be locked ("lineage-" makes it longer)."""
-    from certbot_kvault._internal.lock import lineage_lock
-    from certbot_kvault._internal.planner import busy_lineages
-    from certbot_kvault._internal.records import MAX_NAME_BYTES
+    from certbot_kvault._internal.renew.locks import lineage_lock
+    from certbot_kvault._internal.renew.plan import busy_lineages
+    from certbot_kvault._internal.store.records import MAX_NAME_BYTES
 
     prefix = vault_env["KVAULT_PREFIX"]
     until = format_time(time.time() + 600)

@@ -27,8 +27,8 @@ from helpers import (
 from servers import Bao
 from stubs import Answer, HttpStub, Request
 
-from certbot_kvault._internal.state import RenewalState
-from certbot_kvault._internal.timefmt import parse_time
+from certbot_kvault._internal.store.state import RenewalState
+from certbot_kvault._internal.store.timefmt import parse_time
 
 
 def _acme_requests(pebble: servers.Pebble) -> int:

@@ -37,7 +37,7 @@ from helpers import (
 )
 from servers import Bao, Pebble, PowerDNS, run_certbot
 
-from certbot_kvault._internal.records import (
+from certbot_kvault._internal.store.records import (
     RecordError,
     account_id_for_key,
     account_key_json,

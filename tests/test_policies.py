@@ -20,11 +20,11 @@ from helpers import (
 )
 from servers import Bao
 
-from certbot_kvault._internal.errors import VaultPermissionDenied
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.state import RenewalState
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.state import RenewalState
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultPermissionDenied
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 
 def _token(bao: Bao, policy: str) -> str:

@@ -30,7 +30,7 @@ from helpers import (
 )
 from servers import Bao, Pebble
 
-from certbot_kvault._internal.renewal_conf import (
+from certbot_kvault._internal.tree.portable import (
     certbot_supports_profiles,
     kept_profiles,
     profiles_ignored_warning,

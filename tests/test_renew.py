@@ -23,11 +23,11 @@ from helpers import (
 )
 from servers import Bao
 
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import Locks
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.timefmt import format_time
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.renew.locks import Locks
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.timefmt import format_time
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 
 def test_stateless_renew_from_empty_dir(bao: Bao, golden: Golden, vault_env: dict[str, str],

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 from certbot import errors
 
-from certbot_kvault._internal.settings import SETTING_OPTIONS, VAULT_OPTIONS, VaultSettings, as_bool
+from certbot_kvault._internal.vault.settings import (
+    SETTING_OPTIONS,
+    VAULT_OPTIONS,
+    VaultSettings,
+    as_bool,
+)
 
 INTERNAL = pathlib.Path(__file__).resolve().parent.parent / "certbot_kvault" / "_internal"
 
@@ -63,7 +68,11 @@ def _imported_modules(module: str) -> set[str]:
             if node.module == "certbot_kvault._internal":
                 found.update(alias.name for alias in node.names)
             elif node.module.startswith("certbot_kvault._internal."):
-                found.add(node.module.rsplit(".", 1)[-1])
+                area = node.module[len("certbot_kvault._internal."):].replace(".", "/")
+                if (INTERNAL / area).is_dir():  # `from <area> import module`
+                    found.update(alias.name for alias in node.names)
+                else:
+                    found.add(node.module.rsplit(".", 1)[-1])
         elif isinstance(node, ast.Import):
             found.update(alias.name.rsplit(".", 1)[-1] for alias in node.names
                          if alias.name.startswith("certbot_kvault._internal."))
@@ -71,11 +80,11 @@ def _imported_modules(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("module", "allowed"), [
-    ("settings", set()),
-    ("errors", {"settings"}),
-    ("session", {"errors", "settings"}),
-    ("auth", {"errors", "settings"}),
-    ("vault", {"redact", "errors", "settings", "session", "auth"}),
+    ("vault/settings", set()),
+    ("vault/errors", {"settings"}),
+    ("vault/session", {"errors", "settings"}),
+    ("vault/auth", {"errors", "settings"}),
+    ("vault/client", {"redact", "errors", "settings", "session", "auth"}),
 ])
 def test_vault_layers_import_only_below(module: str, allowed: set[str]) -> None:
     assert _imported_modules(module) <= allowed

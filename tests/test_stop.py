@@ -29,12 +29,12 @@ from helpers import (
 from servers import Bao
 from stubs import TcpFaultProxy
 
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.lock import Locks
-from certbot_kvault._internal.runner import certbot_failures
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.stopping import PREPARE, SAVE, StopNow, Stopping
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.renew.locks import Locks
+from certbot_kvault._internal.renew.runner import certbot_failures
+from certbot_kvault._internal.renew.stopping import PREPARE, SAVE, StopNow, Stopping
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 
 def _pending(root: Path) -> list[str]:

@@ -14,14 +14,14 @@ from helpers import cli, token_with_policy
 from servers import Bao, free_port
 from stubs import Answer, HttpStub, Request
 
-from certbot_kvault._internal.errors import (
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import (
     VaultError,
     VaultNotFound,
     VaultPermissionDenied,
     VaultUnreachable,
 )
-from certbot_kvault._internal.settings import VaultSettings
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,9 @@ from helpers import (
 from servers import Bao
 from stubs import TcpFaultProxy
 
-from certbot_kvault._internal import export
-from certbot_kvault._internal.dir_owner import OWNER_FILE
-from certbot_kvault._internal.watch import DATA, Watcher, write_set
+from certbot_kvault._internal.apps import export
+from certbot_kvault._internal.apps.export import OWNER_FILE
+from certbot_kvault._internal.apps.watch import DATA, Watcher, write_set
 
 WAIT = 30.0  # only how long a wait may take before the test fails; nothing asserts timing
 

@@ -4,6 +4,8 @@ As an installer it stores every certificate it is given in Vault and wires
 the deploy hook into the config dir, so that issuance and every renewal push
 the lineage (certbot never calls an installer's ``deploy_cert`` on
 ``certonly`` or ``renew``; it always runs ``renewal-hooks/deploy/``).
+
+May import: apps, renew, sync, tree, dns, store, vault (not the CLI).
 """
 from __future__ import annotations
 
@@ -18,15 +20,18 @@ from certbot import achallenges, errors, interfaces, util
 from certbot.display import util as display_util
 from certbot.plugins import dns_common_lexicon
 
-from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import dns01, issued, pending, sync
-from certbot_kvault._internal.dns import DNSError
-from certbot_kvault._internal.errors import VaultError
-from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.settings import SETTING_OPTIONS, VaultSettings
-from certbot_kvault._internal.tree import Dirs, Tree
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.dns import challenge as dns01
+from certbot_kvault._internal.dns import entries as dns_entries
+from certbot_kvault._internal.dns.entries import DNSError
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.sync import issued
+from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS, Report
+from certbot_kvault._internal.sync.push import push
+from certbot_kvault._internal.tree import pending
+from certbot_kvault._internal.tree.storage import Dirs, Tree
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultError
+from certbot_kvault._internal.vault.settings import SETTING_OPTIONS, VaultSettings
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         self._pushed: set[str] = set()
         self._before: dict[str, tuple[Optional[int], int]] = {}
         self._exit_push_registered = False
-        self._entries: Optional[kvault_dns.EntrySet] = None
+        self._entries: Optional[dns_entries.EntrySet] = None
         self._dns_lookup: Optional[dns01.Lookup] = None
         self._txt: Optional[dns01.TxtRun] = None
 
@@ -126,7 +131,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
     def _wire(self) -> None:
         """Install the deploy hook and register the one exit push."""
         tree = self._tree()
-        hook = tree.install_hook(kvault_bin())
+        hook = tree.install_hook()
         logger.debug("kvault deploy hook at %s", hook)
         if not self._exit_push_registered:
             self._exit_push_registered = True
@@ -207,7 +212,7 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         """Push what this certbot run changed (certbot calls this after issuance)."""
         self._push_changed()
 
-    def _push_changed(self, workers: int = sync.DEFAULT_WORKERS) -> None:
+    def _push_changed(self, workers: int = DEFAULT_WORKERS) -> None:
         tree = self._tree()
         after = tree.fingerprints()
         changed = sorted(n for n, fp in after.items()
@@ -229,13 +234,13 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
                 self._vault.close()
                 self._vault = None
 
-    def _push(self, tree: Tree, names: list[str], workers: int = sync.DEFAULT_WORKERS) -> None:
+    def _push(self, tree: Tree, names: list[str], workers: int = DEFAULT_WORKERS) -> None:
         if pending.parent_pushes() is not None:
             return  # `certbot-kvault renew`/`run` pushes after certbot, checked against its pull
         try:
-            report = sync.push(tree, self.layout, names, workers=workers)
+            report = push(tree, self.layout, names, workers=workers)
         except VaultError as e:
-            report = sync.Report(failed=[(f"lineage {n}", str(e)) for n in names])
+            report = Report(failed=[(f"lineage {n}", str(e)) for n in names])
         failed = [i.split(" ", 1)[1] for i, _ in report.failed if i.startswith("lineage ")]
         for name in failed:
             pending.mark(tree, name, "; ".join(e for _, e in report.failed))
@@ -258,10 +263,10 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
         no INI file on disk."""
         self._entry_set()
 
-    def _entry_set(self) -> kvault_dns.EntrySet:
+    def _entry_set(self) -> dns_entries.EntrySet:
         if self._entries is None:
             try:
-                self._entries = kvault_dns.load_entries(self.layout, self.conf("dns"))
+                self._entries = dns_entries.load_entries(self.layout, self.conf("dns"))
             except VaultError as e:
                 raise errors.PluginError(f"kvault: cannot read the DNS provider entries: {e}") \
                     from None
@@ -304,8 +309,8 @@ class Authenticator(dns_common_lexicon.LexiconDNSAuthenticator, interfaces.Insta
             # Chosen from certbot's interactive menu: prepare() ran before the
             # choice, so it wired nothing.
             self._wire()
-        names = [(kvault_dns.achall_domain(a),
-                  a.validation_domain_name(kvault_dns.achall_domain(a))) for a in achalls]
+        names = [(dns_entries.achall_domain(a),
+                  a.validation_domain_name(dns_entries.achall_domain(a))) for a in achalls]
         run = self._txt = dns01.TxtRun(self._lookup(), self._ttl)
         try:
             # Where each record goes (aliases, entries, zones, servers to ask)

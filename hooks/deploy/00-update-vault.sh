@@ -1,1 +1,1 @@
-../../certbot_kvault/_internal/hooks/00-update-vault.sh
+../../certbot_kvault/_internal/tree/hooks/00-update-vault.sh

@@ -1,6 +1,6 @@
 """The ``certbot-kvault`` command: one thin function per subcommand.
 
-Each subcommand parses, calls the domain code (sync/layout/tree) and prints.
+Each subcommand parses, calls the domain code (the areas below) and prints.
 Errors are one line on stderr and exit 1; ``--json`` output is stable.
 :mod:`.common` holds the options and context every subcommand shares; each
 other module of this package holds the subcommands of one area, and this
@@ -10,6 +10,8 @@ A subcommand's module is imported only when that subcommand runs: ``--help``
 and ``list`` must not pay for certbot's ACME stack, cryptography or the renew
 machinery they never use (the listing's one-line helps are below, checked
 against the commands by the tests).
+
+May import: apps, renew, sync, tree, dns, store, vault (not the plugin).
 """
 from __future__ import annotations
 
@@ -149,7 +151,7 @@ def _unexpected(ctx: click.Context, e: Exception) -> NoReturn:
     """One line naming a log file that holds the traceback (printed too with -v); exit 1."""
     import traceback
 
-    from certbot_kvault._internal.redact import one_line, redact
+    from certbot_kvault._internal.vault.redact import one_line, redact
 
     text = redact("".join(traceback.format_exception(type(e), e, e.__traceback__)))
     where = _write_log(ctx.meta.get(META_LOGS_DIR), text)

@@ -16,17 +16,17 @@ import click
 from certbot import errors
 
 from certbot_kvault._internal.cli import META_LOGS_DIR, META_VERBOSE
-from certbot_kvault._internal.errors import VaultError
-from certbot_kvault._internal.jobs import DEFAULT_WORKERS, Report, Tick
-from certbot_kvault._internal.layout import Layout
-from certbot_kvault._internal.records import RecordError
-from certbot_kvault._internal.redact import one_line as _one_line
-from certbot_kvault._internal.settings import VAULT_OPTIONS, VaultSettings
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.store.layout import Layout
+from certbot_kvault._internal.store.records import RecordError
+from certbot_kvault._internal.sync.jobs import DEFAULT_WORKERS, Report, Tick
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.errors import VaultError
+from certbot_kvault._internal.vault.redact import one_line as _one_line
+from certbot_kvault._internal.vault.settings import VAULT_OPTIONS, VaultSettings
 
 if TYPE_CHECKING:  # the config dir's modules load when a command uses it: not for `list`
-    from certbot_kvault._internal.dirlock import DirLock
-    from certbot_kvault._internal.tree import Tree
+    from certbot_kvault._internal.tree.dirlock import DirLock
+    from certbot_kvault._internal.tree.storage import Tree
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,7 +66,7 @@ class Context:
 
     @property
     def tree(self) -> Tree:
-        from certbot_kvault._internal.tree import Dirs, Tree
+        from certbot_kvault._internal.tree.storage import Dirs, Tree
 
         return Tree(Dirs(config_dir=self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
                          work_dir=self.opts.get("work_dir") or DEFAULT_WORK_DIR,
@@ -76,7 +76,7 @@ class Context:
     def dir_lock(self, create: bool = False) -> DirLock:
         """certbot's lock on the config dir (dirlock.py), not taken yet; ``create``: make
         the dir to lock it (pull, renew, run)."""
-        from certbot_kvault._internal.dirlock import DEFAULT_WAIT, DirLock
+        from certbot_kvault._internal.tree.dirlock import DEFAULT_WAIT, DirLock
 
         wait = self.opts.get("dir_lock_wait")
         return DirLock(self.opts.get("config_dir") or DEFAULT_CONFIG_DIR,
@@ -85,9 +85,9 @@ class Context:
 
     def finish_pending(self) -> Report:
         """Every command that touches the tree first completes what a hook left undone."""
-        from certbot_kvault._internal import sync
+        from certbot_kvault._internal.sync.push import finish_pending
 
-        report = sync.finish_pending(self.tree, self.layout, self.workers)
+        report = finish_pending(self.tree, self.layout, self.workers)
         for item, err in report.failed:
             click.echo(f"pending push of {item} still failing: {err}", err=True)
         return report
@@ -195,7 +195,7 @@ def note_pending(ctx: Context) -> list[str]:
 
     Read-only: the Vault-only commands say what is missing, they do not push.
     """
-    from certbot_kvault._internal import pending
+    from certbot_kvault._internal.tree import pending
 
     tree = ctx.tree
     try:

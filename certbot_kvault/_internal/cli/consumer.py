@@ -11,19 +11,19 @@ from typing import Any, Optional
 
 import click
 
-from certbot_kvault._internal import export
-from certbot_kvault._internal import watch as watch_mod
+from certbot_kvault._internal.apps import export
+from certbot_kvault._internal.apps import watch as watch_mod
 from certbot_kvault._internal.cli.common import (
     Context,
     common_options,
     note_pending,
     progress_bar,
 )
-from certbot_kvault._internal.errors import VaultPermissionDenied
-from certbot_kvault._internal.records import LineageRecord, RecordError, validate_name
-from certbot_kvault._internal.schedule import LineageStatus, read_fleet, with_state
-from certbot_kvault._internal.state import MalformedState
-from certbot_kvault._internal.timefmt import floor_time
+from certbot_kvault._internal.renew.status import LineageStatus, read_fleet, with_state
+from certbot_kvault._internal.store.records import LineageRecord, RecordError, validate_name
+from certbot_kvault._internal.store.state import MalformedState
+from certbot_kvault._internal.store.timefmt import floor_time
+from certbot_kvault._internal.vault.errors import VaultPermissionDenied
 
 
 @click.command("list")
@@ -57,7 +57,7 @@ def list_(ctx: Context) -> None:
             click.echo(f"warning: lineage {name}: {layout.where('certificates', name)}: "
                        "'domains' is not a list of names; shown without them", err=True)
             domains = []
-        # The certificate's own expiry, not the record's field (schedule.py).
+        # The certificate's own expiry, not the record's field (renew/status.py).
         expires = None if status.not_after is None else floor_time(status.not_after)
         row = {"name": name, "subject": domains[0] if domains else None,
                "domains": domains, "not_after": expires,
@@ -159,7 +159,7 @@ def show(ctx: Context, name: str) -> None:
             continue  # KV v1 keeps no versions
         click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}"
                    f"{notes.get(key, '')}")
-    from certbot_kvault._internal import issued  # show's alone: `list` never needs it
+    from certbot_kvault._internal.sync import issued  # show's alone: `list` never needs it
 
     for key, value in _renewal_lines(status) + issued.lines(record.issued):
         click.echo(f"{key}: {value}")

@@ -13,11 +13,11 @@ from typing import Any, Optional
 
 import click
 
-from certbot_kvault._internal import dns as kvault_dns
-from certbot_kvault._internal import dns01
 from certbot_kvault._internal.cli.common import Context, common_options
-from certbot_kvault._internal.errors import VaultConflict
-from certbot_kvault._internal.records import validate_name
+from certbot_kvault._internal.dns import challenge as dns01
+from certbot_kvault._internal.dns import entries as dns_entries
+from certbot_kvault._internal.store.records import validate_name
+from certbot_kvault._internal.vault.errors import VaultConflict
 
 
 @click.group("dns")
@@ -57,10 +57,10 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     inline: list[str] = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        key = kvault_dns.normalize_key(key)
-        if not sep or not key or key in kvault_dns.RESERVED_FIELDS:
+        key = dns_entries.normalize_key(key)
+        if not sep or not key or key in dns_entries.RESERVED_FIELDS:
             raise click.BadParameter(
-                f"expected KEY=VALUE (KEY not {' or '.join(sorted(kvault_dns.RESERVED_FIELDS))}"
+                f"expected KEY=VALUE (KEY not {' or '.join(sorted(dns_entries.RESERVED_FIELDS))}"
                 "), got "
                 f"{key or '?'}{'=...' if sep else ''}", param_hint="--option")
         if key in out:
@@ -98,15 +98,15 @@ def dns_add(ctx: Context, name: str, provider: str, provider_options: tuple[str,
     layout = ctx.layout
     where = layout.where("dns", name)
     provider = provider.strip()
-    kvault_dns.check_provider(provider, "--provider")
+    dns_entries.check_provider(provider, "--provider")
     options = _parse_options(provider_options)
-    kvault_dns.check_options(provider, options, where)
-    served = list(kvault_dns.parse_zones(list(zones), "--zone"))
+    dns_entries.check_options(provider, options, where)
+    served = list(dns_entries.parse_zones(list(zones), "--zone"))
     if not force and layout.load_dns(name) is not None:
         raise click.ClickException(f"{where} already exists; pass --force to replace it.")
-    entry: dict[str, Any] = {kvault_dns.PROVIDER_FIELD: provider, **options}
+    entry: dict[str, Any] = {dns_entries.PROVIDER_FIELD: provider, **options}
     if served:
-        entry[kvault_dns.ZONES_FIELD] = served
+        entry[dns_entries.ZONES_FIELD] = served
     try:
         layout.save_dns(name, entry, cas=None if force else 0)
     except VaultConflict:
@@ -137,14 +137,14 @@ def dns_list(ctx: Context) -> None:
             continue
         where = layout.where("dns", name)
         try:
-            zones = list(kvault_dns.parse_zones(data.get(kvault_dns.ZONES_FIELD), where))
-        except kvault_dns.DNSError as e:
+            zones = list(dns_entries.parse_zones(data.get(dns_entries.ZONES_FIELD), where))
+        except dns_entries.DNSError as e:
             click.echo(f"warning: {e}", err=True)
             zones = ["(invalid)"]
         rows.append({"name": name,
-                     "provider": data.get(kvault_dns.PROVIDER_FIELD),
+                     "provider": data.get(dns_entries.PROVIDER_FIELD),
                      "zones": zones,
-                     "options": sorted(k for k in data if k not in kvault_dns.RESERVED_FIELDS)})
+                     "options": sorted(k for k in data if k not in dns_entries.RESERVED_FIELDS)})
     if ctx.json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
@@ -191,14 +191,14 @@ def dns_check(ctx: Context, name: str, domains: tuple[str, ...], aliases: Option
     one line per step with its time. Any failure: one line, exit 1, nothing left.
     """
     validate_name(name, "DNS entry")
-    entry = kvault_dns.load_entry(ctx.layout, name)
-    entries = kvault_dns.EntrySet(default=entry, zoned=[entry] if entry.zones else [],
+    entry = dns_entries.load_entry(ctx.layout, name)
+    entries = dns_entries.EntrySet(default=entry, zoned=[entry] if entry.zones else [],
                                   where=ctx.layout.where("dns"))
     try:
         lookup, alias_map = dns01.Lookup(resolver), dns01.parse_aliases(aliases)
         took = dns01.check(entries, list(domains), lookup, alias_map, float(timeout),
                            click.echo)
-    except kvault_dns.DNSError as e:
+    except dns_entries.DNSError as e:
         # The same sentences as the authenticator's, with this command's options.
         text = str(e)
         for flag in ("propagation-timeout", "dns-resolver", "dns-alias"):

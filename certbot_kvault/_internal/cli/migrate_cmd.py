@@ -11,7 +11,7 @@ from typing import Optional
 import click
 from click.core import ParameterSource
 
-from certbot_kvault._internal import migrate, sync
+from certbot_kvault._internal.apps import migrate
 from certbot_kvault._internal.cli.common import (
     Context,
     common_options,
@@ -19,8 +19,8 @@ from certbot_kvault._internal.cli.common import (
     print_report,
     progress_bar,
 )
-from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.vault import VaultClient
+from certbot_kvault._internal.sync.push import push
+from certbot_kvault._internal.vault.client import VaultClient
 
 
 @click.command("import")
@@ -70,8 +70,8 @@ def import_(ctx: Context, source: Optional[str], path: Optional[str], server: st
     with ctx.dir_lock() as lock:
         lock.acquire()
         with progress_bar(ctx, "import") as tick:
-            report = sync.push(tree, ctx.layout, workers=ctx.workers, progress=tick)
-        hook = tree.install_hook(kvault_bin())
+            report = push(tree, ctx.layout, workers=ctx.workers, progress=tick)
+        hook = tree.install_hook()
     if not ctx.json:
         click.echo(f"deploy hook: {hook}")
     print_report(ctx, report, "imported")

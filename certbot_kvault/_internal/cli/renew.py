@@ -1,7 +1,7 @@
 """`certbot-kvault run` and `certbot-kvault renew`: stateless certbot runs against Vault.
 
-Thin click commands: they parse the options, call renewal.py (the flows;
-planner.py picks the locks and lineages, runner.py runs certbot; docs/DESIGN.md
+Thin click commands: they parse the options, call renew/flows.py (the flows;
+plan.py picks the locks and lineages, runner.py runs certbot; docs/DESIGN.md
 explains the design) and print what it reports: results and certbot's output
 on stdout, progress and errors on stderr.
 """
@@ -12,16 +12,15 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
-from certbot_kvault._internal import renewal, runner, saving, stopping
 from certbot_kvault._internal.cli.common import (
     Context,
     common_options,
     dir_lock_option,
     trust_option,
 )
-from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
-from certbot_kvault._internal.planner import ALL, Rules
+from certbot_kvault._internal.renew import flows, runner, saving, stopping
+from certbot_kvault._internal.renew.locks import DEFAULT_TTL, MAX_TTL, MIN_TTL
+from certbot_kvault._internal.renew.plan import ALL, Rules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -145,17 +144,17 @@ def renew(ctx: Context, lock_wait: float, lock_ttl: int, due_within: Optional[fl
     renewal failed or Vault could not be updated, else 0.
     """
     args = runner.check_certbot_args(certbot_args)
-    from certbot_kvault._internal.ari import AriClients  # acme's client: only renew needs it
+    from certbot_kvault._internal.renew.ari import AriClients  # acme's client: only renew needs it
 
     rules = Rules(due_within=due_within, lineage_locks=lineage_locks,
                   retry_now=frozenset(v or ALL for v in retry_now),
                   every=any(a in _EVERY for a in args), dry_run="--dry-run" in args,
                   cert_name=_cert_name(args))
     with ctx.dir_lock(create=True) as dir_lock:
-        code = renewal.renew(
+        code = flows.renew(
             ctx.layout, ctx.tree, args, workers=ctx.workers, lock_wait=lock_wait,
             lock_ttl=lock_ttl, rules=rules, metrics_file=metrics_file,
-            finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
+            finish_pending=ctx.finish_pending,
             say=_say, notify=_notify, stream=_stream, stream_err=_stream_err,
             push_retry_for=push_retry_for, ari=AriClients() if ari else None,
             stop=stopping.Stopping(grace=stop_grace, timeout=timeout), dir_lock=dir_lock)
@@ -186,8 +185,8 @@ def run_(ctx: Context, push_retry_for: float, stop_grace: float, timeout: float,
     """
     args = runner.check_certbot_args(certbot_args)
     with ctx.dir_lock(create=True) as dir_lock:
-        code = renewal.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
-                           finish_pending=ctx.finish_pending, kvault_bin=kvault_bin(),
+        code = flows.run(ctx.layout, ctx.tree, args, workers=ctx.workers,
+                           finish_pending=ctx.finish_pending,
                            say=_say, notify=_notify, stream=_stream,
                            push_retry_for=push_retry_for,
                            stop=stopping.Stopping(grace=stop_grace, timeout=timeout),

@@ -7,8 +7,8 @@ from typing import Any, Optional
 import click
 
 from certbot_kvault._internal.cli.common import Context, common_options, note_pending
-from certbot_kvault._internal.errors import VaultError, VaultPermissionDenied
-from certbot_kvault._internal.redact import one_line as _one_line
+from certbot_kvault._internal.vault.errors import VaultError, VaultPermissionDenied
+from certbot_kvault._internal.vault.redact import one_line as _one_line
 
 
 @click.command()

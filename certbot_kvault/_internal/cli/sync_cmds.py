@@ -1,6 +1,6 @@
 """``certbot-kvault pull``, ``push`` and ``deploy-hook``: the config dir and Vault.
 
-Thin click commands over sync.py; ``deploy-hook`` is what certbot runs after
+Thin click commands over sync/ (pull.py, push.py); ``deploy-hook`` is what certbot runs after
 every issuance or renewal (the hook that pull/import/the plugin install).
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ import sys
 import click
 from certbot import errors
 
-from certbot_kvault._internal import confs, pending, sync
 from certbot_kvault._internal.cli.common import (
     DEFAULT_CONFIG_DIR,
     Context,
@@ -21,12 +20,14 @@ from certbot_kvault._internal.cli.common import (
     progress_bar,
     trust_option,
 )
-from certbot_kvault._internal.errors import VaultError
-from certbot_kvault._internal.executables import kvault_bin
-from certbot_kvault._internal.records import validate_name
-from certbot_kvault._internal.redact import one_line as _one_line
-from certbot_kvault._internal.settings import SETTING_OPTIONS
-from certbot_kvault._internal.tree import Tree
+from certbot_kvault._internal.store.records import validate_name
+from certbot_kvault._internal.sync import pull as sync_pull
+from certbot_kvault._internal.sync import push as sync_push
+from certbot_kvault._internal.tree import confs, pending
+from certbot_kvault._internal.tree.storage import Tree
+from certbot_kvault._internal.vault.errors import VaultError
+from certbot_kvault._internal.vault.redact import one_line as _one_line
+from certbot_kvault._internal.vault.settings import SETTING_OPTIONS
 
 
 @click.command()
@@ -46,8 +47,8 @@ def pull(ctx: Context, names: tuple[str, ...]) -> None:
         lock.acquire()
         ctx.finish_pending()
         with progress_bar(ctx, "pull") as tick:
-            report = sync.pull(ctx.tree, ctx.layout, list(names) or None, workers=ctx.workers,
-                               kvault_bin=kvault_bin(), progress=tick)
+            report = sync_pull.pull(ctx.tree, ctx.layout, list(names) or None,
+                                    workers=ctx.workers, progress=tick)
     print_report(ctx, report, "pulled")
 
 
@@ -72,8 +73,8 @@ def push(ctx: Context, names: tuple[str, ...], force: bool) -> None:
         lock.acquire()
         report = ctx.finish_pending()
         with progress_bar(ctx, "push") as tick:
-            report.merge(sync.push(ctx.tree, ctx.layout, list(names) or None,
-                                   workers=ctx.workers, progress=tick, force=force))
+            report.merge(sync_push.push(ctx.tree, ctx.layout, list(names) or None,
+                                        workers=ctx.workers, progress=tick, force=force))
     print_report(ctx, report, "pushed")
 
 
@@ -122,7 +123,7 @@ def deploy_hook(ctx: Context) -> None:
         return
     try:
         report = ctx.finish_pending()
-        report.merge(sync.push(tree, ctx.layout, [name], workers=ctx.workers))
+        report.merge(sync_push.push(tree, ctx.layout, [name], workers=ctx.workers))
         failures = report.failed
     except (errors.Error, VaultError, OSError) as e:
         failures = [(f"lineage {name}", _one_line(e))]
