@@ -250,7 +250,8 @@ def test_unreachable_directory_is_one_note(pems: dict[str, str]) -> None:
 @needs_ari
 @pytest.mark.parametrize("status, body, why", [
     (503, b"<html>\n down \n</html>", "HTTP 503"),
-    (200, b"[]", "the answer is not a JSON object"),
+    (200, b"[]", "the answer is not an ACME directory acme can read"),
+    (200, b'{"meta": null}', "the answer is not an ACME directory acme can read"),
 ])
 def test_unreadable_directory_is_asked_once(pems: dict[str, str],
                                             status: int, body: bytes, why: str) -> None:

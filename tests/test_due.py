@@ -136,7 +136,7 @@ def test_an_error_from_vault_puts_no_terminal_escape_on_screen() -> None:
 ])
 def test_a_broken_state_record_is_refused_whole(data: dict[str, object], field: str) -> None:
     """A Vault writer can make a lineage renew early, never stop it for good: a record
-    with one field wrong is not read at all (schedule.py then decides without it)."""
+    with one field wrong is not read at all (renew/status.py then decides without it)."""
     with pytest.raises(MalformedState, match=field):
         RenewalState.from_kv(data, now=NOW)
 

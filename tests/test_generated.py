@@ -722,7 +722,7 @@ def test_generated_renewal_decision(sentinels: Harness) -> None:
                 owner = held.owner
             assert planned.names or planned.skip
             # `due` is renewed unless a lock holds it back: one a holder could have written,
-            # expiring within the longest lease (lease.py).
+            # expiring within the longest lease (renew/locks.py, LockInfo).
             if "due" not in planned.names:
                 assert lock is not None and lock_on in ("renew", "lineage-due"), planned.skip
                 until = parse_time(lock.get("expires_at"))

@@ -284,3 +284,18 @@ def test_kill_between_the_fallback_renames(bao: Bao, golden: Any, tmp_path: Path
     assert sorted(os.listdir(live)) == ["README"]
     tree.write_lineage(_record(records, "c.example.com", 2))
     assert _whole(tmp_path / "config") == {"c.example.com": 2}
+
+
+def test_write_together_writes_none_and_keeps_the_cause(tmp_path: Path) -> None:
+    """A failure before the renames leaves no file and no temp file, and the error keeps
+    its cause's text even when the cause has no errno (export prints it)."""
+    def refuse() -> None:
+        raise OSError("claimed by another lineage")
+
+    with pytest.raises(files.NotAllWritten) as caught:
+        files.write_together(str(tmp_path), [("cert.pem", b"c", 0o644, None),
+                                             ("privkey.pem", b"k", 0o600, None)],
+                             before_rename=refuse)
+    assert caught.value.renamed == 0
+    assert str(caught.value.cause) == "claimed by another lineage"
+    assert os.listdir(tmp_path) == []

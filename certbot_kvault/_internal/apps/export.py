@@ -218,7 +218,7 @@ def export_files(record: LineageRecord, directory: str, fmt: str,
             where = directory  # a temp file's name means nothing to the user
         done = ("nothing was written" if e.renamed == 0
                 else f"{e.renamed} of {len(files)} written")
-        raise ExportError(f"Cannot write {where}: {e.strerror or e}; {done}.") from None
+        raise ExportError(f"Cannot write {where}: {e.strerror or e.cause}; {done}.") from None
 
 
 def _joined(*pems: str) -> bytes:

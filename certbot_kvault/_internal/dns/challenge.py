@@ -5,7 +5,7 @@ Shared by the plugin (plugin.py) and ``certbot-kvault dns check`` (cli/dns.py):
 * :func:`plan` decides, before anything is written, where each validation
   name's TXT goes: the end of its CNAME chain at the zone's authoritative
   servers (alias mode), or an explicit ``--kvault-dns-alias NAME=TARGET``, and
-  which provider entry hosts that name (``dns.EntrySet``). A loop, a chain too
+  which provider entry hosts that name (``entries.EntrySet``). A loop, a chain too
   long and a name no entry hosts stop it there, one line each.
 * :class:`ZoneWriter` is one entry's lexicon operations, every failure one line
   naming the fix (wrong credentials, a zone the account does not host, an API

@@ -157,9 +157,10 @@ class AriClients:
         try:
             directory = acme_client.ClientV2.get_directory(server, self._net)
         except Exception as e:  # noqa: BLE001 - any failure only means "not asked"
-            # acme's Directory takes a JSON object; anything else fails on it as a
-            # TypeError or AttributeError.
-            why = "the answer is not a JSON object" if isinstance(
+            # acme's Directory takes a JSON object of its fields' types; anything else
+            # (not an object, a "meta" of null) fails on it as a TypeError or
+            # AttributeError, and certbot, reading the directory the same way, would too.
+            why = "the answer is not an ACME directory acme can read" if isinstance(
                 e, (TypeError, AttributeError)) else _why(e)
             self.notes.append(f"ARI: could not read the ACME directory {shown}: {why};"
                               " the lifetime rule applies")

@@ -19,7 +19,7 @@ from certbot_kvault._internal.tree.files import atomic_write
 
 
 class Observed(Protocol):
-    """What the metrics read of a lineage (schedule.LineageStatus)."""
+    """What the metrics read of a lineage (status.LineageStatus)."""
 
     name: str
     now: float

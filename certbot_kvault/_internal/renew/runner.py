@@ -41,7 +41,7 @@ from certbot import errors
 
 from certbot_kvault._internal.renew.stopping import Stopping
 from certbot_kvault._internal.store.records import RecordError, server_path_for_url
-from certbot_kvault._internal.tree import confs, pending
+from certbot_kvault._internal.tree import pending
 from certbot_kvault._internal.tree.storage import Tree
 
 Notify = Callable[[str], None]
@@ -135,19 +135,6 @@ def _same_server(a: str, b: str) -> bool:
     return a.strip().rstrip("/") == b.strip().rstrip("/")
 
 
-def conf_account(tree: Tree, name: str) -> tuple[Optional[str], Optional[str]]:
-    """(server, account) that a local lineage's renewal conf names (None where it names none
-    or cannot be read)."""
-    try:
-        conf = confs.parse_file(tree.renewal_conf_path(name))
-    except (OSError, confs.ConfError, RecordError):
-        return None, None
-    params = conf.get("renewalparams", {})
-    server, account = params.get("server"), params.get("account")
-    return (server if isinstance(server, str) and server else None,
-            account if isinstance(account, str) and account else None)
-
-
 def accounts_to_name(tree: Tree, names: Sequence[str], args: Sequence[str]) -> dict[str, str]:
     """lineage -> the account ``certbot renew ARGS`` must be given with ``--account``: each
     lineage whose conf names an account on the server of ``--server`` (certbot restores
@@ -157,7 +144,7 @@ def accounts_to_name(tree: Tree, names: Sequence[str], args: Sequence[str]) -> d
         return {}
     out = {}
     for name in names:
-        conf_server, account = conf_account(tree, name)
+        conf_server, account = tree.conf_account(name)
         if account and conf_server and _same_server(conf_server, server):
             out[name] = account
     return out

@@ -24,7 +24,7 @@ from certbot_kvault._internal.sync.jobs import (
     run_reports,
     run_reports_fetched,
 )
-from certbot_kvault._internal.tree import confs, portable, trust
+from certbot_kvault._internal.tree import portable, trust
 from certbot_kvault._internal.tree.manifest import (
     ACCOUNTS,
     LINEAGES,
@@ -86,14 +86,12 @@ def _used_accounts(tree: Tree,
     names no account or server."""
     used: dict[tuple[str, str], list[str]] = {}
     for name in sorted(names):
+        server, account = tree.conf_account(name)
+        if server is None or account is None:
+            return None
         try:
-            conf = confs.parse_file(tree.renewal_conf_path(name))
-            params = conf.get("renewalparams", {})
-            account, server = params.get("account"), params.get("server")
-            if not (account and server and isinstance(account, str) and isinstance(server, str)):
-                return None
             used.setdefault((server_path_for_url(server), account), []).append(name)
-        except (OSError, confs.ConfError, RecordError):
+        except RecordError:
             return None
     return used
 

@@ -57,7 +57,8 @@ def staged(directory: str, data: bytes, mode: int, *, group: Optional[int] = Non
         raise OSError(e.errno, e.strerror, meant or directory) from None
     try:
         # No fsync, as certbot's storage: the rename keeps readers from ever
-        # seeing half a file, and the tree is a cache that `pull` rebuilds.
+        # seeing half a file, and what is written here (the tree, an export) is a
+        # copy of Vault's that the next `pull` or `export` writes again.
         try:
             if group is not None:
                 os.fchown(fd, -1, group)
@@ -107,6 +108,7 @@ class NotAllWritten(OSError):
 
     def __init__(self, cause: OSError, renamed: int) -> None:
         super().__init__(cause.errno, cause.strerror, cause.filename)
+        self.cause = cause  # its text, for an OSError without errno and strerror
         self.renamed = renamed
 
 

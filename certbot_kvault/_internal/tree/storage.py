@@ -114,6 +114,18 @@ class Tree:
     def renewal_conf_path(self, name: str) -> str:
         return self._p("renewal", validate_name(name) + ".conf")
 
+    def conf_account(self, name: str) -> tuple[Optional[str], Optional[str]]:
+        """(server, account) that a local lineage's renewal conf names (None where it names
+        none or cannot be read)."""
+        try:
+            conf = confs.parse_file(self.renewal_conf_path(name))
+        except (OSError, confs.ConfError, RecordError):
+            return None, None
+        params = conf.get("renewalparams", {})
+        server, account = params.get("server"), params.get("account")
+        return (server if isinstance(server, str) and server else None,
+                account if isinstance(account, str) and account else None)
+
     def live_dir(self, name: str) -> str:
         return self._p("live", validate_name(name))
 
