@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -42,7 +41,7 @@ from certbot import errors
 from certbot_kvault._internal.renew.stopping import Stopping
 from certbot_kvault._internal.store.records import RecordError, server_path_for_url
 from certbot_kvault._internal.tree import pending
-from certbot_kvault._internal.tree.storage import Tree
+from certbot_kvault._internal.tree.storage import Tree, executable
 
 Notify = Callable[[str], None]
 
@@ -85,10 +84,7 @@ class BadCertbotArgs(errors.Error):
 
 def certbot_bin() -> str:
     """The certbot next to this Python (same virtualenv / image), else the one on PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "certbot")
-    if os.path.isfile(beside) and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("certbot")
+    found = executable("certbot")
     if not found:
         raise CertbotNotFound("certbot not found: install it next to certbot-kvault "
                               "(same virtualenv) or put it on PATH.")

@@ -109,8 +109,6 @@ def outcome(item: str, fn: Callable[[], Optional[bool]]) -> Report:
     return report
 
 
-
-
 def describe(e: OSError) -> str:
     """A local file error as one line: the system's reason and the file."""
     reason = e.strerror or " ".join(str(e).split()) or type(e).__name__

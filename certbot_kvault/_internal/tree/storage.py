@@ -453,10 +453,15 @@ class Tree:
         return path
 
 
-def kvault_bin() -> Optional[str]:
-    """The certbot-kvault executable the deploy hook calls: the one beside this Python
-    (a virtualenv's, a container's), else the one on PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
-    if os.access(beside, os.X_OK):
+def executable(name: str) -> Optional[str]:
+    """The executable ``name`` beside this Python (a virtualenv's, a container's), else
+    the one on PATH: certbot-kvault's for the deploy hook, certbot for the renewers."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
         return beside
-    return shutil.which("certbot-kvault")
+    return shutil.which(name)
+
+
+def kvault_bin() -> Optional[str]:
+    """The certbot-kvault executable the deploy hook calls."""
+    return executable("certbot-kvault")
