@@ -51,7 +51,8 @@ from stubs import Answer, HttpStub, Request
 from certbot_kvault._internal.cli import main
 from certbot_kvault._internal.store.layout import Layout
 from certbot_kvault._internal.store.records import LineageRecord, PemSet
-from certbot_kvault._internal.vault.client import VaultClient, VaultSettings
+from certbot_kvault._internal.vault.client import VaultClient
+from certbot_kvault._internal.vault.settings import VaultSettings
 
 KVAULT = os.path.join(os.path.dirname(sys.executable), "certbot-kvault")
 # Cases each Hypothesis property of test_generated.py ran, for the terminal summary.

@@ -58,9 +58,10 @@ def _went_back(prefix: str, now: int, synced: int) -> str:
             "snapshot, or deleted and written again?)")
 
 
-def test_push_writes_back_what_vault_lost(bao: Bao, golden: Golden, vault_env: dict[str, str],
-                                          tmp_path: Path) -> None:
-    prefix = vault_env["KVAULT_PREFIX"]
+def _synced_then_rewound(bao: Bao, golden: Golden, prefix: str,
+                         tmp_path: Path) -> tuple[Path, list[str], dict[str, str]]:
+    """A dir that pulled, changed calm's conf and pushed it (KV version 2); then Vault
+    put back at calm's version 1 as a restored snapshot would. (root, dir args, env)."""
     seed(bao, golden, prefix, ["calm", "due"])
     old = record(bao, prefix, "certificates/calm")
     assert old is not None
@@ -71,6 +72,13 @@ def test_push_writes_back_what_vault_lost(bao: Bao, golden: Golden, vault_env: d
     kvault("push", *args, env=env)
     assert kv_version(bao, prefix, "certificates/calm") == 2
     _rewind(bao, prefix, "calm", old)
+    return root, args, env
+
+
+def test_push_writes_back_what_vault_lost(bao: Bao, golden: Golden, vault_env: dict[str, str],
+                                          tmp_path: Path) -> None:
+    prefix = vault_env["KVAULT_PREFIX"]
+    root, args, env = _synced_then_rewound(bao, golden, prefix, tmp_path)
     # A renewer's token (policies/renewer.hcl) may read the version it compares.
     renewer = golden_env(bao, golden, prefix, token_with_policy(
         bao, f"renewer-{prefix}", (POLICIES / "renewer.hcl").read_text().replace(
@@ -93,15 +101,7 @@ def test_push_writes_back_what_vault_lost(bao: Bao, golden: Golden, vault_env: d
 def test_pull_keeps_what_vault_lost(bao: Bao, golden: Golden, vault_env: dict[str, str],
                                     tmp_path: Path) -> None:
     prefix = vault_env["KVAULT_PREFIX"]
-    seed(bao, golden, prefix, ["calm", "due"])
-    old = record(bao, prefix, "certificates/calm")
-    assert old is not None
-    root, args = fresh_dirs(tmp_path)
-    env = golden_env(bao, golden, prefix)
-    kvault("pull", *args, env=env)
-    _bump(root / "config", "calm", 11)
-    kvault("push", *args, env=env)
-    _rewind(bao, prefix, "calm", old)
+    root, args, env = _synced_then_rewound(bao, golden, prefix, tmp_path)
     conf = root / "config" / "renewal" / "calm.conf"
 
     for _ in range(2):  # told once, it is still kept
